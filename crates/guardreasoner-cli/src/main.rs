@@ -1,0 +1,30 @@
+//! `guardreasoner`: reasoning-based LLM safeguards (GuardReasoner, Liu et al. 2025).
+
+mod score;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "guardreasoner",
+    version,
+    about = "Reasoning-based LLM safeguards: classify, serve, evaluate, synthesise and train GuardReasoner guards"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score official-layout prediction files (`<dir>/<Benchmark>/generated_predictions.jsonl`)
+    /// and print the paper's tables.
+    Score(score::ScoreArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Score(args) => score::run(args),
+    }
+}

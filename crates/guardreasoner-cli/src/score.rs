@@ -1,0 +1,83 @@
+use anyhow::{bail, Context};
+use clap::Args;
+use guardreasoner_core::report::{self, Comparison, Format, PaperTables, DEFAULT_COMPARE};
+use guardreasoner_core::score::{score_dir, ScoreOptions};
+use guardreasoner_core::ParsePolicy;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    /// Directory in the official layout: `<dir>/<Benchmark>/generated_predictions.jsonl`.
+    #[arg(long)]
+    predictions: PathBuf,
+    /// `paper`: the official evaluate.py rule (reproduces the paper). `strict`: fail closed.
+    #[arg(long, default_value = "strict")]
+    parse: ParsePolicy,
+    /// Output format: table, markdown or json.
+    #[arg(long, default_value = "table")]
+    format: Format,
+    /// Print the paper's numbers beside ours: optionally a comma-separated list of methods as
+    /// named in paper-tables.json (default: GuardReasoner 1B/3B/8B and the strongest baselines).
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "METHODS")]
+    compare: Option<String>,
+    /// The paper's tables (paper-tables.json).
+    #[arg(
+        long,
+        env = "GUARDREASONER_PAPER_TABLES",
+        default_value = "../shared/data/paper-tables.json"
+    )]
+    paper_tables: PathBuf,
+    /// The official WildGuardTest data file, whose labels WildGuardTest is scored against.
+    #[arg(long, env = "GUARDREASONER_WILDGUARD_FILE")]
+    wildguard: Option<PathBuf>,
+    /// Name of this run's row in the tables (default: the directory name).
+    #[arg(long)]
+    label: Option<String>,
+}
+
+pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
+    let options = ScoreOptions {
+        policy: args.parse,
+        wildguard_file: args.wildguard.clone(),
+    };
+    let report = score_dir(&args.predictions, &options)?;
+    let tables;
+    let comparison = match &args.compare {
+        None => None,
+        Some(list) => {
+            tables = PaperTables::load(&args.paper_tables).with_context(|| {
+                "--compare needs the paper's tables: pass --paper-tables PATH".to_string()
+            })?;
+            let methods: Vec<String> = if list.trim().is_empty() {
+                DEFAULT_COMPARE.iter().map(|s| s.to_string()).collect()
+            } else {
+                list.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            };
+            if let Some(unknown) = methods.iter().find(|m| !tables.has_method(m)) {
+                bail!(
+                    "--compare: no method {unknown:?} in {}",
+                    args.paper_tables.display()
+                );
+            }
+            Some(Comparison {
+                tables: &tables,
+                methods,
+            })
+        }
+    };
+    let label = args.label.clone().unwrap_or_else(|| {
+        args.predictions
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "this run".into())
+    });
+    print!(
+        "{}",
+        report::render(&report, args.format, &label, comparison.as_ref())
+    );
+    Ok(())
+}

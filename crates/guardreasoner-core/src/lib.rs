@@ -1,0 +1,19 @@
+//! The GuardReasoner protocol: the prompt contract, the verdict parser, the benchmark
+//! registry and paper-exact scoring. Deliberately free of ML dependencies.
+//!
+//! The pipeline reads top to bottom: [`prompt`] builds what the guard reads, [`verdict`]
+//! parses what it writes, [`benchmarks`] says what to score, [`score`] and [`report`] score it.
+
+pub mod benchmarks;
+pub mod jsonl;
+pub mod labels;
+pub mod metrics;
+pub mod prompt;
+pub mod report;
+pub mod score;
+pub mod verdict;
+
+pub use benchmarks::{Benchmark, BENCHMARKS};
+pub use labels::{Label, Task};
+pub use prompt::{build_guard_prompt, build_input, Conversation, INSTRUCTION};
+pub use verdict::{parse_strict, ParseError, ParsePolicy, ParsedOutput, Verdict};
