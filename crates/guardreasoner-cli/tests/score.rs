@@ -1,0 +1,153 @@
+//! `guardreasoner score` end to end: the real binary on the official prediction files, and every
+//! bad-input path giving a clear error instead of a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
+
+fn score(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+        .arg("score")
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn copy_predictions(size: &str, to: &Path) {
+    let from = shared()
+        .join("data/reference-predictions/paper-v1")
+        .join(size);
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        let dir = to.join(entry.file_name());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            entry.path().join("generated_predictions.jsonl"),
+            dir.join("generated_predictions.jsonl"),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn prints_the_papers_cells_and_baselines() {
+    let dir = shared().join("data/reference-predictions/paper-v1/8B");
+    let tables = shared().join("data/paper-tables.json");
+    let o = score(&[
+        "--predictions",
+        dir.to_str().unwrap(),
+        "--parse",
+        "paper",
+        "--compare",
+        "--paper-tables",
+        tables.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for cell in ["91.86", "90.18", "99.50", "85.47", "94.34", "93.68"] {
+        assert!(out.contains(cell), "missing {cell} in\n{out}");
+    }
+    assert!(out.contains("GuardReasoner 8B (paper)"));
+    assert!(out.contains(
+        "Not scored, left out of the averages: ToxicChat, OpenAIModeration, WildGuardTest."
+    ));
+}
+
+#[test]
+fn json_and_markdown_formats() {
+    let dir = shared().join("data/reference-predictions/paper-v1/3B");
+    let o = score(&["--predictions", dir.to_str().unwrap(), "--format", "json"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["policy"], "strict");
+    let refusal = v["benchmarks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["benchmark"] == "XSTestResponseRefusal")
+        .unwrap();
+    assert!(
+        refusal["failure_kinds"]["conflicting_answers"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let o = score(&[
+        "--predictions",
+        dir.to_str().unwrap(),
+        "--format",
+        "markdown",
+    ]);
+    assert!(text(&o).0.contains("| Method |"));
+}
+
+#[test]
+fn missing_directory_is_a_clear_error() {
+    let o = score(&["--predictions", "/nonexistent/predictions"]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("/nonexistent/predictions") && err.contains("not a directory"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn truncated_and_malformed_lines_name_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_predictions("1B", tmp.path());
+    let file = tmp
+        .path()
+        .join("HarmBenchPrompt/generated_predictions.jsonl");
+    let mut content = std::fs::read_to_string(&file).unwrap();
+    // Cut the last line in half, as a crash mid-write would.
+    let cut = content.trim_end().rfind('\n').unwrap() + 40;
+    content.truncate(cut);
+    std::fs::write(&file, &content).unwrap();
+    let o = score(&["--predictions", tmp.path().to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("HarmBenchPrompt/generated_predictions.jsonl:239"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A well-formed JSON line missing a field.
+    std::fs::write(&file, "{\"prompt\": \"p\", \"label\": \"harmful\"}\n").unwrap();
+    let o = score(&["--predictions", tmp.path().to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("generated_predictions.jsonl:1") && err.contains("predict"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flags_are_rejected() {
+    let o = score(&["--predictions", ".", "--parse", "lenient"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("lenient"));
+    let dir = shared().join("data/reference-predictions/paper-v1/1B");
+    let o = score(&[
+        "--predictions",
+        dir.to_str().unwrap(),
+        "--compare",
+        "Nobody 9B",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("Nobody 9B"));
+}
