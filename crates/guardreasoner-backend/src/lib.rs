@@ -1,0 +1,77 @@
+//! The generation seam (after TGI's router): callers build a [`GenerationRequest`] and hold an
+//! `Arc<dyn Backend>`; behind it sits the local engine or an OpenAI-compatible server
+//! ([`OpenAiBackend`]), or several of them ([`MultiBackend`]). Guard classification goes
+//! through [`classify`], synthesis and evaluation through [`Backend::generate`].
+
+mod error;
+mod guard;
+mod multi;
+mod openai;
+mod rate;
+mod retry;
+#[cfg(feature = "test-support")]
+pub mod testing;
+mod types;
+
+pub use error::BackendError;
+pub use guard::{classify, guard_request, GuardOutcome, GuardParams};
+pub use multi::{Balance, MultiBackend};
+pub use openai::{
+    normalise_base_url, parse_reply, request_body, system_and_user, ApiKey, OpenAiBackend,
+    OpenAiConfig, DEFAULT_API_KEY_VAR,
+};
+pub use rate::{RateLimiter, RateLimits};
+pub use retry::{parse_retry_after, RetryPolicy};
+pub use types::{
+    ChatMessage, Choice, FinishReason, Generation, GenerationRequest, PromptInput, Role,
+    TokenLogprob, Usage,
+};
+
+use async_trait::async_trait;
+
+/// Anything that turns a [`GenerationRequest`] into text. Object-safe: hold it as
+/// `Arc<dyn Backend>`.
+///
+/// Implementations must be cancel-safe: dropping the future of `generate` abandons the
+/// request (the local engine drops the sequence from its batch).
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// A human-readable name (endpoint and model), for logs and reports. Never a secret.
+    fn name(&self) -> String;
+
+    /// Generate `request.n` completions of `request.input`.
+    async fn generate(&self, request: GenerationRequest) -> Result<Generation, BackendError>;
+
+    /// Counters since the backend was created.
+    fn stats(&self) -> BackendStats {
+        BackendStats::default()
+    }
+}
+
+/// Counters of a backend since it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct BackendStats {
+    /// Calls of `generate`.
+    pub requests: u64,
+    /// HTTP exchanges (or engine runs), retries included.
+    pub attempts: u64,
+    pub retries: u64,
+    /// Calls that ended in an error.
+    pub failures: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl BackendStats {
+    /// The sum of two sets of counters.
+    pub fn combined(&self, other: &BackendStats) -> BackendStats {
+        BackendStats {
+            requests: self.requests + other.requests,
+            attempts: self.attempts + other.attempts,
+            retries: self.retries + other.retries,
+            failures: self.failures + other.failures,
+            prompt_tokens: self.prompt_tokens + other.prompt_tokens,
+            completion_tokens: self.completion_tokens + other.completion_tokens,
+        }
+    }
+}
