@@ -1,6 +1,7 @@
 //! `guardreasoner`: reasoning-based LLM safeguards (GuardReasoner, Liu et al. 2025).
 
 mod score;
+mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -20,11 +21,14 @@ enum Command {
     /// Score official-layout prediction files (`<dir>/<Benchmark>/generated_predictions.jsonl`)
     /// and print the paper's tables.
     Score(score::ScoreArgs),
+    /// Synthesise GuardReasonerTrain reasoning data from labelled records with a teacher model.
+    Synth(synth::SynthArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Score(args) => score::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }
