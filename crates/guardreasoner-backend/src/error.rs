@@ -18,6 +18,8 @@ pub enum BackendError {
         status: u16,
         /// The start of the response body, with any secret removed.
         body: String,
+        /// `Retry-After`, which servers may send with 503.
+        retry_after: Option<Duration>,
     },
     /// HTTP 429, with the server's `Retry-After` when it sent one.
     #[error("{endpoint}: rate limited (HTTP 429{}): {body}", .retry_after.map(|d| format!(", retry after {}s", d.as_secs_f64())).unwrap_or_default())]
@@ -68,7 +70,8 @@ impl BackendError {
     /// How long the server asked us to wait, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            BackendError::RateLimited { retry_after, .. } => *retry_after,
+            BackendError::RateLimited { retry_after, .. }
+            | BackendError::Status { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -99,6 +102,7 @@ mod tests {
             endpoint: "e".into(),
             status: s,
             body: String::new(),
+            retry_after: None,
         };
         assert!(status(500).is_retryable());
         assert!(status(503).is_retryable());

@@ -211,6 +211,7 @@ impl OpenAiBackend {
                 endpoint: url.to_string(),
                 status: status.as_u16(),
                 body: self.excerpt(&bytes),
+                retry_after,
             });
         }
         let n = body.get("n").and_then(Value::as_u64).unwrap_or(1) as usize;
@@ -292,7 +293,7 @@ impl Backend for OpenAiBackend {
             match result {
                 Ok(mut generation) => {
                     if let Some(limiter) = &self.config.rate_limiter {
-                        limiter.settle(estimate, generation.usage.total()).await;
+                        limiter.settle(estimate, generation.usage.total());
                     }
                     self.counters
                         .prompt_tokens

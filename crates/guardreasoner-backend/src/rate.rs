@@ -1,8 +1,8 @@
 //! Requests-per-minute and tokens-per-minute limits, shared by every caller that holds the
 //! limiter (one per API key is the usual setup).
 
+use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// Limits per minute; `None` means unlimited.
@@ -14,11 +14,13 @@ pub struct RateLimits {
 
 /// A token bucket per limit. Each bucket holds at most one second's worth of budget (providers
 /// enforce per-minute limits over short windows, so bursts of a whole minute get 429s), and may
-/// go into debt by one large request: a request waits until its cost (or the whole capacity,
-/// if it costs more) is available, then takes its full cost. The long-run rate is therefore
-/// exact whatever the request sizes.
+/// go into debt by one large request: a request may start once its cost (or the whole
+/// capacity, if it costs more) is available, and takes its full cost. The long-run rate is
+/// therefore exact whatever the request sizes.
 ///
-/// Waiters are served in arrival order: the lock is held while waiting.
+/// Each request reserves its cost the moment it arrives and then sleeps until its start time
+/// without holding any lock, so waiters start in arrival order and [`RateLimiter::settle`]
+/// never waits behind them.
 #[derive(Debug)]
 pub struct RateLimiter {
     state: Mutex<[Option<Bucket>; 2]>,
@@ -50,7 +52,7 @@ impl Bucket {
         self.updated = now;
     }
 
-    /// Time until `cost` may be taken (zero if now).
+    /// Time until `cost` may be taken from the current level (zero if now).
     fn wait_for(&self, cost: f64) -> Duration {
         let needed = cost.min(self.capacity) - self.level;
         if needed <= 0.0 {
@@ -76,40 +78,40 @@ impl RateLimiter {
     }
 
     /// Whether any limit is set.
-    pub async fn is_limited(&self) -> bool {
-        self.state.lock().await.iter().any(Option::is_some)
+    pub fn is_limited(&self) -> bool {
+        self.buckets().iter().any(Option::is_some)
     }
 
-    /// Wait until one request costing `tokens` (an estimate) is allowed, and take it.
+    fn buckets(&self) -> std::sync::MutexGuard<'_, [Option<Bucket>; 2]> {
+        // The state stays consistent even if a holder panicked: every update is one assignment.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait until one request costing `tokens` (an estimate) may start. The cost is reserved
+    /// at once, so a dropped wait still counts against the limit (it errs on the safe side).
     pub async fn acquire(&self, tokens: u64) {
-        let costs = [1.0, tokens as f64];
-        let mut buckets = self.state.lock().await;
-        loop {
+        let wait = {
+            let mut buckets = self.buckets();
             let now = Instant::now();
             let mut wait = Duration::ZERO;
-            for (bucket, cost) in buckets.iter_mut().zip(costs) {
+            for (bucket, cost) in buckets.iter_mut().zip([1.0, tokens as f64]) {
                 if let Some(b) = bucket {
                     b.refill(now);
                     wait = wait.max(b.wait_for(cost));
+                    b.level -= cost;
                 }
             }
-            if wait.is_zero() {
-                for (bucket, cost) in buckets.iter_mut().zip(costs) {
-                    if let Some(b) = bucket {
-                        b.level -= cost;
-                    }
-                }
-                return;
-            }
+            wait
+        };
+        if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
     }
 
-    /// Correct the token bucket once the real usage is known: `actual - estimated` tokens are
-    /// taken (or, when negative, given back, up to the capacity).
-    pub async fn settle(&self, estimated: u64, actual: u64) {
-        let mut buckets = self.state.lock().await;
-        if let Some(b) = &mut buckets[TOKENS] {
+    /// Correct the token bucket once the real usage is known: `actual - estimated` more
+    /// tokens are taken (or, when negative, given back, up to the capacity).
+    pub fn settle(&self, estimated: u64, actual: u64) {
+        if let Some(b) = &mut self.buckets()[TOKENS] {
             b.refill(Instant::now());
             b.level = (b.level + estimated as f64 - actual as f64).min(b.capacity);
         }
@@ -162,7 +164,7 @@ mod tests {
         limiter.acquire(100).await;
         // Only 10 were really used: the 90-token debt is forgiven, so the next 10-token
         // request waits 1 s for its budget rather than 10 s.
-        limiter.settle(100, 10).await;
+        limiter.settle(100, 10);
         let start = Instant::now();
         limiter.acquire(10).await;
         let elapsed = start.elapsed();
@@ -173,11 +175,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unlimited_never_waits() {
         let limiter = RateLimiter::new(RateLimits::default());
-        assert!(!limiter.is_limited().await);
+        assert!(!limiter.is_limited());
         let start = Instant::now();
         for _ in 0..1000 {
             limiter.acquire(1_000_000).await;
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_waiters_start_in_arrival_order_at_the_limit() {
+        let limiter = std::sync::Arc::new(RateLimiter::new(RateLimits {
+            requests_per_minute: Some(120),
+            tokens_per_minute: None,
+        }));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let l = limiter.clone();
+                tokio::spawn(async move {
+                    l.acquire(0).await;
+                    start.elapsed()
+                })
+            })
+            .collect();
+        let mut starts = Vec::new();
+        for t in tasks {
+            starts.push(t.await.unwrap());
+        }
+        // 2 per second, burst 2: 0, 0, 0.5, 1.0, 1.5, 2.0 s. Settling meanwhile never blocks.
+        limiter.settle(5, 5);
+        let expected = [0.0, 0.0, 0.5, 1.0, 1.5, 2.0];
+        for (got, want) in starts.iter().zip(expected) {
+            assert!((got.as_secs_f64() - want).abs() < 0.01, "{starts:?}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 use guardreasoner_backend::testing::{FaultServer, RecordedRequest, Reply};
 use guardreasoner_backend::{
     classify, system_and_user, ApiKey, Backend, BackendError, Balance, GenerationRequest,
-    GuardParams, MultiBackend, OpenAiBackend, OpenAiConfig, PromptInput, RetryPolicy,
+    GuardParams, MultiBackend, OpenAiBackend, OpenAiConfig, PromptInput, RateLimiter, RateLimits,
+    RetryPolicy,
 };
 use guardreasoner_core::{Conversation, Label};
 use serde_json::json;
@@ -456,4 +457,61 @@ async fn classify_sends_the_guard_prompt_and_parses_strictly() {
         .await
         .unwrap_err();
     assert!(matches!(err, BackendError::Validation(_)));
+}
+
+#[tokio::test]
+async fn a_503_with_retry_after_is_honoured_too() {
+    let unavailable = Reply::Http {
+        status: 503,
+        headers: vec![("retry-after".into(), "1".into())],
+        body: "overloaded".into(),
+    };
+    let server = FaultServer::scripted(vec![unavailable], echo)
+        .await
+        .unwrap();
+    let b = backend(&server, 3);
+    let start = Instant::now();
+    b.generate(text_request("x")).await.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_shared_rate_limiter_paces_requests_to_the_server() {
+    let server = FaultServer::start(echo).await.unwrap();
+    // 600 requests per minute: a burst of 10, then one every 100 ms.
+    let limiter = Arc::new(RateLimiter::new(RateLimits {
+        requests_per_minute: Some(600),
+        tokens_per_minute: None,
+    }));
+    let mut config = OpenAiConfig::new(server.url(), "m");
+    config.rate_limiter = Some(limiter.clone());
+    let b = Arc::new(OpenAiBackend::new(config).unwrap());
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..15)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move { b.generate(text_request(&i.to_string())).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    let mut arrivals: Vec<Instant> = server.requests().iter().map(|r| r.received_at).collect();
+    arrivals.sort();
+    // After the burst of 10, the k-th extra request arrives no sooner than k * 100 ms.
+    for k in 1..=5 {
+        let gap = arrivals[9 + k] - arrivals[0];
+        assert!(
+            gap >= Duration::from_millis(100 * k as u64 - 15),
+            "request {}: {gap:?}",
+            9 + k
+        );
+    }
+    assert!(limiter.is_limited());
 }
