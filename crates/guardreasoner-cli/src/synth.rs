@@ -181,6 +181,12 @@ fn live(args: RunArgs) -> anyhow::Result<()> {
             tokens_per_minute: args.tpm,
         }))
     });
+    if guardreasoner_backend::ApiKey::from_env(&args.api_key_env).is_none() {
+        eprintln!(
+            "synth: ${} is not set: requests go without an API key (fine for local servers)",
+            args.api_key_env
+        );
+    }
     let endpoints = args.teacher_endpoint.len();
     let mut members: Vec<Arc<dyn Backend>> = Vec::new();
     for url in &args.teacher_endpoint {

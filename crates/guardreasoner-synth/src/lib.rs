@@ -7,6 +7,18 @@
 //! - [`validate`](mod@validate): what makes a reply acceptable;
 //! - [`job`]: the resumable live run over any [`Backend`](guardreasoner_backend::Backend);
 //! - [`batch`]: the OpenAI Batch API path (prepare requests, ingest results).
+//!
+//! From the command line:
+//!
+//! ```text
+//! OPENAI_API_KEY=... guardreasoner synth --input wildguardmix-train.jsonl --source wildguard \
+//!     --teacher-endpoint https://api.openai.com/v1 --teacher-model gpt-4o-2024-08-06 \
+//!     --out WildGuardTrainR.jsonl --concurrency 32 --rpm 5000 --tpm 800000
+//! ```
+//!
+//! Kept rows go to `WildGuardTrainR.jsonl`, rejects (with the reason and the reply) to
+//! `WildGuardTrainR.rejects.jsonl`; running the same command again continues where it stopped.
+//! Inputs whose teacher call failed after every retry are in neither file and are retried.
 
 pub mod batch;
 mod error;
