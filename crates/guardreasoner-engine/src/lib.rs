@@ -24,6 +24,7 @@
 //! Threads: a private rayon pool per [`Engine`] (default: one per physical core). The engine
 //! works on token ids; tokenisation is the tokenizer crate's job.
 
+pub mod bench;
 pub mod config;
 mod engine;
 pub mod error;

@@ -426,6 +426,7 @@ impl Llama {
         s.x.resize(n * h, 0.0);
         let tokens: Vec<u32> = seqs.iter().flat_map(|q| q.tokens.iter().copied()).collect();
         s.x.par_chunks_mut(h)
+            .with_min_len(PARALLEL_TOKENS)
             .zip(&tokens)
             .for_each(|(row, &t)| self.embed_tokens.dequantize_row_into(t as usize, row));
 
@@ -453,6 +454,7 @@ impl Llama {
                 .forward(isa, &s.normed, n, &mut s.qkv, &mut s.part, &mut s.matmul);
             let qkv = &mut s.qkv;
             qkv.par_chunks_mut(qkv_dim)
+                .with_min_len(PARALLEL_TOKENS)
                 .enumerate()
                 .for_each(|(t, row)| {
                     let (cs, sn) = (
@@ -487,17 +489,11 @@ impl Llama {
                         let q = &qkv
                             [t * qkv_dim + head * head_dim..t * qkv_dim + (head + 1) * head_dim];
                         let kv_off = (head / group) * head_dim;
-                        attend(
-                            isa,
-                            q,
-                            &cache.k[l],
-                            &cache.v[l],
-                            kv_dim,
-                            kv_off,
-                            pos_of[t] + 1,
-                            scale,
-                            out,
-                        );
+                        SCORES.with_borrow_mut(|scores| {
+                            let (k, v) = (&cache.k[l], &cache.v[l]);
+                            let len = pos_of[t] + 1;
+                            kernels::attend(isa, q, k, v, kv_dim, kv_off, len, scale, scores, out)
+                        });
                     });
             }
             s.proj.resize(n * h, 0.0);
@@ -520,6 +516,7 @@ impl Llama {
             s.act.resize(n * inter, 0.0);
             s.act
                 .par_chunks_mut(inter)
+                .with_min_len(PARALLEL_TOKENS)
                 .zip(s.gate_up.par_chunks(2 * inter))
                 .for_each(|(a, gu)| {
                     let (g, u) = gu.split_at(inter);
@@ -577,10 +574,20 @@ impl Llama {
     }
 }
 
+thread_local! {
+    /// Attention score scratch of each worker thread.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Below this many tokens, element-wise steps run on the calling thread: waking the pool
+/// would cost more than the work.
+const PARALLEL_TOKENS: usize = 8;
+
 /// `out[t] = x[t] / rms(x[t]) * weight`, per row of `h`.
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, h: usize, out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);
     out.par_chunks_mut(h)
+        .with_min_len(PARALLEL_TOKENS)
         .zip(x.par_chunks(h))
         .for_each(|(o, x)| {
             let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / h as f32;
@@ -609,45 +616,6 @@ fn rotate(head: &mut [f32], cos: &[f32], sin: &[f32], layout: RopeLayout) {
         let (x0, x1) = (head[a], head[b]);
         head[a] = x0 * cos[j] - x1 * sin[j];
         head[b] = x1 * cos[j] + x0 * sin[j];
-    }
-}
-
-/// Causal attention of one query head over the first `len` cached positions.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn attend(
-    isa: Isa,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    kv_dim: usize,
-    kv_off: usize,
-    len: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    let d = q.len();
-    let mut scores = Vec::with_capacity(len);
-    let mut max = f32::NEG_INFINITY;
-    for p in 0..len {
-        let s = kernels::dot(isa, q, &k[p * kv_dim + kv_off..p * kv_dim + kv_off + d]) * scale;
-        max = max.max(s);
-        scores.push(s);
-    }
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    out.fill(0.0);
-    let inv = 1.0 / sum;
-    for (p, &w) in scores.iter().enumerate() {
-        kernels::axpy(
-            isa,
-            w * inv,
-            &v[p * kv_dim + kv_off..p * kv_dim + kv_off + d],
-            out,
-        );
     }
 }
 

@@ -145,6 +145,7 @@ pub fn matmul(
         scratch
             .q16
             .par_chunks_mut(blocks)
+            .with_min_len(8)
             .zip(x.par_chunks(cols))
             .for_each(|(q, xs)| quantize_row_q16(xs, q));
     }

@@ -201,6 +201,7 @@ unsafe fn float_rows<const N: usize>(
 
 /// # Safety
 /// The CPU must support avx2 and fma.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -231,6 +232,7 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// # Safety
 /// The CPU must support avx2 and fma.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
@@ -247,5 +249,46 @@ pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     while i < n {
         y[i] += alpha * x[i];
         i += 1;
+    }
+}
+
+/// See [`super::attend`].
+///
+/// # Safety
+/// The CPU must support avx2 and fma.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let d = q.len();
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for p in 0..len {
+        let s = dot(q, &k[p * stride + offset..p * stride + offset + d]) * scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut sum = 0.0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    let inv = 1.0 / sum;
+    for (p, &w) in scores.iter().enumerate() {
+        axpy(
+            w * inv,
+            &v[p * stride + offset..p * stride + offset + d],
+            out,
+        );
     }
 }

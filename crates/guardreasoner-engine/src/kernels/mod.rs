@@ -122,6 +122,35 @@ pub fn axpy(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Causal attention of one query head `q` over the first `len` cached positions: `out =
+/// softmax(q · K[p] * scale) · V[p]`, where position `p`'s key for this head is
+/// `k[p * stride + offset..][..q.len()]` (likewise `v`). `scores` is scratch.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn attend(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    assert!(
+        len == 0 || (len - 1) * stride + offset + q.len() <= k.len().min(v.len()),
+        "attend: cache too short"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only produced after detecting avx2 and fma.
+        Isa::Avx2 => unsafe { avx2::attend(q, k, v, stride, offset, len, scale, scores, out) },
+        _ => scalar::attend(q, k, v, stride, offset, len, scale, scores, out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +251,45 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_matches_scalar() {
+        let mut rng = Lcg(5);
+        let (d, stride, len) = (64, 192, 37);
+        let q = rng.vec(d, 1.0);
+        let k = rng.vec(stride * len, 1.0);
+        let v = rng.vec(stride * len, 1.0);
+        let mut want = vec![0.0; d];
+        scalar::attend(
+            &q,
+            &k,
+            &v,
+            stride,
+            64,
+            len,
+            0.125,
+            &mut Vec::new(),
+            &mut want,
+        );
+        for isa in Isa::all_available() {
+            let mut got = vec![0.0; d];
+            attend(
+                isa,
+                &q,
+                &k,
+                &v,
+                stride,
+                64,
+                len,
+                0.125,
+                &mut Vec::new(),
+                &mut got,
+            );
+            for (a, b) in got.iter().zip(&want) {
+                assert!(close(*a, *b, 1.0), "{isa:?}: {a} vs {b}");
             }
         }
     }

@@ -117,3 +117,40 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
         *yv += alpha * xv;
     }
 }
+
+/// See [`super::attend`].
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let d = q.len();
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for p in 0..len {
+        let s = dot(q, &k[p * stride + offset..p * stride + offset + d]) * scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut sum = 0.0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    let inv = 1.0 / sum;
+    for (p, &w) in scores.iter().enumerate() {
+        axpy(
+            w * inv,
+            &v[p * stride + offset..p * stride + offset + d],
+            out,
+        );
+    }
+}
