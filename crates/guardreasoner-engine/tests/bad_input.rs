@@ -186,7 +186,7 @@ fn prompt_longer_than_the_context_window() {
     let context = e.context_length();
     assert_eq!(context, 8192);
     let long = vec![1u32; context + 1];
-    let err = e.logits(&long).err().expect("overflow");
+    let err = e.logits(&long).expect_err("overflow");
     assert!(
         matches!(err, EngineError::ContextOverflow { context: 8192, .. }),
         "{err}"
@@ -198,8 +198,7 @@ fn prompt_longer_than_the_context_window() {
     };
     let err = e
         .generate(&[request], |_, _| {})
-        .err()
-        .expect("overflow with generation");
+        .expect_err("overflow with generation");
     assert!(
         matches!(err, EngineError::ContextOverflow { needed: 8202, .. }),
         "{err}"
