@@ -13,6 +13,7 @@
 //! tokenizing the joined text in one pass, so piece boundaries add no extra token splits.
 
 mod bytelevel;
+mod fastpath;
 mod gguf;
 mod hf;
 mod pretokenizer;
@@ -21,6 +22,7 @@ mod stream;
 
 use std::path::{Path, PathBuf};
 
+use fastpath::FastPath;
 use guardreasoner_core::prompt::{build_guard_prompt, Conversation};
 use special::SpecialMatcher;
 
@@ -107,6 +109,8 @@ pub struct Tokenizer {
     /// Configured never to match special-token text (`encode_special_tokens = true`): the
     /// special tokens of trusted text are cut out by `specials` before text reaches it.
     inner: tokenizers::Tokenizer,
+    /// Faster splitting for the usual byte-level layouts; `None` runs `inner`'s pipeline.
+    fast: Option<FastPath>,
     specials: SpecialMatcher,
     /// `is_special[id]`: ids skipped by `decode(.., skip_special = true)`.
     is_special: Vec<bool>,
@@ -193,8 +197,10 @@ impl Tokenizer {
             ),
             _ => IdDecoder::Generic,
         };
+        let fast = FastPath::for_tokenizer(&inner);
         Ok(Self {
             inner,
+            fast,
             specials,
             is_special,
             decoder,
@@ -329,6 +335,32 @@ impl Tokenizer {
         if text.is_empty() {
             return Ok(());
         }
+        if let Some(fast) = &self.fast {
+            return fast
+                .encode_into(self.inner.get_model(), text, ids)
+                .map_err(|e| TokenizerError::Encode(e.to_string()));
+        }
+        self.encode_plain_reference_into(text, ids)
+    }
+
+    /// [`Tokenizer::encode_untrusted`] through the `tokenizers` pipeline even where the fast
+    /// path applies: the reference the fast path is tested against.
+    #[doc(hidden)]
+    pub fn encode_untrusted_reference(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if !text.is_empty() {
+            self.encode_plain_reference_into(text, &mut ids)?;
+        }
+        Ok(ids)
+    }
+
+    /// Whether encoding takes the fast path (see `fastpath.rs`).
+    #[doc(hidden)]
+    pub fn uses_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    fn encode_plain_reference_into(&self, text: &str, ids: &mut Vec<u32>) -> Result<()> {
         let encoding = self
             .inner
             .encode_fast(text, false)
@@ -419,6 +451,13 @@ fn guard_layout() -> &'static GuardLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokenizer_and_errors_cross_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tokenizer>();
+        assert_send_sync::<TokenizerError>();
+    }
 
     #[test]
     fn guard_layout_reassembles_the_core_prompt() {

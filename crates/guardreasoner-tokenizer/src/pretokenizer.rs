@@ -15,7 +15,7 @@ pub const SUPPORTED_GGUF_PRE_TOKENIZERS: &[&str] =
 
 /// Llama 3's split: contractions in any case, letter runs with one leading non-letter, digit
 /// groups of at most three, punctuation runs with trailing newlines, newline runs, spaces.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The pre-tokenizer for a GGUF `pre` name, or `None` when unsupported.
 pub(crate) fn for_gguf_pre(pre: &str) -> Option<PreTokenizerWrapper> {

@@ -138,3 +138,63 @@ fn missing_or_corrupt_tokenizer_json_is_a_clear_error() {
     let err = Tokenizer::from_hf_dir(dir.path().join("nope")).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+/// A SentencePiece-style tokenizer (Llama 2 layout: `▁` for spaces, byte fallback, a decoder
+/// chain that is not byte-level), to exercise the generic decoding path.
+fn sentencepiece_style(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("<unk>".into(), 0.into());
+    for b in 0..=255u32 {
+        vocab.insert(format!("<0x{b:02X}>"), (b + 1).into());
+    }
+    for (i, piece) in ["▁", "h", "i", "▁h", "▁hi"].iter().enumerate() {
+        vocab.insert((*piece).into(), (257 + i as u32).into());
+    }
+    let json = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [{"id": 0, "content": "<unk>", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>",
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                  "vocab": vocab, "merges": [["▁", "h"], ["▁h", "i"]]}
+    });
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn non_byte_level_decoders_stream_whole_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = Tokenizer::from_file(sentencepiece_style(dir.path())).expect("load");
+    assert_eq!(tok.token_bytes(0), None, "not a byte-level decoder");
+    let text = "hi 🦀 hi";
+    let ids = tok.encode_untrusted(text).unwrap();
+    assert!(ids.len() >= 7, "{ids:?}");
+    assert_eq!(tok.decode(&ids, false).unwrap(), text);
+    let mut stream = tok.stream_decoder(false);
+    let mut pieces = Vec::new();
+    for &id in &ids {
+        pieces.push(stream.push(id).unwrap());
+    }
+    pieces.push(stream.finish().unwrap());
+    assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+    assert!(
+        pieces.contains(&"🦀".to_string()) || pieces.contains(&" 🦀".to_string()),
+        "{pieces:?}"
+    );
+    assert_eq!(pieces.concat(), text);
+}
