@@ -1,8 +1,9 @@
 //! A fault-injecting HTTP/1.1 server on 127.0.0.1 for tests (feature `test-support`).
 //!
-//! Real sockets, a hand-written HTTP/1.1 exchange (one request per connection, then close) so a
-//! test can make the server misbehave in ways a framework would not allow: drop the connection,
-//! send half a body, hang, or send garbage with a 200.
+//! Real sockets and a hand-written HTTP/1.1 exchange, so a test can make the server misbehave
+//! in ways a framework would not allow: drop the connection, send half a body, hang, or send
+//! garbage with a 200. Connections are kept alive between requests (as real servers do, so
+//! the client's connection pool is exercised) and bodies can be sent chunked.
 
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,6 +59,8 @@ pub enum Reply {
     Drop,
     /// Announce `Content-Length` of the full body, send half of it, close.
     Truncated { body: String },
+    /// A 200 JSON body sent with `Transfer-Encoding: chunked`, in pieces of `chunk` bytes.
+    Chunked { body: String, chunk: usize },
     /// Wait, then reply.
     Delay(Duration, Box<Reply>),
 }
@@ -136,6 +139,7 @@ pub struct FaultServer {
     log: Arc<Mutex<Vec<RecordedRequest>>>,
     active: Arc<AtomicUsize>,
     max_active: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     accept_loop: JoinHandle<()>,
 }
 
@@ -157,9 +161,12 @@ impl FaultServer {
         let max_active = Arc::new(AtomicUsize::new(0));
         let handler: Arc<Handler> = Arc::new(handler);
         let sequence = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let (log2, active2, max2) = (log.clone(), active.clone(), max_active.clone());
+        let connections2 = connections.clone();
         let accept_loop = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                connections2.fetch_add(1, Ordering::SeqCst);
                 let (handler, log, active, max_active, sequence) = (
                     handler.clone(),
                     log2.clone(),
@@ -168,8 +175,18 @@ impl FaultServer {
                     sequence.clone(),
                 );
                 tokio::spawn(async move {
-                    let _ =
-                        serve_one(stream, &*handler, &log, &active, &max_active, &sequence).await;
+                    let mut stream = stream;
+                    // Keep the connection alive until a reply closes it or the client leaves.
+                    while let Ok(true) = serve_one(
+                        &mut stream,
+                        &*handler,
+                        &log,
+                        &active,
+                        &max_active,
+                        &sequence,
+                    )
+                    .await
+                    {}
                 });
             }
         });
@@ -178,6 +195,7 @@ impl FaultServer {
             log,
             active,
             max_active,
+            connections,
             accept_loop,
         })
     }
@@ -210,13 +228,18 @@ impl FaultServer {
         self.max_active.load(Ordering::SeqCst)
     }
 
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
     /// Requests being handled now.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }
 }
 
-/// Decrements the active count when a connection's handling ends, however it ends.
+/// Decrements the active count when a request's handling ends, however it ends.
 struct Active<'a>(&'a AtomicUsize);
 
 impl Drop for Active<'_> {
@@ -225,16 +248,17 @@ impl Drop for Active<'_> {
     }
 }
 
+/// Answer one request. `Ok(true)`: the connection stays open for the next one.
 async fn serve_one(
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
     handler: &Handler,
     log: &Mutex<Vec<RecordedRequest>>,
     active: &AtomicUsize,
     max_active: &AtomicUsize,
     sequence: &AtomicUsize,
-) -> std::io::Result<()> {
-    let Some(mut request) = read_request(&mut stream).await? else {
-        return Ok(());
+) -> std::io::Result<bool> {
+    let Some(mut request) = read_request(stream).await? else {
+        return Ok(false);
     };
     let now_active = active.fetch_add(1, Ordering::SeqCst) + 1;
     let _active = Active(active);
@@ -243,6 +267,10 @@ async fn serve_one(
     if let Ok(mut l) = log.lock() {
         l.push(request.clone());
     }
+    let keep_alive = !request
+        .header("connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+    let connection = if keep_alive { "keep-alive" } else { "close" };
     let mut reply = handler(&request);
     loop {
         match reply {
@@ -250,16 +278,33 @@ async fn serve_one(
                 tokio::time::sleep(by).await;
                 reply = *next;
             }
-            Reply::Drop => return Ok(()),
+            Reply::Drop => return Ok(false),
             Reply::Truncated { body } => {
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                     body.len()
                 );
                 stream.write_all(head.as_bytes()).await?;
                 stream.write_all(&body.as_bytes()[..body.len() / 2]).await?;
                 stream.flush().await?;
-                return Ok(());
+                return Ok(false);
+            }
+            Reply::Chunked { body, chunk } => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: {connection}\r\n\r\n"
+                );
+                stream.write_all(head.as_bytes()).await?;
+                for piece in body.as_bytes().chunks(chunk.max(1)) {
+                    stream
+                        .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                        .await?;
+                    stream.write_all(piece).await?;
+                    stream.write_all(b"\r\n").await?;
+                    stream.flush().await?;
+                }
+                stream.write_all(b"0\r\n\r\n").await?;
+                stream.flush().await?;
+                return Ok(keep_alive);
             }
             Reply::Http {
                 status,
@@ -271,13 +316,13 @@ async fn serve_one(
                     head.push_str(&format!("{k}: {v}\r\n"));
                 }
                 head.push_str(&format!(
-                    "content-length: {}\r\nconnection: close\r\n\r\n",
+                    "content-length: {}\r\nconnection: {connection}\r\n\r\n",
                     body.len()
                 ));
                 stream.write_all(head.as_bytes()).await?;
                 stream.write_all(body.as_bytes()).await?;
                 stream.flush().await?;
-                return stream.shutdown().await;
+                return Ok(keep_alive);
             }
         }
     }

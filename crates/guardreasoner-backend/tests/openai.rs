@@ -515,3 +515,45 @@ async fn a_shared_rate_limiter_paces_requests_to_the_server() {
     }
     assert!(limiter.is_limited());
 }
+
+#[tokio::test]
+async fn connections_are_reused_and_chunked_bodies_parse() {
+    let server = FaultServer::start(|r| {
+        let body = match Reply::text_for(r, "chunked reply") {
+            Reply::Http { body, .. } => body,
+            other => panic!("{other:?}"),
+        };
+        Reply::Chunked { body, chunk: 7 }
+    })
+    .await
+    .unwrap();
+    let b = backend(&server, 0);
+    for _ in 0..5 {
+        let g = b.generate(text_request("x")).await.unwrap();
+        assert_eq!(g.choices[0].text, "chunked reply");
+    }
+    assert_eq!(server.requests().len(), 5);
+    assert_eq!(server.connections(), 1, "the pooled connection is reused");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_drops_is_retried() {
+    // The first reply keeps the connection alive; the server then drops it on the next request.
+    let server = FaultServer::scripted(
+        vec![
+            Reply::json(
+                200,
+                &json!({"choices": [{"text": "a", "finish_reason": "stop"}]}),
+            ),
+            Reply::Drop,
+        ],
+        echo,
+    )
+    .await
+    .unwrap();
+    let b = backend(&server, 2);
+    b.generate(text_request("1")).await.unwrap();
+    let g = b.generate(text_request("2")).await.unwrap();
+    assert_eq!(g.choices[0].text, "echo: 2");
+    assert_eq!(server.requests().len(), 3);
+}
