@@ -264,11 +264,11 @@ fn print_summary(s: &Summary, out: &Path) {
     println!("kept              {}", s.kept);
     println!("rejected          {}", s.rejected);
     for (reason, n) in &s.rejected_by_reason {
-        println!("  {reason:<22}{n}");
+        println!("  {reason:<28} {n}");
     }
     println!("failed            {}", s.failed);
     for (kind, n) in &s.failed_by_kind {
-        println!("  {kind:<22}{n}");
+        println!("  {kind:<28} {n}");
     }
     println!("retries           {}", s.retries);
     println!(
