@@ -1,0 +1,260 @@
+//! LoRA adapters (Hu et al. 2021) in the PEFT layout.
+//!
+//! `y = x W^T + (alpha / r) * dropout(x) A^T B^T` with `A: [r, in]` (Kaiming-uniform, as PEFT)
+//! and `B: [out, r]` (zeros, so training starts from the base model). Saved as
+//! `adapter_config.json` + `adapter_model.safetensors` with PEFT names
+//! `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`.
+
+use crate::model::{load_safetensors, save_safetensors, Llama};
+use crate::TrainError;
+use candle_core::{DType, Device, Tensor, Var};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The projections LoRA can adapt, by their HF short names.
+pub const ALL_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// LoRA hyperparameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Short names from [`ALL_TARGETS`].
+    pub targets: Vec<String>,
+}
+
+impl LoraConfig {
+    /// Checks rank, dropout and target names.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.rank == 0 {
+            return Err(TrainError::Config("LoRA rank must be positive".into()));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(TrainError::Config(format!(
+                "LoRA dropout {} must be in [0, 1)",
+                self.dropout
+            )));
+        }
+        if self.targets.is_empty() {
+            return Err(TrainError::Config("LoRA needs at least one target".into()));
+        }
+        for t in &self.targets {
+            if !ALL_TARGETS.contains(&t.as_str()) {
+                return Err(TrainError::Config(format!(
+                    "unknown LoRA target {t:?}; expected some of {ALL_TARGETS:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// Whether the HF weight `name` (e.g. `model.layers.0.self_attn.q_proj.weight`) is adapted.
+    pub fn targets_weight(&self, name: &str) -> bool {
+        name.starts_with("model.layers.")
+            && self
+                .targets
+                .iter()
+                .any(|t| name.ends_with(&format!(".{t}.weight")))
+    }
+}
+
+/// One adapted projection.
+#[derive(Debug, Clone)]
+pub struct LoraLayer {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+impl LoraLayer {
+    /// PEFT's initialisation: A ~ U(-1/sqrt(in), 1/sqrt(in)) (Kaiming-uniform with a = sqrt(5)),
+    /// B = 0.
+    pub fn init(
+        cfg: &LoraConfig,
+        in_dim: usize,
+        out_dim: usize,
+        dtype: DType,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Self, TrainError> {
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let a: Vec<f64> = (0..cfg.rank * in_dim)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        let a = Tensor::from_vec(a, (cfg.rank, in_dim), &Device::Cpu)?.to_dtype(dtype)?;
+        let b = Tensor::zeros((out_dim, cfg.rank), dtype, &Device::Cpu)?;
+        Ok(LoraLayer {
+            a: Var::from_tensor(&a)?,
+            b: Var::from_tensor(&b)?,
+            scale: cfg.scale(),
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// The adapter's contribution for input `x: [seq, in]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        dropout: &mut Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor, TrainError> {
+        let x = match dropout {
+            Some(rng) if self.dropout > 0.0 => {
+                let keep = 1.0 - self.dropout;
+                let mask: Vec<f32> = (0..x.elem_count())
+                    .map(|_| {
+                        if rng.random::<f64>() < keep {
+                            (1.0 / keep) as f32
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
+                (x * mask)?
+            }
+            _ => x.clone(),
+        };
+        let low = x.matmul(&self.a.as_tensor().t()?)?;
+        Ok((low.matmul(&self.b.as_tensor().t()?)? * self.scale)?)
+    }
+
+    /// `scale * B A`, the dense update to add to the base weight.
+    pub fn delta(&self) -> Result<Tensor, TrainError> {
+        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
+    }
+}
+
+/// `model.layers.0.self_attn.q_proj.weight` -> `base_model.model.model.layers.0.self_attn.q_proj`.
+pub fn peft_prefix(hf_weight: &str) -> String {
+    let stem = hf_weight.strip_suffix(".weight").unwrap_or(hf_weight);
+    format!("base_model.model.{stem}")
+}
+
+/// Writes `adapter_config.json` and `adapter_model.safetensors` (PEFT layout).
+pub fn save_adapter(
+    model: &Llama,
+    cfg: &LoraConfig,
+    base_model: &str,
+    dir: &Path,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "use_rslora": false,
+        "use_dora": false,
+    });
+    let path = dir.join("adapter_config.json");
+    let text =
+        serde_json::to_string_pretty(&config).map_err(|e| TrainError::Config(e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))?;
+    let mut tensors = BTreeMap::new();
+    for (name, var) in model.trainable() {
+        tensors.insert(name.clone(), var.as_tensor().to_dtype(DType::F32)?);
+    }
+    save_safetensors(&tensors, &dir.join("adapter_model.safetensors"))
+}
+
+/// Reads a PEFT adapter directory: its config and tensors by PEFT name.
+pub fn load_adapter(dir: &Path) -> Result<(LoraConfig, BTreeMap<String, Tensor>), TrainError> {
+    let path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Format {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let bad = |m: &str| TrainError::Format {
+        path: path.clone(),
+        message: m.to_string(),
+    };
+    let rank = v["r"].as_u64().ok_or_else(|| bad("missing integer `r`"))? as usize;
+    let alpha = v["lora_alpha"]
+        .as_f64()
+        .ok_or_else(|| bad("missing number `lora_alpha`"))?;
+    let dropout = v["lora_dropout"].as_f64().unwrap_or(0.0);
+    let targets = v["target_modules"]
+        .as_array()
+        .ok_or_else(|| bad("`target_modules` must be a list"))?
+        .iter()
+        .map(|t| {
+            t.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| bad("target names must be strings"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let cfg = LoraConfig {
+        rank,
+        alpha,
+        dropout,
+        targets,
+    };
+    cfg.validate()?;
+    let tensors = load_safetensors(&dir.join("adapter_model.safetensors"))?;
+    Ok((cfg, tensors))
+}
+
+/// Folds a PEFT adapter into base weights (HF names), returning merged weights.
+pub fn merge_into(
+    base: &BTreeMap<String, Tensor>,
+    cfg: &LoraConfig,
+    adapter: &BTreeMap<String, Tensor>,
+) -> Result<BTreeMap<String, Tensor>, TrainError> {
+    let mut out = base.clone();
+    let mut used = 0;
+    for (name, w) in out.iter_mut() {
+        if !cfg.targets_weight(name) {
+            continue;
+        }
+        let prefix = peft_prefix(name);
+        let get = |suffix: &str| {
+            adapter
+                .get(&format!("{prefix}.{suffix}"))
+                .ok_or_else(|| TrainError::Model(format!("adapter lacks {prefix}.{suffix}")))
+        };
+        let a = get("lora_A.weight")?.to_dtype(DType::F32)?;
+        let b = get("lora_B.weight")?.to_dtype(DType::F32)?;
+        let delta = (b.matmul(&a)? * cfg.scale())?;
+        if delta.dims() != w.dims() {
+            return Err(TrainError::Model(format!(
+                "adapter for {name} has shape {:?}, weight is {:?}",
+                delta.dims(),
+                w.dims()
+            )));
+        }
+        *w = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
+        used += 2;
+    }
+    if used != adapter.len() {
+        return Err(TrainError::Model(format!(
+            "adapter has {} tensors but only {used} match the model's targets",
+            adapter.len()
+        )));
+    }
+    Ok(out)
+}

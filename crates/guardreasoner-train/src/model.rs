@@ -1,0 +1,753 @@
+//! A trainable LLaMA (LLaMA-2/3, SmolLM2, Llama-3.2 guards) on candle autograd.
+//!
+//! The maths is the engine's (RMSNorm, rotate-half RoPE with optional llama3 frequency scaling,
+//! grouped-query attention, SwiGLU MLP, optionally tied embeddings); parameter names are the
+//! Hugging Face paths (`model.layers.0.self_attn.q_proj.weight`, ...), so checkpoints load from and
+//! save to the HF layout. Every op used here has a backward pass in candle: the fused
+//! `rope`/`softmax_last_dim`/`rms_norm` kernels do not, so they are composed from primitives.
+
+use crate::lora::{LoraConfig, LoraLayer};
+use crate::TrainError;
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// llama3-style RoPE frequency scaling (`rope_scaling` in `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    /// Must be `llama3` (the only scaling the GuardReasoner base models use).
+    pub rope_type: String,
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+/// The subset of a Hugging Face `LlamaConfig` the model needs; unknown keys are kept in `extra`
+/// so a saved `config.json` round-trips.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+
+impl LlamaConfig {
+    /// Number of key/value heads (equal to the query heads without GQA).
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Per-head dimension.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// The end-of-sequence token ids (HF allows an int or a list).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|v| v as u32).into_iter().collect()
+            }
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_u64().map(|v| v as u32))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A small config for tests and examples.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tiny(
+        vocab: usize,
+        hidden: usize,
+        intermediate: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+        tie: bool,
+    ) -> Self {
+        LlamaConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: intermediate,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(kv_heads),
+            head_dim: None,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            tie_word_embeddings: tie,
+            bos_token_id: None,
+            eos_token_id: Some(serde_json::json!(vocab.saturating_sub(1))),
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// Reads `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let config: LlamaConfig = serde_json::from_str(&text).map_err(|e| TrainError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| TrainError::Format {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the shape parameters are consistent.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_attention_heads == 0 || self.kv_heads() == 0 {
+            return Err("attention heads must be positive".into());
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.kv_heads()
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(format!(
+                "head_dim {} must be even for RoPE",
+                self.head_dim()
+            ));
+        }
+        if let Some(s) = &self.rope_scaling {
+            if s.rope_type != "llama3" {
+                return Err(format!("unsupported rope_scaling type {:?}", s.rope_type));
+            }
+        }
+        Ok(())
+    }
+
+    /// The RoPE inverse frequencies, with llama3 scaling applied when configured.
+    pub fn inv_freq(&self) -> Vec<f64> {
+        let dim = self.head_dim();
+        let base: Vec<f64> = (0..dim / 2)
+            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / dim as f64))
+            .collect();
+        let Some(s) = &self.rope_scaling else {
+            return base;
+        };
+        let old_len = s.original_max_position_embeddings as f64;
+        let low_wavelen = old_len / s.low_freq_factor;
+        let high_wavelen = old_len / s.high_freq_factor;
+        base.into_iter()
+            .map(|freq| {
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                if wavelen < high_wavelen {
+                    freq
+                } else if wavelen > low_wavelen {
+                    freq / s.factor
+                } else {
+                    let smooth = (old_len / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    (1.0 - smooth) * freq / s.factor + smooth * freq
+                }
+            })
+            .collect()
+    }
+}
+
+/// How the model is trained: every weight, or low-rank adapters over frozen weights.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainMode {
+    Full,
+    Lora(LoraConfig),
+}
+
+/// A LLaMA causal LM whose weights are candle tensors; trainable ones are [`Var`]s.
+pub struct Llama {
+    pub config: LlamaConfig,
+    /// Weights by HF name. In full fine-tuning these are the `Var`s' tensors.
+    weights: BTreeMap<String, Tensor>,
+    /// Trainable parameters by name (HF names, or PEFT names for adapters).
+    trainable: BTreeMap<String, Var>,
+    /// LoRA layers by the HF name of the weight they adapt.
+    lora: BTreeMap<String, LoraLayer>,
+    cos: Tensor,
+    sin: Tensor,
+    max_positions: usize,
+    dtype: DType,
+    device: Device,
+}
+
+/// The weight names of one decoder layer, HF layout.
+pub const LAYER_WEIGHTS: [&str; 9] = [
+    "input_layernorm.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+];
+
+impl Llama {
+    /// The expected weight names and shapes for `config`.
+    pub fn expected_shapes(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+        let h = config.hidden_size;
+        let i = config.intermediate_size;
+        let q = config.num_attention_heads * config.head_dim();
+        let kv = config.kv_heads() * config.head_dim();
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![config.vocab_size, h],
+        )];
+        for l in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{l}.");
+            out.push((format!("{p}input_layernorm.weight"), vec![h]));
+            out.push((format!("{p}self_attn.q_proj.weight"), vec![q, h]));
+            out.push((format!("{p}self_attn.k_proj.weight"), vec![kv, h]));
+            out.push((format!("{p}self_attn.v_proj.weight"), vec![kv, h]));
+            out.push((format!("{p}self_attn.o_proj.weight"), vec![h, q]));
+            out.push((format!("{p}post_attention_layernorm.weight"), vec![h]));
+            out.push((format!("{p}mlp.gate_proj.weight"), vec![i, h]));
+            out.push((format!("{p}mlp.up_proj.weight"), vec![i, h]));
+            out.push((format!("{p}mlp.down_proj.weight"), vec![h, i]));
+        }
+        out.push(("model.norm.weight".to_string(), vec![h]));
+        if !config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![config.vocab_size, h]));
+        }
+        out
+    }
+
+    /// A randomly initialised model (normal(0, std) matrices, unit norms), seeded.
+    pub fn random(
+        config: LlamaConfig,
+        std: f64,
+        seed: u64,
+        dtype: DType,
+        mode: TrainMode,
+    ) -> Result<Self, TrainError> {
+        use rand::SeedableRng;
+        use rand_distr_lite::normal;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let device = Device::Cpu;
+        let mut weights = BTreeMap::new();
+        for (name, shape) in Self::expected_shapes(&config) {
+            let n: usize = shape.iter().product();
+            let t = if shape.len() == 1 {
+                Tensor::ones(shape.as_slice(), DType::F64, &device)?
+            } else {
+                let data: Vec<f64> = (0..n).map(|_| normal(&mut rng) * std).collect();
+                Tensor::from_vec(data, shape.as_slice(), &device)?
+            };
+            weights.insert(name, t.to_dtype(dtype)?);
+        }
+        Self::from_weights(config, weights, dtype, mode, seed)
+    }
+
+    /// Loads an HF-layout checkpoint directory (`config.json` + `*.safetensors`, f32/bf16/f16),
+    /// converting weights to `dtype`.
+    pub fn load_hf(
+        dir: &Path,
+        dtype: DType,
+        mode: TrainMode,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
+        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| TrainError::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(TrainError::Format {
+                path: dir.to_path_buf(),
+                message: "no *.safetensors file in the checkpoint directory".into(),
+            });
+        }
+        let mut weights = BTreeMap::new();
+        for file in &files {
+            for (name, t) in load_safetensors(file)? {
+                weights.insert(name, t.to_dtype(dtype)?);
+            }
+        }
+        // Some tied checkpoints also store lm_head; drop it when tied so it is not trained twice.
+        if config.tie_word_embeddings {
+            weights.remove("lm_head.weight");
+        }
+        Self::from_weights(config, weights, dtype, mode, seed).map_err(|e| e.with_path(dir))
+    }
+
+    /// Builds a model from named weights (HF names), checking names and shapes.
+    pub fn from_weights(
+        config: LlamaConfig,
+        mut weights: BTreeMap<String, Tensor>,
+        dtype: DType,
+        mode: TrainMode,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
+        config.validate().map_err(TrainError::Model)?;
+        let device = Device::Cpu;
+        let mut checked = BTreeMap::new();
+        for (name, shape) in Self::expected_shapes(&config) {
+            let t = weights
+                .remove(&name)
+                .ok_or_else(|| TrainError::Model(format!("missing weight {name}")))?;
+            if t.dims() != shape.as_slice() {
+                return Err(TrainError::Model(format!(
+                    "weight {name} has shape {:?}, config expects {:?}",
+                    t.dims(),
+                    shape
+                )));
+            }
+            checked.insert(name, t.to_dtype(dtype)?.contiguous()?);
+        }
+        if let Some(extra) = weights.keys().find(|k| !k.ends_with("rotary_emb.inv_freq")) {
+            return Err(TrainError::Model(format!("unexpected weight {extra}")));
+        }
+        let mut trainable = BTreeMap::new();
+        let mut lora = BTreeMap::new();
+        match &mode {
+            TrainMode::Full => {
+                for (name, t) in checked.iter_mut() {
+                    let var = Var::from_tensor(t)?;
+                    *t = var.as_tensor().clone();
+                    trainable.insert(name.clone(), var);
+                }
+            }
+            TrainMode::Lora(cfg) => {
+                use rand::SeedableRng;
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x10_7A);
+                for (name, t) in checked.iter() {
+                    if !cfg.targets_weight(name) {
+                        continue;
+                    }
+                    let (out_dim, in_dim) = t.dims2()?;
+                    let layer = LoraLayer::init(cfg, in_dim, out_dim, dtype, &mut rng)?;
+                    let peft = crate::lora::peft_prefix(name);
+                    trainable.insert(format!("{peft}.lora_A.weight"), layer.a.clone());
+                    trainable.insert(format!("{peft}.lora_B.weight"), layer.b.clone());
+                    lora.insert(name.clone(), layer);
+                }
+                if lora.is_empty() {
+                    return Err(TrainError::Model(
+                        "LoRA targets match no weight of this model".into(),
+                    ));
+                }
+            }
+        }
+        let (cos, sin, max_positions) = rope_tables(&config, 256, dtype)?;
+        Ok(Llama {
+            config,
+            weights: checked,
+            trainable,
+            lora,
+            cos,
+            sin,
+            max_positions,
+            dtype,
+            device,
+        })
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Trainable parameters by name.
+    pub fn trainable(&self) -> &BTreeMap<String, Var> {
+        &self.trainable
+    }
+
+    /// All base weights by HF name.
+    pub fn weights(&self) -> &BTreeMap<String, Tensor> {
+        &self.weights
+    }
+
+    /// LoRA layers by adapted weight name (empty in full fine-tuning).
+    pub fn lora_layers(&self) -> &BTreeMap<String, LoraLayer> {
+        &self.lora
+    }
+
+    /// Number of trainable scalars.
+    pub fn trainable_count(&self) -> usize {
+        self.trainable.values().map(|v| v.elem_count()).sum()
+    }
+
+    fn weight(&self, name: &str) -> Result<&Tensor, TrainError> {
+        self.weights
+            .get(name)
+            .ok_or_else(|| TrainError::Model(format!("missing weight {name}")))
+    }
+
+    fn ensure_rope(&mut self, len: usize) -> Result<(), TrainError> {
+        if len > self.max_positions {
+            let (cos, sin, max) = rope_tables(&self.config, len.next_power_of_two(), self.dtype)?;
+            self.cos = cos;
+            self.sin = sin;
+            self.max_positions = max;
+        }
+        Ok(())
+    }
+
+    /// Makes the RoPE tables cover `len` positions (call before a forward pass on a longer
+    /// sequence than any before; forward passes do this themselves when given `&mut self`).
+    pub fn reserve_positions(&mut self, len: usize) -> Result<(), TrainError> {
+        self.ensure_rope(len)
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        name: &str,
+        dropout: &mut Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor, TrainError> {
+        let w = self.weight(name)?;
+        let mut y = x.matmul(&w.t()?)?;
+        if let Some(layer) = self.lora.get(name) {
+            y = (y + layer.forward(x, dropout)?)?;
+        }
+        Ok(y)
+    }
+
+    /// Logits `[seq, vocab]` for one sequence. `dropout` is the RNG for LoRA dropout masks
+    /// (None: evaluation, no dropout).
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        dropout: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor, TrainError> {
+        self.forward_from(ids, 0, dropout)
+    }
+
+    /// Logits `[seq - from, vocab]` for positions `from..` only: training needs logits only where
+    /// there are targets, and the vocabulary projection is the largest activation.
+    pub fn forward_from(
+        &self,
+        ids: &[u32],
+        from: usize,
+        mut dropout: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor, TrainError> {
+        if from >= ids.len() {
+            return Err(TrainError::Model(format!(
+                "no positions from {from} in a sequence of {}",
+                ids.len()
+            )));
+        }
+        let hidden = self.hidden_states(ids, &mut dropout)?;
+        let hidden = hidden.narrow(0, from, ids.len() - from)?;
+        let head = if self.config.tie_word_embeddings {
+            self.weight("model.embed_tokens.weight")?
+        } else {
+            self.weight("lm_head.weight")?
+        };
+        Ok(hidden.matmul(&head.t()?)?)
+    }
+
+    /// Final-norm hidden states `[seq, hidden]`.
+    fn hidden_states(
+        &self,
+        ids: &[u32],
+        dropout: &mut Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor, TrainError> {
+        let t = ids.len();
+        if t == 0 {
+            return Err(TrainError::Model("empty token sequence".into()));
+        }
+        if t > self.max_positions {
+            return Err(TrainError::Model(format!(
+                "sequence of {t} tokens exceeds the prepared {} positions; call reserve_positions",
+                self.max_positions
+            )));
+        }
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {
+            return Err(TrainError::Model(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        let cfg = &self.config;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let ids_t = Tensor::new(ids, &self.device)?;
+        let mut x = self
+            .weight("model.embed_tokens.weight")?
+            .index_select(&ids_t, 0)?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let mask = causal_mask(t, self.dtype)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}.");
+            let h = rms_norm(
+                &x,
+                self.weight(&format!("{p}input_layernorm.weight"))?,
+                cfg.rms_norm_eps,
+            )?;
+            let q = self.linear(&h, &format!("{p}self_attn.q_proj.weight"), dropout)?;
+            let k = self.linear(&h, &format!("{p}self_attn.k_proj.weight"), dropout)?;
+            let v = self.linear(&h, &format!("{p}self_attn.v_proj.weight"), dropout)?;
+            let q = q.reshape((t, nh, hd))?.transpose(0, 1)?.contiguous()?;
+            let k = k.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+            let v = v.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+            let q = apply_rope(&q, &cos, &sin)?;
+            let k = apply_rope(&k, &cos, &sin)?;
+            let (k, v) = (repeat_kv(&k, nh / nkv)?, repeat_kv(&v, nh / nkv)?);
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let probs = softmax_last(&scores)?;
+            let attn = probs.matmul(&v)?.transpose(0, 1)?.reshape((t, nh * hd))?;
+            let o = self.linear(&attn, &format!("{p}self_attn.o_proj.weight"), dropout)?;
+            x = (x + o)?;
+            let h = rms_norm(
+                &x,
+                self.weight(&format!("{p}post_attention_layernorm.weight"))?,
+                cfg.rms_norm_eps,
+            )?;
+            let gate = self.linear(&h, &format!("{p}mlp.gate_proj.weight"), dropout)?;
+            let up = self.linear(&h, &format!("{p}mlp.up_proj.weight"), dropout)?;
+            let act = (gate.silu()? * up)?;
+            let down = self.linear(&act, &format!("{p}mlp.down_proj.weight"), dropout)?;
+            x = (x + down)?;
+        }
+        rms_norm(&x, self.weight("model.norm.weight")?, cfg.rms_norm_eps)
+    }
+
+    /// Greedy decoding of up to `max_new` tokens after `prompt` (no KV cache: for tests and
+    /// small evaluations). Stops at any id in `stop`.
+    pub fn greedy(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>, TrainError> {
+        let mut ids = prompt.to_vec();
+        let mut out = Vec::new();
+        self.ensure_rope(prompt.len() + max_new)?;
+        for _ in 0..max_new {
+            let logits = self.forward(&ids, None)?;
+            let last = logits
+                .get(ids.len() - 1)?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            let next = argmax(&last);
+            out.push(next);
+            if stop.contains(&next) {
+                break;
+            }
+            ids.push(next);
+        }
+        Ok(out)
+    }
+
+    /// Merged weights by HF name: base weights with every LoRA delta folded in.
+    pub fn merged_weights(&self) -> Result<BTreeMap<String, Tensor>, TrainError> {
+        let mut out = BTreeMap::new();
+        for (name, w) in &self.weights {
+            let merged = match self.lora.get(name) {
+                Some(layer) => (w + layer.delta()?)?,
+                None => w.clone(),
+            };
+            out.insert(name.clone(), merged.detach());
+        }
+        Ok(out)
+    }
+
+    /// Saves an HF-layout checkpoint (`config.json` + `model.safetensors`) with LoRA merged in,
+    /// in `dtype`.
+    pub fn save_hf(&self, dir: &Path, dtype: DType) -> Result<(), TrainError> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        let config = serde_json::to_string_pretty(&self.config)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let cfg_path = dir.join("config.json");
+        std::fs::write(&cfg_path, config).map_err(|e| TrainError::io(&cfg_path, e))?;
+        let mut tensors = BTreeMap::new();
+        for (name, t) in self.merged_weights()? {
+            tensors.insert(name, t.to_dtype(dtype)?);
+        }
+        save_safetensors(&tensors, &dir.join("model.safetensors"))
+    }
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Loads every tensor of a safetensors file; a corrupt file is an error naming it.
+pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+        TrainError::Format {
+            path: path.to_path_buf(),
+            message: format!("not a readable safetensors file: {e}"),
+        }
+    })?;
+    Ok(map.into_iter().collect())
+}
+
+/// Writes tensors to a safetensors file atomically (temp file + rename).
+pub fn save_safetensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), TrainError> {
+    let tmp = path.with_extension("safetensors.tmp");
+    let map: std::collections::HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| v.contiguous().map(|v| (k.clone(), v)))
+        .collect::<Result<_, _>>()?;
+    candle_core::safetensors::save(&map, &tmp).map_err(|e| TrainError::Format {
+        path: tmp.clone(),
+        message: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+fn rope_tables(
+    config: &LlamaConfig,
+    len: usize,
+    dtype: DType,
+) -> Result<(Tensor, Tensor, usize), TrainError> {
+    let inv = config.inv_freq();
+    let half = inv.len();
+    let mut cos = Vec::with_capacity(len * half * 2);
+    let mut sin = Vec::with_capacity(len * half * 2);
+    for pos in 0..len {
+        // Rotate-half layout: the same frequencies for both halves of the head.
+        for _ in 0..2 {
+            for f in &inv {
+                let angle = pos as f64 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+    }
+    let cos = Tensor::from_vec(cos, (len, 2 * half), &Device::Cpu)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (len, 2 * half), &Device::Cpu)?.to_dtype(dtype)?;
+    Ok((cos, sin, len))
+}
+
+fn causal_mask(t: usize, dtype: DType) -> Result<Tensor, TrainError> {
+    let data: Vec<f32> = (0..t * t)
+        .map(|i| {
+            if i % t > i / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, (t, t), &Device::Cpu)?.to_dtype(dtype)?)
+}
+
+/// RMSNorm composed from primitives (candle's fused kernel has no backward).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor, TrainError> {
+    let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(weight)?)
+}
+
+/// Rotate-half RoPE on `[heads, seq, head_dim]`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, TrainError> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor, TrainError> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (kv, t, d) = x.dims3()?;
+    Ok(x.unsqueeze(1)?
+        .broadcast_as((kv, rep, t, d))?
+        .reshape((kv * rep, t, d))?)
+}
+
+/// Softmax over the last dimension, numerically stabilised with a detached max.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor, TrainError> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Log-softmax over the last dimension.
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor, TrainError> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// Summed log-probability of `target` after `prompt` (teacher forcing), a scalar tensor, and the
+/// number of target tokens.
+pub fn sequence_log_prob(
+    model: &Llama,
+    prompt: &[u32],
+    target: &[u32],
+    dropout: Option<&mut ChaCha8Rng>,
+) -> Result<Tensor, TrainError> {
+    if prompt.is_empty() || target.is_empty() {
+        return Err(TrainError::Model(
+            "prompt and target must be non-empty".into(),
+        ));
+    }
+    let mut ids = prompt.to_vec();
+    ids.extend_from_slice(&target[..target.len() - 1]);
+    let logits = model.forward_from(&ids, prompt.len() - 1, dropout)?;
+    Ok(token_log_probs(&logits, target)?.sum_all()?)
+}
+
+/// Per-position log-probabilities of `targets[i]` under `logits[i]` (`[n]`).
+pub fn token_log_probs(logits: &Tensor, targets: &[u32]) -> Result<Tensor, TrainError> {
+    let logp = log_softmax_last(logits)?;
+    let idx = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
+    Ok(logp.gather(&idx, 1)?.squeeze(1)?)
+}
+
+/// A tiny seeded normal sampler (Box-Muller) so the crate needs no `rand_distr`.
+pub(crate) mod rand_distr_lite {
+    use rand::Rng;
+    /// One standard normal draw.
+    pub fn normal<R: Rng>(rng: &mut R) -> f64 {
+        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = rng.random();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}

@@ -1,0 +1,44 @@
+//! Reasoning SFT: next-token cross-entropy on the output tokens only.
+
+use crate::data::{fingerprint, Example};
+use crate::model::{sequence_log_prob, Llama};
+use crate::trainer::{ExampleLoss, Objective};
+use crate::TrainError;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+
+/// SFT over tokenized examples. The loss of an example is the mean NLL of its target tokens;
+/// a step's loss is the mean over its examples.
+pub struct SftObjective {
+    pub examples: Vec<Example>,
+}
+
+impl Objective for SftObjective {
+    fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("sft-{}", fingerprint(&self.examples))
+    }
+
+    fn max_len(&self) -> usize {
+        self.examples.iter().map(Example::len).max().unwrap_or(1)
+    }
+
+    fn loss(
+        &self,
+        model: &Llama,
+        index: usize,
+        dropout: &mut ChaCha8Rng,
+    ) -> Result<ExampleLoss, TrainError> {
+        let e = &self.examples[index];
+        let logp = sequence_log_prob(model, &e.prompt, &e.target, Some(dropout))?;
+        let loss = (logp.neg()? / e.target.len() as f64)?;
+        Ok(ExampleLoss {
+            loss,
+            tokens: e.len(),
+            metrics: BTreeMap::new(),
+        })
+    }
+}

@@ -1,0 +1,55 @@
+//! Shared helpers for the integration tests (included with `mod common;`).
+#![allow(dead_code)]
+
+use candle_core::DType;
+use guardreasoner_train::data::{ByteEncoder, TrainRecord};
+use guardreasoner_train::model::{Llama, LlamaConfig, TrainMode};
+use std::path::PathBuf;
+
+/// `../shared/...` relative to the repository root.
+pub fn shared(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared")
+        .join(rel)
+}
+
+/// Byte-level vocabulary: ids 0..256 are bytes, 256 is EOS.
+pub const VOCAB: usize = 257;
+pub const EOS: u32 = 256;
+
+pub fn encoder() -> ByteEncoder {
+    ByteEncoder {
+        offset: 0,
+        eos: EOS,
+    }
+}
+
+pub fn tiny_config() -> LlamaConfig {
+    let mut c = LlamaConfig::tiny(VOCAB, 32, 64, 2, 4, 2, true);
+    c.eos_token_id = Some(serde_json::json!(EOS));
+    c
+}
+
+pub fn tiny_model(dtype: DType, mode: TrainMode, seed: u64) -> Llama {
+    Llama::random(tiny_config(), 0.08, seed, dtype, mode).expect("tiny model")
+}
+
+pub fn records() -> Vec<TrainRecord> {
+    vec![
+        TrainRecord {
+            instruction: "Judge.".into(),
+            input: "hi".into(),
+            output: "Request: unharmful".into(),
+        },
+        TrainRecord {
+            instruction: "Judge.".into(),
+            input: "kill".into(),
+            output: "Request: harmful".into(),
+        },
+        TrainRecord {
+            instruction: "Judge.".into(),
+            input: "no".into(),
+            output: "Completion: refusal".into(),
+        },
+    ]
+}
