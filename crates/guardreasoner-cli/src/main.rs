@@ -1,5 +1,6 @@
 //! `guardreasoner`: reasoning-based LLM safeguards (GuardReasoner, Liu et al. 2025).
 
+mod model;
 mod score;
 mod synth;
 
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fetch, locate and describe models (`pull`, `path [SPEC]`, `info [SPEC]`).
+    Model(model::ModelArgs),
     /// Score official-layout prediction files (`<dir>/<Benchmark>/generated_predictions.jsonl`)
     /// and print the paper's tables.
     Score(score::ScoreArgs),
@@ -28,6 +31,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Model(args) => model::run(args),
         Command::Score(args) => score::run(args),
         Command::Synth(args) => synth::run(args),
     }

