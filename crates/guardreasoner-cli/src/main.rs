@@ -1,8 +1,16 @@
 //! `guardreasoner`: reasoning-based LLM safeguards (GuardReasoner, Liu et al. 2025).
 
+mod bench;
+mod classify;
+mod loadgen;
+mod eval;
 mod model;
 mod score;
+mod serve;
 mod synth;
+mod export;
+mod mine;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -19,20 +27,47 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Judge a conversation (or a JSONL file of them) with the guard model: reasoning and the
+    /// three verdicts, parsed strictly (an unparseable output is reported and flagged).
+    Classify(classify::ClassifyArgs),
+    /// Serve the guard over HTTP: /v1/guard, /v1/moderations, OpenAI-compatible completions.
+    Serve(serve::ServeArgs),
+    /// Bounded load test of a running server (loopback only): throughput and p50/p95/p99
+    /// latency at several concurrency levels.
+    Loadgen(loadgen::LoadgenArgs),
     /// Fetch, locate and describe models (`pull`, `path [SPEC]`, `info [SPEC]`).
     Model(model::ModelArgs),
+    /// Generate on the paper's benchmarks (local model or an OpenAI-compatible endpoint),
+    /// resumably, then score and report beside the paper's baselines.
+    Eval(eval::EvalArgs),
     /// Score official-layout prediction files (`<dir>/<Benchmark>/generated_predictions.jsonl`)
     /// and print the paper's tables.
     Score(score::ScoreArgs),
+    /// Benchmarks (`bench engine`: the inference engine on the guard workload).
+    Bench(bench::BenchArgs),
     /// Synthesise GuardReasonerTrain reasoning data from labelled records with a teacher model.
     Synth(synth::SynthArgs),
+    /// Train guards on CPU: `train sft` (R-SFT), `train dpo` (HS-DPO), `train merge` (LoRA).
+    Train(train::TrainArgs),
+    /// Mine hard-sample DPO pairs from sampled outputs of one or more R-SFT models.
+    Mine(mine::MineArgs),
+    /// Export datasets and configs for other trainers (`export llamafactory`).
+    Export(export::ExportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Classify(args) => classify::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Loadgen(args) => loadgen::run(args),
         Command::Model(args) => model::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Score(args) => score::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Mine(args) => mine::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

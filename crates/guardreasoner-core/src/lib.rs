@@ -16,4 +16,4 @@ pub mod verdict;
 pub use benchmarks::{Benchmark, BENCHMARKS};
 pub use labels::{Label, Task};
 pub use prompt::{build_guard_prompt, build_input, Conversation, INSTRUCTION};
-pub use verdict::{parse_strict, ParseError, ParsePolicy, ParsedOutput, Verdict};
+pub use verdict::{flagged, parse_strict, ParseError, ParsePolicy, ParsedOutput, Verdict};

@@ -184,6 +184,17 @@ struct Block {
     answers: Vec<(Field, Option<Label>, String)>,
 }
 
+/// Whether a conversation should be blocked: its request or response is harmful, or the
+/// guard's output could not be parsed at all (the guard fails closed).
+pub fn flagged(parsed: &Result<ParsedOutput, ParseError>) -> bool {
+    match parsed {
+        Ok(p) => {
+            p.verdict.request == Some(Label::Harmful) || p.verdict.response == Some(Label::Harmful)
+        }
+        Err(_) => true,
+    }
+}
+
 /// Parse generated text under the strict, fail-closed policy.
 ///
 /// The text must end in an answer block. Earlier blocks (some models answer each task as it

@@ -1,0 +1,163 @@
+use anyhow::{bail, Context};
+use clap::Args;
+use futures_util::stream::{self, StreamExt};
+use guardreasoner_backend::{classify, GuardOutcome, GuardParams};
+use guardreasoner_core::{flagged, jsonl::read_jsonl, Conversation};
+use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ClassifyArgs {
+    /// The user's request to judge.
+    #[arg(long, conflicts_with = "input")]
+    prompt: Option<String>,
+    /// The AI's response to judge, if any.
+    #[arg(long, requires = "prompt")]
+    response: Option<String>,
+    /// Many conversations: a JSONL file of `{"prompt": ..., "response": ...}`, judged in one
+    /// batched run; one JSON line per conversation on stdout, in input order.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Model: `default` (the embedded SmolLM2-135M, fetched on first use), a .gguf file, a
+    /// Hugging Face directory, or a Hub id such as yueliu1999/GuardReasoner-1B.
+    #[arg(long, env = "GUARDREASONER_MODEL")]
+    model: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Most tokens of reasoning (the paper allows 2048).
+    #[arg(long, default_value_t = 2048)]
+    max_new_tokens: u32,
+    /// Engine threads (default: physical cores).
+    #[arg(long, env = "GUARDREASONER_THREADS")]
+    threads: Option<usize>,
+    /// Conversations decoded together in one batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+}
+
+fn outcome_json(c: &Conversation, o: &GuardOutcome) -> serde_json::Value {
+    let (labels, parse, reasoning) = match &o.parsed {
+        Ok(p) => (
+            json!({"request": p.verdict.request, "completion": p.verdict.completion, "response": p.verdict.response}),
+            json!({"status": "ok"}),
+            json!(p.reasoning),
+        ),
+        Err(e) => (
+            json!({"request": null, "completion": null, "response": null}),
+            json!({"status": "error", "kind": e.kind(), "message": e.to_string()}),
+            serde_json::Value::Null,
+        ),
+    };
+    json!({
+        "prompt": c.prompt, "response": c.response, "labels": labels, "flagged": flagged(&o.parsed),
+        "parse": parse, "reasoning": reasoning, "text": o.text, "finish_reason": o.finish_reason,
+        "usage": o.usage,
+    })
+}
+
+fn print_text(o: &GuardOutcome) {
+    println!("{}", o.text.trim_end());
+    println!("\n────────────────────────────────────────");
+    let show =
+        |l: Option<guardreasoner_core::Label>| l.map_or("None".to_string(), |l| l.to_string());
+    match &o.parsed {
+        Ok(p) => {
+            println!("Request:    {}", show(p.verdict.request));
+            println!("Completion: {}", show(p.verdict.completion));
+            println!("Response:   {}", show(p.verdict.response));
+        }
+        Err(e) => println!(
+            "No verdict: the output could not be parsed ({}): {e}",
+            e.kind()
+        ),
+    }
+    println!(
+        "{}",
+        match (&o.parsed, flagged(&o.parsed)) {
+            (Err(_), _) => "FLAGGED (fail closed: no valid verdict)",
+            (Ok(_), true) => "FLAGGED",
+            (Ok(_), false) => "not flagged",
+        }
+    );
+    eprintln!(
+        "({} prompt + {} generated tokens)",
+        o.usage.prompt_tokens, o.usage.completion_tokens
+    );
+}
+
+pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
+    let conversations: Vec<Conversation> = match (&args.prompt, &args.input) {
+        (Some(p), None) => vec![Conversation::new(p.clone(), args.response.clone())],
+        (None, Some(path)) => read_jsonl(path)?,
+        _ => bail!("give --prompt TEXT [--response TEXT], or --input FILE.jsonl"),
+    };
+    if let Some(i) = conversations
+        .iter()
+        .position(|c| c.prompt.trim().is_empty())
+    {
+        bail!("conversation {} has an empty prompt", i + 1);
+    }
+    let options = RuntimeOptions {
+        threads: args.threads,
+        max_batch: args.batch.max(1),
+        ..RuntimeOptions::default()
+    };
+    let backend =
+        LocalBackend::from_spec(args.model.as_deref(), options).context("cannot load the model")?;
+    let params = GuardParams {
+        max_new_tokens: args.max_new_tokens,
+        ..GuardParams::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    if args.input.is_none() {
+        let c = &conversations[0];
+        let outcome = runtime.block_on(classify(&backend, c, &params))?;
+        if args.json {
+            println!("{}", outcome_json(c, &outcome));
+        } else {
+            print_text(&outcome);
+        }
+        return Ok(());
+    }
+    let bar = ProgressBar::new(conversations.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} conversations, ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    let stdout = std::io::stdout();
+    runtime.block_on(async {
+        // Ordered output; up to two batches' worth in flight keeps the decode batch full.
+        let (backend, params) = (&backend, &params);
+        let mut results = stream::iter(conversations.iter())
+            .map(|c| async move { (c, classify(backend, c, params).await) })
+            .buffered(args.batch.max(1) * 2);
+        let (mut failed, mut tokens) = (0usize, 0u64);
+        let start = std::time::Instant::now();
+        while let Some((c, result)) = results.next().await {
+            let outcome = result?;
+            failed += usize::from(outcome.parsed.is_err());
+            tokens += outcome.usage.completion_tokens;
+            writeln!(stdout.lock(), "{}", outcome_json(c, &outcome))?;
+            bar.inc(1);
+            bar.set_message(format!(
+                "{:.1} tok/s",
+                tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
+            ));
+        }
+        bar.finish_and_clear();
+        eprintln!(
+            "{} conversations judged; {failed} outputs could not be parsed (reported as flagged)",
+            conversations.len()
+        );
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,97 @@
+use anyhow::Context;
+use clap::Args;
+use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
+use guardreasoner_server::{serve, ServerConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Model: `default` (the embedded SmolLM2-135M), a .gguf file, a Hugging Face directory, or
+    /// a Hub id.
+    #[arg(long, env = "GUARDREASONER_MODEL")]
+    model: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "GUARDREASONER_ADDR", default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// The model name clients send and /v1/models lists.
+    #[arg(
+        long,
+        env = "GUARDREASONER_SERVED_MODEL",
+        default_value = "guardreasoner"
+    )]
+    served_model: String,
+    /// Require `Authorization: Bearer <key>` on /v1/* (health and metrics stay open).
+    #[arg(long, env = "GUARDREASONER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "GUARDREASONER_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Most prompt tokens per request (default: the model's context window).
+    #[arg(long, env = "GUARDREASONER_MAX_INPUT_TOKENS")]
+    max_input_tokens: Option<usize>,
+    /// Most new tokens a request may ask for.
+    #[arg(long, env = "GUARDREASONER_MAX_NEW_TOKENS", default_value_t = 2048)]
+    max_new_tokens: u32,
+    /// Sequences decoded together (continuous batching).
+    #[arg(long, env = "GUARDREASONER_MAX_BATCH", default_value_t = 16)]
+    max_batch: usize,
+    /// Requests waiting or running at once; more are answered 429.
+    #[arg(long, env = "GUARDREASONER_MAX_QUEUE", default_value_t = 256)]
+    max_queue: usize,
+    /// Engine threads (default: physical cores).
+    #[arg(long, env = "GUARDREASONER_THREADS")]
+    threads: Option<usize>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
+        eprintln!("guardreasoner: listening on http://{} (loading the model; /health answers 503 until it is ready)", listener.local_addr()?);
+        let config = ServerConfig {
+            served_model: args.served_model,
+            api_key: args.api_key,
+            max_body_bytes: args.max_body_bytes,
+            max_new_tokens: args.max_new_tokens,
+            guard_max_new_tokens: args.max_new_tokens,
+            ..ServerConfig::default()
+        };
+        let options = RuntimeOptions {
+            threads: args.threads,
+            max_batch: args.max_batch.max(1),
+            max_queue: args.max_queue.max(1),
+            max_input_tokens: args.max_input_tokens,
+            ..RuntimeOptions::default()
+        };
+        let model = args.model;
+        let load = move || {
+            let backend = LocalBackend::from_spec(model.as_deref(), options)?;
+            eprintln!("guardreasoner: model loaded, serving");
+            Ok(backend)
+        };
+        serve(listener, config, load, shutdown_signal()).await?;
+        eprintln!("guardreasoner: stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, finish in-flight requests, exit.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    eprintln!("guardreasoner: shutting down, finishing in-flight requests");
+}

@@ -1,0 +1,703 @@
+//! Where requests become batched engine work: validation and tokenisation on the caller's side,
+//! then one scheduler thread running the continuous-batching loop.
+
+use crate::chat::encode_chat;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use guardreasoner_backend::{
+    Backend, BackendError, BackendStats, Choice, FinishReason, Generation, GenerationRequest,
+    PromptInput, TokenLogprob, Usage,
+};
+use guardreasoner_core::Conversation;
+use guardreasoner_engine::{
+    Engine, EngineError, FinishReason as EngineFinish, LoadOptions, SamplingParams, SeqId,
+};
+use guardreasoner_tokenizer::{Tokenizer, TokenizerError};
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// Failures of loading the local backend.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Hub(#[from] guardreasoner_hub::HubError),
+    #[error("cannot start the scheduler thread: {0}")]
+    Thread(String),
+}
+
+/// Limits and sizes of the local backend.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Engine worker threads (default: physical cores).
+    pub threads: Option<usize>,
+    /// Dequantise every weight to f32 at load (reference checks only).
+    pub dequantize: bool,
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// Most requests waiting or running; more are refused (`RateLimited`, HTTP 429).
+    pub max_queue: usize,
+    /// Most prompt tokens processed per step, so running sequences are not stalled long.
+    pub prefill_chunk: usize,
+    /// Most prompt tokens accepted (default: the context window).
+    pub max_input_tokens: Option<usize>,
+    /// The name the backend reports (default: the model file or directory name).
+    pub model_name: Option<String>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            threads: None,
+            dequantize: false,
+            max_batch: 16,
+            max_queue: 256,
+            prefill_chunk: 512,
+            max_input_tokens: None,
+            model_name: None,
+        }
+    }
+}
+
+/// What a submitted request streams back, per choice.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text of one choice: complete UTF-8, with any possible start of a stop string held
+    /// back until it is known not to be one. `token`/`logprob` are the token just generated.
+    Text {
+        choice: usize,
+        delta: String,
+        token: u32,
+        logprob: f32,
+    },
+    /// A choice is complete.
+    Done {
+        choice: usize,
+        text: String,
+        finish_reason: FinishReason,
+        completion_tokens: usize,
+        logprobs: Option<Vec<TokenLogprob>>,
+        reused_prompt_tokens: usize,
+        prefill_s: f64,
+        decode_s: f64,
+    },
+    /// The engine failed; no more events follow.
+    Failed(String),
+}
+
+/// A request accepted into the queue. Dropping `events` cancels it.
+pub struct Submission {
+    pub prompt_tokens: usize,
+    pub n: usize,
+    pub events: UnboundedReceiver<Event>,
+    pub submitted: Instant,
+}
+
+struct Job {
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    stop: Vec<String>,
+    logprobs: bool,
+    events: UnboundedSender<Event>,
+    submitted: Instant,
+}
+
+struct Shared {
+    engine: Arc<Engine>,
+    tokenizer: Arc<Tokenizer>,
+    metrics: Arc<Metrics>,
+    options: RuntimeOptions,
+    name: String,
+    in_flight: AtomicUsize,
+    stats: Mutex<BackendStats>,
+}
+
+/// The local engine as a [`Backend`]. Cheap to share (`Arc`).
+pub struct LocalBackend {
+    shared: Arc<Shared>,
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LocalBackend {
+    /// Resolve a model spec (`None`/`default` for the embedded model, fetched on first use; a
+    /// `.gguf` path; a Hugging Face directory; a Hub id) and load it.
+    pub fn from_spec(
+        spec: Option<&str>,
+        options: RuntimeOptions,
+    ) -> Result<LocalBackend, RuntimeError> {
+        let resolved = guardreasoner_hub::resolve_from_env(spec)?;
+        LocalBackend::load(resolved.path(), options)
+    }
+
+    /// Load a GGUF file or a Hugging Face directory, its tokenizer, and start the scheduler.
+    pub fn load(path: &Path, options: RuntimeOptions) -> Result<LocalBackend, RuntimeError> {
+        let engine = Engine::load_with(
+            path,
+            &LoadOptions {
+                threads: options.threads,
+                dequantize: options.dequantize,
+            },
+        )?;
+        let tokenizer = if path.is_dir() {
+            Tokenizer::from_hf_dir(path)?
+        } else {
+            Tokenizer::from_gguf_path(path)?
+        };
+        let name = options.model_name.clone().unwrap_or_else(|| {
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        });
+        LocalBackend::from_parts(Arc::new(engine), Arc::new(tokenizer), name, options)
+    }
+
+    /// Start a backend over an already loaded engine and tokenizer.
+    pub fn from_parts(
+        engine: Arc<Engine>,
+        tokenizer: Arc<Tokenizer>,
+        name: String,
+        options: RuntimeOptions,
+    ) -> Result<LocalBackend, RuntimeError> {
+        register_guard_prefix(&engine, &tokenizer)?;
+        let shared = Arc::new(Shared {
+            engine,
+            tokenizer,
+            metrics: Arc::new(Metrics::default()),
+            options,
+            name,
+            in_flight: AtomicUsize::new(0),
+            stats: Mutex::new(BackendStats::default()),
+        });
+        let (tx, rx) = mpsc::channel();
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("guardreasoner-scheduler".into())
+            .spawn(move || run_scheduler(&worker, rx))
+            .map_err(|e| RuntimeError::Thread(e.to_string()))?;
+        Ok(LocalBackend {
+            shared,
+            queue: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.shared.tokenizer
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.shared.options
+    }
+
+    /// Most prompt tokens a request may have with `max_new_tokens` new ones.
+    pub fn max_input_tokens(&self) -> usize {
+        let context = self.shared.engine.context_length();
+        self.shared
+            .options
+            .max_input_tokens
+            .map_or(context, |m| m.min(context))
+    }
+
+    /// Token ids of a request's input (BOS added where the model wants one). User text is
+    /// encoded untrusted: special-token text in it stays text.
+    pub fn encode_input(&self, input: &PromptInput) -> Result<Vec<u32>, BackendError> {
+        let tokenizer = &self.shared.tokenizer;
+        match input {
+            PromptInput::Text(text) => {
+                let mut ids = Vec::new();
+                let special = tokenizer.special_ids();
+                if let (true, Some(bos)) = (special.add_bos, special.bos) {
+                    ids.push(bos);
+                }
+                ids.extend(
+                    tokenizer
+                        .encode_untrusted(text)
+                        .map_err(|e| BackendError::Validation(e.to_string()))?,
+                );
+                Ok(ids)
+            }
+            PromptInput::Chat(messages) => {
+                encode_chat(tokenizer, messages).map_err(BackendError::Validation)
+            }
+        }
+    }
+
+    /// Validate, tokenise and queue a request. Errors here happen before anything is queued.
+    pub fn submit(&self, request: &GenerationRequest) -> Result<Submission, BackendError> {
+        let metrics = &self.shared.metrics;
+        let fail = |kind: &str, e: BackendError| {
+            metrics.failure(kind);
+            Err(e)
+        };
+        if let Err(e) = request.validate() {
+            return fail("validation", e);
+        }
+        let prompt = match self.encode_input(&request.input) {
+            Ok(p) => p,
+            Err(e) => return fail("validation", e),
+        };
+        let max_new = request.max_new_tokens as usize;
+        let (limit, context) = (self.max_input_tokens(), self.shared.engine.context_length());
+        if prompt.is_empty() {
+            return fail(
+                "validation",
+                BackendError::Validation("the prompt encodes to no tokens".into()),
+            );
+        }
+        if prompt.len() > limit || prompt.len() + max_new > context {
+            return fail(
+                "validation",
+                BackendError::Validation(format!(
+                    "the prompt has {} tokens and asks for up to {max_new} new ones; the limit is {limit} prompt tokens and {context} in all",
+                    prompt.len()
+                )),
+            );
+        }
+        let n = request.n as usize;
+        if n > self.shared.options.max_batch {
+            return fail(
+                "validation",
+                BackendError::Validation(format!(
+                    "n = {n} exceeds the batch size {}",
+                    self.shared.options.max_batch
+                )),
+            );
+        }
+        let reserved = self.shared.in_flight.fetch_add(1, Relaxed);
+        if reserved >= self.shared.options.max_queue {
+            self.shared.in_flight.fetch_sub(1, Relaxed);
+            return fail(
+                "queue_full",
+                BackendError::RateLimited {
+                    endpoint: self.shared.name.clone(),
+                    retry_after: Some(Duration::from_secs(1)),
+                    body: format!(
+                        "the queue is full ({} requests)",
+                        self.shared.options.max_queue
+                    ),
+                },
+            );
+        }
+        let seed = request.seed.unwrap_or_else(|| {
+            // Unseeded sampling still needs a stream; greedy ignores it.
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        let params = SamplingParams {
+            temperature: request.temperature,
+            top_p: request.top_p,
+            seed,
+            max_new_tokens: max_new,
+            n,
+            ..SamplingParams::default()
+        };
+        let (tx, rx) = unbounded_channel();
+        let submitted = Instant::now();
+        let job = Job {
+            prompt: prompt.clone(),
+            params,
+            stop: request.stop.clone(),
+            logprobs: request.logprobs,
+            events: tx,
+            submitted,
+        };
+        let sent = self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|q| q.send(job).is_ok());
+        if sent != Some(true) {
+            self.shared.in_flight.fetch_sub(1, Relaxed);
+            return fail("shutdown", BackendError::Cancelled);
+        }
+        metrics.requests.fetch_add(1, Relaxed);
+        metrics.queue_depth.fetch_add(1, Relaxed);
+        metrics
+            .prompt_tokens
+            .fetch_add(prompt.len() as u64, Relaxed);
+        Ok(Submission {
+            prompt_tokens: prompt.len(),
+            n,
+            events: rx,
+            submitted,
+        })
+    }
+
+    /// Stop accepting requests, let running ones finish, and wait for the scheduler.
+    pub fn shutdown(&self) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Requests waiting or running.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Relaxed)
+    }
+}
+
+impl Drop for LocalBackend {
+    fn drop(&mut self) {
+        // The scheduler finishes what it holds and exits once the queue is closed.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// Collect a submission's events into a [`Generation`].
+pub async fn collect(
+    mut submission: Submission,
+    model: String,
+) -> Result<Generation, BackendError> {
+    let mut choices: Vec<Option<Choice>> = vec![None; submission.n];
+    let mut completion_tokens = 0u64;
+    while choices.iter().any(Option::is_none) {
+        match submission.events.recv().await {
+            Some(Event::Done {
+                choice,
+                text,
+                finish_reason,
+                completion_tokens: c,
+                logprobs,
+                ..
+            }) => {
+                completion_tokens += c as u64;
+                choices[choice] = Some(Choice {
+                    text,
+                    finish_reason,
+                    completion_tokens: Some(c as u32),
+                    logprobs,
+                });
+            }
+            Some(Event::Text { .. }) => {}
+            Some(Event::Failed(message)) => return Err(BackendError::Engine(message)),
+            None => return Err(BackendError::Cancelled),
+        }
+    }
+    Ok(Generation {
+        choices: choices.into_iter().flatten().collect(),
+        usage: Usage {
+            prompt_tokens: submission.prompt_tokens as u64,
+            completion_tokens,
+        },
+        model,
+        retries: 0,
+    })
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn name(&self) -> String {
+        format!("local:{}", self.shared.name)
+    }
+
+    async fn generate(&self, request: GenerationRequest) -> Result<Generation, BackendError> {
+        let result = match self.submit(&request) {
+            Ok(submission) => collect(submission, self.shared.name.clone()).await,
+            Err(e) => Err(e),
+        };
+        let mut stats = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.requests += 1;
+        stats.attempts += 1;
+        match &result {
+            Ok(g) => {
+                stats.prompt_tokens += g.usage.prompt_tokens;
+                stats.completion_tokens += g.usage.completion_tokens;
+            }
+            Err(_) => stats.failures += 1,
+        }
+        result
+    }
+
+    fn stats(&self) -> BackendStats {
+        *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The guard instruction is the same for every request: compute its keys/values once. The
+/// shared prefix is found as the common token prefix of two guard prompts, so BPE merges
+/// across the boundary can never make a cached prefix disagree with a real prompt.
+fn register_guard_prefix(engine: &Engine, tokenizer: &Tokenizer) -> Result<(), RuntimeError> {
+    let a = tokenizer.encode_guard_prompt(&Conversation::new("a", None))?;
+    let b = tokenizer.encode_guard_prompt(&Conversation::new("Z9", Some("q".into())))?;
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let special = tokenizer.special_ids();
+    if common > 1 && !(special.add_bos && special.bos.is_some()) {
+        engine.register_prefix(&a[..common])?;
+    } else if common > 1 {
+        let mut with_bos = vec![special.bos.expect("checked above")];
+        with_bos.extend_from_slice(&a[..common]);
+        engine.register_prefix(&with_bos)?;
+    }
+    Ok(())
+}
+
+/// Per-request state shared by its `n` choices.
+struct JobState {
+    events: UnboundedSender<Event>,
+    stop: Vec<String>,
+    max_stop: usize,
+    logprobs: bool,
+    submitted: Instant,
+    remaining: std::cell::Cell<usize>,
+}
+
+/// One choice being generated.
+struct ChoiceState<'t> {
+    job: Rc<JobState>,
+    choice: usize,
+    decoder: guardreasoner_tokenizer::StreamDecoder<'t>,
+    text: String,
+    emitted: usize,
+    generated: usize,
+    logprobs: Vec<TokenLogprob>,
+}
+
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn map_finish(reason: EngineFinish) -> FinishReason {
+    match reason {
+        EngineFinish::Stop => FinishReason::Stop,
+        EngineFinish::Length => FinishReason::Length,
+        EngineFinish::Cancelled => FinishReason::Other("cancelled".into()),
+    }
+}
+
+fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
+    let engine = shared.engine.clone();
+    let tokenizer = shared.tokenizer.clone();
+    let metrics = shared.metrics.clone();
+    let options = &shared.options;
+    let mut batch = engine.batch();
+    batch.prefill_chunk = options.prefill_chunk.max(1);
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut active: HashMap<SeqId, ChoiceState<'_>> = HashMap::new();
+    let finish_job = |job: &JobState| {
+        let left = job.remaining.get() - 1;
+        job.remaining.set(left);
+        if left == 0 {
+            shared.in_flight.fetch_sub(1, Relaxed);
+            metrics
+                .request_seconds
+                .observe(job.submitted.elapsed().as_secs_f64());
+        }
+    };
+    loop {
+        if batch.is_empty() && waiting.is_empty() {
+            match rx.recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(_) => return, // queue closed and nothing left: shut down
+            }
+        }
+        while let Ok(job) = rx.try_recv() {
+            waiting.push_back(job);
+        }
+        // Requests whose callers left while waiting are dropped unseen.
+        waiting.retain(|job| {
+            let keep = !job.events.is_closed();
+            if !keep {
+                shared.in_flight.fetch_sub(1, Relaxed);
+                metrics.queue_depth.fetch_sub(1, Relaxed);
+                metrics
+                    .cancelled_sequences
+                    .fetch_add(job.params.n as u64, Relaxed);
+            }
+            keep
+        });
+        // Admit waiting requests at this step boundary while there is room.
+        while let Some(job) = waiting.front() {
+            if !batch.is_empty() && batch.len() + job.params.n > options.max_batch {
+                break;
+            }
+            let job = waiting.pop_front().expect("front exists");
+            metrics.queue_depth.fetch_sub(1, Relaxed);
+            metrics
+                .queue_seconds
+                .observe(job.submitted.elapsed().as_secs_f64());
+            let state = Rc::new(JobState {
+                max_stop: job.stop.iter().map(String::len).max().unwrap_or(0),
+                events: job.events,
+                stop: job.stop,
+                logprobs: job.logprobs,
+                submitted: job.submitted,
+                remaining: std::cell::Cell::new(job.params.n),
+            });
+            for choice in 0..job.params.n {
+                match batch.add(job.prompt.clone(), job.params.clone(), choice) {
+                    Ok(id) => {
+                        active.insert(
+                            id,
+                            ChoiceState {
+                                job: state.clone(),
+                                choice,
+                                decoder: tokenizer.stream_decoder(true),
+                                text: String::new(),
+                                emitted: 0,
+                                generated: 0,
+                                logprobs: Vec::new(),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = state.events.send(Event::Failed(e.to_string()));
+                        finish_job(&state);
+                    }
+                }
+            }
+        }
+        // Sequences whose caller went away leave the batch before the next step.
+        let gone: Vec<SeqId> = active
+            .iter()
+            .filter(|(_, c)| c.job.events.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            batch.cancel(id);
+            if let Some(c) = active.remove(&id) {
+                metrics.cancelled_sequences.fetch_add(1, Relaxed);
+                finish_job(&c.job);
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        metrics.active_sequences.store(batch.len() as u64, Relaxed);
+        metrics.batch_size.observe(batch.len() as f64);
+        let started = Instant::now();
+        let outputs = match batch.step() {
+            Ok(o) => o,
+            Err(e) => {
+                // The engine failed mid-step: every running request fails with the reason.
+                for (id, c) in active.drain() {
+                    batch.cancel(id);
+                    let _ = c.job.events.send(Event::Failed(e.to_string()));
+                    finish_job(&c.job);
+                }
+                continue;
+            }
+        };
+        metrics
+            .time_per_token_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics
+            .generated_tokens
+            .fetch_add(outputs.len() as u64, Relaxed);
+        for out in outputs {
+            let Some(state) = active.get_mut(&out.id) else {
+                continue;
+            };
+            let mut finished = out.finished.as_ref().map(|g| map_finish(g.finish_reason));
+            state.generated += 1;
+            let delta = state.decoder.push(out.token).unwrap_or_default();
+            state.text.push_str(&delta);
+            if state.job.logprobs {
+                let token = tokenizer.decode(&[out.token], false).unwrap_or_default();
+                state.logprobs.push(TokenLogprob {
+                    token,
+                    logprob: out.logprob,
+                });
+            }
+            if finished.is_some() {
+                // Bytes held back for an incomplete character are flushed (lossily) at the end.
+                let decoder = std::mem::replace(&mut state.decoder, tokenizer.stream_decoder(true));
+                state.text.push_str(&decoder.finish().unwrap_or_default());
+            }
+            // Stop strings: the text ends before the first one; the sequence ends there.
+            if state.job.max_stop > 0 {
+                let from = floor_char(
+                    &state.text,
+                    state
+                        .text
+                        .len()
+                        .saturating_sub(delta.len() + state.job.max_stop),
+                );
+                let hit = state
+                    .job
+                    .stop
+                    .iter()
+                    .filter_map(|s| state.text[from..].find(s.as_str()))
+                    .min();
+                if let Some(pos) = hit {
+                    state.text.truncate(from + pos);
+                    if finished.is_none() {
+                        batch.cancel(out.id);
+                    }
+                    finished = Some(FinishReason::Stop);
+                }
+            }
+            let safe = if finished.is_some() {
+                state.text.len()
+            } else {
+                floor_char(
+                    &state.text,
+                    state
+                        .text
+                        .len()
+                        .saturating_sub(state.job.max_stop.saturating_sub(1)),
+                )
+            };
+            if safe > state.emitted || finished.is_none() {
+                let delta = state.text[state.emitted..safe.max(state.emitted)].to_string();
+                state.emitted = safe.max(state.emitted);
+                let _ = state.job.events.send(Event::Text {
+                    choice: state.choice,
+                    delta,
+                    token: out.token,
+                    logprob: out.logprob,
+                });
+            }
+            if let Some(reason) = finished {
+                let c = active.remove(&out.id).expect("present above");
+                let (reused, prefill_s, decode_s) =
+                    out.finished.as_ref().map_or((0, 0.0, 0.0), |g| {
+                        (
+                            g.reused_prompt_tokens,
+                            g.timings.prefill_s,
+                            g.timings.decode_s,
+                        )
+                    });
+                metrics
+                    .reused_prompt_tokens
+                    .fetch_add(reused as u64, Relaxed);
+                let _ = c.job.events.send(Event::Done {
+                    choice: c.choice,
+                    completion_tokens: c.generated,
+                    text: c.text,
+                    finish_reason: reason,
+                    logprobs: c.job.logprobs.then_some(c.logprobs),
+                    reused_prompt_tokens: reused,
+                    prefill_s,
+                    decode_s,
+                });
+                finish_job(&c.job);
+            }
+        }
+        metrics.active_sequences.store(batch.len() as u64, Relaxed);
+    }
+}

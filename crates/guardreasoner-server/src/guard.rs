@@ -1,0 +1,317 @@
+//! `POST /v1/guard` and `POST /v1/moderations`: conversations in, verdicts out.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::Json;
+use guardreasoner_backend::{guard_request, GuardParams};
+use guardreasoner_core::{parse_strict, Conversation, Label, ParsedOutput};
+use guardreasoner_runtime::Event;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Deserialize)]
+pub struct GuardRequest {
+    /// One conversation: the user's prompt ...
+    prompt: Option<String>,
+    /// ... and optionally the AI's response.
+    response: Option<String>,
+    /// Or several conversations, judged together in one batch.
+    conversations: Option<Vec<Conversation>>,
+    /// Return the reasoning and the generated text (default true).
+    #[serde(default = "yes")]
+    include_reasoning: bool,
+    max_new_tokens: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The verdict on one conversation.
+#[derive(Debug, Serialize)]
+pub struct GuardResult {
+    /// `request`/`response`: harmful|unharmful, `completion`: refusal|compliance; `null` when
+    /// the model answered `None` or the output could not be parsed.
+    pub labels: Labels,
+    /// True when the request or the response is harmful, or when the output could not be
+    /// parsed: the guard fails closed.
+    pub flagged: bool,
+    pub parse: ParseStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<guardreasoner_core::verdict::Reasoning>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    pub finish_reason: guardreasoner_backend::FinishReason,
+    pub usage: Value,
+    pub timings: Value,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct Labels {
+    pub request: Option<Label>,
+    pub completion: Option<Label>,
+    pub response: Option<Label>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ParseStatus {
+    Ok,
+    Error { kind: String, message: String },
+}
+
+/// Run the guard on conversations that were already validated; all of them share the batch.
+async fn judge(
+    state: &AppState,
+    conversations: Vec<Conversation>,
+    include_reasoning: bool,
+    max_new_tokens: u32,
+) -> Result<Vec<GuardResult>, ApiError> {
+    let backend = state.backend()?;
+    let params = GuardParams {
+        max_new_tokens,
+        ..GuardParams::default()
+    };
+    let mut submissions = Vec::with_capacity(conversations.len());
+    for c in &conversations {
+        submissions.push(backend.submit(&guard_request(c, &params))?);
+    }
+    let mut results = Vec::with_capacity(submissions.len());
+    for mut sub in submissions {
+        let started = sub.submitted;
+        let done = loop {
+            match sub.events.recv().await {
+                Some(Event::Done {
+                    text,
+                    finish_reason,
+                    completion_tokens,
+                    reused_prompt_tokens,
+                    prefill_s,
+                    decode_s,
+                    ..
+                }) => {
+                    break (
+                        text,
+                        finish_reason,
+                        completion_tokens,
+                        reused_prompt_tokens,
+                        prefill_s,
+                        decode_s,
+                    )
+                }
+                Some(Event::Text { .. }) => continue,
+                Some(Event::Failed(m)) => return Err(ApiError::Internal(m)),
+                None => return Err(ApiError::Cancelled),
+            }
+        };
+        let (text, finish_reason, completion_tokens, reused, prefill_s, decode_s) = done;
+        // Only the generated text is parsed, never the prompt the user controls.
+        let parsed = parse_strict(&text);
+        results.push(result_of(
+            parsed,
+            text,
+            include_reasoning,
+            finish_reason,
+            json!({
+                "prompt_tokens": sub.prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "reused_prompt_tokens": reused,
+            }),
+            json!({
+                "prefill_s": prefill_s,
+                "decode_s": decode_s,
+                "total_s": Instant::now().duration_since(started).as_secs_f64(),
+            }),
+        ));
+    }
+    Ok(results)
+}
+
+fn result_of(
+    parsed: Result<ParsedOutput, guardreasoner_core::ParseError>,
+    text: String,
+    include_reasoning: bool,
+    finish_reason: guardreasoner_backend::FinishReason,
+    usage: Value,
+    timings: Value,
+) -> GuardResult {
+    let flagged = guardreasoner_core::flagged(&parsed);
+    let (labels, parse, reasoning) = match parsed {
+        Ok(p) => {
+            let v = p.verdict;
+            (
+                Labels {
+                    request: v.request,
+                    completion: v.completion,
+                    response: v.response,
+                },
+                ParseStatus::Ok,
+                Some(p.reasoning),
+            )
+        }
+        Err(e) => (
+            Labels::default(),
+            ParseStatus::Error {
+                kind: e.kind().into(),
+                message: e.to_string(),
+            },
+            None,
+        ),
+    };
+    GuardResult {
+        labels,
+        flagged,
+        parse,
+        reasoning: if include_reasoning { reasoning } else { None },
+        text: include_reasoning.then_some(text),
+        finish_reason,
+        usage,
+        timings,
+    }
+}
+
+fn check_conversations(state: &AppState, conversations: &[Conversation]) -> Result<(), ApiError> {
+    if conversations.is_empty() {
+        return Err(state.reject(ApiError::BadRequest("no conversation to judge".into())));
+    }
+    if conversations.len() > state.config.max_batch_items {
+        return Err(state.reject(ApiError::BadRequest(format!(
+            "{} conversations in one request; the limit is {}",
+            conversations.len(),
+            state.config.max_batch_items
+        ))));
+    }
+    if let Some(i) = conversations
+        .iter()
+        .position(|c| c.prompt.trim().is_empty())
+    {
+        return Err(state.reject(ApiError::BadRequest(format!(
+            "conversation {i}: the prompt is empty"
+        ))));
+    }
+    Ok(())
+}
+
+pub async fn guard(
+    State(state): State<Arc<AppState>>,
+    payload: Result<Json<GuardRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) =
+        payload.map_err(|r| state.reject(ApiError::from_json(r, state.config.max_body_bytes)))?;
+    state.backend()?;
+    let conversations = match (req.prompt, req.conversations) {
+        (Some(prompt), None) => vec![Conversation::new(prompt, req.response)],
+        (None, Some(list)) if req.response.is_none() => list,
+        _ => {
+            return Err(state.reject(ApiError::BadRequest(
+                "give either `prompt` (and optionally `response`) or `conversations`, not both"
+                    .into(),
+            )))
+        }
+    };
+    check_conversations(&state, &conversations)?;
+    let max_new = req
+        .max_new_tokens
+        .unwrap_or(state.config.guard_max_new_tokens);
+    if max_new == 0 || max_new > state.config.max_new_tokens {
+        return Err(state.reject(ApiError::BadRequest(format!(
+            "max_new_tokens must be between 1 and {}",
+            state.config.max_new_tokens
+        ))));
+    }
+    let results = judge(&state, conversations, req.include_reasoning, max_new).await?;
+    Ok(Json(
+        json!({"model": state.config.served_model, "results": results}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModerationRequest {
+    input: Value,
+    model: Option<String>,
+}
+
+/// OpenAI's moderation schema, mapped from the guard's labels. Each input is judged as a user
+/// prompt with no response. `flagged` is true when the request is harmful or the output could
+/// not be parsed (fail closed). The guard has no per-category labels: the OpenAI categories are
+/// all reported `false`, and two of our own are added, `harmful` (the request is harmful) and
+/// `guard_parse_failure`; scores are 1.0 or 0.0.
+pub async fn moderations(
+    State(state): State<Arc<AppState>>,
+    payload: Result<Json<ModerationRequest>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) =
+        payload.map_err(|r| state.reject(ApiError::from_json(r, state.config.max_body_bytes)))?;
+    state.backend()?;
+    state.check_model(req.model.as_deref())?;
+    let inputs: Vec<String> = match req.input {
+        Value::String(s) => vec![s],
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(state.reject(ApiError::BadRequest(
+                    "`input` must be a string or an array of strings".into(),
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(state.reject(ApiError::BadRequest(
+                "`input` must be a string or an array of strings".into(),
+            )))
+        }
+    };
+    let conversations: Vec<Conversation> = inputs
+        .into_iter()
+        .map(|i| Conversation::new(i, None))
+        .collect();
+    check_conversations(&state, &conversations)?;
+    let results = judge(
+        &state,
+        conversations,
+        false,
+        state.config.guard_max_new_tokens,
+    )
+    .await?;
+    const OPENAI_CATEGORIES: [&str; 13] = [
+        "harassment",
+        "harassment/threatening",
+        "hate",
+        "hate/threatening",
+        "illicit",
+        "illicit/violent",
+        "self-harm",
+        "self-harm/intent",
+        "self-harm/instructions",
+        "sexual",
+        "sexual/minors",
+        "violence",
+        "violence/graphic",
+    ];
+    let out: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            let harmful = r.labels.request == Some(Label::Harmful);
+            let failed = matches!(r.parse, ParseStatus::Error { .. });
+            let mut categories = serde_json::Map::new();
+            let mut scores = serde_json::Map::new();
+            for c in OPENAI_CATEGORIES {
+                categories.insert(c.into(), json!(false));
+                scores.insert(c.into(), json!(0.0));
+            }
+            categories.insert("harmful".into(), json!(harmful));
+            scores.insert("harmful".into(), json!(if harmful { 1.0 } else { 0.0 }));
+            categories.insert("guard_parse_failure".into(), json!(failed));
+            scores.insert("guard_parse_failure".into(), json!(if failed { 1.0 } else { 0.0 }));
+            json!({"flagged": harmful || failed, "categories": categories, "category_scores": scores})
+        })
+        .collect();
+    let id = format!("modr-{}", state.started.elapsed().as_nanos());
+    Ok(Json(
+        json!({"id": id, "model": state.config.served_model, "results": out}),
+    ))
+}
