@@ -49,6 +49,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         generated: 400,
         batch_sizes: sizes,
         repetitions: 2,
+        prefix_reuse: if std::env::args().nth(4).as_deref() == Some("reuse") {
+            vec![true]
+        } else {
+            vec![false, true]
+        },
     };
     println!(
         "threads {} kernels {}",

@@ -21,6 +21,9 @@ pub struct BenchSpec {
     pub batch_sizes: Vec<usize>,
     /// Repetitions of pp512 / tg128 (the best is reported, as steady-state speed).
     pub repetitions: usize,
+    /// Run the guard workload without (`false`) and/or with (`true`) the instruction's keys and
+    /// values prefilled once and reused.
+    pub prefix_reuse: Vec<bool>,
 }
 
 /// One measured figure.
@@ -115,7 +118,7 @@ pub fn run(
     });
 
     // The guard workload: N sequences of a guard prompt + `generated` tokens, together.
-    for reuse in [false, true] {
+    for &reuse in &spec.prefix_reuse {
         if reuse {
             engine.register_prefix(&first[..spec.instruction_tokens.min(first.len())])?;
         }

@@ -151,8 +151,10 @@ pub fn matmul(
     }
     let q16 = &scratch.q16[..];
     let threads = rayon::current_num_threads().max(1);
-    // Enough tasks to balance, few enough that scheduling stays cheap.
-    let chunk = rows.div_ceil(threads * 8).clamp(4, 256);
+    // Enough tasks to balance, few enough that scheduling stays cheap: a decode step's
+    // matrix-vector product is only microseconds of work per thread.
+    let tasks_per_thread = if n_tokens <= MAX_COLS { 2 } else { 8 };
+    let chunk = rows.div_ceil(threads * tasks_per_thread).clamp(4, 256);
     let outp = OutPtr(out.as_mut_ptr());
     (0..rows.div_ceil(chunk))
         .into_par_iter()
