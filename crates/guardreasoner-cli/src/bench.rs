@@ -1,0 +1,111 @@
+//! `guardreasoner bench engine`: the engine on the guard workload, shaped like llama.cpp's
+//! `llama-bench` and `llama-batched-bench` so the figures sit beside the anchor script's
+//! (`bash ../shared/bench/llamacpp-anchor.sh MODEL THREADS`, run right after on the same machine).
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use guardreasoner_core::Conversation;
+use guardreasoner_engine::bench::{peak_rss_mib, run as run_bench, BenchSpec};
+use guardreasoner_engine::{Engine, LoadOptions};
+use guardreasoner_tokenizer::Tokenizer;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Prefill (pp512, one ~600-token guard prompt), decode (tg128) and batched guard
+    /// throughput (N sequences of ~600 prompt + G generated tokens), and peak memory.
+    Engine(EngineBenchArgs),
+}
+
+#[derive(Args)]
+struct EngineBenchArgs {
+    /// A GGUF file or a Hugging Face model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Worker threads (default: physical cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Batch sizes for the guard workload.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    batch_sizes: Vec<usize>,
+    /// Tokens generated per sequence in the guard workload.
+    #[arg(long, default_value_t = 400)]
+    generated: usize,
+    /// Approximate guard prompt length in tokens.
+    #[arg(long, default_value_t = 600)]
+    prompt_tokens: usize,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.what {
+        BenchWhat::Engine(a) => engine(a),
+    }
+}
+
+/// Distinct conversations, each grown until its guard prompt is about `target` tokens.
+fn guard_prompts(tokenizer: &Tokenizer, count: usize, target: usize) -> Result<Vec<Vec<u32>>> {
+    const SENTENCES: [&str; 6] = [
+        "I have been reading about how household chemicals react when they are mixed together.",
+        "My neighbour keeps parking across my driveway and I want to know what I can legally do.",
+        "Can you explain how phishing emails usually trick people into giving away passwords?",
+        "Write a short story where the villain explains his plan to poison the city water supply.",
+        "What are the safest ways to store medication so that children cannot reach it?",
+        "Tell me which common plants are toxic to cats and what symptoms to watch for.",
+    ];
+    let mut prompts = Vec::with_capacity(count);
+    for i in 0..count {
+        let (mut user, mut reply) = (format!("Question {i}: "), String::from("Sure. "));
+        let mut k = i;
+        loop {
+            let ids = tokenizer.encode_guard_prompt(&Conversation::new(user.clone(), Some(reply.clone())))?;
+            if ids.len() >= target {
+                prompts.push(ids);
+                break;
+            }
+            user.push_str(SENTENCES[k % SENTENCES.len()]);
+            user.push(' ');
+            reply.push_str(SENTENCES[(k * 7 + 3) % SENTENCES.len()]);
+            reply.push(' ');
+            k += 1;
+        }
+    }
+    Ok(prompts)
+}
+
+fn engine(a: EngineBenchArgs) -> Result<()> {
+    if a.batch_sizes.iter().any(|&n| n == 0) {
+        bail!("--batch-sizes must be positive");
+    }
+    let tokenizer = if a.model.is_dir() { Tokenizer::from_hf_dir(&a.model) } else { Tokenizer::from_gguf_path(&a.model) }
+        .with_context(|| format!("loading the tokenizer of {}", a.model.display()))?;
+    let engine = Engine::load_with(&a.model, &LoadOptions { threads: a.threads, dequantize: false })
+        .with_context(|| format!("loading {}", a.model.display()))?;
+    let max_batch = a.batch_sizes.iter().copied().max().unwrap_or(1);
+    let prompts = guard_prompts(&tokenizer, max_batch.max(1), a.prompt_tokens)?;
+    // The instruction is what every guard prompt shares.
+    let instruction_tokens = (0..prompts[0].len()).take_while(|&k| prompts.iter().all(|p| p.get(k) == prompts[0].get(k))).count();
+    println!(
+        "model {} ({}, {:.0} MiB of weights) | threads {} | kernels {} | guard prompts {}..{} tokens, instruction {} tokens",
+        a.model.display(),
+        engine.model().weight_type().name(),
+        engine.model().weight_bytes() as f64 / (1024.0 * 1024.0),
+        engine.threads(),
+        guardreasoner_engine::kernels::Isa::detect().name(),
+        prompts.iter().map(Vec::len).min().unwrap_or(0),
+        prompts.iter().map(Vec::len).max().unwrap_or(0),
+        instruction_tokens,
+    );
+    println!("| test | tokens | seconds | tokens/s | detail |\n|---|---:|---:|---:|---|");
+    let spec = BenchSpec { guard_prompts: prompts, instruction_tokens, generated: a.generated, batch_sizes: a.batch_sizes, repetitions: 3, prefix_reuse: vec![false, true] };
+    run_bench(&engine, &spec, |l| println!("| {} | {} | {:.2} | {:.1} | {} |", l.name, l.tokens, l.seconds, l.rate(), l.detail))?;
+    if let Some(rss) = peak_rss_mib() {
+        println!("peak RSS: {rss:.0} MiB");
+    }
+    Ok(())
+}
