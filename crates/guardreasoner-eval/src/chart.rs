@@ -118,9 +118,8 @@ pub fn render_svg(data: &ChartData, title: &str) -> String {
     let groups = data.groups.len().max(1) as f64;
     let group_width = data.series.len().max(1) as f64 * BAR + GROUP_GAP;
     let plot_width = (groups * group_width).max(320.0);
-    // Legend: two columns under the title, as many rows as needed.
-    let legend_rows = data.series.len().div_ceil(2) as f64;
-    let top = TOP + legend_rows * LEGEND_ROW;
+    // Legend: one row per series under the title.
+    let top = TOP + data.series.len() as f64 * LEGEND_ROW;
     let width = LEFT + plot_width + RIGHT;
     let height = top + PLOT_HEIGHT + BOTTOM;
     let y = |v: f64| top + PLOT_HEIGHT * (1.0 - v.clamp(0.0, 100.0) / 100.0);
@@ -138,17 +137,15 @@ pub fn render_svg(data: &ChartData, title: &str) -> String {
         escape(title)
     );
     // Legend.
-    for (i, s) in data.series.iter().enumerate() {
-        let (col, row) = ((i % 2) as f64, (i / 2) as f64);
-        let x = LEFT + col * (plot_width / 2.0);
-        let ly = TOP - 14.0 + row * LEGEND_ROW;
+    for (i, series) in data.series.iter().enumerate() {
+        let ly = TOP - 14.0 + i as f64 * LEGEND_ROW;
         let _ = writeln!(
             svg,
-            r#"<rect x="{x:.1}" y="{ly:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            r#"<rect x="{LEFT:.1}" y="{ly:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
             PALETTE[i % PALETTE.len()],
-            x + 17.0,
+            LEFT + 17.0,
             ly + 10.0,
-            escape(&s.name)
+            escape(&series.name)
         );
     }
     // Grid and y axis.
@@ -193,12 +190,21 @@ pub fn render_svg(data: &ChartData, title: &str) -> String {
                 escape(&s.name),
                 escape(name)
             );
+            if i == 0 {
+                // This run's value in figures: a bar of height 0 would show nothing.
+                let _ = writeln!(
+                    svg,
+                    r#"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{v:.0}</text>"#,
+                    x0 + BAR / 2.0,
+                    top_y - 3.0
+                );
+            }
         }
         let cx = x0 + data.series.len() as f64 * BAR / 2.0;
         let ly = top + PLOT_HEIGHT + 14.0;
         let _ = writeln!(
             svg,
-            r##"<text transform="translate({cx:.1} {ly:.1}) rotate(-35)" text-anchor="end">{} <tspan fill="#555555">({task})</tspan></text>"##,
+            r#"<text transform="translate({cx:.1} {ly:.1}) rotate(-35)" text-anchor="end">{} ({task})</text>"#,
             escape(name)
         );
     }
