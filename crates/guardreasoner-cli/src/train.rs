@@ -1,0 +1,396 @@
+//! `guardreasoner train sft|dpo|merge`: R-SFT and HS-DPO on CPU (candle), LoRA adapter merge.
+
+use anyhow::{bail, Context};
+use candle_core::DType;
+use clap::{Args, Subcommand};
+use guardreasoner_tokenizer::Tokenizer;
+use guardreasoner_train::data::{load_records, tokenize, DataSource, TextEncoder};
+use guardreasoner_train::dpo::{
+    reference_log_probs, tokenize_pairs, DpoConfig, DpoObjective, PreferenceRecord,
+};
+use guardreasoner_train::lora::{load_adapter, merge_into, save_adapter, LoraConfig, ALL_TARGETS};
+use guardreasoner_train::model::{save_safetensors, Llama, LlamaConfig, TrainMode};
+use guardreasoner_train::optim::AdamWConfig;
+use guardreasoner_train::sft::SftObjective;
+use guardreasoner_train::trainer::{train, Objective, Resume, RunOptions, TrainerConfig};
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    command: TrainCommand,
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Reasoning SFT on GuardReasonerTrain records (loss on the output tokens only).
+    Sft(SftArgs),
+    /// Hard-sample DPO on mined pairs (LLaMA-Factory ranking format with `sample_weight`).
+    Dpo(DpoArgs),
+    /// Merge a PEFT LoRA adapter into its base model, writing an HF-layout checkpoint.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Base model: an HF-layout directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output directory (checkpoints, train_log.jsonl, loss_curve.svg, the final model).
+    #[arg(long)]
+    output: PathBuf,
+    /// Hyperparameter preset: `paper` (the paper's values for this stage) or `none`.
+    #[arg(long, default_value = "paper")]
+    preset: String,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Stop after this many optimiser steps instead of whole epochs.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Sequences per forward pass (the trainer runs them one by one; with --grad-accum this
+    /// gives the effective batch).
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Gradient accumulation steps (default: the preset's effective batch / batch size).
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    #[arg(long, default_value_t = 2048)]
+    cutoff_len: usize,
+    #[arg(long, default_value_t = 0.0)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long)]
+    save_steps: Option<usize>,
+    /// Resume from the newest checkpoint in --output.
+    #[arg(long)]
+    resume: bool,
+    /// Train LoRA adapters of this rank instead of all weights.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f64,
+    /// Comma-separated projections to adapt.
+    #[arg(
+        long,
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    lora_targets: String,
+    /// dtype of the saved full model: f32 or bf16.
+    #[arg(long, default_value = "bf16")]
+    save_dtype: String,
+}
+
+#[derive(Args)]
+struct SftArgs {
+    /// Training files (JSON array or JSONL of instruction/input/output); `PATH:N` takes the first N.
+    #[arg(long = "data", required = true)]
+    data: Vec<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct DpoArgs {
+    /// Pair files (instruction/input/chosen/rejected/sample_weight); `PATH:N` takes the first N.
+    #[arg(long = "data", required = true)]
+    data: Vec<String>,
+    #[arg(long, default_value_t = 0.01)]
+    beta: f64,
+    #[arg(long, default_value_t = 2.0)]
+    ftx: f64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// HF-layout base model directory.
+    #[arg(long)]
+    base: PathBuf,
+    /// PEFT adapter directory (adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, default_value = "bf16")]
+    save_dtype: String,
+}
+
+/// Plain-text encoding through the model's tokenizer: the guard prompt holds no special tokens,
+/// so this equals the engine's trusted/untrusted guard-prompt encoding, and user text can never
+/// become a special token.
+struct TokenizerEncoder {
+    tokenizer: Tokenizer,
+    eos: u32,
+}
+
+impl TextEncoder for TokenizerEncoder {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        self.tokenizer
+            .encode_untrusted(text)
+            .map_err(|e| e.to_string())
+    }
+    fn eos_id(&self) -> u32 {
+        self.eos
+    }
+}
+
+fn encoder_for(model_dir: &Path) -> anyhow::Result<TokenizerEncoder> {
+    let tokenizer = Tokenizer::from_hf_dir(model_dir)
+        .with_context(|| format!("loading the tokenizer of {}", model_dir.display()))?;
+    let config = LlamaConfig::from_file(&model_dir.join("config.json"))?;
+    let eos = config
+        .eos_ids()
+        .first()
+        .copied()
+        .or_else(|| tokenizer.eos_ids().first().copied())
+        .context("neither config.json nor the tokenizer names an EOS token")?;
+    Ok(TokenizerEncoder { tokenizer, eos })
+}
+
+fn dtype(name: &str) -> anyhow::Result<DType> {
+    Ok(match name {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => bail!("unknown dtype {other:?} (f32, bf16, f16)"),
+    })
+}
+
+fn mode(c: &CommonArgs) -> anyhow::Result<TrainMode> {
+    Ok(match c.lora_rank {
+        None => TrainMode::Full,
+        Some(rank) => {
+            let cfg = LoraConfig {
+                rank,
+                alpha: c.lora_alpha,
+                dropout: c.lora_dropout,
+                targets: c
+                    .lora_targets
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            };
+            cfg.validate()
+                .with_context(|| format!("LoRA targets must be among {ALL_TARGETS:?}"))?;
+            TrainMode::Lora(cfg)
+        }
+    })
+}
+
+fn trainer_config(c: &CommonArgs, preset: TrainerConfig) -> anyhow::Result<TrainerConfig> {
+    let mut cfg = match c.preset.as_str() {
+        "paper" => preset,
+        "none" => TrainerConfig {
+            batch_size: 1,
+            ..preset
+        },
+        other => bail!("unknown preset {other:?} (paper, none)"),
+    };
+    if c.batch_size == 0 {
+        bail!("--batch-size must be positive");
+    }
+    let accum = c
+        .grad_accum
+        .unwrap_or_else(|| cfg.batch_size.div_ceil(c.batch_size));
+    cfg.batch_size = c.batch_size * accum.max(1);
+    if let Some(lr) = c.learning_rate {
+        cfg.learning_rate = lr;
+    }
+    if let Some(e) = c.epochs {
+        cfg.epochs = e;
+    }
+    cfg.max_steps = c.max_steps;
+    cfg.warmup_ratio = c.warmup_ratio;
+    cfg.max_grad_norm = c.max_grad_norm;
+    cfg.seed = c.seed;
+    cfg.adamw = AdamWConfig {
+        weight_decay: c.weight_decay,
+        ..AdamWConfig::default()
+    };
+    if c.save_steps.is_some() {
+        cfg.save_steps = c.save_steps;
+    }
+    Ok(cfg)
+}
+
+fn run_training(
+    c: &CommonArgs,
+    model: &mut Llama,
+    objective: &dyn Objective,
+    cfg: &TrainerConfig,
+    mode: &TrainMode,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "training {} examples, {} trainable parameters, effective batch {}, lr {:e}",
+        objective.len(),
+        model.trainable_count(),
+        cfg.batch_size,
+        cfg.learning_rate
+    );
+    let resume = if c.resume { Resume::Latest } else { Resume::No };
+    let options = RunOptions {
+        stop_at_step: None,
+        progress: true,
+    };
+    let summary = train(model, objective, cfg, &c.output, resume, &options)?;
+    match mode {
+        TrainMode::Full => {
+            let dir = c.output.join("model");
+            model.save_hf(&dir, dtype(&c.save_dtype)?)?;
+            copy_tokenizer(&c.model, &dir)?;
+            eprintln!("saved the model to {}", dir.display());
+        }
+        TrainMode::Lora(lora) => {
+            let dir = c.output.join("adapter");
+            save_adapter(model, lora, &c.model.display().to_string(), &dir)?;
+            eprintln!(
+                "saved the PEFT adapter to {} (merge with `guardreasoner train merge`)",
+                dir.display()
+            );
+        }
+    }
+    eprintln!(
+        "done: {} steps; final loss {:.4}; log {}, curve {}",
+        summary.step,
+        summary.log.last().map_or(f64::NAN, |r| r.loss),
+        c.output
+            .join(guardreasoner_train::trainer::LOG_FILE)
+            .display(),
+        c.output
+            .join(guardreasoner_train::trainer::CURVE_FILE)
+            .display()
+    );
+    Ok(())
+}
+
+fn copy_tokenizer(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
+        let src = from.join(name);
+        if src.exists() {
+            std::fs::copy(&src, to.join(name))
+                .with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn sft(args: SftArgs) -> anyhow::Result<()> {
+    let c = &args.common;
+    let sources: Vec<DataSource> = args.data.iter().map(|s| DataSource::parse(s)).collect();
+    let records = load_records(&sources)?;
+    let encoder = encoder_for(&c.model)?;
+    let tokenized = tokenize(&records, &encoder, c.cutoff_len)?;
+    if tokenized.truncated > 0 {
+        eprintln!(
+            "warning: {} of {} records exceed --cutoff-len {} and were truncated",
+            tokenized.truncated,
+            records.len(),
+            c.cutoff_len
+        );
+    }
+    let mode = mode(c)?;
+    let cfg = trainer_config(c, TrainerConfig::paper_sft())?;
+    let mut model = Llama::load_hf(&c.model, DType::F32, mode.clone(), c.seed)?;
+    let objective = SftObjective {
+        examples: tokenized.examples,
+    };
+    run_training(c, &mut model, &objective, &cfg, &mode)
+}
+
+fn dpo(args: DpoArgs) -> anyhow::Result<()> {
+    let c = &args.common;
+    let mut records: Vec<PreferenceRecord> = Vec::new();
+    for spec in &args.data {
+        let source = DataSource::parse(spec);
+        let mut file: Vec<PreferenceRecord> =
+            guardreasoner_core::jsonl::read_records(&source.path)?;
+        file.truncate(source.limit.unwrap_or(usize::MAX));
+        records.extend(file);
+    }
+    let encoder = encoder_for(&c.model)?;
+    let (pairs, truncated) = tokenize_pairs(&records, &encoder, c.cutoff_len)?;
+    if truncated > 0 {
+        eprintln!(
+            "warning: {truncated} of {} pairs exceed --cutoff-len {} and were truncated",
+            pairs.len(),
+            c.cutoff_len
+        );
+    }
+    let mode = mode(c)?;
+    let cfg = trainer_config(c, TrainerConfig::paper_dpo())?;
+    let mut model = Llama::load_hf(&c.model, DType::F32, mode.clone(), c.seed)?;
+    std::fs::create_dir_all(&c.output)?;
+    eprintln!(
+        "computing reference log-probs for {} pairs (cached)",
+        pairs.len()
+    );
+    let reference = reference_log_probs(
+        &mut model,
+        &pairs,
+        &std::fs::canonicalize(&c.model)?.display().to_string(),
+        Some(c.output.join("reference_logps.json").as_path()),
+    )?;
+    let objective = DpoObjective {
+        pairs,
+        reference,
+        config: DpoConfig {
+            beta: args.beta,
+            ftx: args.ftx,
+        },
+    };
+    run_training(c, &mut model, &objective, &cfg, &mode)
+}
+
+fn merge(args: MergeArgs) -> anyhow::Result<()> {
+    let config = LlamaConfig::from_file(&args.base.join("config.json"))?;
+    let base = Llama::load_hf(&args.base, DType::F32, TrainMode::Full, 0)?;
+    let (lora, adapter) = load_adapter(&args.adapter)?;
+    let base_weights = base
+        .weights()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.detach()))
+        .collect();
+    let merged = merge_into(&base_weights, &lora, &adapter)?;
+    std::fs::create_dir_all(&args.output)?;
+    let out_dtype = dtype(&args.save_dtype)?;
+    let converted = merged
+        .into_iter()
+        .map(|(k, v)| v.to_dtype(out_dtype).map(|v| (k, v)))
+        .collect::<Result<_, _>>()?;
+    save_safetensors(&converted, &args.output.join("model.safetensors"))?;
+    std::fs::write(
+        args.output.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    copy_tokenizer(&args.base, &args.output)?;
+    eprintln!(
+        "merged {} into {}",
+        args.adapter.display(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    match args.command {
+        TrainCommand::Sft(a) => sft(a),
+        TrainCommand::Dpo(a) => dpo(a),
+        TrainCommand::Merge(a) => merge(a),
+    }
+}
