@@ -82,6 +82,16 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(args.time_limit)).build()?;
+        let health = format!("{}/health", args.url.trim_end_matches('/'));
+        // Wait for the model to load (health answers 503 until then).
+        let deadline = Instant::now() + Duration::from_secs(args.time_limit);
+        loop {
+            match client.get(&health).send().await {
+                Ok(r) if r.status().is_success() => break,
+                _ if Instant::now() > deadline => bail!("{health} did not become healthy within {}s", args.time_limit),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
         println!("| concurrency | requests | ok | 429 | failed | timed out | req/s | tok/s | p50 s | p95 s | p99 s |");
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for &concurrency in &args.concurrency {
@@ -95,7 +105,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 percentile(&l, 0.5), percentile(&l, 0.95), percentile(&l, 0.99)
             );
         }
-        let health = client.get(format!("{}/health", args.url.trim_end_matches('/'))).send().await.context("health check after the load")?;
+        let health = client.get(&health).send().await.context("health check after the load")?;
         println!("health after load: HTTP {}", health.status().as_u16());
         anyhow::Ok(())
     })
