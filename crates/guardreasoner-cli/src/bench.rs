@@ -63,7 +63,8 @@ fn guard_prompts(tokenizer: &Tokenizer, count: usize, target: usize) -> Result<V
         let (mut user, mut reply) = (format!("Question {i}: "), String::from("Sure. "));
         let mut k = i;
         loop {
-            let ids = tokenizer.encode_guard_prompt(&Conversation::new(user.clone(), Some(reply.clone())))?;
+            let ids = tokenizer
+                .encode_guard_prompt(&Conversation::new(user.clone(), Some(reply.clone())))?;
             if ids.len() >= target {
                 prompts.push(ids);
                 break;
@@ -82,14 +83,26 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
     if a.batch_sizes.iter().any(|&n| n == 0) {
         bail!("--batch-sizes must be positive");
     }
-    let tokenizer = if a.model.is_dir() { Tokenizer::from_hf_dir(&a.model) } else { Tokenizer::from_gguf_path(&a.model) }
-        .with_context(|| format!("loading the tokenizer of {}", a.model.display()))?;
-    let engine = Engine::load_with(&a.model, &LoadOptions { threads: a.threads, dequantize: false })
-        .with_context(|| format!("loading {}", a.model.display()))?;
+    let tokenizer = if a.model.is_dir() {
+        Tokenizer::from_hf_dir(&a.model)
+    } else {
+        Tokenizer::from_gguf_path(&a.model)
+    }
+    .with_context(|| format!("loading the tokenizer of {}", a.model.display()))?;
+    let engine = Engine::load_with(
+        &a.model,
+        &LoadOptions {
+            threads: a.threads,
+            dequantize: false,
+        },
+    )
+    .with_context(|| format!("loading {}", a.model.display()))?;
     let max_batch = a.batch_sizes.iter().copied().max().unwrap_or(1);
     let prompts = guard_prompts(&tokenizer, max_batch.max(1), a.prompt_tokens)?;
     // The instruction is what every guard prompt shares.
-    let instruction_tokens = (0..prompts[0].len()).take_while(|&k| prompts.iter().all(|p| p.get(k) == prompts[0].get(k))).count();
+    let instruction_tokens = (0..prompts[0].len())
+        .take_while(|&k| prompts.iter().all(|p| p.get(k) == prompts[0].get(k)))
+        .count();
     println!(
         "model {} ({}, {:.0} MiB of weights) | threads {} | kernels {} | guard prompts {}..{} tokens, instruction {} tokens",
         a.model.display(),
@@ -102,8 +115,24 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
         instruction_tokens,
     );
     println!("| test | tokens | seconds | tokens/s | detail |\n|---|---:|---:|---:|---|");
-    let spec = BenchSpec { guard_prompts: prompts, instruction_tokens, generated: a.generated, batch_sizes: a.batch_sizes, repetitions: 3, prefix_reuse: vec![false, true] };
-    run_bench(&engine, &spec, |l| println!("| {} | {} | {:.2} | {:.1} | {} |", l.name, l.tokens, l.seconds, l.rate(), l.detail))?;
+    let spec = BenchSpec {
+        guard_prompts: prompts,
+        instruction_tokens,
+        generated: a.generated,
+        batch_sizes: a.batch_sizes,
+        repetitions: 3,
+        prefix_reuse: vec![false, true],
+    };
+    run_bench(&engine, &spec, |l| {
+        println!(
+            "| {} | {} | {:.2} | {:.1} | {} |",
+            l.name,
+            l.tokens,
+            l.seconds,
+            l.rate(),
+            l.detail
+        )
+    })?;
     if let Some(rss) = peak_rss_mib() {
         println!("peak RSS: {rss:.0} MiB");
     }

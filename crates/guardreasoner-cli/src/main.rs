@@ -2,14 +2,14 @@
 
 mod bench;
 mod classify;
-mod loadgen;
 mod eval;
+mod export;
+mod loadgen;
+mod mine;
 mod model;
 mod score;
 mod serve;
 mod synth;
-mod export;
-mod mine;
 mod train;
 
 use clap::{Parser, Subcommand};
