@@ -106,7 +106,9 @@ fn escape(text: &str) -> String {
 // Layout, in SVG user units.
 const BAR: f64 = 11.0;
 const GROUP_GAP: f64 = 18.0;
-const LEFT: f64 = 64.0;
+const LEFT_MIN: f64 = 64.0;
+/// Rough width of one character at the label font size, for margins.
+const CHAR_WIDTH: f64 = 6.2;
 const RIGHT: f64 = 24.0;
 const TOP: f64 = 54.0;
 const PLOT_HEIGHT: f64 = 300.0;
@@ -117,10 +119,16 @@ const LEGEND_ROW: f64 = 18.0;
 pub fn render_svg(data: &ChartData, title: &str) -> String {
     let groups = data.groups.len().max(1) as f64;
     let group_width = data.series.len().max(1) as f64 * BAR + GROUP_GAP;
+    // The first rotated x label reaches left of its group: widen the margin to fit it.
+    let first_label = data.groups.first().map_or(0, |(name, task)| {
+        name.chars().count() + task.to_string().len() + 3
+    });
+    let reach = first_label as f64 * CHAR_WIDTH * 35f64.to_radians().cos();
+    let left = LEFT_MIN.max(reach - group_width / 2.0 + 8.0);
     let plot_width = (groups * group_width).max(320.0);
     // Legend: one row per series under the title.
     let top = TOP + data.series.len() as f64 * LEGEND_ROW;
-    let width = LEFT + plot_width + RIGHT;
+    let width = left + plot_width + RIGHT;
     let height = top + PLOT_HEIGHT + BOTTOM;
     let y = |v: f64| top + PLOT_HEIGHT * (1.0 - v.clamp(0.0, 100.0) / 100.0);
 
@@ -141,9 +149,9 @@ pub fn render_svg(data: &ChartData, title: &str) -> String {
         let ly = TOP - 14.0 + i as f64 * LEGEND_ROW;
         let _ = writeln!(
             svg,
-            r#"<rect x="{LEFT:.1}" y="{ly:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            r#"<rect x="{left:.1}" y="{ly:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
             PALETTE[i % PALETTE.len()],
-            LEFT + 17.0,
+            left + 17.0,
             ly + 10.0,
             escape(&series.name)
         );
@@ -153,9 +161,9 @@ pub fn render_svg(data: &ChartData, title: &str) -> String {
         let ty = y(tick as f64);
         let _ = writeln!(
             svg,
-            r##"<line x1="{LEFT:.1}" y1="{ty:.1}" x2="{:.1}" y2="{ty:.1}" stroke="#dddddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{tick}</text>"##,
-            LEFT + plot_width,
-            LEFT - 6.0,
+            r##"<line x1="{left:.1}" y1="{ty:.1}" x2="{:.1}" y2="{ty:.1}" stroke="#dddddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{tick}</text>"##,
+            left + plot_width,
+            left - 6.0,
             ty + 4.0
         );
     }
@@ -166,15 +174,15 @@ pub fn render_svg(data: &ChartData, title: &str) -> String {
     );
     let _ = writeln!(
         svg,
-        r#"<line x1="{LEFT:.1}" y1="{top:.1}" x2="{LEFT:.1}" y2="{:.1}" stroke="black"/><line x1="{LEFT:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/>"#,
+        r#"<line x1="{left:.1}" y1="{top:.1}" x2="{left:.1}" y2="{:.1}" stroke="black"/><line x1="{left:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/>"#,
         top + PLOT_HEIGHT,
         top + PLOT_HEIGHT,
-        LEFT + plot_width,
+        left + plot_width,
         top + PLOT_HEIGHT
     );
     // Bars and x labels.
     for (g, (name, task)) in data.groups.iter().enumerate() {
-        let x0 = LEFT + g as f64 * group_width + GROUP_GAP / 2.0;
+        let x0 = left + g as f64 * group_width + GROUP_GAP / 2.0;
         for (i, s) in data.series.iter().enumerate() {
             let Some(v) = s.values.get(g).copied().flatten() else {
                 continue;
@@ -212,7 +220,7 @@ pub fn render_svg(data: &ChartData, title: &str) -> String {
         let _ = writeln!(
             svg,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">no benchmark was scored</text>"#,
-            LEFT + plot_width / 2.0,
+            left + plot_width / 2.0,
             top + PLOT_HEIGHT / 2.0
         );
     }
