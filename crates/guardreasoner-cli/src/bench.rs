@@ -80,7 +80,7 @@ fn guard_prompts(tokenizer: &Tokenizer, count: usize, target: usize) -> Result<V
 }
 
 fn engine(a: EngineBenchArgs) -> Result<()> {
-    if a.batch_sizes.iter().any(|&n| n == 0) {
+    if a.batch_sizes.contains(&0) {
         bail!("--batch-sizes must be positive");
     }
     let tokenizer = if a.model.is_dir() {

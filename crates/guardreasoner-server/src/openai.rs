@@ -225,24 +225,17 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     }]}))
 }
 
-type Collected = (
-    Vec<(
-        String,
-        FinishReason,
-        Option<Vec<guardreasoner_backend::TokenLogprob>>,
-    )>,
-    usize,
-    usize,
+/// One finished choice: its text, why it ended, and its token log-probabilities if asked for.
+type ChoiceResult = (
+    String,
+    FinishReason,
+    Option<Vec<guardreasoner_backend::TokenLogprob>>,
 );
+/// The choices, prompt tokens and completion tokens of a request.
+type Collected = (Vec<ChoiceResult>, usize, usize);
 
 async fn collect(mut sub: Submission) -> Result<Collected, ApiError> {
-    let mut choices: Vec<
-        Option<(
-            String,
-            FinishReason,
-            Option<Vec<guardreasoner_backend::TokenLogprob>>,
-        )>,
-    > = (0..sub.n).map(|_| None).collect();
+    let mut choices: Vec<Option<ChoiceResult>> = (0..sub.n).map(|_| None).collect();
     let mut completion_tokens = 0;
     while choices.iter().any(Option::is_none) {
         match sub.events.recv().await {
