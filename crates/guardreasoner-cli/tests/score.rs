@@ -142,11 +142,14 @@ fn bad_flags_are_rejected() {
     assert!(!o.status.success());
     assert!(text(&o).1.contains("lenient"));
     let dir = shared().join("data/reference-predictions/paper-v1/1B");
+    let tables = shared().join("data/paper-tables.json");
     let o = score(&[
         "--predictions",
         dir.to_str().unwrap(),
         "--compare",
         "Nobody 9B",
+        "--paper-tables",
+        tables.to_str().unwrap(),
     ]);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("Nobody 9B"));
