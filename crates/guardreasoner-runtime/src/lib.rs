@@ -11,4 +11,4 @@ mod scheduler;
 
 pub use chat::{encode_chat, ChatFormat};
 pub use metrics::Metrics;
-pub use scheduler::{Event, LocalBackend, RuntimeError, RuntimeOptions, Submission};
+pub use scheduler::{collect, Event, LocalBackend, RuntimeError, RuntimeOptions, Submission};

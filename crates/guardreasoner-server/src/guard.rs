@@ -200,8 +200,7 @@ pub async fn guard(
     State(state): State<Arc<AppState>>,
     payload: Result<Json<GuardRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(req) =
-        payload.map_err(|r| state.reject(ApiError::from_json(r, state.config.max_body_bytes)))?;
+    let req = state.body(payload)?;
     state.backend()?;
     let conversations = match (req.prompt, req.conversations) {
         (Some(prompt), None) => vec![Conversation::new(prompt, req.response)],
@@ -244,8 +243,7 @@ pub async fn moderations(
     State(state): State<Arc<AppState>>,
     payload: Result<Json<ModerationRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(req) =
-        payload.map_err(|r| state.reject(ApiError::from_json(r, state.config.max_body_bytes)))?;
+    let req = state.body(payload)?;
     state.backend()?;
     state.check_model(req.model.as_deref())?;
     let inputs: Vec<String> = match req.input {

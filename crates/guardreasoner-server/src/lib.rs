@@ -87,6 +87,17 @@ impl AppState {
         e
     }
 
+    /// The request body, or the counted 400/413 that explains why it is not valid JSON of the
+    /// expected shape.
+    fn body<T>(
+        &self,
+        payload: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    ) -> Result<T, ApiError> {
+        payload
+            .map(|Json(t)| t)
+            .map_err(|r| self.reject(ApiError::from_json(r, self.config.max_body_bytes)))
+    }
+
     fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
         match requested {
             // Accept the served name, or none; clients often send a placeholder like "default".

@@ -10,8 +10,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
-use guardreasoner_backend::{ChatMessage, FinishReason, GenerationRequest, PromptInput};
-use guardreasoner_runtime::{Event, Submission};
+use guardreasoner_backend::{ChatMessage, Choice, FinishReason, GenerationRequest, PromptInput};
+use guardreasoner_runtime::{collect, Event, Submission};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -118,8 +118,7 @@ pub async fn completions(
     State(state): State<Arc<AppState>>,
     payload: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) =
-        payload.map_err(|r| state.reject(ApiError::from_json(r, state.config.max_body_bytes)))?;
+    let req = state.body(payload)?;
     let backend = state.backend()?;
     state.check_model(req.model.as_deref())?;
     let prompt = match req.prompt {
@@ -148,11 +147,16 @@ pub async fn completions(
         };
         return Ok(sse(submission, chunk).into_response());
     }
-    let (choices, prompt_tokens, completion_tokens) = collect(submission).await?;
-    let choices: Vec<Value> = choices
+    let generation = collect(submission, model.clone()).await?;
+    let (prompt_tokens, completion_tokens) = (
+        generation.usage.prompt_tokens,
+        generation.usage.completion_tokens,
+    );
+    let choices: Vec<Value> = generation
+        .choices
         .into_iter()
         .enumerate()
-        .map(|(i, (text, finish, logprobs))| {
+        .map(|(i, Choice { text, finish_reason: finish, logprobs, .. })| {
             let logprobs = logprobs.map(|l| {
                 json!({"tokens": l.iter().map(|t| t.token.clone()).collect::<Vec<_>>(),
                        "token_logprobs": l.iter().map(|t| t.logprob).collect::<Vec<_>>()})
@@ -171,8 +175,7 @@ pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     payload: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) =
-        payload.map_err(|r| state.reject(ApiError::from_json(r, state.config.max_body_bytes)))?;
+    let req = state.body(payload)?;
     let backend = state.backend()?;
     state.check_model(req.model.as_deref())?;
     if req.messages.is_empty() {
@@ -200,11 +203,16 @@ pub async fn chat_completions(
         };
         return Ok(sse(submission, chunk).into_response());
     }
-    let (choices, prompt_tokens, completion_tokens) = collect(submission).await?;
-    let choices: Vec<Value> = choices
+    let generation = collect(submission, model.clone()).await?;
+    let (prompt_tokens, completion_tokens) = (
+        generation.usage.prompt_tokens,
+        generation.usage.completion_tokens,
+    );
+    let choices: Vec<Value> = generation
+        .choices
         .into_iter()
         .enumerate()
-        .map(|(i, (text, finish, logprobs))| {
+        .map(|(i, Choice { text, finish_reason: finish, logprobs, .. })| {
             let logprobs = logprobs.map(|l| {
                 json!({"content": l.iter().map(|t| json!({"token": t.token, "logprob": t.logprob})).collect::<Vec<_>>()})
             });
@@ -223,43 +231,6 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"object": "list", "data": [{
         "id": state.config.served_model, "object": "model", "created": created(), "owned_by": "guardreasoner",
     }]}))
-}
-
-/// One finished choice: its text, why it ended, and its token log-probabilities if asked for.
-type ChoiceResult = (
-    String,
-    FinishReason,
-    Option<Vec<guardreasoner_backend::TokenLogprob>>,
-);
-/// The choices, prompt tokens and completion tokens of a request.
-type Collected = (Vec<ChoiceResult>, usize, usize);
-
-async fn collect(mut sub: Submission) -> Result<Collected, ApiError> {
-    let mut choices: Vec<Option<ChoiceResult>> = (0..sub.n).map(|_| None).collect();
-    let mut completion_tokens = 0;
-    while choices.iter().any(Option::is_none) {
-        match sub.events.recv().await {
-            Some(Event::Done {
-                choice,
-                text,
-                finish_reason,
-                completion_tokens: c,
-                logprobs,
-                ..
-            }) => {
-                completion_tokens += c;
-                choices[choice] = Some((text, finish_reason, logprobs));
-            }
-            Some(Event::Text { .. }) => {}
-            Some(Event::Failed(m)) => return Err(ApiError::Internal(m)),
-            None => return Err(ApiError::Cancelled),
-        }
-    }
-    Ok((
-        choices.into_iter().flatten().collect(),
-        sub.prompt_tokens,
-        completion_tokens,
-    ))
 }
 
 /// Server-sent events of one choice: a chunk per text delta, one with the finish reason,
