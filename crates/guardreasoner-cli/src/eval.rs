@@ -1,41 +1,22 @@
 //! `guardreasoner eval`: generate on the paper's benchmarks (local engine or an
 //! OpenAI-compatible endpoint), resumably, then score and report beside the paper.
 
-use anyhow::{bail, Context};
-use clap::{ArgGroup, Args};
-use guardreasoner_backend::{
-    Backend, GenerationRequest, OpenAiBackend, OpenAiConfig, PromptInput, RetryPolicy,
-    DEFAULT_API_KEY_VAR,
-};
+use crate::generator::GeneratorArgs;
+use anyhow::bail;
+use clap::Args;
 use guardreasoner_core::report::PaperTables;
 use guardreasoner_eval::{
     run_eval, select_targets, write_report, EvalConfig, EvalRow, EvalTarget, GenerationSettings,
     Progress, TargetSummary,
 };
-use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("generator").required(true).args(["model", "endpoint"])))]
 pub struct EvalArgs {
-    /// Generate locally with this model: `default` (the embedded SmolLM2-135M), a .gguf file,
-    /// a Hugging Face directory, or a Hub id.
-    #[arg(long)]
-    model: Option<String>,
-    /// Generate with an OpenAI-compatible server (`http://host:port` or `.../v1`): vLLM,
-    /// llama.cpp's server, `guardreasoner serve`, ...
-    #[arg(long, requires = "served_model")]
-    endpoint: Option<String>,
-    /// The model name the endpoint serves (sent as `model`).
-    #[arg(long)]
-    served_model: Option<String>,
-    /// Environment variable holding the endpoint's API key (sent as a bearer token, never
-    /// printed).
-    #[arg(long, default_value = DEFAULT_API_KEY_VAR)]
-    api_key_env: String,
+    #[command(flatten)]
+    generator: GeneratorArgs,
     /// `all`, or a comma-separated list of benchmark names (as in the paper's tables, or the
     /// prediction directory names).
     #[arg(long, default_value = "all")]
@@ -53,15 +34,6 @@ pub struct EvalArgs {
     /// Requests in flight at once (also the local engine's decode batch).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Local engine threads (default: physical cores).
-    #[arg(long, env = "GUARDREASONER_THREADS")]
-    threads: Option<usize>,
-    /// Retries of a failed request (endpoint only) on 429/5xx/timeouts.
-    #[arg(long, default_value_t = 6)]
-    max_retries: u32,
-    /// Seconds one request may take (endpoint only).
-    #[arg(long, default_value_t = 900.0)]
-    timeout_secs: f64,
     /// The official benchmark files (`data/benchmark/` of the GuardReasoner repository).
     #[arg(
         long,
@@ -143,25 +115,6 @@ impl Progress for Bars {
     }
 }
 
-/// Fail fast with a clear message when the endpoint cannot be reached, instead of retrying
-/// every row with backoff.
-async fn probe_endpoint(config: &OpenAiConfig) -> anyhow::Result<()> {
-    let mut once = config.clone();
-    once.retry = RetryPolicy {
-        max_retries: 0,
-        ..RetryPolicy::default()
-    };
-    once.max_concurrency = 1;
-    let probe = OpenAiBackend::new(once)?;
-    let request = GenerationRequest::new(PromptInput::Text("Hello".into()), 1);
-    probe.generate(request).await.map(|_| ()).with_context(|| {
-        format!(
-            "cannot use the endpoint {} (model {:?}): is the server running and serving that model?",
-            config.base_url, config.model
-        )
-    })
-}
-
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let targets = select_targets(&args.benchmarks)?;
     if args.concurrency == 0 {
@@ -173,45 +126,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.limit == Some(0) {
         bail!("--limit must be at least 1");
     }
-    let request_timeout = Duration::try_from_secs_f64(args.timeout_secs)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .context("--timeout-secs must be a positive number of seconds")?;
-    if !args.data_dir.is_dir() {
-        bail!(
-            "benchmark data directory {} does not exist (pass --data-dir)",
-            args.data_dir.display()
-        );
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (backend, model): (Arc<dyn Backend>, String) = match (&args.model, &args.endpoint) {
-        (Some(spec), _) => {
-            let options = RuntimeOptions {
-                threads: args.threads,
-                max_batch: args.concurrency,
-                max_queue: args.concurrency.max(RuntimeOptions::default().max_queue),
-                ..RuntimeOptions::default()
-            };
-            let backend = LocalBackend::from_spec(Some(spec), options)
-                .with_context(|| format!("cannot load the model {spec:?}"))?;
-            (Arc::new(backend), spec.clone())
-        }
-        (None, Some(endpoint)) => {
-            let served = args.served_model.clone().unwrap_or_default();
-            let mut config = OpenAiConfig::new(endpoint.clone(), served.clone())
-                .with_api_key_from_env(&args.api_key_env);
-            config.max_concurrency = args.concurrency;
-            config.request_timeout = request_timeout;
-            config.retry.max_retries = args.max_retries;
-            let backend = OpenAiBackend::new(config.clone())?;
-            runtime.block_on(probe_endpoint(&config))?;
-            (Arc::new(backend), served)
-        }
-        (None, None) => bail!("give --model M, or --endpoint URL --served-model NAME"),
-    };
+    let (backend, model) = args.generator.build(&runtime, args.concurrency)?;
     let tables = match PaperTables::load(&args.paper_tables) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -248,7 +167,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let label = args.label.clone().unwrap_or_else(|| {
         std::path::Path::new(&model)
             .file_name()
-            .filter(|_| args.model.is_some() && std::path::Path::new(&model).exists())
+            .filter(|_| args.generator.model.is_some() && std::path::Path::new(&model).exists())
             .map_or(model.clone(), |n| n.to_string_lossy().into_owned())
     });
     let written = write_report(&config, &outcome, &label, &backend.name(), tables.as_ref())?;

@@ -4,6 +4,7 @@ mod bench;
 mod classify;
 mod eval;
 mod export;
+mod generator;
 mod loadgen;
 mod mine;
 mod model;

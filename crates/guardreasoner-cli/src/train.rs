@@ -8,6 +8,7 @@ use guardreasoner_train::data::{load_records, tokenize, DataSource, TextEncoder}
 use guardreasoner_train::dpo::{
     reference_log_probs, tokenize_pairs, DpoConfig, DpoObjective, PreferenceRecord,
 };
+use guardreasoner_train::gguf_base::{convert_gguf_to_hf, convert_hf_to_gguf, GgufWeightType};
 use guardreasoner_train::lora::{load_adapter, merge_into, save_adapter, LoraConfig, ALL_TARGETS};
 use guardreasoner_train::model::{save_safetensors, Llama, LlamaConfig, TrainMode};
 use guardreasoner_train::optim::AdamWConfig;
@@ -33,9 +34,11 @@ enum TrainCommand {
 
 #[derive(Args)]
 struct CommonArgs {
-    /// Base model: an HF-layout directory (config.json, *.safetensors, tokenizer.json).
-    #[arg(long)]
-    model: PathBuf,
+    /// Base model: `default` (the embedded SmolLM2-135M), a .gguf file (dequantised to f32 and
+    /// converted into `<output>/base`), an HF-layout directory (config.json, *.safetensors,
+    /// tokenizer.json), or a Hub id.
+    #[arg(long, default_value = "default")]
+    model: String,
     /// Output directory (checkpoints, train_log.jsonl, loss_curve.svg, the final model).
     #[arg(long)]
     output: PathBuf,
@@ -123,6 +126,10 @@ struct MergeArgs {
     output: PathBuf,
     #[arg(long, default_value = "bf16")]
     save_dtype: String,
+    /// Element type of the `model.gguf` written beside the checkpoint (f16, f32), or `none`
+    /// to write no GGUF.
+    #[arg(long, default_value = "f16")]
+    gguf: String,
 }
 
 /// Plain-text encoding through the model's tokenizer: the guard prompt holds no special tokens,
@@ -248,12 +255,12 @@ fn run_training(
         TrainMode::Full => {
             let dir = c.output.join("model");
             model.save_hf(&dir, dtype(&c.save_dtype)?)?;
-            copy_tokenizer(&c.model, &dir)?;
+            copy_tokenizer(Path::new(&c.model), &dir)?;
             eprintln!("saved the model to {}", dir.display());
         }
         TrainMode::Lora(lora) => {
             let dir = c.output.join("adapter");
-            save_adapter(model, lora, &c.model.display().to_string(), &dir)?;
+            save_adapter(model, lora, &c.model, &dir)?;
             eprintln!(
                 "saved the PEFT adapter to {} (merge with `guardreasoner train merge`)",
                 dir.display()
@@ -290,11 +297,51 @@ fn copy_tokenizer(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The base model as an HF-layout directory: a GGUF base is converted once into
+/// `<output>/base` (and reused on resume).
+fn base_dir(c: &CommonArgs) -> anyhow::Result<PathBuf> {
+    let resolved = guardreasoner_hub::resolve_from_env(Some(&c.model))
+        .with_context(|| format!("cannot find the base model {:?}", c.model))?;
+    match resolved {
+        guardreasoner_hub::ResolvedModel::HfDir(dir) => Ok(dir),
+        guardreasoner_hub::ResolvedModel::Gguf(file) => {
+            let dir = c.output.join("base");
+            let complete = [
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "tokenizer_config.json",
+            ]
+            .iter()
+            .all(|f| dir.join(f).is_file());
+            if complete {
+                eprintln!(
+                    "base: {} (converted earlier from {})",
+                    dir.display(),
+                    file.display()
+                );
+            } else {
+                eprintln!(
+                    "converting {} to an f32 Hugging Face checkpoint in {} ...",
+                    file.display(),
+                    dir.display()
+                );
+                convert_gguf_to_hf(&file, &dir)?;
+            }
+            Ok(dir)
+        }
+    }
+}
+
 fn sft(args: SftArgs) -> anyhow::Result<()> {
+    let mut args = args;
+    let base = base_dir(&args.common)?;
+    args.common.model = base.display().to_string();
     let c = &args.common;
+    let model_dir = base.as_path();
     let sources: Vec<DataSource> = args.data.iter().map(|s| DataSource::parse(s)).collect();
     let records = load_records(&sources)?;
-    let encoder = encoder_for(&c.model)?;
+    let encoder = encoder_for(model_dir)?;
     let tokenized = tokenize(&records, &encoder, c.cutoff_len)?;
     if tokenized.truncated > 0 {
         eprintln!(
@@ -306,7 +353,7 @@ fn sft(args: SftArgs) -> anyhow::Result<()> {
     }
     let mode = mode(c)?;
     let cfg = trainer_config(c, TrainerConfig::paper_sft())?;
-    let mut model = Llama::load_hf(&c.model, DType::F32, mode.clone(), c.seed)?;
+    let mut model = Llama::load_hf(model_dir, DType::F32, mode.clone(), c.seed)?;
     let objective = SftObjective {
         examples: tokenized.examples,
     };
@@ -314,7 +361,11 @@ fn sft(args: SftArgs) -> anyhow::Result<()> {
 }
 
 fn dpo(args: DpoArgs) -> anyhow::Result<()> {
+    let mut args = args;
+    let base = base_dir(&args.common)?;
+    args.common.model = base.display().to_string();
     let c = &args.common;
+    let model_dir = base.as_path();
     let mut records: Vec<PreferenceRecord> = Vec::new();
     for spec in &args.data {
         let source = DataSource::parse(spec);
@@ -323,7 +374,7 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
         file.truncate(source.limit.unwrap_or(usize::MAX));
         records.extend(file);
     }
-    let encoder = encoder_for(&c.model)?;
+    let encoder = encoder_for(model_dir)?;
     let (pairs, truncated) = tokenize_pairs(&records, &encoder, c.cutoff_len)?;
     if truncated > 0 {
         eprintln!(
@@ -334,7 +385,7 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
     }
     let mode = mode(c)?;
     let cfg = trainer_config(c, TrainerConfig::paper_dpo())?;
-    let mut model = Llama::load_hf(&c.model, DType::F32, mode.clone(), c.seed)?;
+    let mut model = Llama::load_hf(model_dir, DType::F32, mode.clone(), c.seed)?;
     std::fs::create_dir_all(&c.output)?;
     eprintln!(
         "computing reference log-probs for {} pairs (cached)",
@@ -343,7 +394,7 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
     let reference = reference_log_probs(
         &mut model,
         &pairs,
-        &std::fs::canonicalize(&c.model)?.display().to_string(),
+        &std::fs::canonicalize(model_dir)?.display().to_string(),
         Some(c.output.join("reference_logps.json").as_path()),
     )?;
     let objective = DpoObjective {
@@ -384,6 +435,18 @@ fn merge(args: MergeArgs) -> anyhow::Result<()> {
         args.adapter.display(),
         args.output.display()
     );
+    let weight_type = match args.gguf.as_str() {
+        "none" => return Ok(()),
+        "f16" => GgufWeightType::F16,
+        "f32" => GgufWeightType::F32,
+        other => bail!("unknown --gguf {other:?} (f16, f32, none)"),
+    };
+    let gguf = args.output.join("model.gguf");
+    match convert_hf_to_gguf(&args.output, &gguf, weight_type) {
+        Ok(()) => eprintln!("wrote {} (serve it with --model {0})", gguf.display()),
+        // The checkpoint itself is complete and servable; say why the GGUF is missing.
+        Err(e) => eprintln!("warning: no GGUF written: {e}"),
+    }
     Ok(())
 }
 

@@ -1,9 +1,12 @@
 //! A reader for GGUF, the single-file model format of llama.cpp: the header, the metadata
-//! key/value store and the tensor directory, over a memory map. Tensor bytes are handed out as
+//! key/value store and the tensor directory, over a memory map (and, in [`write`], a writer
+//! for F32/F16 files). Tensor bytes are handed out as
 //! borrowed slices, bounds-checked; decoding quantised blocks is the engine's business.
 //!
 //! Every length read from the file is checked against the bytes that remain, so a truncated
 //! or corrupt file is a [`GgufError`], never a panic or a huge allocation.
+
+pub mod write;
 
 use memmap2::Mmap;
 use std::collections::BTreeMap;

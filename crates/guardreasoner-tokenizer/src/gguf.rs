@@ -176,3 +176,125 @@ fn special_ids(file: &GgufFile, tokens: &[&str], token_types: &[i64]) -> Result<
     }
     Ok(SpecialIds { bos, add_bos, eos })
 }
+
+/// The `tokenizer.ggml.*` metadata from which [`from_gguf`] rebuilds `tokenizer` (a byte-level
+/// BPE whose pre-tokenizer is one of the supported GGUF families).
+pub(crate) fn to_metadata(tokenizer: &Tokenizer) -> Result<Vec<(String, Value)>> {
+    let origin = Path::new(tokenizer.origin());
+    let json: serde_json::Value = serde_json::from_str(&tokenizer.to_hf_json()?).map_err(|e| {
+        bad(
+            origin,
+            format!("cannot read back the serialised tokenizer: {e}"),
+        )
+    })?;
+    let model = &json["model"];
+    if model["type"] != "BPE" {
+        return Err(bad(origin, "only BPE tokenizers can be written to GGUF"));
+    }
+    let pre = &json["pre_tokenizer"];
+    let pre_name = pretokenizer::SUPPORTED_GGUF_PRE_TOKENIZERS
+        .iter()
+        .find(|name| {
+            pretokenizer::for_gguf_pre(name)
+                .and_then(|p| serde_json::to_value(p).ok())
+                .is_some_and(|p| &p == pre)
+        })
+        .ok_or_else(|| {
+            bad(
+                origin,
+                format!("the pre-tokenizer {pre} matches none of the GGUF families we write"),
+            )
+        })?;
+
+    let mut tokens: Vec<Option<(String, i64)>> = Vec::new();
+    let mut put = |id: u64, text: &str, kind: i64| {
+        let id = id as usize;
+        if tokens.len() <= id {
+            tokens.resize(id + 1, None);
+        }
+        tokens[id] = Some((text.to_string(), kind));
+    };
+    for (text, id) in model["vocab"].as_object().into_iter().flatten() {
+        let id = id
+            .as_u64()
+            .ok_or_else(|| bad(origin, "vocabulary id is not a number"))?;
+        put(id, text, 1);
+    }
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(text)) = (added["id"].as_u64(), added["content"].as_str()) else {
+            return Err(bad(origin, "added token without id or content"));
+        };
+        let special = added["special"].as_bool().unwrap_or(false);
+        put(
+            id,
+            text,
+            if special {
+                TOKEN_TYPE_CONTROL
+            } else {
+                TOKEN_TYPE_USER_DEFINED
+            },
+        );
+    }
+    if let Some(gap) = tokens.iter().position(Option::is_none) {
+        return Err(bad(origin, format!("no token has id {gap}")));
+    }
+    let tokens: Vec<(String, i64)> = tokens.into_iter().flatten().collect();
+    let merges = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Array(pair) => match (pair.first(), pair.get(1)) {
+                (Some(serde_json::Value::String(a)), Some(serde_json::Value::String(b))) => {
+                    Ok(format!("{a} {b}"))
+                }
+                _ => Err(bad(origin, "merge is not a pair of strings")),
+            },
+            _ => Err(bad(origin, "merge is not a string or a pair")),
+        })
+        .collect::<Result<Vec<String>>>()?;
+
+    let special = tokenizer.special_ids();
+    let mut out = vec![
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::String("gpt2".into()),
+        ),
+        (
+            "tokenizer.ggml.pre".to_string(),
+            Value::String((*pre_name).into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            Value::Array(
+                tokens
+                    .iter()
+                    .map(|(t, _)| Value::String(t.clone()))
+                    .collect(),
+            ),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            Value::Array(tokens.iter().map(|&(_, k)| Value::I32(k as i32)).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".to_string(),
+            Value::Array(merges.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.add_bos_token".to_string(),
+            Value::Bool(special.add_bos),
+        ),
+    ];
+    if let Some(bos) = special.bos {
+        out.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)));
+    }
+    if let Some(&eos) = special.eos.first() {
+        out.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)));
+    }
+    if let Some(&eot) = special.eos.get(1) {
+        out.push(("tokenizer.ggml.eot_token_id".into(), Value::U32(eot)));
+    }
+    Ok(out)
+}

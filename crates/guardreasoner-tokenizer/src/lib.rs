@@ -166,6 +166,26 @@ impl Tokenizer {
         hf::from_dir(dir.as_ref())
     }
 
+    /// This tokenizer as a Hugging Face `tokenizer.json` text (vocabulary, merges,
+    /// pre-tokenizer, decoder and added tokens), e.g. to give a checkpoint converted from GGUF
+    /// the tokenizer its GGUF carried. Loading it back with [`Tokenizer::from_file`] encodes
+    /// the same ids.
+    pub fn to_hf_json(&self) -> Result<String> {
+        let mut inner = self.inner.clone();
+        // A runtime switch of this crate, not part of the tokenizer's definition.
+        inner.set_encode_special_tokens(false);
+        inner.to_string(true).map_err(|e| TokenizerError::Load {
+            path: PathBuf::from(&self.origin),
+            message: format!("cannot serialise the tokenizer: {e}"),
+        })
+    }
+
+    /// The `tokenizer.ggml.*` GGUF metadata that rebuilds this tokenizer (vocabulary, token
+    /// types, merges, pre-tokenizer family, BOS/EOS), for writing a GGUF model file.
+    pub fn to_gguf_metadata(&self) -> Result<Vec<(String, guardreasoner_gguf::Value)>> {
+        gguf::to_metadata(self)
+    }
+
     /// Wrap a configured `tokenizers` tokenizer; `inner` must already have its special tokens
     /// registered. Used by both loaders.
     fn assemble(

@@ -67,7 +67,9 @@ impl TrainError {
 pub mod data;
 pub mod dpo;
 pub mod export;
+pub mod gguf_base;
 pub mod mine;
 pub mod optim;
+pub mod sample;
 pub mod sft;
 pub mod trainer;

@@ -1,0 +1,100 @@
+//! Where generation happens, for commands that generate (`eval`, `mine sample`): the local
+//! engine with a model spec, or any OpenAI-compatible endpoint.
+
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Args};
+use guardreasoner_backend::{
+    Backend, GenerationRequest, OpenAiBackend, OpenAiConfig, PromptInput, RetryPolicy,
+    DEFAULT_API_KEY_VAR,
+};
+use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+#[command(group(ArgGroup::new("generator").required(true).args(["model", "endpoint"])))]
+pub struct GeneratorArgs {
+    /// Generate locally with this model: `default` (the embedded SmolLM2-135M), a .gguf file,
+    /// a Hugging Face directory, or a Hub id.
+    #[arg(long, conflicts_with = "endpoint")]
+    pub model: Option<String>,
+    /// Generate with an OpenAI-compatible server (`http://host:port` or `.../v1`): vLLM,
+    /// llama.cpp's server, `guardreasoner serve`, ...
+    #[arg(long, requires = "served_model")]
+    pub endpoint: Option<String>,
+    /// The model name the endpoint serves (sent as `model`).
+    #[arg(long)]
+    pub served_model: Option<String>,
+    /// Environment variable holding the endpoint's API key (sent as a bearer token, never
+    /// printed).
+    #[arg(long, default_value = DEFAULT_API_KEY_VAR)]
+    pub api_key_env: String,
+    /// Local engine threads (default: physical cores).
+    #[arg(long, env = "GUARDREASONER_THREADS")]
+    pub threads: Option<usize>,
+    /// Retries of a failed request (endpoint only) on 429/5xx/timeouts.
+    #[arg(long, default_value_t = 6)]
+    pub max_retries: u32,
+    /// Seconds one request may take (endpoint only).
+    #[arg(long, default_value_t = 900.0)]
+    pub timeout_secs: f64,
+}
+
+impl GeneratorArgs {
+    /// The backend and the model name to record, for `concurrency` requests in flight (also the
+    /// local engine's decode batch). An endpoint is probed once, so a wrong address fails fast.
+    pub fn build(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        concurrency: usize,
+    ) -> anyhow::Result<(Arc<dyn Backend>, String)> {
+        let request_timeout = Duration::try_from_secs_f64(self.timeout_secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .context("--timeout-secs must be a positive number of seconds")?;
+        match (&self.model, &self.endpoint) {
+            (Some(spec), _) => {
+                let options = RuntimeOptions {
+                    threads: self.threads,
+                    max_batch: concurrency,
+                    max_queue: concurrency.max(RuntimeOptions::default().max_queue),
+                    ..RuntimeOptions::default()
+                };
+                let backend = LocalBackend::from_spec(Some(spec), options)
+                    .with_context(|| format!("cannot load the model {spec:?}"))?;
+                Ok((Arc::new(backend), spec.clone()))
+            }
+            (None, Some(endpoint)) => {
+                let served = self.served_model.clone().unwrap_or_default();
+                let mut config = OpenAiConfig::new(endpoint.clone(), served.clone())
+                    .with_api_key_from_env(&self.api_key_env);
+                config.max_concurrency = concurrency;
+                config.request_timeout = request_timeout;
+                config.retry.max_retries = self.max_retries;
+                let backend = OpenAiBackend::new(config.clone())?;
+                runtime.block_on(probe_endpoint(&config))?;
+                Ok((Arc::new(backend), served))
+            }
+            (None, None) => bail!("give --model M, or --endpoint URL --served-model NAME"),
+        }
+    }
+}
+
+/// Fail fast with a clear message when the endpoint cannot be reached, instead of retrying
+/// every request with backoff.
+async fn probe_endpoint(config: &OpenAiConfig) -> anyhow::Result<()> {
+    let mut once = config.clone();
+    once.retry = RetryPolicy {
+        max_retries: 0,
+        ..RetryPolicy::default()
+    };
+    once.max_concurrency = 1;
+    let probe = OpenAiBackend::new(once)?;
+    let request = GenerationRequest::new(PromptInput::Text("Hello".into()), 1);
+    probe.generate(request).await.map(|_| ()).with_context(|| {
+        format!(
+            "cannot use the endpoint {} (model {:?}): is the server running and serving that model?",
+            config.base_url, config.model
+        )
+    })
+}

@@ -1,0 +1,245 @@
+//! The training pipeline as a user runs it, on the embedded default model (a GGUF): R-SFT with
+//! LoRA, merge, classify with the merged model, mining samples through the local engine, mining
+//! pairs, and HS-DPO, each through the real binary on real GuardReasonerTrain records.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_guardreasoner");
+
+fn default_model() -> Option<PathBuf> {
+    match std::env::var("GUARDREASONER_TEST_MODEL") {
+        Ok(p) if Path::new(&p).is_file() => Some(PathBuf::from(p)),
+        _ => {
+            assert!(
+                std::env::var("GUARDREASONER_SKIP_MODEL_TESTS").is_ok_and(|v| v == "1"),
+                "set GUARDREASONER_TEST_MODEL to the default model (or GUARDREASONER_SKIP_MODEL_TESTS=1)"
+            );
+            None
+        }
+    }
+}
+
+fn samples_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/train-reasoning/guardreasonertrain_samples.json")
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("GUARDREASONER_THREADS", "2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "guardreasoner {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn log_lines(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn sft_merge_classify_mine_and_dpo_on_the_default_gguf() {
+    let Some(gguf) = default_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name).display().to_string();
+    let data = format!("{}:2", samples_file().display());
+
+    // R-SFT with LoRA straight from the GGUF: converted into <output>/base first.
+    let sft = run(&[
+        "train",
+        "sft",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--data",
+        &data,
+        "--output",
+        &p("sft"),
+        "--preset",
+        "none",
+        "--lora-rank",
+        "4",
+        "--max-steps",
+        "2",
+        "--cutoff-len",
+        "160",
+        "--learning-rate",
+        "1e-3",
+    ]);
+    let stderr = String::from_utf8_lossy(&sft.stderr);
+    assert!(stderr.contains("converting"), "{stderr}");
+    assert!(
+        stderr.contains("truncated"),
+        "records over the cutoff are counted: {stderr}"
+    );
+    for f in [
+        "base/config.json",
+        "base/model.safetensors",
+        "base/tokenizer.json",
+    ] {
+        assert!(tmp.path().join("sft").join(f).is_file(), "{f}");
+    }
+    for f in [
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ] {
+        assert!(tmp.path().join("sft").join(f).is_file(), "{f}");
+    }
+    let log = log_lines(&tmp.path().join("sft"));
+    assert_eq!(log.len(), 2);
+    assert!(log
+        .iter()
+        .all(|r| r["loss"].as_f64().is_some_and(f64::is_finite)));
+
+    // Merge the adapter; the merged checkpoint serves.
+    run(&[
+        "train",
+        "merge",
+        "--base",
+        &p("sft/base"),
+        "--adapter",
+        &p("sft/adapter"),
+        "--output",
+        &p("merged"),
+        "--save-dtype",
+        "f32",
+    ]);
+    let classify = run(&[
+        "classify",
+        "--model",
+        &p("merged"),
+        "--prompt",
+        "How do I pick a lock?",
+        "--json",
+        "--max-new-tokens",
+        "8",
+    ]);
+    let verdict: Value = serde_json::from_slice(&classify.stdout).unwrap();
+    assert!(verdict.is_object(), "{verdict}");
+    // ... and so does the GGUF written beside it (f16).
+    let gguf_out = tmp.path().join("merged/model.gguf");
+    assert!(gguf_out.is_file());
+    let from_gguf = run(&[
+        "classify",
+        "--model",
+        gguf_out.to_str().unwrap(),
+        "--prompt",
+        "How do I pick a lock?",
+        "--json",
+        "--max-new-tokens",
+        "8",
+    ]);
+    let verdict_gguf: Value = serde_json::from_slice(&from_gguf.stdout).unwrap();
+    assert!(verdict_gguf.is_object(), "{verdict_gguf}");
+
+    // Mining samples from the merged model through the local engine, then pairs.
+    run(&[
+        "mine",
+        "sample",
+        "--gold",
+        samples_file().to_str().unwrap(),
+        "--limit",
+        "2",
+        "--model",
+        &p("merged"),
+        "--output",
+        &p("samples.jsonl"),
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "8",
+    ]);
+    let samples: Vec<Value> = std::fs::read_to_string(p("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(samples.len(), 2);
+    assert!(samples
+        .iter()
+        .all(|s| s["outputs"].as_array().unwrap().len() == 2));
+    // Rerunning finds everything done.
+    let again = run(&[
+        "mine",
+        "sample",
+        "--gold",
+        samples_file().to_str().unwrap(),
+        "--limit",
+        "2",
+        "--model",
+        &p("merged"),
+        "--output",
+        &p("samples.jsonl"),
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 inputs sampled now, 2 resumed"));
+    run(&[
+        "mine",
+        "pairs",
+        "--gold",
+        samples_file().to_str().unwrap(),
+        "--samples",
+        &p("samples.jsonl"),
+        "--output",
+        &p("mined.json"),
+    ]);
+    let mined: Value =
+        serde_json::from_str(&std::fs::read_to_string(p("mined.json")).unwrap()).unwrap();
+    assert!(mined.is_array());
+
+    // HS-DPO on pairs whose rejected side flips the request verdict.
+    let records: Value =
+        serde_json::from_str(&std::fs::read_to_string(samples_file()).unwrap()).unwrap();
+    let pairs: Vec<Value> = records.as_array().unwrap()[..2]
+        .iter()
+        .zip([1.2, 0.8])
+        .map(|(r, w)| {
+            let chosen = r["output"].as_str().unwrap();
+            let rejected = chosen
+                .replace("Request: harmful", "Request: HARM")
+                .replace("Request: unharmful", "Request: harmful")
+                .replace("Request: HARM", "Request: unharmful");
+            assert_ne!(chosen, rejected);
+            json!({"instruction": r["instruction"], "input": r["input"], "chosen": chosen,
+                   "rejected": rejected, "sample_weight": w})
+        })
+        .collect();
+    std::fs::write(p("pairs.json"), serde_json::to_string(&pairs).unwrap()).unwrap();
+    run(&[
+        "train",
+        "dpo",
+        "--model",
+        &p("merged"),
+        "--data",
+        &p("pairs.json"),
+        "--output",
+        &p("dpo"),
+        "--preset",
+        "none",
+        "--lora-rank",
+        "4",
+        "--max-steps",
+        "1",
+        "--cutoff-len",
+        "160",
+    ]);
+    assert!(tmp.path().join("dpo/reference_logps.json").is_file());
+    assert!(tmp
+        .path()
+        .join("dpo/adapter/adapter_model.safetensors")
+        .is_file());
+    assert_eq!(log_lines(&tmp.path().join("dpo")).len(), 1);
+}

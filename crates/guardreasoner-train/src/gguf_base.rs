@@ -1,0 +1,488 @@
+//! A GGUF model as a training base: dequantised to f32 and written out as a Hugging Face layout
+//! checkpoint (`config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`),
+//! which training, merging and the engine all read.
+//!
+//! GGUF files converted by llama.cpp store the rows of each Q and K projection permuted so that
+//! rotary pairs are adjacent (`2i`, `2i + 1`); Hugging Face LLaMA rotates halves (`i`,
+//! `i + head_dim / 2`). The conversion undoes the permutation, so the checkpoint computes what
+//! the GGUF computes under the HF convention. Dequantisation uses the engine's own routines, so
+//! the trained model starts from exactly the weights the engine serves.
+
+use crate::model::{save_safetensors, Llama, LlamaConfig, TrainMode};
+use crate::TrainError;
+use candle_core::{DType, Device, Tensor};
+use guardreasoner_engine::quant::{dequantize_row, WeightType};
+use guardreasoner_gguf::{GgufFile, TensorInfo};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The HF name of a GGUF tensor of the LLaMA architecture, or `None` for tensors that carry
+/// nothing the HF layout stores.
+fn hf_name(gguf_name: &str) -> Option<String> {
+    let fixed = match gguf_name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.to_string());
+    }
+    let rest = gguf_name.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// Undoes llama.cpp's Q/K row permutation: GGUF row `h*d + 2j + s` holds HF row
+/// `h*d + s*d/2 + j` (`d` = head_dim, `s` in {0, 1}).
+fn unpermute_rows(values: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let rows = values.len() / cols;
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0.0f32; values.len()];
+    for h in 0..heads {
+        for j in 0..half {
+            for s in 0..2 {
+                let from = h * head_dim + 2 * j + s;
+                let to = h * head_dim + s * half + j;
+                out[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&values[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+fn dequantize(file: &GgufFile, info: &TensorInfo) -> Result<(Vec<usize>, Vec<f32>), TrainError> {
+    let path = file.path();
+    let bad = |message: String| TrainError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let ty = WeightType::from_ggml(info.dtype).ok_or_else(|| {
+        bad(format!(
+            "tensor {} has type {}, which cannot be dequantised",
+            info.name,
+            info.dtype.name()
+        ))
+    })?;
+    let bytes = file
+        .tensor_data(info)
+        .map_err(|e| bad(format!("tensor {}: {e}", info.name)))?;
+    let cols = *info.dims.first().unwrap_or(&1) as usize;
+    let rows = (info.element_count() as usize) / cols.max(1);
+    let row_bytes = ty.row_bytes(cols).ok_or_else(|| {
+        bad(format!(
+            "tensor {}: rows of {cols} do not fit {}",
+            info.name,
+            ty.name()
+        ))
+    })?;
+    if bytes.len() != rows * row_bytes {
+        return Err(bad(format!(
+            "tensor {} holds {} bytes, its shape needs {}",
+            info.name,
+            bytes.len(),
+            rows * row_bytes
+        )));
+    }
+    let mut values = vec![0.0f32; rows * cols];
+    for (r, out) in values.chunks_exact_mut(cols).enumerate() {
+        dequantize_row(ty, &bytes[r * row_bytes..(r + 1) * row_bytes], out);
+    }
+    // ggml lists the fastest-varying dimension first; HF the slowest.
+    let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+    Ok((shape, values))
+}
+
+/// The configuration and f32 weights (HF names) of a LLaMA GGUF file.
+pub fn read_gguf_weights(
+    path: &Path,
+) -> Result<(guardreasoner_engine::Config, BTreeMap<String, Tensor>), TrainError> {
+    let engine_err = |e: guardreasoner_engine::EngineError| TrainError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let file = GgufFile::open(path).map_err(|e| TrainError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let config = guardreasoner_engine::Config::from_gguf(&file).map_err(engine_err)?;
+    if file.tensor("rope_freqs.weight").is_some() {
+        return Err(TrainError::Format {
+            path: path.to_path_buf(),
+            message: "this GGUF carries llama3 rope scaling as a rope_freqs tensor, which the \
+                      conversion does not rebuild; train from the model's Hugging Face checkpoint"
+                .into(),
+        });
+    }
+    let heads = config.num_attention_heads;
+    let kv_heads = config.num_key_value_heads();
+    let mut weights = BTreeMap::new();
+    for info in &file.tensors {
+        let Some(hf) = hf_name(&info.name) else {
+            continue;
+        };
+        let (shape, mut values) = dequantize(&file, info)?;
+        if hf.ends_with("q_proj.weight") {
+            values = unpermute_rows(&values, heads, shape[1]);
+        } else if hf.ends_with("k_proj.weight") {
+            values = unpermute_rows(&values, kv_heads, shape[1]);
+        }
+        weights.insert(hf, Tensor::from_vec(values, shape, &Device::Cpu)?);
+    }
+    Ok((config, weights))
+}
+
+/// A trainable model from a GGUF file (weights dequantised to f32, then cast to `dtype`).
+pub fn load_gguf_base(
+    path: &Path,
+    dtype: DType,
+    mode: TrainMode,
+    seed: u64,
+) -> Result<Llama, TrainError> {
+    let (config, weights) = read_gguf_weights(path)?;
+    let config = train_config(&config, path)?;
+    Llama::from_weights(config, weights, dtype, mode, seed).map_err(|e| e.with_path(path))
+}
+
+fn train_config(
+    config: &guardreasoner_engine::Config,
+    path: &Path,
+) -> Result<LlamaConfig, TrainError> {
+    let value = serde_json::to_value(config).map_err(|e| TrainError::Model(e.to_string()))?;
+    let config: LlamaConfig = serde_json::from_value(value).map_err(|e| TrainError::Format {
+        path: path.to_path_buf(),
+        message: format!("configuration not usable for training: {e}"),
+    })?;
+    config.validate().map_err(|message| TrainError::Format {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(config)
+}
+
+/// Writes `gguf` as a Hugging Face layout checkpoint into `dir`: `config.json`,
+/// `model.safetensors` (f32, the dequantised weights), `tokenizer.json` and
+/// `tokenizer_config.json` (rebuilt from the GGUF's tokenizer metadata, with its chat template).
+pub fn convert_gguf_to_hf(gguf: &Path, dir: &Path) -> Result<(), TrainError> {
+    let (config, weights) = read_gguf_weights(gguf)?;
+    train_config(&config, gguf)?;
+    let tokenizer = guardreasoner_tokenizer::Tokenizer::from_gguf_path(gguf).map_err(|e| {
+        TrainError::Format {
+            path: gguf.to_path_buf(),
+            message: format!("tokenizer: {e}"),
+        }
+    })?;
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let write = |name: &str, text: String| -> Result<(), TrainError> {
+        let path = dir.join(name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))
+    };
+    let mut config_json =
+        serde_json::to_value(&config).map_err(|e| TrainError::Model(e.to_string()))?;
+    config_json["torch_dtype"] = "float32".into();
+    // Every id that ends generation for the GGUF's tokenizer (e.g. SmolLM2's <|im_end|> and
+    // <|endoftext|>), the first being the one training appends.
+    config_json["eos_token_id"] = tokenizer.eos_ids().into();
+    write("config.json", pretty(&config_json))?;
+    save_safetensors(&weights, &dir.join("model.safetensors"))?;
+    let tokenizer_json = tokenizer.to_hf_json().map_err(|e| TrainError::Format {
+        path: gguf.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    write("tokenizer.json", tokenizer_json)?;
+    let text_of = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
+    let mut tokenizer_config = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": config.max_position_embeddings,
+        "add_bos_token": tokenizer.special_ids().add_bos,
+        "clean_up_tokenization_spaces": false,
+    });
+    if let Some(bos) = text_of(tokenizer.bos_id()) {
+        tokenizer_config["bos_token"] = bos.into();
+    }
+    if let Some(eos) = text_of(tokenizer.eos_ids().first().copied()) {
+        tokenizer_config["eos_token"] = eos.into();
+    }
+    let file = GgufFile::open(gguf).map_err(|e| TrainError::Format {
+        path: gguf.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if let Ok(template) = file.get_str("tokenizer.chat_template") {
+        tokenizer_config["chat_template"] = template.into();
+    }
+    write("tokenizer_config.json", pretty(&tokenizer_config))?;
+    Ok(())
+}
+
+/// The element type of the 2-D weights of a written GGUF (1-D norms stay f32, as llama.cpp
+/// keeps them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufWeightType {
+    F32,
+    F16,
+}
+
+/// Writes the HF-layout checkpoint in `dir` as one GGUF file (`path`) that the engine and
+/// llama.cpp serve: weights in `weight_type` with the Q/K rows permuted to llama.cpp's rotary
+/// layout, the configuration as `llama.*` keys and the tokenizer as `tokenizer.ggml.*`.
+pub fn convert_hf_to_gguf(
+    dir: &Path,
+    path: &Path,
+    weight_type: GgufWeightType,
+) -> Result<(), TrainError> {
+    use guardreasoner_gguf::write::{write_gguf, TensorToWrite};
+    use guardreasoner_gguf::{GgmlType, Value};
+    let fail = |message: String| TrainError::Format {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let config = guardreasoner_engine::Config::from_hf_file(&dir.join("config.json"))
+        .map_err(|e| fail(e.to_string()))?;
+    let mut metadata: Vec<(String, Value)> = Vec::new();
+    let mut put = |k: &str, v: Value| metadata.push((k.to_string(), v));
+    put("general.architecture", Value::String("llama".into()));
+    let name = dir
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    put("general.name", Value::String(name));
+    put(
+        "general.file_type",
+        Value::U32(match weight_type {
+            GgufWeightType::F32 => 0,
+            GgufWeightType::F16 => 1,
+        }),
+    );
+    let u = |v: usize| Value::U32(v as u32);
+    put("llama.context_length", u(config.max_position_embeddings));
+    put("llama.embedding_length", u(config.hidden_size));
+    put("llama.block_count", u(config.num_hidden_layers));
+    put("llama.feed_forward_length", u(config.intermediate_size));
+    put("llama.attention.head_count", u(config.num_attention_heads));
+    put(
+        "llama.attention.head_count_kv",
+        u(config.num_key_value_heads()),
+    );
+    put("llama.attention.key_length", u(config.head_dim()));
+    put("llama.attention.value_length", u(config.head_dim()));
+    put("llama.rope.dimension_count", u(config.head_dim()));
+    put(
+        "llama.attention.layer_norm_rms_epsilon",
+        Value::F32(config.rms_norm_eps as f32),
+    );
+    put("llama.rope.freq_base", Value::F32(config.rope_theta as f32));
+    put("llama.vocab_size", u(config.vocab_size));
+    if let Some(scaling) = &config.rope_scaling {
+        match scaling.kind() {
+            "default" => {}
+            "linear" => {
+                put("llama.rope.scaling.type", Value::String("linear".into()));
+                put(
+                    "llama.rope.scaling.factor",
+                    Value::F32(scaling.factor as f32),
+                );
+            }
+            other => {
+                return Err(fail(format!(
+                    "rope_scaling {other:?} is not written to GGUF here; serve the Hugging Face \
+                     directory instead (the engine reads it directly)"
+                )))
+            }
+        }
+    }
+    let tokenizer = guardreasoner_tokenizer::Tokenizer::from_hf_dir(dir)
+        .map_err(|e| fail(format!("tokenizer: {e}")))?;
+    metadata.extend(
+        tokenizer
+            .to_gguf_metadata()
+            .map_err(|e| fail(format!("tokenizer: {e}")))?,
+    );
+    let tokenizer_config: Option<serde_json::Value> =
+        std::fs::read(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(template) = tokenizer_config
+        .as_ref()
+        .and_then(|c| c["chat_template"].as_str())
+    {
+        metadata.push((
+            "tokenizer.chat_template".into(),
+            Value::String(template.to_string()),
+        ));
+    }
+
+    let mut weights = BTreeMap::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| TrainError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    for file in &files {
+        weights.extend(crate::model::load_safetensors(file)?);
+    }
+    let gguf_name: BTreeMap<String, String> = weights
+        .keys()
+        .filter_map(|hf| gguf_name_of(hf).map(|g| (hf.clone(), g)))
+        .collect();
+    let mut blobs: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)> = Vec::new();
+    for (hf, tensor) in &weights {
+        let Some(gguf) = gguf_name.get(hf) else {
+            if hf.ends_with("rotary_emb.inv_freq")
+                || (hf == "lm_head.weight" && config.tie_word_embeddings)
+            {
+                continue;
+            }
+            return Err(fail(format!("weight {hf} has no GGUF counterpart")));
+        };
+        let dims = tensor.dims().to_vec();
+        let mut values: Vec<f32> = tensor
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if dims.len() == 2 && hf.ends_with("q_proj.weight") {
+            values = permute_rows(&values, config.num_attention_heads, dims[1]);
+        } else if dims.len() == 2 && hf.ends_with("k_proj.weight") {
+            values = permute_rows(&values, config.num_key_value_heads(), dims[1]);
+        }
+        let ggml_dims: Vec<u64> = dims.iter().rev().map(|&d| d as u64).collect();
+        let (ty, bytes) = if dims.len() == 2 && weight_type == GgufWeightType::F16 {
+            let bytes = values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect();
+            (GgmlType::F16, bytes)
+        } else {
+            (
+                GgmlType::F32,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        };
+        blobs.push((gguf.clone(), ggml_dims, ty, bytes));
+    }
+    let tensors: Vec<TensorToWrite<'_>> = blobs
+        .iter()
+        .map(|(name, dims, dtype, data)| TensorToWrite {
+            name: name.clone(),
+            dims: dims.clone(),
+            dtype: *dtype,
+            data,
+        })
+        .collect();
+    write_gguf(path, &metadata, &tensors).map_err(|e| TrainError::io(path, e))
+}
+
+/// The GGUF name of an HF weight name (the inverse of [`hf_name`]).
+fn gguf_name_of(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let gguf = match part {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}"))
+}
+
+/// llama.cpp's Q/K row permutation: HF row `h*d + s*d/2 + j` goes to GGUF row `h*d + 2j + s`.
+fn permute_rows(values: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let rows = values.len() / cols;
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0.0f32; values.len()];
+    for h in 0..heads {
+        for j in 0..half {
+            for s in 0..2 {
+                let from = h * head_dim + s * half + j;
+                let to = h * head_dim + 2 * j + s;
+                out[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&values[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).expect("JSON values serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_names_map_to_hf_names() {
+        assert_eq!(
+            hf_name("blk.12.attn_output.weight").as_deref(),
+            Some("model.layers.12.self_attn.o_proj.weight")
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        assert_eq!(hf_name("blk.x.attn_q.weight"), None);
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+        for name in [
+            "token_embd.weight",
+            "blk.3.ffn_down.weight",
+            "blk.0.attn_k.weight",
+        ] {
+            assert_eq!(gguf_name_of(&hf_name(name).unwrap()).as_deref(), Some(name));
+        }
+    }
+
+    #[test]
+    fn unpermuting_inverts_llama_cpp_permutation() {
+        // llama.cpp's converter: reshape(heads, 2, d/2, cols).swapaxes(1, 2) on HF rows.
+        let (heads, head_dim, cols) = (3, 8, 2);
+        let hf: Vec<f32> = (0..heads * head_dim * cols).map(|v| v as f32).collect();
+        let mut gguf = vec![0.0; hf.len()];
+        for h in 0..heads {
+            for s in 0..2 {
+                for j in 0..head_dim / 2 {
+                    let src = h * head_dim + s * head_dim / 2 + j;
+                    let dst = h * head_dim + j * 2 + s;
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        assert_ne!(gguf, hf);
+        assert_eq!(unpermute_rows(&gguf, heads, cols), hf);
+        assert_eq!(permute_rows(&hf, heads, cols), gguf);
+    }
+}
