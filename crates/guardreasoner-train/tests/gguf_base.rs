@@ -150,8 +150,7 @@ fn a_file_that_is_not_gguf_is_a_clear_error() {
     let bogus = dir.path().join("model.gguf");
     std::fs::write(&bogus, b"not a gguf file at all").unwrap();
     let err = convert_gguf_to_hf(&bogus, &dir.path().join("out"))
-        .err()
-        .expect("an error")
+        .expect_err("an error")
         .to_string();
     assert!(err.contains("model.gguf"), "{err}");
     assert!(!dir.path().join("out").exists());
