@@ -48,9 +48,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Synthesise GuardReasonerTrain reasoning data from labelled records with a teacher model.
     Synth(synth::SynthArgs),
-    /// Train guards on CPU: `train sft` (R-SFT), `train dpo` (HS-DPO), `train merge` (LoRA).
+    /// Train guards on CPU: `train sft` (R-SFT), `train dpo` (HS-DPO); merge LoRA adapters with
+    /// `model merge`.
     Train(train::TrainArgs),
-    /// Mine hard-sample DPO pairs from sampled outputs of one or more R-SFT models.
+    /// Hard-sample mining: `mine sample` (n outputs per input from an R-SFT model), `mine pairs`
+    /// (weighted DPO pairs from the samples of one or more models).
     Mine(mine::MineArgs),
     /// Export datasets and configs for other trainers (`export llamafactory`).
     Export(export::ExportArgs),

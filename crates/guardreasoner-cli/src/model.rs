@@ -1,4 +1,5 @@
-//! `guardreasoner model pull|path|info`: fetch, locate and describe models.
+//! `guardreasoner model pull|path|info|merge|convert`: fetch, locate, describe, merge and
+//! convert models.
 //!
 //! A model spec is `default` (or nothing), a `.gguf` file, a Hugging Face layout directory, or a
 //! Hub id such as `yueliu1999/GuardReasoner-1B[@revision]`. Status goes to stderr, results to
@@ -40,6 +41,23 @@ enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Merge a PEFT LoRA adapter into its base model: an HF-layout checkpoint and a GGUF.
+    Merge(crate::train::MergeArgs),
+    /// Convert a model: a GGUF (or `default`) into an f32 Hugging Face checkpoint directory, or
+    /// a Hugging Face directory into one GGUF file.
+    Convert {
+        /// `default`, a .gguf file, a Hugging Face directory or a Hub id (owner/name[@rev]).
+        spec: Option<String>,
+        /// Write an HF-layout directory here (from a GGUF).
+        #[arg(long, conflicts_with = "to_gguf", required_unless_present = "to_gguf")]
+        to_hf: Option<std::path::PathBuf>,
+        /// Write a GGUF file here (from an HF directory).
+        #[arg(long)]
+        to_gguf: Option<std::path::PathBuf>,
+        /// Element type of the GGUF's matrices: f16 or f32.
+        #[arg(long, default_value = "f16")]
+        gguf_type: String,
+    },
 }
 
 pub fn run(args: ModelArgs) -> Result<()> {
@@ -59,6 +77,13 @@ pub fn run(args: ModelArgs) -> Result<()> {
             let model = resolve_from_env(spec.as_deref())?;
             println!("{}", model.path().display());
         }
+        ModelCommand::Merge(args) => crate::train::merge(args)?,
+        ModelCommand::Convert {
+            spec,
+            to_hf,
+            to_gguf,
+            gguf_type,
+        } => convert(spec.as_deref(), to_hf, to_gguf, &gguf_type)?,
         ModelCommand::Info { spec, json } => {
             let model = resolve_from_env(spec.as_deref())?;
             let info =
@@ -69,6 +94,42 @@ pub fn run(args: ModelArgs) -> Result<()> {
                 println!("{info}");
             }
         }
+    }
+    Ok(())
+}
+
+fn convert(
+    spec: Option<&str>,
+    to_hf: Option<std::path::PathBuf>,
+    to_gguf: Option<std::path::PathBuf>,
+    gguf_type: &str,
+) -> Result<()> {
+    use guardreasoner_hub::ResolvedModel;
+    use guardreasoner_train::gguf_base::{convert_gguf_to_hf, convert_hf_to_gguf, GgufWeightType};
+    let model = resolve_from_env(spec)?;
+    match (model, to_hf, to_gguf) {
+        (ResolvedModel::Gguf(file), Some(dir), None) => {
+            eprintln!("converting {} into {} ...", file.display(), dir.display());
+            convert_gguf_to_hf(&file, &dir)?;
+            println!("{}", dir.display());
+        }
+        (ResolvedModel::HfDir(dir), None, Some(file)) => {
+            let weight_type = match gguf_type {
+                "f16" => GgufWeightType::F16,
+                "f32" => GgufWeightType::F32,
+                other => anyhow::bail!("unknown --gguf-type {other:?} (f16, f32)"),
+            };
+            eprintln!("converting {} into {} ...", dir.display(), file.display());
+            convert_hf_to_gguf(&dir, &file, weight_type)?;
+            println!("{}", file.display());
+        }
+        (ResolvedModel::Gguf(file), _, _) => {
+            anyhow::bail!("{} is a GGUF already: use --to-hf DIR", file.display())
+        }
+        (ResolvedModel::HfDir(dir), _, _) => anyhow::bail!(
+            "{} is a Hugging Face directory already: use --to-gguf FILE",
+            dir.display()
+        ),
     }
     Ok(())
 }

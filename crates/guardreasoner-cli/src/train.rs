@@ -1,4 +1,5 @@
-//! `guardreasoner train sft|dpo|merge`: R-SFT and HS-DPO on CPU (candle), LoRA adapter merge.
+//! `guardreasoner train sft|dpo`: R-SFT and HS-DPO on CPU; `guardreasoner model merge`: LoRA
+//! adapter merge (HF checkpoint + GGUF).
 
 use anyhow::{bail, Context};
 use candle_core::DType;
@@ -28,8 +29,6 @@ enum TrainCommand {
     Sft(SftArgs),
     /// Hard-sample DPO on mined pairs (LLaMA-Factory ranking format with `sample_weight`).
     Dpo(DpoArgs),
-    /// Merge a PEFT LoRA adapter into its base model, writing an HF-layout checkpoint.
-    Merge(MergeArgs),
 }
 
 #[derive(Args)]
@@ -115,7 +114,7 @@ struct DpoArgs {
 }
 
 #[derive(Args)]
-struct MergeArgs {
+pub struct MergeArgs {
     /// HF-layout base model directory.
     #[arg(long)]
     base: PathBuf,
@@ -262,7 +261,7 @@ fn run_training(
             let dir = c.output.join("adapter");
             save_adapter(model, lora, &c.model, &dir)?;
             eprintln!(
-                "saved the PEFT adapter to {} (merge with `guardreasoner train merge`)",
+                "saved the PEFT adapter to {} (merge with `guardreasoner model merge`)",
                 dir.display()
             );
         }
@@ -408,7 +407,7 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
     run_training(c, &mut model, &objective, &cfg, &mode)
 }
 
-fn merge(args: MergeArgs) -> anyhow::Result<()> {
+pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
     let config = LlamaConfig::from_file(&args.base.join("config.json"))?;
     let base = Llama::load_hf(&args.base, DType::F32, TrainMode::Full, 0)?;
     let (lora, adapter) = load_adapter(&args.adapter)?;
@@ -454,6 +453,5 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     match args.command {
         TrainCommand::Sft(a) => sft(a),
         TrainCommand::Dpo(a) => dpo(a),
-        TrainCommand::Merge(a) => merge(a),
     }
 }

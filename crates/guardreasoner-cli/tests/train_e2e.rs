@@ -103,7 +103,7 @@ fn sft_merge_classify_mine_and_dpo_on_the_default_gguf() {
 
     // Merge the adapter; the merged checkpoint serves.
     run(&[
-        "train",
+        "model",
         "merge",
         "--base",
         &p("sft/base"),
@@ -141,6 +141,14 @@ fn sft_merge_classify_mine_and_dpo_on_the_default_gguf() {
     ]);
     let verdict_gguf: Value = serde_json::from_slice(&from_gguf.stdout).unwrap();
     assert!(verdict_gguf.is_object(), "{verdict_gguf}");
+
+    // `model convert` says which way a model can go.
+    let wrong_way = Command::new(BIN)
+        .args(["model", "convert", &p("merged"), "--to-hf", &p("again")])
+        .output()
+        .unwrap();
+    assert!(!wrong_way.status.success());
+    assert!(String::from_utf8_lossy(&wrong_way.stderr).contains("use --to-gguf"));
 
     // Mining samples from the merged model through the local engine, then pairs.
     run(&[
