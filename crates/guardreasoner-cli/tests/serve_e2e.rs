@@ -1,5 +1,6 @@
 //! End to end on the real binaries: `guardreasoner serve` with the embedded model on loopback,
-//! and `guardreasoner synth` using it as the teacher through the OpenAI-compatible API.
+//! and `guardreasoner synth` using it as the teacher, and `guardreasoner mine sample` drawing
+//! samples from it, through the OpenAI-compatible API.
 
 use serde_json::Value;
 use std::collections::HashSet;
@@ -133,6 +134,44 @@ async fn synth_with_our_own_server_as_the_teacher() {
     assert_eq!(keys.len(), 2);
     for r in &rejected {
         assert!(r["reason"].is_string(), "a reject says why: {r}");
+    }
+
+    // Hard-sample mining draws its samples through the same endpoint: n outputs per input.
+    let gold = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/train-reasoning/guardreasonertrain_samples.json");
+    let samples = dir.path().join("samples.jsonl");
+    let mined = Command::new(BIN)
+        .args(["mine", "sample", "--gold"])
+        .arg(&gold)
+        .args([
+            "--limit",
+            "2",
+            "--endpoint",
+            &url,
+            "--served-model",
+            "guardreasoner",
+        ])
+        .args([
+            "--n",
+            "3",
+            "--max-new-tokens",
+            "8",
+            "--name",
+            "rsft-a",
+            "--output",
+        ])
+        .arg(&samples)
+        .env("OPENAI_API_KEY", key)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&mined.stderr);
+    assert!(mined.status.success(), "mine sample failed: {stderr}");
+    assert!(!stderr.contains(key), "the key must never be printed");
+    let sets = read(samples);
+    assert_eq!(sets.len(), 2);
+    for set in &sets {
+        assert_eq!(set["model"], "rsft-a");
+        assert_eq!(set["outputs"].as_array().unwrap().len(), 3);
     }
 
     // SIGTERM: the server finishes and exits cleanly.
