@@ -67,6 +67,7 @@ impl TrainError {
 pub mod data;
 pub mod dpo;
 pub mod export;
+pub mod fast;
 pub mod gguf_base;
 pub mod mine;
 pub mod optim;

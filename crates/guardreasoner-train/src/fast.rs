@@ -1,0 +1,1518 @@
+//! The fast training path: a hand-written forward and backward pass of the LLaMA on contiguous
+//! f32 buffers, every matmul a `gemm` call, and a fused in-place AdamW.
+//!
+//! The candle model in [`crate::model`] stays the reference (tests compare losses and gradients);
+//! this is what the trainer and `guardreasoner bench train` run. What makes it fast and small:
+//!
+//! - RMSNorm, RoPE, SwiGLU and the residual adds are fused row loops; RoPE is applied in place and
+//!   its transpose in the backward pass. Normalised activations are recomputed in the backward
+//!   pass from the saved residual stream and the saved reciprocal RMS instead of being stored.
+//! - Causal attention works in blocks of query rows against only the keys up to the block's end
+//!   (about half the work of the full square), reads grouped-query K/V heads in place through
+//!   strides (no repeated copies), saves only the log-sum-exp per row and recomputes the
+//!   probabilities per block in the backward pass (memory linear in the sequence length).
+//! - The vocabulary projection is computed once for the positions that have targets; its
+//!   log-softmax gradient is formed in place over the saved logits.
+//! - LoRA: the base is frozen and gets no gradient buffers; only `A` and `B` do.
+//!
+//! Interface: [`FastLlama::forward`] returns the log-probability of each target token and a
+//! [`Tape`]; [`FastLlama::backward`] takes d(loss)/d(log-prob) per position and accumulates
+//! gradients, so SFT (mean NLL) and DPO (sigmoid loss + NLL) both reduce to it.
+
+use crate::model::LlamaConfig;
+use crate::optim::{decays, AdamWConfig};
+use crate::TrainError;
+use gemm::Parallelism;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// The adaptable projections in layer order; index `p` of [`crate::lora::ALL_TARGETS`].
+const PROJ_SLOT: [usize; 7] = [1, 2, 3, 4, 6, 7, 8];
+/// The per-layer parameters, in slot order.
+const LAYER_PARAMS: [&str; 9] = [
+    "input_layernorm",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "post_attention_layernorm",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const O: usize = 3;
+const GATE: usize = 4;
+const UP: usize = 5;
+const DOWN: usize = 6;
+/// Query rows per attention block.
+const ATTN_BLOCK: usize = 64;
+
+/// Shapes of the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dims {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub inter: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f32,
+    pub tie: bool,
+    /// RoPE inverse frequencies (llama3 scaling already applied).
+    pub inv_freq: Vec<f64>,
+}
+
+impl Dims {
+    /// The shapes of an HF config.
+    pub fn from_config(c: &LlamaConfig) -> Self {
+        Dims {
+            vocab: c.vocab_size,
+            hidden: c.hidden_size,
+            inter: c.intermediate_size,
+            layers: c.num_hidden_layers,
+            heads: c.num_attention_heads,
+            kv_heads: c.kv_heads(),
+            head_dim: c.head_dim(),
+            eps: c.rms_norm_eps as f32,
+            tie: c.tie_word_embeddings,
+            inv_freq: c.inv_freq(),
+        }
+    }
+
+    /// `(out, in)` of projection `p`.
+    fn proj_shape(&self, p: usize) -> (usize, usize) {
+        let (d, i) = (self.hidden, self.inter);
+        let (qd, kvd) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        match p {
+            Q => (qd, d),
+            K | V => (kvd, d),
+            O => (d, qd),
+            GATE | UP => (i, d),
+            _ => (d, i),
+        }
+    }
+
+    /// Shape of base slot `s` (see [`FastLlama::base_names`]).
+    fn slot_shape(&self, s: usize) -> Vec<usize> {
+        let per = LAYER_PARAMS.len();
+        let n_layer_slots = 1 + per * self.layers;
+        if s == 0 || s == n_layer_slots + 1 {
+            return vec![self.vocab, self.hidden];
+        }
+        if s == n_layer_slots {
+            return vec![self.hidden];
+        }
+        let j = (s - 1) % per;
+        match PROJ_SLOT.iter().position(|&x| x == j) {
+            Some(p) => {
+                let (o, i) = self.proj_shape(p);
+                vec![o, i]
+            }
+            None => vec![self.hidden],
+        }
+    }
+}
+
+fn slot(l: usize, j: usize) -> usize {
+    1 + l * LAYER_PARAMS.len() + j
+}
+
+/// LoRA adapters over the frozen base: `A: [r, in]`, `B: [out, r]`, per layer and projection.
+#[derive(Debug, Clone)]
+pub struct FastLora {
+    pub rank: usize,
+    pub scale: f32,
+    pub dropout: f64,
+    /// Whether projection `p` (q, k, v, o, gate, up, down) is adapted.
+    pub targets: [bool; 7],
+    /// Indexed `layer * 7 + p`; empty where not adapted.
+    pub a: Vec<Vec<f32>>,
+    pub b: Vec<Vec<f32>>,
+}
+
+/// The model's weights as flat f32 buffers.
+#[derive(Debug, Clone)]
+pub struct FastLlama {
+    pub dims: Dims,
+    /// Base weights by slot: embedding, then 9 per layer ([`LAYER_PARAMS`]), the final norm and,
+    /// when untied, the output head.
+    pub base: Vec<Vec<f32>>,
+    /// Adapters (LoRA mode: the base is frozen).
+    pub lora: Option<FastLora>,
+}
+
+/// What the LoRA part of one projection saved for the backward pass.
+struct LoraSave {
+    /// `dropout(x) A^T`, `[t, r]`.
+    u: Vec<f32>,
+    /// The dropout mask (`1/keep` or 0 per input element) when dropout was applied.
+    mask: Option<Vec<f32>>,
+}
+
+struct LayerTape {
+    x_in: Vec<f32>,
+    rstd1: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    lse: Vec<f32>,
+    x_mid: Vec<f32>,
+    rstd2: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    lora: Vec<Option<LoraSave>>,
+}
+
+/// Activations saved by [`FastLlama::forward`] for [`FastLlama::backward`].
+pub struct Tape {
+    ids: Vec<u32>,
+    from: usize,
+    targets: Vec<u32>,
+    layers: Vec<LayerTape>,
+    /// Residual stream after the last layer, rows `from..`.
+    x_last: Vec<f32>,
+    rstd_f: Vec<f32>,
+    /// Logits `[t - from, vocab]` and their log-sum-exp per row.
+    logits: Vec<f32>,
+    lse: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// Gradients of the trainable parameters, in [`FastLlama::trainable_names`] order.
+pub struct Grads {
+    pub tensors: Vec<Vec<f32>>,
+}
+
+impl Grads {
+    /// Sets every gradient to zero.
+    pub fn zero(&mut self) {
+        self.tensors
+            .par_iter_mut()
+            .for_each(|g| g.iter_mut().for_each(|x| *x = 0.0));
+    }
+
+    /// Global L2 norm.
+    pub fn norm(&self) -> f64 {
+        self.tensors
+            .par_iter()
+            .map(|g| {
+                g.par_chunks(1 << 16)
+                    .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            .sqrt()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matmul helpers over `gemm`.
+
+/// `dst[m x n] (+)= alpha * op(a) op(b)` on raw strided matrices (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_cs: usize,
+    acc: bool,
+    alpha: f32,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n).fill(0.0);
+            }
+        }
+        return;
+    }
+    let par = if parallel && m * n * k >= 1 << 18 {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        acc,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
+/// `dst[m x n] (+)= alpha * op(a) op(b)` with `a` stored `[m, k]` (or `[k, m]` when `ta`) and `b`
+/// stored `[k, n]` (or `[n, k]` when `tb`), all row-major and contiguous.
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    acc: bool,
+    alpha: f32,
+) {
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    let (a_rs, a_cs) = if ta { (1, m) } else { (k, 1) };
+    let (b_rs, b_cs) = if tb { (1, k) } else { (n, 1) };
+    // SAFETY: the asserts above bound every index the strides reach.
+    unsafe {
+        mm_raw(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            n,
+            a.as_ptr(),
+            a_rs,
+            a_cs,
+            b.as_ptr(),
+            b_rs,
+            b_cs,
+            acc,
+            alpha,
+            true,
+        )
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to let parallel tasks write disjoint parts of one buffer.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row kernels.
+
+/// RMSNorm rows of `x` into `out`, saving the reciprocal RMS per row.
+fn rms_norm_fwd(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], rstd: &mut [f32]) {
+    let d = w.len();
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(rstd.par_iter_mut())
+        .for_each(|((o, x), r)| {
+            let ss: f32 = x.iter().map(|v| v * v).sum();
+            *r = 1.0 / (ss / d as f32 + eps).sqrt();
+            for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * *r * w;
+            }
+        });
+}
+
+/// Recomputes normalised rows from the saved reciprocal RMS.
+fn rms_norm_apply(x: &[f32], w: &[f32], rstd: &[f32], out: &mut [f32]) {
+    let d = w.len();
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(rstd.par_iter())
+        .for_each(|((o, x), r)| {
+            for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * r * w;
+            }
+        });
+}
+
+/// RMSNorm backward: adds d(loss)/dx to `dx` and, when given, d(loss)/dw to `dw`.
+fn rms_norm_bwd(
+    x: &[f32],
+    w: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dw: Option<&mut [f32]>,
+) {
+    let d = w.len();
+    dx.par_chunks_mut(d)
+        .zip(x.par_chunks(d).zip(dy.par_chunks(d)))
+        .zip(rstd.par_iter())
+        .for_each(|((dx, (x, dy)), &r)| {
+            let dot: f32 = dy.iter().zip(w).zip(x).map(|((g, w), x)| g * w * x).sum();
+            let c = r * r * r * dot / d as f32;
+            for (((dx, g), w), x) in dx.iter_mut().zip(dy).zip(w).zip(x) {
+                *dx += r * g * w - c * x;
+            }
+        });
+    if let Some(dw) = dw {
+        for ((x, dy), &r) in x.chunks(d).zip(dy.chunks(d)).zip(rstd) {
+            for ((dw, x), g) in dw.iter_mut().zip(x).zip(dy) {
+                *dw += g * x * r;
+            }
+        }
+    }
+}
+
+/// RoPE tables `[t, head_dim / 2]`.
+fn rope_tables(dims: &Dims, t: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = dims.inv_freq.len();
+    let mut cos = Vec::with_capacity(t * half);
+    let mut sin = Vec::with_capacity(t * half);
+    for pos in 0..t {
+        for f in &dims.inv_freq {
+            let angle = pos as f64 * f;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotate-half RoPE in place on `x: [t, heads * head_dim]`; `inverse` applies the transpose
+/// (the backward pass).
+fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32], inverse: bool) {
+    let half = hd / 2;
+    x.par_chunks_mut(heads * hd)
+        .enumerate()
+        .for_each(|(pos, row)| {
+            let (c, s) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
+            for head in row.chunks_mut(hd) {
+                let (a, b) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x1, x2) = (a[i], b[i]);
+                    if inverse {
+                        a[i] = x1 * c[i] + x2 * s[i];
+                        b[i] = x2 * c[i] - x1 * s[i];
+                    } else {
+                        a[i] = x1 * c[i] - x2 * s[i];
+                        b[i] = x2 * c[i] + x1 * s[i];
+                    }
+                }
+            }
+        });
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention.
+
+struct AttnShape {
+    t: usize,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    scale: f32,
+}
+
+impl AttnShape {
+    fn blocks(&self) -> usize {
+        self.t.div_ceil(ATTN_BLOCK)
+    }
+    fn kv_of(&self, h: usize) -> usize {
+        h / (self.heads / self.kv_heads)
+    }
+}
+
+/// Scaled scores of query rows `r0..r1` of head `h` against keys `0..r1` into `s: [bs, r1]`.
+/// SAFETY (caller): `q`, `k` hold `t` rows of the shape's widths.
+unsafe fn block_scores(
+    a: &AttnShape,
+    h: usize,
+    r0: usize,
+    r1: usize,
+    q: *const f32,
+    k: *const f32,
+    s: &mut [f32],
+) {
+    let (qrs, krs) = (a.heads * a.hd, a.kv_heads * a.hd);
+    let kvh = a.kv_of(h);
+    mm_raw(
+        r1 - r0,
+        r1,
+        a.hd,
+        s.as_mut_ptr(),
+        r1,
+        q.add(r0 * qrs + h * a.hd),
+        qrs,
+        1,
+        k.add(kvh * a.hd),
+        1,
+        krs,
+        false,
+        a.scale,
+        false,
+    );
+}
+
+/// Causal attention forward: `out: [t, heads * hd]`, log-sum-exp per head and row `[heads, t]`.
+fn attention_fwd(a: &AttnShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], lse: &mut [f32]) {
+    let (t, hd) = (a.t, a.hd);
+    let (ors, vrs) = (a.heads * hd, a.kv_heads * hd);
+    let out_p = SendPtr(out.as_mut_ptr());
+    let lse_p = SendPtr(lse.as_mut_ptr());
+    let tasks: Vec<(usize, usize)> = (0..a.heads)
+        .flat_map(|h| (0..a.blocks()).map(move |b| (h, b)))
+        .collect();
+    tasks.par_iter().for_each(|&(h, blk)| {
+        let r0 = blk * ATTN_BLOCK;
+        let r1 = (r0 + ATTN_BLOCK).min(t);
+        let bs = r1 - r0;
+        let mut s = vec![0f32; bs * r1];
+        // SAFETY: every task writes its own rows of its own head's columns of `out` and `lse`.
+        unsafe {
+            block_scores(a, h, r0, r1, q.as_ptr(), k.as_ptr(), &mut s);
+            for i in 0..bs {
+                let row = &mut s[i * r1..(i + 1) * r1];
+                let valid = r0 + i + 1;
+                let max = row[..valid]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut sum = 0.0;
+                for x in &mut row[..valid] {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                row[..valid].iter_mut().for_each(|x| *x *= inv);
+                row[valid..].fill(0.0);
+                *lse_p.get().add(h * t + r0 + i) = max + sum.ln();
+            }
+            mm_raw(
+                bs,
+                hd,
+                r1,
+                out_p.get().add(r0 * ors + h * hd),
+                ors,
+                s.as_ptr(),
+                r1,
+                1,
+                v.as_ptr().add(a.kv_of(h) * hd),
+                vrs,
+                1,
+                false,
+                1.0,
+                false,
+            );
+        }
+    });
+}
+
+/// Causal attention backward: d(loss)/d(q, k, v) (the roped q and k) from d(loss)/d(out).
+#[allow(clippy::too_many_arguments)]
+fn attention_bwd(
+    a: &AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (t, hd) = (a.t, a.hd);
+    let (qrs, kvrs) = (a.heads * hd, a.kv_heads * hd);
+    let dq_p = SendPtr(dq.as_mut_ptr());
+    // One task per (head, half of the rows); each keeps its own dK/dV for the rows it reaches.
+    let blocks = a.blocks();
+    // Split the blocks where the causal work (~ rows^2) is halved.
+    let split = ((blocks as f64) / std::f64::consts::SQRT_2).round() as usize;
+    let ranges: Vec<(usize, usize, usize)> = (0..a.heads)
+        .flat_map(|h| {
+            [(h, 0, split), (h, split, blocks)]
+                .into_iter()
+                .filter(|(_, b0, b1)| b1 > b0)
+        })
+        .collect();
+    let partials: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = ranges
+        .par_iter()
+        .map(|&(h, b0, b1)| {
+            let kvh = a.kv_of(h);
+            let rows = (b1 * ATTN_BLOCK).min(t);
+            let mut dk_h = vec![0f32; rows * hd];
+            let mut dv_h = vec![0f32; rows * hd];
+            let mut s = Vec::new();
+            let mut dp = Vec::new();
+            let mut drow = vec![0f32; ATTN_BLOCK];
+            for blk in b0..b1 {
+                let r0 = blk * ATTN_BLOCK;
+                let r1 = (r0 + ATTN_BLOCK).min(t);
+                let bs = r1 - r0;
+                s.resize(bs * r1, 0.0);
+                dp.resize(bs * r1, 0.0);
+                // SAFETY: reads stay within the t rows; writes go to this head's columns of
+                // this task's rows of dq and to the task's own dk/dv.
+                unsafe {
+                    block_scores(a, h, r0, r1, q.as_ptr(), k.as_ptr(), &mut s);
+                    for i in 0..bs {
+                        let row = &mut s[i * r1..(i + 1) * r1];
+                        let valid = r0 + i + 1;
+                        let l = lse[h * t + r0 + i];
+                        row[..valid].iter_mut().for_each(|x| *x = (*x - l).exp());
+                        row[valid..].fill(0.0);
+                        let o = &out[(r0 + i) * qrs + h * hd..][..hd];
+                        let g = &dout[(r0 + i) * qrs + h * hd..][..hd];
+                        drow[i] = o.iter().zip(g).map(|(o, g)| o * g).sum();
+                    }
+                    // dV[0..r1] += P^T dO
+                    mm_raw(
+                        r1,
+                        hd,
+                        bs,
+                        dv_h.as_mut_ptr(),
+                        hd,
+                        s.as_ptr(),
+                        1,
+                        r1,
+                        dout.as_ptr().add(r0 * qrs + h * hd),
+                        qrs,
+                        1,
+                        true,
+                        1.0,
+                        false,
+                    );
+                    // dP = dO V^T
+                    mm_raw(
+                        bs,
+                        r1,
+                        hd,
+                        dp.as_mut_ptr(),
+                        r1,
+                        dout.as_ptr().add(r0 * qrs + h * hd),
+                        qrs,
+                        1,
+                        v.as_ptr().add(kvh * hd),
+                        1,
+                        kvrs,
+                        false,
+                        1.0,
+                        false,
+                    );
+                    // dS = P * (dP - rowsum(dO * O)), in place in dp
+                    for i in 0..bs {
+                        let p = &s[i * r1..(i + 1) * r1];
+                        let d = &mut dp[i * r1..(i + 1) * r1];
+                        for (d, p) in d.iter_mut().zip(p) {
+                            *d = p * (*d - drow[i]);
+                        }
+                    }
+                    // dQ = scale dS K
+                    mm_raw(
+                        bs,
+                        hd,
+                        r1,
+                        dq_p.get().add(r0 * qrs + h * hd),
+                        qrs,
+                        dp.as_ptr(),
+                        r1,
+                        1,
+                        k.as_ptr().add(kvh * hd),
+                        kvrs,
+                        1,
+                        false,
+                        a.scale,
+                        false,
+                    );
+                    // dK[0..r1] += scale dS^T Q
+                    mm_raw(
+                        r1,
+                        hd,
+                        bs,
+                        dk_h.as_mut_ptr(),
+                        hd,
+                        dp.as_ptr(),
+                        1,
+                        r1,
+                        q.as_ptr().add(r0 * qrs + h * hd),
+                        qrs,
+                        1,
+                        true,
+                        a.scale,
+                        false,
+                    );
+                }
+            }
+            (kvh, rows, dk_h, dv_h)
+        })
+        .collect();
+    dk.fill(0.0);
+    dv.fill(0.0);
+    for (kvh, rows, dk_h, dv_h) in partials {
+        for r in 0..rows {
+            let dst = &mut dk[r * kvrs + kvh * hd..][..hd];
+            dst.iter_mut()
+                .zip(&dk_h[r * hd..][..hd])
+                .for_each(|(d, s)| *d += s);
+            let dst = &mut dv[r * kvrs + kvh * hd..][..hd];
+            dst.iter_mut()
+                .zip(&dv_h[r * hd..][..hd])
+                .for_each(|(d, s)| *d += s);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model.
+
+impl FastLlama {
+    /// Base weight names in slot order (HF names).
+    pub fn base_names(dims: &Dims) -> Vec<String> {
+        let mut names = vec!["model.embed_tokens.weight".to_string()];
+        for l in 0..dims.layers {
+            for p in LAYER_PARAMS {
+                names.push(format!("model.layers.{l}.{p}.weight"));
+            }
+        }
+        names.push("model.norm.weight".into());
+        if !dims.tie {
+            names.push("lm_head.weight".into());
+        }
+        names
+    }
+
+    /// Shapes of the base weights in slot order.
+    pub fn base_shapes(dims: &Dims) -> Vec<Vec<usize>> {
+        let n = Self::base_names(dims).len();
+        (0..n).map(|s| dims.slot_shape(s)).collect()
+    }
+
+    /// A model from base weights in slot order (shapes checked) and optional adapters.
+    pub fn new(
+        dims: Dims,
+        base: Vec<Vec<f32>>,
+        lora: Option<FastLora>,
+    ) -> Result<Self, TrainError> {
+        let shapes = Self::base_shapes(&dims);
+        if base.len() != shapes.len() {
+            return Err(TrainError::Model(format!(
+                "expected {} base tensors, got {}",
+                shapes.len(),
+                base.len()
+            )));
+        }
+        let names = Self::base_names(&dims);
+        for ((w, s), n) in base.iter().zip(&shapes).zip(&names) {
+            if w.len() != s.iter().product::<usize>() {
+                return Err(TrainError::Model(format!(
+                    "{n} has {} values, expected shape {s:?}",
+                    w.len()
+                )));
+            }
+        }
+        if dims.heads % dims.kv_heads != 0 || dims.head_dim % 2 != 0 {
+            return Err(TrainError::Model("bad attention shape".into()));
+        }
+        if let Some(lo) = &lora {
+            for l in 0..dims.layers {
+                for p in 0..7 {
+                    let (o, i) = dims.proj_shape(p);
+                    let (ea, eb) = if lo.targets[p] {
+                        (lo.rank * i, o * lo.rank)
+                    } else {
+                        (0, 0)
+                    };
+                    if lo.a[l * 7 + p].len() != ea || lo.b[l * 7 + p].len() != eb {
+                        return Err(TrainError::Model(format!(
+                            "LoRA tensors of layer {l} projection {p} have the wrong size"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(FastLlama { dims, base, lora })
+    }
+
+    /// Random weights (uniform with standard deviation `std`, norms at 1), for benchmarks.
+    pub fn random(dims: Dims, std: f32, seed: u64, lora: Option<(usize, f32)>) -> Self {
+        use rand::SeedableRng;
+        let bound = std * 3f32.sqrt();
+        let shapes = Self::base_shapes(&dims);
+        let names = Self::base_names(&dims);
+        let base: Vec<Vec<f32>> = shapes
+            .par_iter()
+            .zip(&names)
+            .enumerate()
+            .map(|(i, (s, n))| {
+                let len = s.iter().product();
+                if n.ends_with("norm.weight") {
+                    return vec![1.0; len];
+                }
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ ((i as u64 + 1) * 0x9E37_79B9));
+                (0..len).map(|_| rng.random_range(-bound..bound)).collect()
+            })
+            .collect();
+        let lora = lora.map(|(rank, alpha)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x10_7A);
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            for _ in 0..dims.layers {
+                for p in 0..7 {
+                    let (o, i) = dims.proj_shape(p);
+                    let bound = 1.0 / (i as f32).sqrt();
+                    a.push(
+                        (0..rank * i)
+                            .map(|_| rng.random_range(-bound..bound))
+                            .collect(),
+                    );
+                    b.push(vec![0.0; o * rank]);
+                }
+            }
+            FastLora {
+                rank,
+                scale: alpha / rank as f32,
+                dropout: 0.0,
+                targets: [true; 7],
+                a,
+                b,
+            }
+        });
+        FastLlama { dims, base, lora }
+    }
+
+    /// Names of the trainable parameters, in gradient order: every base weight (full
+    /// fine-tuning) or `(layer, projection)` adapters as PEFT names, A then B.
+    pub fn trainable_names(&self) -> Vec<String> {
+        let names = Self::base_names(&self.dims);
+        match &self.lora {
+            None => names,
+            Some(lo) => {
+                let mut out = Vec::new();
+                for l in 0..self.dims.layers {
+                    for p in 0..7 {
+                        if lo.targets[p] {
+                            let hf = &names[slot(l, PROJ_SLOT[p])];
+                            let peft = crate::lora::peft_prefix(hf);
+                            out.push(format!("{peft}.lora_A.weight"));
+                            out.push(format!("{peft}.lora_B.weight"));
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// The trainable buffers, in gradient order.
+    pub fn trainable_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        match &mut self.lora {
+            None => self.base.iter_mut().collect(),
+            Some(lo) => {
+                let mut out = Vec::new();
+                for (a, b) in lo.a.iter_mut().zip(lo.b.iter_mut()) {
+                    if !a.is_empty() {
+                        out.push(a);
+                        out.push(b);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Zero gradients for the trainable parameters.
+    pub fn zero_grads(&self) -> Grads {
+        let tensors = match &self.lora {
+            None => self.base.iter().map(|w| vec![0.0; w.len()]).collect(),
+            Some(lo) => {
+                lo.a.iter()
+                    .zip(&lo.b)
+                    .filter(|(a, _)| !a.is_empty())
+                    .flat_map(|(a, b)| [vec![0.0; a.len()], vec![0.0; b.len()]])
+                    .collect()
+            }
+        };
+        Grads { tensors }
+    }
+
+    /// Index of the A gradient of `(layer, projection)` (B follows it).
+    fn lora_grad_index(&self, l: usize, p: usize) -> Option<usize> {
+        let lo = self.lora.as_ref()?;
+        if !lo.targets[p] {
+            return None;
+        }
+        let per_layer = lo.targets.iter().filter(|&&x| x).count();
+        let before = lo.targets[..p].iter().filter(|&&x| x).count();
+        Some(2 * (l * per_layer + before))
+    }
+
+    fn linear_fwd(
+        &self,
+        l: usize,
+        p: usize,
+        x: &[f32],
+        t: usize,
+        y: &mut [f32],
+        rng: &mut Option<&mut ChaCha8Rng>,
+    ) -> Option<LoraSave> {
+        let (out, inp) = self.dims.proj_shape(p);
+        let w = &self.base[slot(l, PROJ_SLOT[p])];
+        mm(y, x, w, t, out, inp, false, true, false, 1.0);
+        let lo = self.lora.as_ref().filter(|lo| lo.targets[p])?;
+        let (a, b, r) = (&lo.a[l * 7 + p], &lo.b[l * 7 + p], lo.rank);
+        let mask = match rng {
+            Some(rng) if lo.dropout > 0.0 => {
+                let keep = 1.0 - lo.dropout;
+                Some(
+                    (0..t * inp)
+                        .map(|_| {
+                            if rng.random::<f64>() < keep {
+                                (1.0 / keep) as f32
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect::<Vec<f32>>(),
+                )
+            }
+            _ => None,
+        };
+        let mut u = vec![0f32; t * r];
+        match &mask {
+            Some(m) => {
+                let xd: Vec<f32> = x.iter().zip(m).map(|(x, m)| x * m).collect();
+                mm(&mut u, &xd, a, t, r, inp, false, true, false, 1.0);
+            }
+            None => mm(&mut u, x, a, t, r, inp, false, true, false, 1.0),
+        }
+        mm(y, &u, b, t, out, r, false, true, true, lo.scale);
+        Some(LoraSave { u, mask })
+    }
+
+    /// Backward of projection `p` of layer `l`: weight (or adapter) gradients, and `dx` (+)=
+    /// d(loss)/d(input).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd(
+        &self,
+        l: usize,
+        p: usize,
+        x: &[f32],
+        t: usize,
+        dy: &[f32],
+        dx: &mut [f32],
+        acc_dx: bool,
+        save: &Option<LoraSave>,
+        grads: &mut Grads,
+    ) {
+        let (out, inp) = self.dims.proj_shape(p);
+        let s = slot(l, PROJ_SLOT[p]);
+        let w = &self.base[s];
+        if self.lora.is_none() {
+            mm(
+                &mut grads.tensors[s],
+                dy,
+                x,
+                out,
+                inp,
+                t,
+                true,
+                false,
+                true,
+                1.0,
+            );
+        }
+        mm(dx, dy, w, t, inp, out, false, false, acc_dx, 1.0);
+        let (Some(lo), Some(save), Some(gi)) = (&self.lora, save, self.lora_grad_index(l, p))
+        else {
+            return;
+        };
+        let (a, b, r) = (&lo.a[l * 7 + p], &lo.b[l * 7 + p], lo.rank);
+        mm(
+            &mut grads.tensors[gi + 1],
+            dy,
+            &save.u,
+            out,
+            r,
+            t,
+            true,
+            false,
+            true,
+            lo.scale,
+        );
+        let mut du = vec![0f32; t * r];
+        mm(&mut du, dy, b, t, r, out, false, false, false, lo.scale);
+        match &save.mask {
+            Some(m) => {
+                let xd: Vec<f32> = x.iter().zip(m).map(|(x, m)| x * m).collect();
+                mm(
+                    &mut grads.tensors[gi],
+                    &du,
+                    &xd,
+                    r,
+                    inp,
+                    t,
+                    true,
+                    false,
+                    true,
+                    1.0,
+                );
+                let mut dxd = vec![0f32; t * inp];
+                mm(&mut dxd, &du, a, t, inp, r, false, false, false, 1.0);
+                dx.iter_mut()
+                    .zip(&dxd)
+                    .zip(m)
+                    .for_each(|((d, g), m)| *d += g * m);
+            }
+            None => {
+                mm(
+                    &mut grads.tensors[gi],
+                    &du,
+                    x,
+                    r,
+                    inp,
+                    t,
+                    true,
+                    false,
+                    true,
+                    1.0,
+                );
+                mm(dx, &du, a, t, inp, r, false, false, true, 1.0);
+            }
+        }
+    }
+
+    fn attn_shape(&self, t: usize) -> AttnShape {
+        let d = &self.dims;
+        AttnShape {
+            t,
+            heads: d.heads,
+            kv_heads: d.kv_heads,
+            hd: d.head_dim,
+            scale: 1.0 / (d.head_dim as f32).sqrt(),
+        }
+    }
+
+    /// Log-probabilities of `targets` at positions `from..ids.len()` (teacher forcing:
+    /// `targets[i]` is the token after position `from + i`) and the tape for [`Self::backward`].
+    /// `dropout` draws LoRA dropout masks (None: no dropout), in the candle model's order.
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        from: usize,
+        targets: &[u32],
+        mut dropout: Option<&mut ChaCha8Rng>,
+    ) -> Result<(Vec<f32>, Tape), TrainError> {
+        let dims = &self.dims;
+        let t = ids.len();
+        if t == 0 || from >= t || targets.len() != t - from {
+            return Err(TrainError::Model(format!(
+                "{} targets from position {from} do not fit a sequence of {t}",
+                targets.len()
+            )));
+        }
+        if let Some(bad) = ids
+            .iter()
+            .chain(targets)
+            .find(|&&i| i as usize >= dims.vocab)
+        {
+            return Err(TrainError::Model(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                dims.vocab
+            )));
+        }
+        let (d, inter) = (dims.hidden, dims.inter);
+        let (qd, kvd) = (dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim);
+        let (cos, sin) = rope_tables(dims, t);
+        let embed = &self.base[0];
+        let mut x = vec![0f32; t * d];
+        for (row, &id) in x.chunks_mut(d).zip(ids) {
+            row.copy_from_slice(&embed[id as usize * d..][..d]);
+        }
+        let shape = self.attn_shape(t);
+        let mut layers = Vec::with_capacity(dims.layers);
+        let mut h = vec![0f32; t * d];
+        for l in 0..dims.layers {
+            let mut lora = Vec::with_capacity(7);
+            let mut rstd1 = vec![0f32; t];
+            rms_norm_fwd(&x, &self.base[slot(l, 0)], dims.eps, &mut h, &mut rstd1);
+            let mut q = vec![0f32; t * qd];
+            let mut k = vec![0f32; t * kvd];
+            let mut v = vec![0f32; t * kvd];
+            lora.push(self.linear_fwd(l, Q, &h, t, &mut q, &mut dropout));
+            lora.push(self.linear_fwd(l, K, &h, t, &mut k, &mut dropout));
+            lora.push(self.linear_fwd(l, V, &h, t, &mut v, &mut dropout));
+            rope(&mut q, dims.heads, dims.head_dim, &cos, &sin, false);
+            rope(&mut k, dims.kv_heads, dims.head_dim, &cos, &sin, false);
+            let mut attn = vec![0f32; t * qd];
+            let mut lse = vec![0f32; dims.heads * t];
+            attention_fwd(&shape, &q, &k, &v, &mut attn, &mut lse);
+            let mut o = vec![0f32; t * d];
+            lora.push(self.linear_fwd(l, O, &attn, t, &mut o, &mut dropout));
+            let mut x_mid = o;
+            x_mid
+                .par_iter_mut()
+                .zip(x.par_iter())
+                .for_each(|(m, x)| *m += x);
+            let mut rstd2 = vec![0f32; t];
+            rms_norm_fwd(&x_mid, &self.base[slot(l, 5)], dims.eps, &mut h, &mut rstd2);
+            let mut gate = vec![0f32; t * inter];
+            let mut up = vec![0f32; t * inter];
+            lora.push(self.linear_fwd(l, GATE, &h, t, &mut gate, &mut dropout));
+            lora.push(self.linear_fwd(l, UP, &h, t, &mut up, &mut dropout));
+            let act: Vec<f32> = gate
+                .par_iter()
+                .zip(up.par_iter())
+                .map(|(&g, &u)| g * sigmoid(g) * u)
+                .collect();
+            let mut down = vec![0f32; t * d];
+            lora.push(self.linear_fwd(l, DOWN, &act, t, &mut down, &mut dropout));
+            drop(act);
+            let mut x_out = down;
+            x_out
+                .par_iter_mut()
+                .zip(x_mid.par_iter())
+                .for_each(|(o, m)| *o += m);
+            let x_in = std::mem::replace(&mut x, x_out);
+            layers.push(LayerTape {
+                x_in,
+                rstd1,
+                q,
+                k,
+                v,
+                attn,
+                lse,
+                x_mid,
+                rstd2,
+                gate,
+                up,
+                lora,
+            });
+        }
+        drop(h);
+        // Final norm and the vocabulary projection for the positions with targets.
+        let n = t - from;
+        let x_last = x[from * d..].to_vec();
+        drop(x);
+        let norm_w = &self.base[slot(dims.layers, 0)];
+        let mut hf = vec![0f32; n * d];
+        let mut rstd_f = vec![0f32; n];
+        rms_norm_fwd(&x_last, norm_w, dims.eps, &mut hf, &mut rstd_f);
+        let head = self.head();
+        let mut logits = vec![0f32; n * dims.vocab];
+        mm(
+            &mut logits,
+            &hf,
+            head,
+            n,
+            dims.vocab,
+            d,
+            false,
+            true,
+            false,
+            1.0,
+        );
+        let (lse, logp): (Vec<f32>, Vec<f32>) = logits
+            .par_chunks(dims.vocab)
+            .zip(targets.par_iter())
+            .map(|(row, &tg)| {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let sum: f32 = row.iter().map(|x| (x - max).exp()).sum();
+                let lse = max + sum.ln();
+                (lse, row[tg as usize] - lse)
+            })
+            .unzip();
+        Ok((
+            logp,
+            Tape {
+                ids: ids.to_vec(),
+                from,
+                targets: targets.to_vec(),
+                layers,
+                x_last,
+                rstd_f,
+                logits,
+                lse,
+                cos,
+                sin,
+            },
+        ))
+    }
+
+    fn head(&self) -> &[f32] {
+        if self.dims.tie {
+            &self.base[0]
+        } else {
+            &self.base[slot(self.dims.layers, 1)]
+        }
+    }
+
+    /// Accumulates into `grads` the gradients of a loss whose derivative with respect to the
+    /// returned log-probabilities is `dlogp` (one per target position).
+    pub fn backward(&self, tape: Tape, dlogp: &[f32], grads: &mut Grads) -> Result<(), TrainError> {
+        let dims = &self.dims;
+        let Tape {
+            ids,
+            from,
+            targets,
+            mut layers,
+            x_last,
+            rstd_f,
+            mut logits,
+            lse,
+            cos,
+            sin,
+        } = tape;
+        if dlogp.len() != targets.len() {
+            return Err(TrainError::Model(format!(
+                "{} gradients for {} log-probabilities",
+                dlogp.len(),
+                targets.len()
+            )));
+        }
+        let full = self.lora.is_none();
+        let t = ids.len();
+        let n = t - from;
+        let (d, inter, vocab) = (dims.hidden, dims.inter, dims.vocab);
+        let (qd, kvd) = (dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim);
+        // d logp_t / d logit_j = onehot_j - softmax_j, formed in place over the logits.
+        logits
+            .par_chunks_mut(vocab)
+            .zip(lse.par_iter())
+            .zip(targets.par_iter().zip(dlogp.par_iter()))
+            .for_each(|((row, &lse), (&tg, &g))| {
+                for x in row.iter_mut() {
+                    *x = -g * (*x - lse).exp();
+                }
+                row[tg as usize] += g;
+            });
+        let dlogits = logits;
+        let norm_w = &self.base[slot(dims.layers, 0)];
+        let mut hf = vec![0f32; n * d];
+        rms_norm_apply(&x_last, norm_w, &rstd_f, &mut hf);
+        if full {
+            let hs = if dims.tie { 0 } else { slot(dims.layers, 1) };
+            mm(
+                &mut grads.tensors[hs],
+                &dlogits,
+                &hf,
+                vocab,
+                d,
+                n,
+                true,
+                false,
+                true,
+                1.0,
+            );
+        }
+        let mut dhf = vec![0f32; n * d];
+        mm(
+            &mut dhf,
+            &dlogits,
+            self.head(),
+            n,
+            d,
+            vocab,
+            false,
+            false,
+            false,
+            1.0,
+        );
+        drop(dlogits);
+        drop(hf);
+        let mut dx = vec![0f32; t * d];
+        {
+            let ns = slot(dims.layers, 0);
+            let dw = if full {
+                Some(&mut grads.tensors[ns][..])
+            } else {
+                None
+            };
+            rms_norm_bwd(&x_last, norm_w, &rstd_f, &dhf, &mut dx[from * d..], dw);
+        }
+        drop(dhf);
+        let shape = self.attn_shape(t);
+        let mut h = vec![0f32; t * d];
+        let mut dh = vec![0f32; t * d];
+        for l in (0..dims.layers).rev() {
+            let lt = layers.pop().expect("one tape per layer");
+            // MLP.
+            rms_norm_apply(&lt.x_mid, &self.base[slot(l, 5)], &lt.rstd2, &mut h);
+            let act: Vec<f32> = lt
+                .gate
+                .par_iter()
+                .zip(lt.up.par_iter())
+                .map(|(&g, &u)| g * sigmoid(g) * u)
+                .collect();
+            let mut dact = vec![0f32; t * inter];
+            self.linear_bwd(
+                l,
+                DOWN,
+                &act,
+                t,
+                &dx,
+                &mut dact,
+                false,
+                &lt.lora[DOWN],
+                grads,
+            );
+            drop(act);
+            let (dgate, dup): (Vec<f32>, Vec<f32>) = dact
+                .par_iter()
+                .zip(lt.gate.par_iter().zip(lt.up.par_iter()))
+                .map(|(&da, (&g, &u))| {
+                    let s = sigmoid(g);
+                    (da * u * s * (1.0 + g * (1.0 - s)), da * g * s)
+                })
+                .unzip();
+            drop(dact);
+            self.linear_bwd(
+                l,
+                GATE,
+                &h,
+                t,
+                &dgate,
+                &mut dh,
+                false,
+                &lt.lora[GATE],
+                grads,
+            );
+            self.linear_bwd(l, UP, &h, t, &dup, &mut dh, true, &lt.lora[UP], grads);
+            drop((dgate, dup));
+            {
+                let dw = if full {
+                    Some(&mut grads.tensors[slot(l, 5)][..])
+                } else {
+                    None
+                };
+                rms_norm_bwd(
+                    &lt.x_mid,
+                    &self.base[slot(l, 5)],
+                    &lt.rstd2,
+                    &dh,
+                    &mut dx,
+                    dw,
+                );
+            }
+            // Attention.
+            let mut dattn = vec![0f32; t * qd];
+            self.linear_bwd(
+                l,
+                O,
+                &lt.attn,
+                t,
+                &dx,
+                &mut dattn,
+                false,
+                &lt.lora[O],
+                grads,
+            );
+            let mut dq = vec![0f32; t * qd];
+            let mut dk = vec![0f32; t * kvd];
+            let mut dv = vec![0f32; t * kvd];
+            attention_bwd(
+                &shape, &lt.q, &lt.k, &lt.v, &lt.attn, &lt.lse, &dattn, &mut dq, &mut dk, &mut dv,
+            );
+            drop(dattn);
+            rope(&mut dq, dims.heads, dims.head_dim, &cos, &sin, true);
+            rope(&mut dk, dims.kv_heads, dims.head_dim, &cos, &sin, true);
+            rms_norm_apply(&lt.x_in, &self.base[slot(l, 0)], &lt.rstd1, &mut h);
+            self.linear_bwd(l, Q, &h, t, &dq, &mut dh, false, &lt.lora[Q], grads);
+            self.linear_bwd(l, K, &h, t, &dk, &mut dh, true, &lt.lora[K], grads);
+            self.linear_bwd(l, V, &h, t, &dv, &mut dh, true, &lt.lora[V], grads);
+            {
+                let dw = if full {
+                    Some(&mut grads.tensors[slot(l, 0)][..])
+                } else {
+                    None
+                };
+                rms_norm_bwd(
+                    &lt.x_in,
+                    &self.base[slot(l, 0)],
+                    &lt.rstd1,
+                    &dh,
+                    &mut dx,
+                    dw,
+                );
+            }
+        }
+        if full {
+            let de = &mut grads.tensors[0];
+            for (row, &id) in dx.chunks(d).zip(&ids) {
+                de[id as usize * d..][..d]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(g, x)| *g += x);
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimiser.
+
+/// AdamW (decoupled weight decay, PyTorch's formulation) over flat buffers, fused and in place;
+/// the clipping factor is folded into the update.
+pub struct FastAdamW {
+    pub config: AdamWConfig,
+    pub m: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+    pub t: u64,
+    /// Whether weight decay applies to each parameter (not to norm weights).
+    pub decay: Vec<bool>,
+}
+
+impl FastAdamW {
+    /// Zero moments for the model's trainable parameters.
+    pub fn new(config: AdamWConfig, model: &FastLlama) -> Self {
+        let g = model.zero_grads();
+        let decay = model.trainable_names().iter().map(|n| decays(n)).collect();
+        FastAdamW {
+            config,
+            m: g.tensors.clone(),
+            v: g.tensors,
+            t: 0,
+            decay,
+        }
+    }
+
+    /// One update: `grads` are multiplied by `grad_scale` (clipping) before use.
+    pub fn step(&mut self, model: &mut FastLlama, grads: &Grads, lr: f64, grad_scale: f64) {
+        self.t += 1;
+        let c = &self.config;
+        let bc1 = 1.0 - c.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.t as i32);
+        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+        let (bc1, bc2) = (bc1 as f32, bc2 as f32);
+        let (lr32, gs) = (lr as f32, grad_scale as f32);
+        let wd = c.weight_decay;
+        let params = model.trainable_mut();
+        let chunk = 1 << 15;
+        params
+            .into_iter()
+            .zip(&grads.tensors)
+            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
+            .zip(&self.decay)
+            .for_each(|(((p, g), (m, v)), &decay)| {
+                let shrink = if wd > 0.0 && decay {
+                    (1.0 - lr * wd) as f32
+                } else {
+                    1.0
+                };
+                p.par_chunks_mut(chunk)
+                    .zip(g.par_chunks(chunk))
+                    .zip(m.par_chunks_mut(chunk).zip(v.par_chunks_mut(chunk)))
+                    .for_each(|((p, g), (m, v))| {
+                        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                            let g = g * gs;
+                            *m = b1 * *m + (1.0 - b1) * g;
+                            *v = b2 * *v + (1.0 - b2) * g * g;
+                            let update = (*m / bc1) / ((*v / bc2).sqrt() + eps);
+                            *p = *p * shrink - lr32 * update;
+                        }
+                    });
+            });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversion from and to the candle model.
+
+fn to_f32(t: &candle_core::Tensor) -> Result<Vec<f32>, TrainError> {
+    Ok(t.to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}
+
+impl FastLlama {
+    /// Copies the weights (and adapters) of a candle model.
+    pub fn from_llama(model: &crate::model::Llama) -> Result<Self, TrainError> {
+        let dims = Dims::from_config(&model.config);
+        let weights = model.weights();
+        let base = Self::base_names(&dims)
+            .iter()
+            .map(|n| {
+                weights
+                    .get(n)
+                    .ok_or_else(|| TrainError::Model(format!("missing weight {n}")))
+                    .and_then(to_f32)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let layers = model.lora_layers();
+        let lora = if layers.is_empty() {
+            None
+        } else {
+            let names = Self::base_names(&dims);
+            let mut targets = [false; 7];
+            let (mut rank, mut scale, mut dropout) = (0, 0.0, 0.0);
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            for l in 0..dims.layers {
+                for p in 0..7 {
+                    match layers.get(&names[slot(l, PROJ_SLOT[p])]) {
+                        Some(layer) => {
+                            targets[p] = true;
+                            rank = layer.a.as_tensor().dim(0)?;
+                            scale = layer.scale as f32;
+                            dropout = layer.dropout;
+                            a.push(to_f32(layer.a.as_tensor())?);
+                            b.push(to_f32(layer.b.as_tensor())?);
+                        }
+                        None => {
+                            a.push(Vec::new());
+                            b.push(Vec::new());
+                        }
+                    }
+                }
+            }
+            Some(FastLora {
+                rank,
+                scale,
+                dropout,
+                targets,
+                a,
+                b,
+            })
+        };
+        Self::new(dims, base, lora)
+    }
+
+    /// Writes the trainable parameters back into the candle model's variables.
+    pub fn write_back(&mut self, model: &crate::model::Llama) -> Result<(), TrainError> {
+        let names = self.trainable_names();
+        let vars = model.trainable();
+        for (name, buf) in names.iter().zip(self.trainable_mut()) {
+            let var = vars
+                .get(name)
+                .ok_or_else(|| TrainError::Model(format!("the model has no parameter {name}")))?;
+            let t = candle_core::Tensor::from_slice(buf, var.dims(), &candle_core::Device::Cpu)?
+                .to_dtype(var.dtype())?;
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+}
