@@ -10,6 +10,9 @@ use guardreasoner_engine::{Engine, LoadOptions};
 use guardreasoner_tokenizer::Tokenizer;
 use std::path::PathBuf;
 
+#[path = "bench_train.rs"]
+mod bench_train;
+
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -21,6 +24,9 @@ enum BenchWhat {
     /// Prefill (pp512, one ~600-token guard prompt), decode (tg128) and batched guard
     /// throughput (N sequences of ~600 prompt + G generated tokens), and peak memory.
     Engine(EngineBenchArgs),
+    /// One training step (forward, backward, AdamW) of a random SmolLM2-135M-shaped model, full
+    /// or LoRA, shaped like the PyTorch anchor: mean seconds per phase and peak memory.
+    Train(bench_train::TrainBenchArgs),
 }
 
 #[derive(Args)]
@@ -45,6 +51,7 @@ struct EngineBenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         BenchWhat::Engine(a) => engine(a),
+        BenchWhat::Train(a) => bench_train::train(a),
     }
 }
 

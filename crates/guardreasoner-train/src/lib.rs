@@ -64,6 +64,7 @@ impl TrainError {
     }
 }
 
+pub mod bench;
 pub mod data;
 pub mod dpo;
 pub mod export;
