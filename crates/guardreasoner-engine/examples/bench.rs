@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| "1,4,16".into())
         .split(',')
+        .filter(|s| !s.is_empty()) // "" runs only pp512, the prompt prefill and tg128
         .map(|s| s.parse())
         .collect::<Result<_, _>>()?;
     let engine = Engine::load_with(

@@ -61,11 +61,11 @@ pub struct Generation {
     pub timings: Timings,
 }
 
-/// A prompt prefix whose keys/values are computed once and copied into every sequence that
-/// starts with it (the guard instruction).
+/// A prompt prefix whose keys/values are computed once and read (not copied) by every
+/// sequence that starts with it (the guard instruction).
 struct Prefix {
     tokens: Vec<u32>,
-    cache: KvCache,
+    cache: Arc<KvCache>,
 }
 
 /// A loaded model with its worker threads. `Send + Sync`: share it with `Arc`.
@@ -157,7 +157,7 @@ impl Engine {
 
     fn run_prompt(&self, ids: &[u32], logits: LogitsFor) -> Result<Vec<f32>> {
         self.check_prompt(ids, 0)?;
-        let mut cache = KvCache::new(self.config(), ids.len());
+        let mut cache = self.model.new_cache(ids.len());
         let mut scratch = ForwardScratch::default();
         self.pool.install(|| {
             self.model.forward(
@@ -200,13 +200,13 @@ impl Engine {
         prefixes.retain(|p| p.tokens != ids);
         prefixes.push(Arc::new(Prefix {
             tokens: ids.to_vec(),
-            cache,
+            cache: Arc::new(cache),
         }));
         Ok(())
     }
 
     fn prefill_cache(&self, ids: &[u32]) -> Result<KvCache> {
-        let mut cache = KvCache::new(self.config(), ids.len());
+        let mut cache = self.model.new_cache(ids.len());
         let mut scratch = ForwardScratch::default();
         self.pool.install(|| {
             self.model.forward(
@@ -244,7 +244,7 @@ impl Engine {
                 let head = &request.prompt_ids[..request.prompt_ids.len() - 1];
                 Some(Arc::new(Prefix {
                     tokens: head.to_vec(),
-                    cache: self.prefill_cache(head)?,
+                    cache: Arc::new(self.prefill_cache(head)?),
                 }))
             } else {
                 None
@@ -392,9 +392,9 @@ impl<'e> DecodeBatch<'e> {
         let (cache, fed) = match best {
             Some(p) => {
                 let n = p.tokens.len().min(prompt.len() - 1);
-                (p.cache.fork_prefix(n, capacity), n)
+                (KvCache::fork_prefix(&p.cache, n, capacity), n)
             }
-            None => (KvCache::new(self.engine.config(), capacity), 0),
+            None => (self.engine.model.new_cache(capacity), 0),
         };
         let id = SeqId(self.next_id);
         self.next_id += 1;

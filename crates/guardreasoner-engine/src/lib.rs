@@ -4,11 +4,12 @@
 //!   Q6_K) and Hugging Face directories (`config.json` + `model.safetensors` or shards, f32 /
 //!   f16 / bf16, `llama3` rope scaling, grouped-query attention, tied embeddings).
 //! * Runs quantised weights against 16-bit activation blocks with kernels picked at run time
-//!   from the CPU's features (AVX2/FMA/F16C, portable scalar fallback: [`kernels`]).
+//!   from the CPU's features (AVX2/FMA/F16C, AVX-512 VNNI, portable scalar fallback: [`kernels`]).
 //! * Decodes many sequences together ([`DecodeBatch`]): each step runs one forward pass over
 //!   the new tokens of every sequence (prompt chunks and single decode tokens alike), each with
-//!   its own preallocated KV cache; the shared guard instruction is prefilled once
-//!   ([`Engine::register_prefix`]) and copied into each sequence that starts with it.
+//!   its own key/value cache (f16, growing as tokens arrive); the shared guard instruction is
+//!   prefilled once ([`Engine::register_prefix`]) and its keys/values are read by every sequence
+//!   that starts with it, never copied.
 //!
 //! The forward pass lives in [`llama::Llama::forward`]; sampling in [`sampling`].
 //!

@@ -8,13 +8,14 @@
 
 use crate::config::Config;
 use crate::error::{EngineError, Result};
-use crate::kernels::{self, Isa};
+use crate::kernels::{self, Isa, KvElem, KvSeg};
 use crate::matrix::{matmul, MatmulScratch, Matrix};
 use crate::quant::WeightType;
 use guardreasoner_gguf::GgufFile;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Which element pairs the rotary embedding rotates within a head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +73,10 @@ impl Linear {
         self.parts.iter().map(Matrix::byte_len).sum()
     }
 
+    fn all_f32(&self) -> bool {
+        self.parts.iter().all(|m| m.ty() == WeightType::F32)
+    }
+
     fn map(self, f: impl Fn(&Matrix) -> Matrix) -> Linear {
         Linear {
             parts: self.parts.iter().map(f).collect(),
@@ -104,28 +109,124 @@ pub struct Llama {
     source: PathBuf,
 }
 
-/// The key/value cache of one sequence: preallocated for `capacity` positions, one buffer per
-/// layer laid out `[position][kv_head][head_dim]`. Pages are only touched as positions fill.
+/// How cached keys and values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvType {
+    /// 4 bytes per element: models whose weights are all f32 (reference computations).
+    F32,
+    /// 2 bytes per element (IEEE half, as llama.cpp's default cache): every other model.
+    F16,
+}
+
+impl KvType {
+    /// Bytes per cached element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+}
+
+/// The cached keys or values of one layer, `[position][kv_head][head_dim]`.
+#[derive(Clone)]
+enum KvBuf {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl KvBuf {
+    fn new(ty: KvType) -> KvBuf {
+        match ty {
+            KvType::F32 => KvBuf::F32(Vec::new()),
+            KvType::F16 => KvBuf::F16(Vec::new()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            KvBuf::F32(v) => v.len(),
+            KvBuf::F16(v) => v.len(),
+        }
+    }
+
+    /// Grow to `len` elements, reserving in steps so appending a token rarely reallocates.
+    fn grow(&mut self, len: usize, step: usize) {
+        fn go<T: KvElem>(v: &mut Vec<T>, len: usize, step: usize) {
+            if len > v.capacity() {
+                let target = len.next_multiple_of(step.max(1));
+                v.reserve_exact(target - v.len());
+            }
+            if len > v.len() {
+                v.resize(len, T::default());
+            }
+        }
+        match self {
+            KvBuf::F32(v) => go(v, len, step),
+            KvBuf::F16(v) => go(v, len, step),
+        }
+    }
+
+    fn write(&mut self, at: usize, values: &[f32]) {
+        match self {
+            KvBuf::F32(v) => v[at..at + values.len()].copy_from_slice(values),
+            KvBuf::F16(v) => {
+                for (d, &x) in v[at..at + values.len()].iter_mut().zip(values) {
+                    *d = half::f16::from_f32(x);
+                }
+            }
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            KvBuf::F32(v) => v.truncate(len),
+            KvBuf::F16(v) => v.truncate(len),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            KvBuf::F32(v) => v.capacity() * 4,
+            KvBuf::F16(v) => v.capacity() * 2,
+        }
+    }
+}
+
+/// The key/value cache of one sequence: positions `0..shared_len` live in a shared, frozen
+/// cache (the registered guard instruction, read by every sequence that starts with it and
+/// never copied); the sequence's own positions follow in per-layer buffers that grow as
+/// tokens arrive (in steps of [`KV_GROW_STEP`] positions), up to `capacity`.
 #[derive(Clone)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    shared: Option<Arc<KvCache>>,
+    shared_len: usize,
+    k: Vec<KvBuf>,
+    v: Vec<KvBuf>,
     len: usize,
     capacity: usize,
     kv_dim: usize,
+    ty: KvType,
 }
 
+/// Positions a sequence's cache grows by at once.
+pub const KV_GROW_STEP: usize = 64;
+
 impl KvCache {
-    /// An empty cache for `capacity` positions of `config`'s model.
-    pub fn new(config: &Config, capacity: usize) -> KvCache {
+    /// An empty cache for up to `capacity` positions of `config`'s model, storing `ty`.
+    /// Nothing is allocated until positions are written.
+    pub fn new(config: &Config, capacity: usize, ty: KvType) -> KvCache {
         let kv_dim = config.num_key_value_heads() * config.head_dim();
-        let layer = || vec![0.0f32; capacity * kv_dim];
+        let layers = config.num_hidden_layers;
         KvCache {
-            k: (0..config.num_hidden_layers).map(|_| layer()).collect(),
-            v: (0..config.num_hidden_layers).map(|_| layer()).collect(),
+            shared: None,
+            shared_len: 0,
+            k: (0..layers).map(|_| KvBuf::new(ty)).collect(),
+            v: (0..layers).map(|_| KvBuf::new(ty)).collect(),
             len: 0,
             capacity,
             kv_dim,
+            ty,
         }
     }
 
@@ -141,28 +242,152 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+    /// The element type.
+    pub fn kv_type(&self) -> KvType {
+        self.ty
+    }
+    /// Leading positions read from a shared cache rather than stored here.
+    pub fn shared_len(&self) -> usize {
+        self.shared_len
+    }
+    /// Bytes this cache holds itself (shared positions not counted).
+    pub fn own_bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(KvBuf::bytes).sum()
+    }
 
-    /// A cache of `capacity` positions starting with the first `n` positions of `self`
-    /// (prefix reuse: the shared instruction is computed once and copied).
-    pub fn fork_prefix(&self, n: usize, capacity: usize) -> KvCache {
-        let n = n.min(self.len).min(capacity);
-        let copy = |src: &Vec<f32>| {
-            let mut dst = vec![0.0f32; capacity * self.kv_dim];
-            dst[..n * self.kv_dim].copy_from_slice(&src[..n * self.kv_dim]);
-            dst
-        };
-        KvCache {
-            k: self.k.iter().map(copy).collect(),
-            v: self.v.iter().map(copy).collect(),
-            len: n,
+    /// A cache of `capacity` positions whose first `n` positions are those of `prefix`
+    /// (prefix reuse: the shared instruction is computed once and read by every sequence,
+    /// not copied). When `prefix` itself starts with shared positions, its own positions
+    /// are copied, so every cache has at most one shared part.
+    pub fn fork_prefix(prefix: &Arc<KvCache>, n: usize, capacity: usize) -> KvCache {
+        let n = n.min(prefix.len).min(capacity);
+        let mut cache = KvCache {
+            shared: None,
+            shared_len: 0,
+            k: Vec::new(),
+            v: Vec::new(),
+            len: 0,
             capacity,
-            kv_dim: self.kv_dim,
+            kv_dim: prefix.kv_dim,
+            ty: prefix.ty,
+        };
+        if prefix.shared_len == 0 || n <= prefix.shared_len {
+            let (shared, shared_len) = if prefix.shared_len == 0 {
+                (prefix.clone(), n)
+            } else {
+                (prefix.shared.clone().expect("shared part"), n)
+            };
+            cache.k = prefix.k.iter().map(|b| KvBuf::new(b.ty())).collect();
+            cache.v = prefix.v.iter().map(|b| KvBuf::new(b.ty())).collect();
+            cache.shared = (shared_len > 0).then_some(shared);
+            cache.shared_len = shared_len;
+            cache.len = shared_len;
+        } else {
+            let own = (n - prefix.shared_len) * prefix.kv_dim;
+            let copy = |b: &KvBuf| {
+                let mut b = b.clone();
+                b.truncate(own);
+                b
+            };
+            cache.k = prefix.k.iter().map(copy).collect();
+            cache.v = prefix.v.iter().map(copy).collect();
+            cache.shared = prefix.shared.clone();
+            cache.shared_len = prefix.shared_len;
+            cache.len = n;
         }
+        cache
     }
 
     /// Forget positions from `len` on.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        if self.len < self.shared_len {
+            self.shared_len = self.len;
+            if self.shared_len == 0 {
+                self.shared = None;
+            }
+        }
+        let own = (self.len - self.shared_len) * self.kv_dim;
+        for b in self.k.iter_mut().chain(self.v.iter_mut()) {
+            b.truncate(own);
+        }
+    }
+
+    /// Make room for positions up to `len` (exclusive) in the own buffers.
+    fn grow_to(&mut self, len: usize) {
+        let own = (len - self.shared_len) * self.kv_dim;
+        let step = KV_GROW_STEP * self.kv_dim;
+        for b in self.k.iter_mut().chain(self.v.iter_mut()) {
+            if b.len() < own {
+                b.grow(own, step);
+            }
+        }
+    }
+
+    /// Store the keys and values of position `pos` in layer `l`.
+    fn write(&mut self, l: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let at = (pos - self.shared_len) * self.kv_dim;
+        self.k[l].write(at, k);
+        self.v[l].write(at, v);
+    }
+
+    /// The cached positions `0..len` of layer `l` as up to two segments (shared, own).
+    fn segments<T: KvSlice>(&self, l: usize, len: usize) -> [KvSeg<'_, T>; 2] {
+        let shared_n = len.min(self.shared_len);
+        let own_n = len - shared_n;
+        let empty = KvSeg {
+            k: &[],
+            v: &[],
+            len: 0,
+        };
+        let first = match &self.shared {
+            Some(s) if shared_n > 0 => KvSeg {
+                k: T::slice(&s.k[l]),
+                v: T::slice(&s.v[l]),
+                len: shared_n,
+            },
+            _ => empty,
+        };
+        let second = if own_n > 0 {
+            KvSeg {
+                k: T::slice(&self.k[l]),
+                v: T::slice(&self.v[l]),
+                len: own_n,
+            }
+        } else {
+            empty
+        };
+        [first, second]
+    }
+}
+
+impl KvBuf {
+    fn ty(&self) -> KvType {
+        match self {
+            KvBuf::F32(_) => KvType::F32,
+            KvBuf::F16(_) => KvType::F16,
+        }
+    }
+}
+
+/// Typed access to a [`KvBuf`]'s elements.
+trait KvSlice: KvElem {
+    fn slice(buf: &KvBuf) -> &[Self];
+}
+impl KvSlice for f32 {
+    fn slice(buf: &KvBuf) -> &[f32] {
+        match buf {
+            KvBuf::F32(v) => v,
+            KvBuf::F16(_) => &[],
+        }
+    }
+}
+impl KvSlice for half::f16 {
+    fn slice(buf: &KvBuf) -> &[half::f16] {
+        match buf {
+            KvBuf::F16(v) => v,
+            KvBuf::F32(_) => &[],
+        }
     }
 }
 
@@ -375,6 +600,29 @@ impl Llama {
             .map_or(self.embed_tokens.ty(), |l| l.qkv_proj.parts[0].ty())
     }
 
+    /// How this model's key/value cache is stored: f32 when every weight is f32 (a reference
+    /// model, computed without rounding), f16 otherwise.
+    pub fn kv_type(&self) -> KvType {
+        let all_f32 = self.embed_tokens.ty() == WeightType::F32
+            && self.lm_head.as_ref().is_none_or(|h| h.all_f32())
+            && self.layers.iter().all(|l| {
+                l.qkv_proj.all_f32()
+                    && l.o_proj.all_f32()
+                    && l.gate_up_proj.all_f32()
+                    && l.down_proj.all_f32()
+            });
+        if all_f32 {
+            KvType::F32
+        } else {
+            KvType::F16
+        }
+    }
+
+    /// An empty key/value cache for up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(&self.config, capacity, self.kv_type())
+    }
+
     /// Run the network over new tokens of several sequences at once and return the requested
     /// logits (rows of `vocab_size`, in sequence order; `All` gives one row per token).
     ///
@@ -445,6 +693,17 @@ impl Llama {
         let eps = c.rms_norm_eps as f32;
         let group = n_heads / n_kv;
         let scale = 1.0 / (head_dim as f32).sqrt();
+        for seq in seqs.iter_mut() {
+            let len = seq.cache.len + seq.tokens.len();
+            seq.cache.grow_to(len);
+        }
+        // Attention tasks: a whole GQA group each (its keys/values read once) when that gives
+        // the threads enough tasks, else one query head each.
+        let heads_per_task = if n * n_kv >= 4 * rayon::current_num_threads() {
+            group
+        } else {
+            1
+        };
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block.
             rms_norm(&s.x, &layer.input_layernorm, eps, h, &mut s.normed);
@@ -470,31 +729,36 @@ impl Llama {
                 let start = seq.cache.len;
                 for i in 0..seq.tokens.len() {
                     let row = &qkv[(t + i) * qkv_dim..(t + i + 1) * qkv_dim];
-                    let at = (start + i) * kv_dim;
-                    seq.cache.k[l][at..at + kv_dim].copy_from_slice(&row[q_dim..q_dim + kv_dim]);
-                    seq.cache.v[l][at..at + kv_dim].copy_from_slice(&row[q_dim + kv_dim..]);
+                    seq.cache.write(
+                        l,
+                        start + i,
+                        &row[q_dim..q_dim + kv_dim],
+                        &row[q_dim + kv_dim..],
+                    );
                 }
                 t += seq.tokens.len();
             }
             s.attn.resize(n * q_dim, 0.0);
             {
                 let caches: Vec<&KvCache> = seqs.iter().map(|q| &*q.cache).collect();
-                let (qkv, seq_of, pos_of) = (&*qkv, &seq_of, &pos_of);
-                s.attn
-                    .par_chunks_mut(head_dim)
-                    .enumerate()
-                    .for_each(|(idx, out)| {
-                        let (t, head) = (idx / n_heads, idx % n_heads);
-                        let cache = caches[seq_of[t]];
-                        let q = &qkv
-                            [t * qkv_dim + head * head_dim..t * qkv_dim + (head + 1) * head_dim];
-                        let kv_off = (head / group) * head_dim;
-                        SCORES.with_borrow_mut(|scores| {
-                            let (k, v) = (&cache.k[l], &cache.v[l]);
-                            let len = pos_of[t] + 1;
-                            kernels::attend(isa, q, k, v, kv_dim, kv_off, len, scale, scores, out)
-                        });
-                    });
+                let job = AttentionJob {
+                    isa,
+                    caches: &caches,
+                    layer: l,
+                    qkv,
+                    qkv_dim,
+                    seq_of: &seq_of,
+                    pos_of: &pos_of,
+                    head_dim,
+                    group,
+                    heads_per_task,
+                    n_heads,
+                    scale,
+                };
+                match self.kv_type() {
+                    KvType::F32 => job.run::<f32>(&mut s.attn),
+                    KvType::F16 => job.run::<half::f16>(&mut s.attn),
+                }
             }
             s.proj.resize(n * h, 0.0);
             layer
@@ -520,9 +784,7 @@ impl Llama {
                 .zip(s.gate_up.par_chunks(2 * inter))
                 .for_each(|(a, gu)| {
                     let (g, u) = gu.split_at(inter);
-                    for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
-                        *a = g / (1.0 + (-g).exp()) * u;
-                    }
+                    kernels::silu_mul(isa, g, u, a);
                 });
             layer
                 .down_proj
@@ -577,6 +839,48 @@ impl Llama {
 thread_local! {
     /// Attention score scratch of each worker thread.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The attention step of one layer for every token of a forward pass.
+struct AttentionJob<'a> {
+    isa: Isa,
+    caches: &'a [&'a KvCache],
+    layer: usize,
+    qkv: &'a [f32],
+    qkv_dim: usize,
+    seq_of: &'a [usize],
+    pos_of: &'a [usize],
+    head_dim: usize,
+    group: usize,
+    heads_per_task: usize,
+    n_heads: usize,
+    scale: f32,
+}
+
+impl AttentionJob<'_> {
+    /// Fill `attn` (`[token][head][head_dim]`): each task is `heads_per_task` query heads of
+    /// one token, all in the same GQA group.
+    fn run<T: KvSlice>(&self, attn: &mut [f32]) {
+        let (d, per_task) = (self.head_dim, self.heads_per_task);
+        let tasks_per_token = self.n_heads / per_task;
+        let kv_dim = self.qkv_dim - self.n_heads * d;
+        let stride = kv_dim / 2;
+        attn.par_chunks_mut(per_task * d)
+            .enumerate()
+            .for_each(|(idx, out)| {
+                let (t, head) = (idx / tasks_per_token, (idx % tasks_per_token) * per_task);
+                let cache = self.caches[self.seq_of[t]];
+                let q = &self.qkv
+                    [t * self.qkv_dim + head * d..t * self.qkv_dim + (head + per_task) * d];
+                let segs = cache.segments::<T>(self.layer, self.pos_of[t] + 1);
+                let offset = (head / self.group) * d;
+                SCORES.with_borrow_mut(|scores| {
+                    kernels::attend(
+                        self.isa, q, d, &segs, stride, offset, self.scale, scores, out,
+                    )
+                });
+            });
+    }
 }
 
 /// Below this many tokens, element-wise steps run on the calling thread: waking the pool

@@ -114,6 +114,9 @@ pub struct MatmulScratch {
     q16: Vec<BlockQ16>,
 }
 
+/// Rows handed to one quantised kernel call (its output buffer lives on the stack).
+const ROWS_PER_CALL: usize = 64;
+
 /// A raw pointer that may cross threads; each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -163,18 +166,36 @@ pub fn matmul(
             let r0 = task * chunk;
             let r1 = (r0 + chunk).min(rows);
             let mut dots = [0.0f32; MAX_COLS];
+            let mut block_dots = [0.0f32; MAX_COLS * ROWS_PER_CALL];
             let mut t0 = 0;
             while t0 < n_tokens {
                 let n = (n_tokens - t0).min(MAX_COLS);
+                if quantised {
+                    let blocks = cols / QK;
+                    let xs: [&[BlockQ16]; MAX_COLS] = std::array::from_fn(|c| {
+                        &q16[(t0 + c.min(n - 1)) * blocks..(t0 + c.min(n - 1) + 1) * blocks]
+                    });
+                    let mut r = r0;
+                    while r < r1 {
+                        let k = (r1 - r).min(ROWS_PER_CALL);
+                        let data = &w.data[r * w.row_bytes..(r + k) * w.row_bytes];
+                        let o = &mut block_dots[..k * n];
+                        kernels::dot_q16_rows(isa, w.ty, data, w.row_bytes, &xs[..n], o);
+                        for (i, d) in o.chunks_exact(n).enumerate() {
+                            for (c, &v) in d.iter().enumerate() {
+                                // SAFETY: (t0 + c, r + i) is inside `out` (checked above) and
+                                // row r + i belongs to this task only.
+                                unsafe { *outp.0.add((t0 + c) * rows + r + i) = v };
+                            }
+                        }
+                        r += k;
+                    }
+                    t0 += n;
+                    continue;
+                }
                 for r in r0..r1 {
                     let row = w.row(r);
-                    if quantised {
-                        let blocks = cols / QK;
-                        let xs: [&[BlockQ16]; MAX_COLS] = std::array::from_fn(|c| {
-                            &q16[(t0 + c.min(n - 1)) * blocks..(t0 + c.min(n - 1) + 1) * blocks]
-                        });
-                        kernels::dot_q16(isa, w.ty, row, &xs[..n], &mut dots[..n]);
-                    } else {
+                    {
                         let xs: [&[f32]; MAX_COLS] = std::array::from_fn(|c| {
                             &x[(t0 + c.min(n - 1)) * cols..(t0 + c.min(n - 1) + 1) * cols]
                         });

@@ -49,7 +49,8 @@ impl WeightType {
 
     /// Bytes of one row of `cols` elements, or `None` when `cols` is not a whole number of blocks.
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        (cols % self.block_elems() == 0).then(|| cols / self.block_elems() * self.block_bytes())
+        cols.is_multiple_of(self.block_elems())
+            .then(|| cols / self.block_elems() * self.block_bytes())
     }
 
     /// Whether the kernels for this type read 16-bit activation blocks (else plain f32).

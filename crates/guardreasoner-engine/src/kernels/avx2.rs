@@ -2,6 +2,7 @@
 //! ([`super::Isa::detect`]); every function here is `unsafe` for that reason only: all memory
 //! accesses stay inside the slices passed in (lengths are checked on entry).
 
+use super::{KvElem, KvSeg};
 use crate::quant::{BlockQ16, WeightType, QK};
 use std::arch::x86_64::*;
 
@@ -14,32 +15,37 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Two consecutive little-endian halfs at `p` as floats.
-#[inline]
-#[target_feature(enable = "avx2,f16c")]
-unsafe fn two_halfs(p: *const u8) -> (f32, f32) {
-    let v = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
-    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)))
-}
-
-/// Returns `false` (computing nothing) for formats without an AVX2 kernel; the caller then
-/// runs the scalar one.
+/// See [`super::dot_q16_rows`]. Returns `false` (computing nothing) for formats without an
+/// AVX2 kernel or buffers of the wrong size; the caller then runs the scalar one.
 ///
 /// # Safety
 /// The CPU must support avx2, fma and f16c.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q16(ty: WeightType, row: &[u8], xs: &[&[BlockQ16]], out: &mut [f32]) -> bool {
-    let blocks = row.len() / ty.block_bytes();
-    if xs.iter().any(|x| x.len() < blocks) || out.len() < xs.len() {
+pub unsafe fn dot_q16_rows(
+    ty: WeightType,
+    rows: &[u8],
+    row_bytes: usize,
+    xs: &[&[BlockQ16]],
+    out: &mut [f32],
+) -> bool {
+    let blocks = row_bytes / ty.block_bytes();
+    let n = xs.len();
+    if n == 0
+        || n > 4
+        || row_bytes == 0
+        || !rows.len().is_multiple_of(row_bytes)
+        || out.len() < rows.len() / row_bytes * n
+        || xs.iter().any(|x| x.len() < blocks)
+    {
         return false;
     }
     macro_rules! run {
         ($f:ident) => {
-            match xs.len() {
-                1 => out[..1].copy_from_slice(&$f::<1>(row, blocks, xs)),
-                2 => out[..2].copy_from_slice(&$f::<2>(row, blocks, xs)),
-                3 => out[..3].copy_from_slice(&$f::<3>(row, blocks, xs)),
-                _ => out[..4].copy_from_slice(&$f::<4>(row, blocks, xs)),
+            match n {
+                1 => each_row(rows, row_bytes, out, |r| $f::<1>(r, blocks, xs)),
+                2 => each_row(rows, row_bytes, out, |r| $f::<2>(r, blocks, xs)),
+                3 => each_row(rows, row_bytes, out, |r| $f::<3>(r, blocks, xs)),
+                _ => each_row(rows, row_bytes, out, |r| $f::<4>(r, blocks, xs)),
             }
         };
     }
@@ -52,8 +58,24 @@ pub unsafe fn dot_q16(ty: WeightType, row: &[u8], xs: &[&[BlockQ16]], out: &mut 
     true
 }
 
-/// Q4_1 (and Q4_0, whose `q - 8` is folded into the offset term): widen the 32 nibbles of a
-/// block to 16-bit lanes once, then two `madd_epi16` per activation vector.
+/// `out[r * N..][..N] = f(row r)` for each row.
+#[inline(always)]
+pub(super) fn each_row<const N: usize>(
+    rows: &[u8],
+    row_bytes: usize,
+    out: &mut [f32],
+    mut f: impl FnMut(&[u8]) -> [f32; N],
+) {
+    for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(N)) {
+        o.copy_from_slice(&f(row));
+    }
+}
+
+/// Q4_1 (and Q4_0, whose `q - 8` is folded into the offset term): the 16 bytes of a block
+/// widened to 16-bit lanes once, split into low nibbles (elements 0..16) and high nibbles
+/// (16..32) by a mask and a shift, then two `madd_epi16` per activation vector. The block's two
+/// scale products `[d·d_x, m·s_x]` come from one vector multiply of the weight's `[d, m]`
+/// halves with the activation block's leading `[d, s]` floats.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_generic<const N: usize, const Q4_0: bool>(
@@ -63,34 +85,42 @@ unsafe fn q4_generic<const N: usize, const Q4_0: bool>(
 ) -> [f32; N] {
     let bb = if Q4_0 { 18 } else { 20 };
     let qs_off = if Q4_0 { 2 } else { 4 };
-    let low = _mm_set1_epi8(0x0F);
+    let low = _mm256_set1_epi16(0x0F);
     let mut acc = [_mm256_setzero_ps(); N];
-    let mut mins = [0.0f32; N];
+    let mut mins = [_mm_setzero_ps(); N];
     let base = row.as_ptr();
     let xp: [*const BlockQ16; N] = std::array::from_fn(|c| xs[c].as_ptr());
     for b in 0..blocks {
         let p = base.add(b * bb);
-        let (d, m) = if Q4_0 {
-            let (d, _) = two_halfs(p);
-            (d, -8.0 * d)
-        } else {
-            two_halfs(p)
-        };
-        let raw = _mm_loadu_si128(p.add(qs_off) as *const __m128i);
-        let w_lo = _mm256_cvtepu8_epi16(_mm_and_si128(raw, low));
-        let w_hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), low));
+        let dm = scale_pair::<Q4_0>(p);
+        let w = _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(qs_off) as *const __m128i));
+        let w_lo = _mm256_and_si256(w, low);
+        let w_hi = _mm256_srli_epi16(w, 4);
         for c in 0..N {
-            let xb = &*xp[c].add(b);
-            let xq = xb.qs.as_ptr() as *const __m256i;
+            let xb = xp[c].add(b);
+            let xq = (*xb).qs.as_ptr() as *const __m256i;
             let prod = _mm256_add_epi32(
                 _mm256_madd_epi16(w_lo, _mm256_loadu_si256(xq)),
                 _mm256_madd_epi16(w_hi, _mm256_loadu_si256(xq.add(1))),
             );
-            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_set1_ps(d * xb.d), acc[c]);
-            mins[c] += m * xb.s;
+            let sc = _mm_mul_ps(dm, _mm_castpd_ps(_mm_load_sd(xb as *const f64)));
+            mins[c] = _mm_add_ps(mins[c], sc);
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), _mm256_broadcastss_ps(sc), acc[c]);
         }
     }
-    std::array::from_fn(|c| hsum(acc[c]) + mins[c])
+    std::array::from_fn(|c| hsum(acc[c]) + _mm_cvtss_f32(_mm_movehdup_ps(mins[c])))
+}
+
+/// `[d, m, 0, 0]` of a Q4_1 block at `p` (`[d, -8d, 0, 0]` for Q4_0).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_pair<const Q4_0: bool>(p: *const u8) -> __m128 {
+    if Q4_0 {
+        let d = _mm_cvtph_ps(_mm_set1_epi16((p as *const i16).read_unaligned()));
+        _mm_mul_ps(d, _mm_setr_ps(1.0, -8.0, 0.0, 0.0))
+    } else {
+        _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()))
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -252,43 +282,319 @@ pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Eight cached elements at `p` as f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8kv<T: KvElem>(p: *const T) -> __m256 {
+    if T::F16 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    } else {
+        _mm256_loadu_ps(p as *const f32)
+    }
+}
+
+/// The horizontal sums of four vectors, in order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum4(a: [__m256; 4]) -> __m128 {
+    let t0 = _mm256_hadd_ps(a[0], a[1]);
+    let t1 = _mm256_hadd_ps(a[2], a[3]);
+    let t = _mm256_hadd_ps(t0, t1);
+    _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1))
+}
+
 /// See [`super::attend`].
 ///
 /// # Safety
-/// The CPU must support avx2 and fma.
+/// The CPU must support avx2, fma and f16c; `head_dim` must be a multiple of 8 and every
+/// segment long enough (checked by the caller).
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn attend(
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attend<T: KvElem>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    head_dim: usize,
+    segs: &[KvSeg<'_, T>],
     stride: usize,
     offset: usize,
-    len: usize,
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let d = q.len();
+    let d = head_dim;
+    let total: usize = segs.iter().map(|s| s.len).sum();
+    let heads = q.len() / d;
+    let mut h0 = 0;
+    while h0 < heads {
+        let n = (heads - h0).min(4);
+        let (q, out) = (&q[h0 * d..(h0 + n) * d], &mut out[h0 * d..(h0 + n) * d]);
+        match n {
+            1 => group::<T, 1>(q, d, segs, total, stride, offset, scale, scores, out),
+            2 => group::<T, 2>(q, d, segs, total, stride, offset, scale, scores, out),
+            3 => group::<T, 3>(q, d, segs, total, stride, offset, scale, scores, out),
+            _ => group::<T, 4>(q, d, segs, total, stride, offset, scale, scores, out),
+        }
+        h0 += n;
+    }
+}
+
+/// Attention for `H` query heads sharing one key/value head: each cached row is loaded (and
+/// converted) once for all of them.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn group<T: KvElem, const H: usize>(
+    q: &[f32],
+    d: usize,
+    segs: &[KvSeg<'_, T>],
+    total: usize,
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for p in 0..len {
-        let s = dot(q, &k[p * stride + offset..p * stride + offset + d]) * scale;
-        max = max.max(s);
-        scores.push(s);
+    scores.resize(H * total, 0.0);
+    if total == 0 {
+        out.fill(0.0);
+        return;
     }
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+    let qp = q.as_ptr();
+    let sp = scores.as_mut_ptr();
+    // Scores, four positions at a time.
+    let mut base = 0;
+    for seg in segs {
+        let k = seg.k.as_ptr().add(offset);
+        let mut p = 0;
+        while p + 4 <= seg.len {
+            let mut acc = [[_mm256_setzero_ps(); 4]; H];
+            let mut c = 0;
+            while c < d {
+                let kv: [__m256; 4] = std::array::from_fn(|j| load8kv(k.add((p + j) * stride + c)));
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let qv = _mm256_loadu_ps(qp.add(h * d + c));
+                    for j in 0..4 {
+                        acc[j] = _mm256_fmadd_ps(qv, kv[j], acc[j]);
+                    }
+                }
+                c += 8;
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                let s = _mm_mul_ps(hsum4(*acc), _mm_set1_ps(scale));
+                _mm_storeu_ps(sp.add(h * total + base + p), s);
+            }
+            p += 4;
+        }
+        while p < seg.len {
+            let mut acc = [_mm256_setzero_ps(); H];
+            let mut c = 0;
+            while c < d {
+                let kv = load8kv(k.add(p * stride + c));
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(h * d + c)), kv, *acc);
+                }
+                c += 8;
+            }
+            // The same reduction as a block of four, so a position's score does not depend on
+            // where the segment boundaries fall (prefix reuse gives the bits of a full prefill).
+            let z = _mm256_setzero_ps();
+            for (h, acc) in acc.iter().enumerate() {
+                let s = _mm_mul_ps(hsum4([*acc, z, z, z]), _mm_set1_ps(scale));
+                *sp.add(h * total + base + p) = _mm_cvtss_f32(s);
+            }
+            p += 1;
+        }
+        base += seg.len;
     }
-    out.fill(0.0);
-    let inv = 1.0 / sum;
-    for (p, &w) in scores.iter().enumerate() {
-        axpy(
-            w * inv,
-            &v[p * stride + offset..p * stride + offset + d],
-            out,
-        );
+    // Softmax weights, normalised.
+    for h in 0..H {
+        let s = &mut scores[h * total..(h + 1) * total];
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        add_scalar(s, -max);
+        let inv = 1.0 / exp_in_place(s);
+        scale_in_place(s, inv);
     }
+    // Weighted sums of the values.
+    let mut c0 = 0;
+    while c0 < d {
+        if H <= 2 && c0 + 32 <= d {
+            values::<T, H, 4>(segs, scores, total, stride, offset + c0, out, d, c0);
+            c0 += 32;
+        } else if c0 + 16 <= d {
+            values::<T, H, 2>(segs, scores, total, stride, offset + c0, out, d, c0);
+            c0 += 16;
+        } else {
+            values::<T, H, 1>(segs, scores, total, stride, offset + c0, out, d, c0);
+            c0 += 8;
+        }
+    }
+}
+
+/// `out[h][c0..c0 + 8W] = Σ_p w[h][p] · V[p][col..col + 8W]`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn values<T: KvElem, const H: usize, const W: usize>(
+    segs: &[KvSeg<'_, T>],
+    w: &[f32],
+    total: usize,
+    stride: usize,
+    col: usize,
+    out: &mut [f32],
+    d: usize,
+    c0: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); W]; H];
+    let wp = w.as_ptr();
+    let mut base = 0;
+    for seg in segs {
+        let v = seg.v.as_ptr().add(col);
+        for p in 0..seg.len {
+            let row = v.add(p * stride);
+            let vv: [__m256; W] = std::array::from_fn(|i| load8kv(row.add(8 * i)));
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let wb = _mm256_broadcast_ss(&*wp.add(h * total + base + p));
+                for i in 0..W {
+                    acc[i] = _mm256_fmadd_ps(wb, vv[i], acc[i]);
+                }
+            }
+        }
+        base += seg.len;
+    }
+    let op = out.as_mut_ptr();
+    for (h, acc) in acc.iter().enumerate() {
+        for (i, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(op.add(h * d + c0 + 8 * i), *a);
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn add_scalar(x: &mut [f32], a: f32) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(p.add(i), _mm256_add_ps(_mm256_loadu_ps(p.add(i)), av));
+        i += 8;
+    }
+    for v in &mut x[i..] {
+        *v += a;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scale_in_place(x: &mut [f32], a: f32) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), av));
+        i += 8;
+    }
+    for v in &mut x[i..] {
+        *v *= a;
+    }
+}
+
+/// `exp` of eight lanes: range reduction by ln 2, a degree-6 polynomial (Cephes' `expf`
+/// coefficients) and the exponent added as integer bits. Inputs below -87.3 (where `expf`
+/// leaves the normal range) give 0; above 88.3 saturate.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp8(x: __m256) -> __m256 {
+    let underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.336_55), _CMP_LT_OQ);
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.336_55)),
+        _mm256_set1_ps(88.376_26),
+    );
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut y = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+    }
+    let y = _mm256_fmadd_ps(
+        y,
+        _mm256_mul_ps(r, r),
+        _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+    );
+    // 2^n, with n in [-126, 127] after the clamp above; split in two factors so n = 128 can't
+    // overflow the exponent field.
+    let ni = _mm256_cvtps_epi32(n);
+    let half = _mm256_srai_epi32(ni, 1);
+    let p1 = _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_add_epi32(half, _mm256_set1_epi32(127)),
+        23,
+    ));
+    let p2 = _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_sub_epi32(ni, half), _mm256_set1_epi32(127)),
+        23,
+    ));
+    _mm256_andnot_ps(underflow, _mm256_mul_ps(_mm256_mul_ps(y, p1), p2))
+}
+
+/// See [`super::exp_in_place`].
+///
+/// # Safety
+/// The CPU must support avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp_in_place(x: &mut [f32]) -> f32 {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        let e = exp8(_mm256_loadu_ps(p.add(i)));
+        _mm256_storeu_ps(p.add(i), e);
+        acc = _mm256_add_ps(acc, e);
+        i += 8;
+    }
+    if i < n {
+        let mut tail = [0.0f32; 8];
+        tail[..n - i].copy_from_slice(&x[i..]);
+        let mut e = [0.0f32; 8];
+        _mm256_storeu_ps(e.as_mut_ptr(), exp8(_mm256_loadu_ps(tail.as_ptr())));
+        x[i..].copy_from_slice(&e[..n - i]);
+        let mut s = hsum(acc);
+        for v in &e[..n - i] {
+            s += v;
+        }
+        return s;
+    }
+    hsum(acc)
+}
+
+/// See [`super::silu_mul`].
+///
+/// # Safety
+/// The CPU must support avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
+    let n = g.len().min(u.len()).min(out.len());
+    let (gp, up, op) = (g.as_ptr(), u.as_ptr(), out.as_mut_ptr());
+    let one = _mm256_set1_ps(1.0);
+    let mut i = 0;
+    while i + 8 <= n {
+        let gv = _mm256_loadu_ps(gp.add(i));
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        let s = _mm256_div_ps(gv, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(op.add(i), _mm256_mul_ps(s, _mm256_loadu_ps(up.add(i))));
+        i += 8;
+    }
+    super::scalar::silu_mul(&g[i..n], &u[i..n], &mut out[i..n]);
 }

@@ -1,5 +1,6 @@
 //! Portable reference kernels. The SIMD kernels must agree with these.
 
+use super::{KvElem, KvSeg};
 use crate::quant::{f16_at, q4k_scale_min, q6k_unpack, BlockQ16, WeightType, QK, QK_K};
 use half::{bf16, f16};
 
@@ -120,37 +121,58 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 
 /// See [`super::attend`].
 #[allow(clippy::too_many_arguments)]
-pub fn attend(
+pub fn attend<T: KvElem>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    head_dim: usize,
+    segs: &[KvSeg<'_, T>],
     stride: usize,
     offset: usize,
-    len: usize,
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let d = q.len();
-    scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for p in 0..len {
-        let s = dot(q, &k[p * stride + offset..p * stride + offset + d]) * scale;
-        max = max.max(s);
-        scores.push(s);
+    let d = head_dim;
+    let rows = |which: bool| {
+        segs.iter().flat_map(move |s| {
+            let data = if which { s.v } else { s.k };
+            (0..s.len).map(move |p| &data[p * stride + offset..p * stride + offset + d])
+        })
+    };
+    for (qh, oh) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        scores.clear();
+        for k in rows(false) {
+            let s: f32 = qh.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum();
+            scores.push(s * scale);
+        }
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        for s in scores.iter_mut() {
+            *s -= max;
+        }
+        let sum = exp_in_place(scores);
+        let inv = 1.0 / sum;
+        oh.fill(0.0);
+        for (v, &w) in rows(true).zip(scores.iter()) {
+            let w = w * inv;
+            for (o, x) in oh.iter_mut().zip(v) {
+                *o += w * x.to_f32();
+            }
+        }
     }
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+}
+
+/// See [`super::exp_in_place`].
+pub fn exp_in_place(x: &mut [f32]) -> f32 {
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = v.exp();
+        sum += *v;
     }
-    out.fill(0.0);
-    let inv = 1.0 / sum;
-    for (p, &w) in scores.iter().enumerate() {
-        axpy(
-            w * inv,
-            &v[p * stride + offset..p * stride + offset + d],
-            out,
-        );
+    sum
+}
+
+/// See [`super::silu_mul`].
+pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+        *o = g / (1.0 + (-g).exp()) * u;
     }
 }
