@@ -1516,3 +1516,28 @@ impl FastLlama {
         Ok(())
     }
 }
+
+/// The inputs for teacher forcing `target` after `prompt`: `prompt + target[..-1]`, scored from
+/// position `prompt.len() - 1` (as [`crate::model::sequence_log_prob`]).
+pub fn teacher_forcing(prompt: &[u32], target: &[u32]) -> Result<(Vec<u32>, usize), TrainError> {
+    if prompt.is_empty() || target.is_empty() {
+        return Err(TrainError::Model(
+            "prompt and target must be non-empty".into(),
+        ));
+    }
+    let mut ids = prompt.to_vec();
+    ids.extend_from_slice(&target[..target.len() - 1]);
+    Ok((ids, prompt.len() - 1))
+}
+
+/// Summed log-probability of `target` after `prompt`, and the tape to differentiate it.
+pub fn sequence_log_prob(
+    model: &FastLlama,
+    prompt: &[u32],
+    target: &[u32],
+    dropout: Option<&mut ChaCha8Rng>,
+) -> Result<(f64, Tape), TrainError> {
+    let (ids, from) = teacher_forcing(prompt, target)?;
+    let (lp, tape) = model.forward(&ids, from, target, dropout)?;
+    Ok((lp.iter().map(|&x| x as f64).sum(), tape))
+}

@@ -6,10 +6,11 @@
 //! dropout at step `s` is seeded by `(seed, s)`, so the step number alone fixes the data position
 //! and RNG state; a checkpoint stores it with the weights and optimiser moments.
 
+use crate::fast::{FastAdamW, FastLlama, Grads};
 use crate::model::{load_safetensors, save_safetensors, Llama};
 use crate::optim::{clip_grads, AdamW, AdamWConfig, CosineSchedule};
 use crate::TrainError;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use guardreasoner_core::jsonl::JsonlAppender;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -24,6 +25,15 @@ use std::time::Instant;
 pub struct ExampleLoss {
     /// Scalar loss tensor (with a graph to the trainable parameters).
     pub loss: Tensor,
+    /// Tokens processed (for tokens/s).
+    pub tokens: usize,
+    /// Extra scalars averaged into the step's log record (e.g. DPO margins).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The loss of one example on the fast path (its gradient is already accumulated).
+pub struct FastExampleLoss {
+    pub loss: f64,
     /// Tokens processed (for tokens/s).
     pub tokens: usize,
     /// Extra scalars averaged into the step's log record (e.g. DPO margins).
@@ -49,6 +59,64 @@ pub trait Objective {
         index: usize,
         dropout: &mut ChaCha8Rng,
     ) -> Result<ExampleLoss, TrainError>;
+    /// The same loss on the fast path: adds `scale` times its gradient to `grads`. Must draw
+    /// from `dropout` exactly as [`Objective::loss`] does, so both paths train alike.
+    fn fast_loss(
+        &self,
+        model: &FastLlama,
+        index: usize,
+        dropout: &mut ChaCha8Rng,
+        scale: f64,
+        grads: &mut Grads,
+    ) -> Result<FastExampleLoss, TrainError>;
+}
+
+/// The fast path's state: f32 weights, gradients and AdamW moments. The candle model is
+/// brought up to date at checkpoints and at the end.
+struct Fast {
+    model: FastLlama,
+    grads: Grads,
+    optimizer: FastAdamW,
+}
+
+impl Fast {
+    /// Copies the candle model and, when resuming, the moments loaded into `optimizer`.
+    fn new(model: &Llama, optimizer: &mut AdamW) -> Result<Self, TrainError> {
+        let fast = FastLlama::from_llama(model)?;
+        let mut opt = FastAdamW::new(optimizer.config.clone(), &fast);
+        for (i, name) in fast.trainable_names().iter().enumerate() {
+            if let (Some(m), Some(v)) = (optimizer.m.remove(name), optimizer.v.remove(name)) {
+                opt.m[i] = m.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                opt.v[i] = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            }
+        }
+        opt.t = optimizer.t;
+        Ok(Fast {
+            grads: fast.zero_grads(),
+            model: fast,
+            optimizer: opt,
+        })
+    }
+
+    /// Writes the weights back into `model` and the moments into `optimizer` (for saving).
+    fn sync(&mut self, model: &Llama, optimizer: &mut AdamW) -> Result<(), TrainError> {
+        self.model.write_back(model)?;
+        let vars = model.trainable();
+        for (i, name) in self.model.trainable_names().iter().enumerate() {
+            let dims = vars[name].dims();
+            let cpu = &candle_core::Device::Cpu;
+            optimizer.m.insert(
+                name.clone(),
+                Tensor::from_slice(&self.optimizer.m[i], dims, cpu)?,
+            );
+            optimizer.v.insert(
+                name.clone(),
+                Tensor::from_slice(&self.optimizer.v[i], dims, cpu)?,
+            );
+        }
+        optimizer.t = self.optimizer.t;
+        Ok(())
+    }
 }
 
 /// Hyperparameters of a run.
@@ -218,7 +286,19 @@ pub fn train(
         total_steps,
     };
     let fingerprint = objective.fingerprint();
-    let mut optimizer = AdamW::new(config.adamw.clone(), model.trainable())?;
+    // f32 models train on the fast path; others (f64 in tests) on candle autograd.
+    let use_fast = model.dtype() == DType::F32;
+    let mut optimizer = if use_fast {
+        // Moments live in the fast optimiser; these maps are filled only to load or save.
+        AdamW {
+            config: config.adamw.clone(),
+            m: BTreeMap::new(),
+            v: BTreeMap::new(),
+            t: 0,
+        }
+    } else {
+        AdamW::new(config.adamw.clone(), model.trainable())?
+    };
     let checkpoint = match resume {
         Resume::No => None,
         Resume::Latest => latest_checkpoint(out_dir)?,
@@ -246,6 +326,11 @@ pub fn train(
         load_checkpoint(dir, model, &mut optimizer)?;
         start = state.step;
     }
+    let mut fast = if use_fast {
+        Some(Fast::new(model, &mut optimizer)?)
+    } else {
+        None
+    };
     // The log keeps the records up to the resumed step; later ones are redone.
     let log_path = out_dir.join(LOG_FILE);
     let mut log: Vec<LogRecord> = if checkpoint.is_some() && log_path.exists() {
@@ -272,6 +357,9 @@ pub fn train(
         let last = ((step + 1) * bs).min(total_examples);
         let count = last - first;
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        if let Some(f) = &mut fast {
+            f.grads.zero();
+        }
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         let mut metrics: BTreeMap<String, f64> = BTreeMap::new();
@@ -281,11 +369,23 @@ pub fn train(
                 order = Some((epoch, epoch_order(n, config.seed, epoch)));
             }
             let index = order.as_ref().map(|(_, o)| o[g % n]).unwrap_or(0);
-            let out = objective.loss(model, index, &mut dropout)?;
-            let value = out
-                .loss
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
+            let (value, example_tokens, example_metrics, loss) = match &mut fast {
+                Some(f) => {
+                    let out = objective.fast_loss(
+                        &f.model,
+                        index,
+                        &mut dropout,
+                        1.0 / count as f64,
+                        &mut f.grads,
+                    )?;
+                    (out.loss, out.tokens, out.metrics, None)
+                }
+                None => {
+                    let out = objective.loss(model, index, &mut dropout)?;
+                    let value = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    (value, out.tokens, out.metrics, Some(out.loss))
+                }
+            };
             if !value.is_finite() {
                 return Err(TrainError::Model(format!(
                     "loss is {value} at step {} (example {index})",
@@ -293,11 +393,12 @@ pub fn train(
                 )));
             }
             loss_sum += value;
-            tokens += out.tokens;
-            for (k, v) in out.metrics {
+            tokens += example_tokens;
+            for (k, v) in example_metrics {
                 *metrics.entry(k).or_default() += v / count as f64;
             }
-            let store = (out.loss / count as f64)?.backward()?;
+            let Some(loss) = loss else { continue };
+            let store = (loss / count as f64)?.backward()?;
             for (name, var) in model.trainable() {
                 if let Some(grad) = store.get(var.as_tensor()) {
                     let sum = match grads.remove(name) {
@@ -308,8 +409,24 @@ pub fn train(
                 }
             }
         }
-        let norm = clip_grads(&mut grads, config.max_grad_norm)?;
-        optimizer.step(model.trainable(), &grads, lr)?;
+        let norm = match &mut fast {
+            Some(f) => {
+                // PyTorch's clip_grad_norm_, folded into the update.
+                let norm = f.grads.norm();
+                let factor = if config.max_grad_norm > 0.0 && norm > config.max_grad_norm {
+                    config.max_grad_norm / (norm + 1e-6)
+                } else {
+                    1.0
+                };
+                f.optimizer.step(&mut f.model, &f.grads, lr, factor);
+                norm
+            }
+            None => {
+                let norm = clip_grads(&mut grads, config.max_grad_norm)?;
+                optimizer.step(model.trainable(), &grads, lr)?;
+                norm
+            }
+        };
         step += 1;
         tokens_since_start += tokens;
         let elapsed = step_started.elapsed().as_secs_f64().max(1e-9);
@@ -337,6 +454,9 @@ pub fn train(
         let periodic = config.save_steps.is_some_and(|s| s > 0 && step % s == 0);
         if periodic || stop || step == total_steps {
             appender.sync()?;
+            if let Some(f) = &mut fast {
+                f.sync(model, &mut optimizer)?;
+            }
             let state = TrainerState {
                 step,
                 total_steps,
@@ -345,12 +465,19 @@ pub fn train(
                 config: config.clone(),
             };
             let dir = save_checkpoint(out_dir, model, &optimizer, &state)?;
+            if fast.is_some() {
+                optimizer.m.clear();
+                optimizer.v.clear();
+            }
             prune_checkpoints(out_dir, config.save_total_limit)?;
             last_checkpoint = Some(dir);
         }
         if stop {
             break;
         }
+    }
+    if let Some(f) = &mut fast {
+        f.model.write_back(model)?;
     }
     if options.progress {
         eprintln!();
