@@ -46,6 +46,18 @@ struct EngineBenchArgs {
     /// Approximate guard prompt length in tokens.
     #[arg(long, default_value_t = 600)]
     prompt_tokens: usize,
+    /// Run the guard workload without (`off`) and/or with (`on`) the instruction's keys and
+    /// values computed once and shared (`both` runs `off` then `on`; `on` alone is what
+    /// `serve` and `classify` do, and gives their peak memory).
+    #[arg(long, value_enum, default_value_t = PrefixReuse::Both)]
+    prefix_reuse: PrefixReuse,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PrefixReuse {
+    Off,
+    On,
+    Both,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -128,7 +140,11 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
         generated: a.generated,
         batch_sizes: a.batch_sizes,
         repetitions: 3,
-        prefix_reuse: vec![false, true],
+        prefix_reuse: match a.prefix_reuse {
+            PrefixReuse::Off => vec![false],
+            PrefixReuse::On => vec![true],
+            PrefixReuse::Both => vec![false, true],
+        },
     };
     run_bench(&engine, &spec, |l| {
         println!(
