@@ -1,8 +1,12 @@
-//! Training for GuardReasoner guards, natively in Rust on candle autograd (CPU):
+//! Training for GuardReasoner guards, natively in Rust on the CPU:
 //! reasoning SFT (R-SFT), hard-sample mining, hard-sample DPO (HS-DPO), LoRA adapters in the
 //! PEFT layout, and export of datasets/configs for LLaMA-Factory at multi-GPU scale.
 //!
-//! - [`model::Llama`]: trainable LLaMA with HF weight names; `load_hf` / `save_hf`.
+//! - [`model::Llama`]: trainable LLaMA with HF weight names; `load_hf` / `save_hf`; candle
+//!   autograd, the reference the fast path is tested against.
+//! - [`fast`]: the hand-written forward/backward pass and fused AdamW on f32 buffers that the
+//!   trainer runs for f32 models; [`bench`]: one step at SmolLM2-135M shapes
+//!   (`guardreasoner bench train`).
 //! - [`data`]: GuardReasonerTrain records -> prompt/target tokens (loss on the output only).
 //! - [`trainer::train`]: the loop (AdamW, cosine schedule, accumulation, clipping, exact resume,
 //!   JSONL log, SVG loss curve) over an [`trainer::Objective`]: [`sft::SftObjective`] or
