@@ -150,11 +150,16 @@ impl KvBuf {
         }
     }
 
-    /// Grow to `len` elements, reserving in steps so appending a token rarely reallocates.
-    fn grow(&mut self, len: usize, step: usize) {
-        fn go<T: KvElem>(v: &mut Vec<T>, len: usize, step: usize) {
+    /// Grow to `len` elements: the first growth reserves `planned` (untouched), later ones
+    /// `step` at a time.
+    fn grow(&mut self, len: usize, step: usize, planned: usize) {
+        fn go<T: KvElem>(v: &mut Vec<T>, len: usize, step: usize, planned: usize) {
             if len > v.capacity() {
-                let target = len.next_multiple_of(step.max(1));
+                let target = if v.capacity() == 0 {
+                    planned.max(len)
+                } else {
+                    len.next_multiple_of(step.max(1))
+                };
                 v.reserve_exact(target - v.len());
             }
             if len > v.len() {
@@ -162,8 +167,8 @@ impl KvBuf {
             }
         }
         match self {
-            KvBuf::F32(v) => go(v, len, step),
-            KvBuf::F16(v) => go(v, len, step),
+            KvBuf::F32(v) => go(v, len, step, planned),
+            KvBuf::F16(v) => go(v, len, step, planned),
         }
     }
 
@@ -195,8 +200,11 @@ impl KvBuf {
 
 /// The key/value cache of one sequence: positions `0..shared_len` live in a shared, frozen
 /// cache (the registered guard instruction, read by every sequence that starts with it and
-/// never copied); the sequence's own positions follow in per-layer buffers that grow as
-/// tokens arrive (in steps of [`KV_GROW_STEP`] positions), up to `capacity`.
+/// never copied); the sequence's own positions follow in per-layer buffers. At the first write
+/// each buffer reserves address space for the sequence's planned length (`capacity`) without
+/// touching it, so memory becomes resident only as positions are written and the buffer is never
+/// moved (growing by reallocation left measurably more allocator slack); past the plan it grows
+/// in steps of [`KV_GROW_STEP`] positions.
 #[derive(Clone)]
 pub struct KvCache {
     shared: Option<Arc<KvCache>>,
@@ -317,9 +325,10 @@ impl KvCache {
     fn grow_to(&mut self, len: usize) {
         let own = (len - self.shared_len) * self.kv_dim;
         let step = KV_GROW_STEP * self.kv_dim;
+        let planned = self.capacity.saturating_sub(self.shared_len) * self.kv_dim;
         for b in self.k.iter_mut().chain(self.v.iter_mut()) {
             if b.len() < own {
-                b.grow(own, step);
+                b.grow(own, step, planned);
             }
         }
     }
