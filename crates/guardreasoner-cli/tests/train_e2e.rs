@@ -41,7 +41,11 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn log_lines(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("train_log.jsonl"))
+    read_jsonl(&dir.join("train_log.jsonl"))
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -151,11 +155,12 @@ fn sft_merge_classify_mine_and_dpo_on_the_default_gguf() {
     assert!(String::from_utf8_lossy(&wrong_way.stderr).contains("use --to-gguf"));
 
     // Mining samples from the merged model through the local engine, then pairs.
-    run(&[
+    let gold = samples_file();
+    let sample_args = [
         "mine",
         "sample",
         "--gold",
-        samples_file().to_str().unwrap(),
+        gold.to_str().unwrap(),
         "--limit",
         "2",
         "--model",
@@ -166,33 +171,15 @@ fn sft_merge_classify_mine_and_dpo_on_the_default_gguf() {
         "2",
         "--max-new-tokens",
         "8",
-    ]);
-    let samples: Vec<Value> = std::fs::read_to_string(p("samples.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    ];
+    run(&sample_args);
+    let samples = read_jsonl(&tmp.path().join("samples.jsonl"));
     assert_eq!(samples.len(), 2);
     assert!(samples
         .iter()
         .all(|s| s["outputs"].as_array().unwrap().len() == 2));
     // Rerunning finds everything done.
-    let again = run(&[
-        "mine",
-        "sample",
-        "--gold",
-        samples_file().to_str().unwrap(),
-        "--limit",
-        "2",
-        "--model",
-        &p("merged"),
-        "--output",
-        &p("samples.jsonl"),
-        "--n",
-        "2",
-        "--max-new-tokens",
-        "8",
-    ]);
+    let again = run(&sample_args);
     assert!(String::from_utf8_lossy(&again.stderr).contains("0 inputs sampled now, 2 resumed"));
     run(&[
         "mine",

@@ -270,16 +270,10 @@ impl Objective for DpoObjective {
             p.weight,
             &self.config,
         )?;
-        let mut metrics = BTreeMap::new();
-        metrics.insert("reward_margin".to_string(), margin);
-        metrics.insert(
-            "reward_accuracy".to_string(),
-            if margin > 0.0 { 1.0 } else { 0.0 },
-        );
         Ok(ExampleLoss {
             loss,
             tokens: 2 * p.prompt.len() + p.chosen.len() + p.rejected.len(),
-            metrics,
+            metrics: pair_metrics(margin),
         })
     }
 
@@ -318,18 +312,23 @@ impl Objective for DpoObjective {
             &vec![(scale * d_rejected) as f32; p.rejected.len()],
             grads,
         )?;
-        let mut metrics = BTreeMap::new();
-        metrics.insert("reward_margin".to_string(), margin);
-        metrics.insert(
-            "reward_accuracy".to_string(),
-            if margin > 0.0 { 1.0 } else { 0.0 },
-        );
         Ok(FastExampleLoss {
             loss,
             tokens: 2 * p.prompt.len() + p.chosen.len() + p.rejected.len(),
-            metrics,
+            metrics: pair_metrics(margin),
         })
     }
+}
+
+/// What the log shows per pair: the reward margin and whether it is positive.
+fn pair_metrics(margin: f64) -> BTreeMap<String, f64> {
+    BTreeMap::from([
+        ("reward_margin".to_string(), margin),
+        (
+            "reward_accuracy".to_string(),
+            if margin > 0.0 { 1.0 } else { 0.0 },
+        ),
+    ])
 }
 
 /// [`pair_loss`] on plain numbers, with its derivatives: returns the loss, the reward margin

@@ -16,52 +16,77 @@ use guardreasoner_gguf::{GgufFile, TensorInfo};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The HF name of a GGUF tensor of the LLaMA architecture, or `None` for tensors that carry
-/// nothing the HF layout stores.
-fn hf_name(gguf_name: &str) -> Option<String> {
-    let fixed = match gguf_name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
+/// GGUF and HF names of the tensors outside the decoder layers.
+const MODEL_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// GGUF (`blk.N.`) and HF (`model.layers.N.`) names of a decoder layer's tensors.
+const LAYER_NAMES: [(&str, &str); 9] = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+];
+
+/// Translates a tensor name between the two layouts: `to_hf` from GGUF to HF, else back.
+/// `None` for tensors that carry nothing the other layout stores.
+fn translate_name(name: &str, to_hf: bool) -> Option<String> {
+    let pick =
+        |(gguf, hf): (&'static str, &'static str)| if to_hf { (gguf, hf) } else { (hf, gguf) };
+    if let Some((_, to)) = MODEL_NAMES
+        .into_iter()
+        .map(pick)
+        .find(|(from, _)| *from == name)
+    {
+        return Some(to.to_string());
     }
-    let rest = gguf_name.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
+    let (from_prefix, to_prefix) = pick(("blk.", "model.layers."));
+    let (layer, part) = name.strip_prefix(from_prefix)?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let hf = match part {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}"))
+    let (_, to) = LAYER_NAMES
+        .into_iter()
+        .map(pick)
+        .find(|(from, _)| *from == part)?;
+    Some(format!("{to_prefix}{layer}.{to}"))
 }
 
-/// Undoes llama.cpp's Q/K row permutation: GGUF row `h*d + 2j + s` holds HF row
-/// `h*d + s*d/2 + j` (`d` = head_dim, `s` in {0, 1}).
-fn unpermute_rows(values: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let rows = values.len() / cols;
+/// The HF name of a GGUF tensor of the LLaMA architecture.
+fn hf_name(gguf_name: &str) -> Option<String> {
+    translate_name(gguf_name, true)
+}
+
+/// The GGUF name of an HF weight name (the inverse of [`hf_name`]).
+fn gguf_name_of(hf: &str) -> Option<String> {
+    translate_name(hf, false)
+}
+
+/// llama.cpp's Q/K row permutation, as pairs (GGUF row, HF row): GGUF row `h*d + 2j + s`
+/// holds HF row `h*d + s*d/2 + j` (`d` = head_dim, `s` in {0, 1}), so rotary pairs are adjacent.
+fn rotary_row_pairs(rows: usize, heads: usize) -> impl Iterator<Item = (usize, usize)> {
     let head_dim = rows / heads;
     let half = head_dim / 2;
+    (0..heads).flat_map(move |h| {
+        (0..half).flat_map(move |j| {
+            (0..2).map(move |s| (h * head_dim + 2 * j + s, h * head_dim + s * half + j))
+        })
+    })
+}
+
+/// Reorders the rows of a Q/K projection between the layouts (`to_hf`: undo llama.cpp's
+/// permutation; else apply it).
+fn reorder_rotary_rows(values: &[f32], heads: usize, cols: usize, to_hf: bool) -> Vec<f32> {
     let mut out = vec![0.0f32; values.len()];
-    for h in 0..heads {
-        for j in 0..half {
-            for s in 0..2 {
-                let from = h * head_dim + 2 * j + s;
-                let to = h * head_dim + s * half + j;
-                out[to * cols..(to + 1) * cols]
-                    .copy_from_slice(&values[from * cols..(from + 1) * cols]);
-            }
-        }
+    for (gguf, hf) in rotary_row_pairs(values.len() / cols, heads) {
+        let (from, to) = if to_hf { (gguf, hf) } else { (hf, gguf) };
+        out[to * cols..(to + 1) * cols].copy_from_slice(&values[from * cols..(from + 1) * cols]);
     }
     out
 }
@@ -108,19 +133,22 @@ fn dequantize(file: &GgufFile, info: &TensorInfo) -> Result<(Vec<usize>, Vec<f32
     Ok((shape, values))
 }
 
-/// The configuration and f32 weights (HF names) of a LLaMA GGUF file.
-pub fn read_gguf_weights(
-    path: &Path,
-) -> Result<(guardreasoner_engine::Config, BTreeMap<String, Tensor>), TrainError> {
-    let engine_err = |e: guardreasoner_engine::EngineError| TrainError::Format {
+fn open_gguf(path: &Path) -> Result<GgufFile, TrainError> {
+    GgufFile::open(path).map_err(|e| TrainError::Format {
         path: path.to_path_buf(),
         message: e.to_string(),
-    };
-    let file = GgufFile::open(path).map_err(|e| TrainError::Format {
+    })
+}
+
+/// The configuration and f32 weights (HF names) of a LLaMA GGUF file.
+pub fn read_gguf_weights(
+    file: &GgufFile,
+) -> Result<(guardreasoner_engine::Config, BTreeMap<String, Tensor>), TrainError> {
+    let path = file.path();
+    let config = guardreasoner_engine::Config::from_gguf(file).map_err(|e| TrainError::Format {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let config = guardreasoner_engine::Config::from_gguf(&file).map_err(engine_err)?;
     if file.tensor("rope_freqs.weight").is_some() {
         return Err(TrainError::Format {
             path: path.to_path_buf(),
@@ -136,11 +164,11 @@ pub fn read_gguf_weights(
         let Some(hf) = hf_name(&info.name) else {
             continue;
         };
-        let (shape, mut values) = dequantize(&file, info)?;
+        let (shape, mut values) = dequantize(file, info)?;
         if hf.ends_with("q_proj.weight") {
-            values = unpermute_rows(&values, heads, shape[1]);
+            values = reorder_rotary_rows(&values, heads, shape[1], true);
         } else if hf.ends_with("k_proj.weight") {
-            values = unpermute_rows(&values, kv_heads, shape[1]);
+            values = reorder_rotary_rows(&values, kv_heads, shape[1], true);
         }
         weights.insert(hf, Tensor::from_vec(values, shape, &Device::Cpu)?);
     }
@@ -154,7 +182,7 @@ pub fn load_gguf_base(
     mode: TrainMode,
     seed: u64,
 ) -> Result<Llama, TrainError> {
-    let (config, weights) = read_gguf_weights(path)?;
+    let (config, weights) = read_gguf_weights(&open_gguf(path)?)?;
     let config = train_config(&config, path)?;
     Llama::from_weights(config, weights, dtype, mode, seed).map_err(|e| e.with_path(path))
 }
@@ -179,14 +207,14 @@ fn train_config(
 /// `model.safetensors` (f32, the dequantised weights), `tokenizer.json` and
 /// `tokenizer_config.json` (rebuilt from the GGUF's tokenizer metadata, with its chat template).
 pub fn convert_gguf_to_hf(gguf: &Path, dir: &Path) -> Result<(), TrainError> {
-    let (config, weights) = read_gguf_weights(gguf)?;
+    let file = open_gguf(gguf)?;
+    let (config, weights) = read_gguf_weights(&file)?;
     train_config(&config, gguf)?;
-    let tokenizer = guardreasoner_tokenizer::Tokenizer::from_gguf_path(gguf).map_err(|e| {
-        TrainError::Format {
+    let tokenizer =
+        guardreasoner_tokenizer::Tokenizer::from_gguf(&file).map_err(|e| TrainError::Format {
             path: gguf.to_path_buf(),
             message: format!("tokenizer: {e}"),
-        }
-    })?;
+        })?;
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let write = |name: &str, text: String| -> Result<(), TrainError> {
         let path = dir.join(name);
@@ -220,10 +248,6 @@ pub fn convert_gguf_to_hf(gguf: &Path, dir: &Path) -> Result<(), TrainError> {
     if let Some(eos) = text_of(tokenizer.eos_ids().first().copied()) {
         tokenizer_config["eos_token"] = eos.into();
     }
-    let file = GgufFile::open(gguf).map_err(|e| TrainError::Format {
-        path: gguf.to_path_buf(),
-        message: e.to_string(),
-    })?;
     if let Ok(template) = file.get_str("tokenizer.chat_template") {
         tokenizer_config["chat_template"] = template.into();
     }
@@ -327,16 +351,7 @@ pub fn convert_hf_to_gguf(
         ));
     }
 
-    let mut weights = BTreeMap::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| TrainError::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
-    for file in &files {
-        weights.extend(crate::model::load_safetensors(file)?);
-    }
+    let weights = crate::model::load_checkpoint_weights(dir)?;
     let gguf_name: BTreeMap<String, String> = weights
         .keys()
         .filter_map(|hf| gguf_name_of(hf).map(|g| (hf.clone(), g)))
@@ -357,9 +372,9 @@ pub fn convert_hf_to_gguf(
             .flatten_all()?
             .to_vec1::<f32>()?;
         if dims.len() == 2 && hf.ends_with("q_proj.weight") {
-            values = permute_rows(&values, config.num_attention_heads, dims[1]);
+            values = reorder_rotary_rows(&values, config.num_attention_heads, dims[1], false);
         } else if dims.len() == 2 && hf.ends_with("k_proj.weight") {
-            values = permute_rows(&values, config.num_key_value_heads(), dims[1]);
+            values = reorder_rotary_rows(&values, config.num_key_value_heads(), dims[1], false);
         }
         let ggml_dims: Vec<u64> = dims.iter().rev().map(|&d| d as u64).collect();
         let (ty, bytes) = if dims.len() == 2 && weight_type == GgufWeightType::F16 {
@@ -386,54 +401,6 @@ pub fn convert_hf_to_gguf(
         })
         .collect();
     write_gguf(path, &metadata, &tensors).map_err(|e| TrainError::io(path, e))
-}
-
-/// The GGUF name of an HF weight name (the inverse of [`hf_name`]).
-fn gguf_name_of(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let gguf = match part {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{gguf}"))
-}
-
-/// llama.cpp's Q/K row permutation: HF row `h*d + s*d/2 + j` goes to GGUF row `h*d + 2j + s`.
-fn permute_rows(values: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let rows = values.len() / cols;
-    let head_dim = rows / heads;
-    let half = head_dim / 2;
-    let mut out = vec![0.0f32; values.len()];
-    for h in 0..heads {
-        for j in 0..half {
-            for s in 0..2 {
-                let from = h * head_dim + s * half + j;
-                let to = h * head_dim + 2 * j + s;
-                out[to * cols..(to + 1) * cols]
-                    .copy_from_slice(&values[from * cols..(from + 1) * cols]);
-            }
-        }
-    }
-    out
 }
 
 fn pretty(value: &serde_json::Value) -> String {
@@ -482,7 +449,7 @@ mod tests {
             }
         }
         assert_ne!(gguf, hf);
-        assert_eq!(unpermute_rows(&gguf, heads, cols), hf);
-        assert_eq!(permute_rows(&hf, heads, cols), gguf);
+        assert_eq!(reorder_rotary_rows(&gguf, heads, cols, true), hf);
+        assert_eq!(reorder_rotary_rows(&hf, heads, cols, false), gguf);
     }
 }

@@ -286,23 +286,9 @@ impl Llama {
         seed: u64,
     ) -> Result<Self, TrainError> {
         let config = LlamaConfig::from_file(&dir.join("config.json"))?;
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| TrainError::io(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(TrainError::Format {
-                path: dir.to_path_buf(),
-                message: "no *.safetensors file in the checkpoint directory".into(),
-            });
-        }
         let mut weights = BTreeMap::new();
-        for file in &files {
-            for (name, t) in load_safetensors(file)? {
-                weights.insert(name, t.to_dtype(dtype)?);
-            }
+        for (name, t) in load_checkpoint_weights(dir)? {
+            weights.insert(name, t.to_dtype(dtype)?);
         }
         // Some tied checkpoints also store lm_head; drop it when tied so it is not trained twice.
         if config.tie_word_embeddings {
@@ -610,6 +596,28 @@ pub fn argmax(values: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// Every tensor of an HF-layout checkpoint directory (all its `*.safetensors` shards, in name
+/// order); a directory without any is an error naming it.
+pub fn load_checkpoint_weights(dir: &Path) -> Result<BTreeMap<String, Tensor>, TrainError> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| TrainError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(TrainError::Format {
+            path: dir.to_path_buf(),
+            message: "no *.safetensors file in the checkpoint directory".into(),
+        });
+    }
+    let mut weights = BTreeMap::new();
+    for file in &files {
+        weights.extend(load_safetensors(file)?);
+    }
+    Ok(weights)
 }
 
 /// Loads every tensor of a safetensors file; a corrupt file is an error naming it.
