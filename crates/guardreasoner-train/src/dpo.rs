@@ -196,17 +196,23 @@ pub fn reference_log_probs(
         .max()
         .unwrap_or(1);
     model.reserve_positions(longest)?;
-    let model = &*model;
     let mut out = Vec::with_capacity(pairs.len());
     if model.dtype() == candle_core::DType::F32 {
         // The fast path computes the same log-probs (see tests/fast.rs), several times faster.
-        let fast = FastLlama::from_llama(model)?;
-        for p in pairs {
-            let (c, _) = crate::fast::sequence_log_prob(&fast, &p.prompt, &p.chosen, None)?;
-            let (r, _) = crate::fast::sequence_log_prob(&fast, &p.prompt, &p.rejected, None)?;
-            out.push((c, r));
-        }
+        // The weights move into it and back, so the reference is never held twice.
+        let fast = FastLlama::take_from_llama(model)?;
+        let scored = pairs
+            .iter()
+            .map(|p| {
+                let (c, _) = crate::fast::sequence_log_prob(&fast, &p.prompt, &p.chosen, None)?;
+                let (r, _) = crate::fast::sequence_log_prob(&fast, &p.prompt, &p.rejected, None)?;
+                Ok((c, r))
+            })
+            .collect::<Result<Vec<_>, TrainError>>();
+        fast.restore_llama(model)?;
+        out = scored?;
     }
+    let model = &*model;
     for p in pairs.iter().skip(out.len()) {
         let scalar = |t: &[u32]| -> Result<f64, TrainError> {
             Ok(sequence_log_prob(model, &p.prompt, t, None)?

@@ -78,4 +78,5 @@ pub mod mine;
 pub mod optim;
 pub mod sample;
 pub mod sft;
+mod st;
 pub mod trainer;

@@ -572,18 +572,73 @@ impl Llama {
     }
 
     /// Saves an HF-layout checkpoint (`config.json` + `model.safetensors`) with LoRA merged in,
-    /// in `dtype`.
+    /// in `dtype`. Each weight is merged and converted only when it is written, so saving holds
+    /// one converted weight at a time, not a second copy of the model.
     pub fn save_hf(&self, dir: &Path, dtype: DType) -> Result<(), TrainError> {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let config = serde_json::to_string_pretty(&self.config)
             .map_err(|e| TrainError::Model(e.to_string()))?;
         let cfg_path = dir.join("config.json");
         std::fs::write(&cfg_path, config).map_err(|e| TrainError::io(&cfg_path, e))?;
-        let mut tensors = BTreeMap::new();
-        for (name, t) in self.merged_weights()? {
-            tensors.insert(name, t.to_dtype(dtype)?);
+        // Adapted weights are merged first (LoRA: the adapted projections only); the rest are
+        // written from the model's own tensors.
+        let mut merged = BTreeMap::new();
+        for (name, layer) in &self.lora {
+            merged.insert(
+                name.clone(),
+                (self.weight(name)? + layer.delta()?)?.detach(),
+            );
         }
-        save_safetensors(&tensors, &dir.join("model.safetensors"))
+        let entries: Vec<crate::st::Entry> = self
+            .weights
+            .iter()
+            .map(|(name, w)| crate::st::Entry {
+                name: name.clone(),
+                shape: w.dims().to_vec(),
+                data: crate::st::Payload::Tensor(merged.get(name).unwrap_or(w), dtype),
+            })
+            .collect();
+        crate::st::write(&dir.join("model.safetensors"), &entries)
+    }
+
+    /// Moves the base weights out of the model (for the trainer's fast path, which keeps its
+    /// own f32 copy): afterwards the model has no base weights, and in full fine-tuning no
+    /// trainable parameters, until [`Llama::restore_base_weights`] puts them back. LoRA
+    /// adapters stay. Each returned tensor is the only holder of its storage.
+    pub(crate) fn take_base_weights(&mut self) -> BTreeMap<String, Tensor> {
+        if self.lora.is_empty() {
+            // Full fine-tuning: the trainable variables share the weights' storage.
+            self.trainable.clear();
+        }
+        std::mem::take(&mut self.weights)
+    }
+
+    /// Puts back f32 base weights (by HF name, each with its shape) taken by
+    /// [`Llama::take_base_weights`], without copying them; in full fine-tuning they become the
+    /// trainable variables again.
+    pub(crate) fn restore_base_weights(
+        &mut self,
+        weights: Vec<(String, Vec<usize>, Vec<f32>)>,
+    ) -> Result<(), TrainError> {
+        if self.dtype != DType::F32 {
+            return Err(TrainError::Model(format!(
+                "f32 weights cannot go back into a {:?} model",
+                self.dtype
+            )));
+        }
+        let full = self.lora.is_empty();
+        for (name, shape, data) in weights {
+            let tensor = if full {
+                let var = Var::from_vec(data, shape, &self.device)?;
+                let t = var.as_tensor().clone();
+                self.trainable.insert(name.clone(), var);
+                t
+            } else {
+                Tensor::from_vec(data, shape, &self.device)?
+            };
+            self.weights.insert(name, tensor);
+        }
+        Ok(())
     }
 }
 
@@ -613,9 +668,15 @@ pub fn load_checkpoint_weights(dir: &Path) -> Result<BTreeMap<String, Tensor>, T
             message: "no *.safetensors file in the checkpoint directory".into(),
         });
     }
+    // Tensor by tensor: loading never holds a whole file's bytes beside its tensors.
     let mut weights = BTreeMap::new();
     for file in &files {
-        weights.extend(load_safetensors(file)?);
+        let mut reader = crate::st::Reader::open(file)?;
+        let names: Vec<String> = reader.tensors().keys().cloned().collect();
+        for name in names {
+            let t = reader.read_tensor(&name)?;
+            weights.insert(name, t);
+        }
     }
     Ok(weights)
 }

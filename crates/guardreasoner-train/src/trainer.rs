@@ -9,6 +9,7 @@
 use crate::fast::{FastAdamW, FastLlama, Grads};
 use crate::model::{load_safetensors, save_safetensors, Llama};
 use crate::optim::{clip_grads, AdamW, AdamWConfig, CosineSchedule};
+use crate::st;
 use crate::TrainError;
 use candle_core::{DType, Tensor};
 use guardreasoner_core::jsonl::JsonlAppender;
@@ -71,8 +72,9 @@ pub trait Objective {
     ) -> Result<FastExampleLoss, TrainError>;
 }
 
-/// The fast path's state: f32 weights, gradients and AdamW moments. The candle model is
-/// brought up to date at checkpoints and at the end.
+/// The fast path's state: the f32 weights, moved out of the candle model (which holds no copy of
+/// them while training runs), gradients and AdamW moments. Checkpoints are written from and
+/// read into these buffers directly.
 struct Fast {
     model: FastLlama,
     grads: Grads,
@@ -80,44 +82,148 @@ struct Fast {
 }
 
 impl Fast {
-    /// Copies the candle model and, when resuming, the moments loaded into `optimizer`.
-    fn new(model: &Llama, optimizer: &mut AdamW) -> Result<Self, TrainError> {
-        let fast = FastLlama::from_llama(model)?;
-        let mut opt = FastAdamW::new(optimizer.config.clone(), &fast);
-        for (i, name) in fast.trainable_names().iter().enumerate() {
-            if let (Some(m), Some(v)) = (optimizer.m.remove(name), optimizer.v.remove(name)) {
-                opt.m[i] = m.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                opt.v[i] = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            }
+    fn new(model: FastLlama, config: AdamWConfig) -> Self {
+        Fast {
+            grads: model.zero_grads(),
+            optimizer: FastAdamW::new(config, &model),
+            model,
         }
-        opt.t = optimizer.t;
-        Ok(Fast {
-            grads: fast.zero_grads(),
-            model: fast,
-            optimizer: opt,
-        })
     }
 
-    /// Writes the weights back into `model` and the moments into `optimizer` (for saving).
-    fn sync(&mut self, model: &Llama, optimizer: &mut AdamW) -> Result<(), TrainError> {
-        self.model.write_back(model)?;
-        let vars = model.trainable();
-        for (i, name) in self.model.trainable_names().iter().enumerate() {
-            let dims = vars[name].dims();
-            let cpu = &candle_core::Device::Cpu;
-            optimizer.m.insert(
-                name.clone(),
-                Tensor::from_slice(&self.optimizer.m[i], dims, cpu)?,
-            );
-            optimizer.v.insert(
-                name.clone(),
-                Tensor::from_slice(&self.optimizer.v[i], dims, cpu)?,
-            );
+    /// Reads a checkpoint's weights and moments into the buffers. Every tensor's presence and
+    /// shape is checked before any is read.
+    fn load(&mut self, dir: &Path, adam_t: u64) -> Result<(), TrainError> {
+        let bad = |message: String| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            message,
+        };
+        let mut params = st::Reader::open(&dir.join(PARAMS_FILE))?;
+        let mut moments = st::Reader::open(&dir.join(MOMENTS_FILE))?;
+        let names = self.model.trainable_names();
+        let shapes = self.model.trainable_shapes();
+        if params.tensors().len() != names.len() {
+            return Err(bad(format!(
+                "holds {} trainable tensors, the model has {}",
+                params.tensors().len(),
+                names.len()
+            )));
         }
-        optimizer.t = self.optimizer.t;
+        for (name, shape) in names.iter().zip(&shapes) {
+            for (file, key) in [
+                (&params, name.clone()),
+                (&moments, format!("m/{name}")),
+                (&moments, format!("v/{name}")),
+            ] {
+                let info = file
+                    .tensors()
+                    .get(&key)
+                    .ok_or_else(|| bad(format!("missing tensor {key}")))?;
+                if info.shape != *shape {
+                    return Err(bad(format!(
+                        "tensor {key} has shape {:?}, the model's is {shape:?}",
+                        info.shape
+                    )));
+                }
+            }
+        }
+        let weights = self.model.trainable_mut();
+        for (((name, w), m), v) in names
+            .iter()
+            .zip(weights)
+            .zip(&mut self.optimizer.m)
+            .zip(&mut self.optimizer.v)
+        {
+            params.read_f32(name, w)?;
+            moments.read_f32(&format!("m/{name}"), m)?;
+            moments.read_f32(&format!("v/{name}"), v)?;
+        }
+        self.optimizer.t = adam_t;
         Ok(())
     }
+
+    /// Writes the weights and moments into checkpoint directory `dir`, straight from the
+    /// buffers (one tensor's bytes at a time).
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        let names = self.model.trainable_names();
+        let shapes = self.model.trainable_shapes();
+        fn entries<'a>(
+            prefix: &str,
+            names: &[String],
+            shapes: &[Vec<usize>],
+            buffers: Vec<&'a [f32]>,
+        ) -> Vec<st::Entry<'a>> {
+            names
+                .iter()
+                .zip(shapes)
+                .zip(buffers)
+                .map(|((n, s), b)| st::Entry {
+                    name: format!("{prefix}{n}"),
+                    shape: s.clone(),
+                    data: st::Payload::F32(b),
+                })
+                .collect()
+        }
+        let params = entries("", &names, &shapes, self.model.trainable());
+        st::write(&dir.join(PARAMS_FILE), &params)?;
+        let m = self.optimizer.m.iter().map(Vec::as_slice).collect();
+        let v = self.optimizer.v.iter().map(Vec::as_slice).collect();
+        let mut moments = entries("m/", &names, &shapes, m);
+        moments.extend(entries("v/", &names, &shapes, v));
+        st::write(&dir.join(MOMENTS_FILE), &moments)
+    }
 }
+
+/// Where the weights and the optimiser state live during a run (one per run, so the size of
+/// the variants does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Backend<'a> {
+    /// Models of other dtypes (f64 in tests): candle autograd and [`AdamW`] on the model's
+    /// variables.
+    Candle { model: &'a Llama, optimizer: AdamW },
+    /// f32 models.
+    Fast(Fast),
+}
+
+impl Backend<'_> {
+    fn adam_t(&self) -> u64 {
+        match self {
+            Backend::Candle { optimizer, .. } => optimizer.t,
+            Backend::Fast(f) => f.optimizer.t,
+        }
+    }
+
+    fn load(&mut self, dir: &Path, adam_t: u64) -> Result<(), TrainError> {
+        match self {
+            Backend::Candle { model, optimizer } => load_checkpoint(dir, model, optimizer, adam_t),
+            Backend::Fast(f) => f.load(dir, adam_t),
+        }
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        match self {
+            Backend::Candle { model, optimizer } => {
+                let params: BTreeMap<String, Tensor> = model
+                    .trainable()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+                    .collect();
+                save_safetensors(&params, &dir.join(PARAMS_FILE))?;
+                let mut moments = BTreeMap::new();
+                for (k, m) in &optimizer.m {
+                    moments.insert(format!("m/{k}"), m.clone());
+                }
+                for (k, v) in &optimizer.v {
+                    moments.insert(format!("v/{k}"), v.clone());
+                }
+                save_safetensors(&moments, &dir.join(MOMENTS_FILE))
+            }
+            Backend::Fast(f) => f.save(dir),
+        }
+    }
+}
+
+const PARAMS_FILE: &str = "trainable.safetensors";
+const MOMENTS_FILE: &str = "optimizer.safetensors";
 
 /// Hyperparameters of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,7 +362,21 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// What a run does, fixed before it starts.
+struct Plan {
+    total_steps: usize,
+    total_examples: usize,
+    schedule: CosineSchedule,
+    fingerprint: String,
+    /// The checkpoint resumed from, its step and its AdamW step count.
+    resume: Option<(PathBuf, usize, u64)>,
+}
+
 /// Trains `model` on `objective`, writing logs and checkpoints under `out_dir`.
+///
+/// f32 models train on the fast path: their weights move into its buffers for the run (the
+/// model holds none meanwhile, so the process keeps one copy) and move back at the end, also
+/// when training fails.
 pub fn train(
     model: &mut Llama,
     objective: &dyn Objective,
@@ -286,34 +406,27 @@ pub fn train(
         total_steps,
     };
     let fingerprint = objective.fingerprint();
-    // f32 models train on the fast path; others (f64 in tests) on candle autograd.
-    let use_fast = model.dtype() == DType::F32;
-    let mut optimizer = if use_fast {
-        // Moments live in the fast optimiser; these maps are filled only to load or save.
-        AdamW {
-            config: config.adamw.clone(),
-            m: BTreeMap::new(),
-            v: BTreeMap::new(),
-            t: 0,
-        }
-    } else {
-        AdamW::new(config.adamw.clone(), model.trainable())?
-    };
     let checkpoint = match resume {
         Resume::No => None,
         Resume::Latest => latest_checkpoint(out_dir)?,
         Resume::From(p) => Some(p),
     };
-    let mut start = 0;
-    if let Some(dir) = &checkpoint {
+    let mut plan = Plan {
+        total_steps,
+        total_examples,
+        schedule,
+        fingerprint,
+        resume: None,
+    };
+    if let Some(dir) = checkpoint {
         // Check compatibility before touching the model's weights.
-        let state = read_state(dir)?;
-        if state.data_fingerprint != fingerprint {
+        let state = read_state(&dir)?;
+        if state.data_fingerprint != plan.fingerprint {
             return Err(TrainError::Checkpoint {
                 path: dir.clone(),
                 message: format!(
                     "it was trained on different data (fingerprint {}, current data {}); refusing to resume",
-                    state.data_fingerprint, fingerprint
+                    state.data_fingerprint, plan.fingerprint
                 ),
             });
         }
@@ -323,14 +436,48 @@ pub fn train(
                 message: "its training configuration differs from this run's; resuming would not reproduce the run".into(),
             });
         }
-        load_checkpoint(dir, model, &mut optimizer)?;
-        start = state.step;
+        plan.resume = Some((dir, state.step, state.adam_t));
     }
-    let mut fast = if use_fast {
-        Some(Fast::new(model, &mut optimizer)?)
-    } else {
-        None
+    if model.dtype() != DType::F32 {
+        let optimizer = AdamW::new(config.adamw.clone(), model.trainable())?;
+        let mut backend = Backend::Candle { model, optimizer };
+        return run(&mut backend, objective, config, out_dir, options, &plan);
+    }
+    let fast = FastLlama::take_from_llama(model)?;
+    let mut backend = Backend::Fast(Fast::new(fast, config.adamw.clone()));
+    let result = run(&mut backend, objective, config, out_dir, options, &plan);
+    let Backend::Fast(Fast {
+        model: weights,
+        grads,
+        optimizer,
+    }) = backend
+    else {
+        unreachable!("the fast backend stays fast");
     };
+    // Gradients and moments go first, so the weights move back without another copy beside.
+    drop((grads, optimizer));
+    let restored = weights.restore_llama(model);
+    let summary = result?;
+    restored?;
+    Ok(summary)
+}
+
+/// The training loop proper, from the resumed step (if any) to the end or the stop step.
+fn run(
+    backend: &mut Backend,
+    objective: &dyn Objective,
+    config: &TrainerConfig,
+    out_dir: &Path,
+    options: &RunOptions,
+    plan: &Plan,
+) -> Result<TrainSummary, TrainError> {
+    let (n, bs, total_steps) = (objective.len(), config.batch_size, plan.total_steps);
+    let mut start = 0;
+    if let Some((dir, step, adam_t)) = &plan.resume {
+        backend.load(dir, *adam_t)?;
+        start = *step;
+    }
+    let checkpoint = plan.resume.as_ref().map(|(dir, _, _)| dir.clone());
     // The log keeps the records up to the resumed step; later ones are redone.
     let log_path = out_dir.join(LOG_FILE);
     let mut log: Vec<LogRecord> = if checkpoint.is_some() && log_path.exists() {
@@ -343,21 +490,21 @@ pub fn train(
     let (mut appender, _) = JsonlAppender::open::<LogRecord>(&log_path)?;
 
     let mut order: Option<(usize, Vec<usize>)> = None;
-    let mut last_checkpoint = checkpoint.clone();
+    let mut last_checkpoint = checkpoint;
     let started = Instant::now();
     let mut tokens_since_start = 0usize;
     let mut step = start;
     while step < total_steps {
         let step_started = Instant::now();
-        let lr = schedule.lr(step);
+        let lr = plan.schedule.lr(step);
         let mut dropout = ChaCha8Rng::seed_from_u64(
             config.seed ^ (step as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
         );
         let first = step * bs;
-        let last = ((step + 1) * bs).min(total_examples);
+        let last = ((step + 1) * bs).min(plan.total_examples);
         let count = last - first;
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
-        if let Some(f) = &mut fast {
+        if let Backend::Fast(f) = backend {
             f.grads.zero();
         }
         let mut loss_sum = 0.0;
@@ -369,8 +516,8 @@ pub fn train(
                 order = Some((epoch, epoch_order(n, config.seed, epoch)));
             }
             let index = order.as_ref().map(|(_, o)| o[g % n]).unwrap_or(0);
-            let (value, example_tokens, example_metrics, loss) = match &mut fast {
-                Some(f) => {
+            let (value, example_tokens, example_metrics, loss) = match backend {
+                Backend::Fast(f) => {
                     let out = objective.fast_loss(
                         &f.model,
                         index,
@@ -380,7 +527,7 @@ pub fn train(
                     )?;
                     (out.loss, out.tokens, out.metrics, None)
                 }
-                None => {
+                Backend::Candle { model, .. } => {
                     let out = objective.loss(model, index, &mut dropout)?;
                     let value = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     (value, out.tokens, out.metrics, Some(out.loss))
@@ -397,7 +544,9 @@ pub fn train(
             for (k, v) in example_metrics {
                 *metrics.entry(k).or_default() += v / count as f64;
             }
-            let Some(loss) = loss else { continue };
+            let (Some(loss), Backend::Candle { model, .. }) = (loss, &*backend) else {
+                continue;
+            };
             let store = (loss / count as f64)?.backward()?;
             for (name, var) in model.trainable() {
                 if let Some(grad) = store.get(var.as_tensor()) {
@@ -409,8 +558,8 @@ pub fn train(
                 }
             }
         }
-        let norm = match &mut fast {
-            Some(f) => {
+        let norm = match backend {
+            Backend::Fast(f) => {
                 // PyTorch's clip_grad_norm_, folded into the update.
                 let norm = f.grads.norm();
                 let factor = if config.max_grad_norm > 0.0 && norm > config.max_grad_norm {
@@ -421,7 +570,7 @@ pub fn train(
                 f.optimizer.step(&mut f.model, &f.grads, lr, factor);
                 norm
             }
-            None => {
+            Backend::Candle { model, optimizer } => {
                 let norm = clip_grads(&mut grads, config.max_grad_norm)?;
                 optimizer.step(model.trainable(), &grads, lr)?;
                 norm
@@ -454,30 +603,20 @@ pub fn train(
         let periodic = config.save_steps.is_some_and(|s| s > 0 && step % s == 0);
         if periodic || stop || step == total_steps {
             appender.sync()?;
-            if let Some(f) = &mut fast {
-                f.sync(model, &mut optimizer)?;
-            }
             let state = TrainerState {
                 step,
                 total_steps,
-                adam_t: optimizer.t,
-                data_fingerprint: fingerprint.clone(),
+                adam_t: backend.adam_t(),
+                data_fingerprint: plan.fingerprint.clone(),
                 config: config.clone(),
             };
-            let dir = save_checkpoint(out_dir, model, &optimizer, &state)?;
-            if fast.is_some() {
-                optimizer.m.clear();
-                optimizer.v.clear();
-            }
+            let dir = save_checkpoint(out_dir, backend, &state)?;
             prune_checkpoints(out_dir, config.save_total_limit)?;
             last_checkpoint = Some(dir);
         }
         if stop {
             break;
         }
-    }
-    if let Some(f) = &mut fast {
-        f.model.write_back(model)?;
     }
     if options.progress {
         eprintln!();
@@ -568,8 +707,7 @@ fn prune_checkpoints(out_dir: &Path, keep: usize) -> Result<(), TrainError> {
 
 fn save_checkpoint(
     out_dir: &Path,
-    model: &Llama,
-    optimizer: &AdamW,
+    backend: &Backend,
     state: &TrainerState,
 ) -> Result<PathBuf, TrainError> {
     let dir = out_dir.join(format!("checkpoint-{}", state.step));
@@ -578,20 +716,7 @@ fn save_checkpoint(
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    let params: BTreeMap<String, Tensor> = model
-        .trainable()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
-    save_safetensors(&params, &tmp.join("trainable.safetensors"))?;
-    let mut moments = BTreeMap::new();
-    for (k, m) in &optimizer.m {
-        moments.insert(format!("m/{k}"), m.clone());
-    }
-    for (k, v) in &optimizer.v {
-        moments.insert(format!("v/{k}"), v.clone());
-    }
-    save_safetensors(&moments, &tmp.join("optimizer.safetensors"))?;
+    backend.save(&tmp)?;
     let state_path = tmp.join("trainer_state.json");
     let text = serde_json::to_string_pretty(state).map_err(|e| TrainError::Data(e.to_string()))?;
     std::fs::write(&state_path, text).map_err(|e| TrainError::io(&state_path, e))?;
@@ -611,14 +736,18 @@ fn read_state(dir: &Path) -> Result<TrainerState, TrainError> {
     })
 }
 
-fn load_checkpoint(dir: &Path, model: &Llama, optimizer: &mut AdamW) -> Result<(), TrainError> {
+fn load_checkpoint(
+    dir: &Path,
+    model: &Llama,
+    optimizer: &mut AdamW,
+    adam_t: u64,
+) -> Result<(), TrainError> {
     let bad = |message: String| TrainError::Checkpoint {
         path: dir.to_path_buf(),
         message,
     };
-    let state = read_state(dir)?;
-    let params = load_safetensors(&dir.join("trainable.safetensors"))?;
-    let moments = load_safetensors(&dir.join("optimizer.safetensors"))?;
+    let params = load_safetensors(&dir.join(PARAMS_FILE))?;
+    let moments = load_safetensors(&dir.join(MOMENTS_FILE))?;
     if params.len() != model.trainable().len() {
         return Err(bad(format!(
             "holds {} trainable tensors, the model has {}",
@@ -648,7 +777,7 @@ fn load_checkpoint(dir: &Path, model: &Llama, optimizer: &mut AdamW) -> Result<(
             .v
             .insert(name.clone(), fetch(&moments, &format!("v/{name}"))?);
     }
-    optimizer.t = state.adam_t;
+    optimizer.t = adam_t;
     Ok(())
 }
 

@@ -82,6 +82,11 @@ fn margins_grow_while_training() {
         reference_log_probs(&mut model, &pairs, "tiny", Some(&cache)).unwrap(),
         reference
     );
+    // Computed again without the cache: the weights went back into the model intact.
+    assert_eq!(
+        reference_log_probs(&mut model, &pairs, "tiny", None).unwrap(),
+        reference
+    );
     let objective = DpoObjective {
         pairs,
         reference,

@@ -93,6 +93,72 @@ fn sft_fast_path_trains_like_candle() {
     );
 }
 
+/// The losses of steps `stop + 1..=6` when a run of `first` stops after step `stop` and a fresh
+/// model of dtype `then` resumes from its checkpoint.
+fn resumed_losses(
+    mode: TrainMode,
+    first: DType,
+    then: DType,
+    stop: usize,
+    objective: &dyn Objective,
+) -> Vec<(f64, f64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = common::tiny_model(first, mode.clone(), 5);
+    let options = RunOptions {
+        stop_at_step: Some(stop),
+        progress: false,
+    };
+    let part = train(
+        &mut model,
+        objective,
+        &config(6),
+        dir.path(),
+        Resume::No,
+        &options,
+    )
+    .unwrap();
+    assert_eq!(part.step, stop);
+    let mut resumed = common::tiny_model(then, mode, 5);
+    let rest = train(
+        &mut resumed,
+        objective,
+        &config(6),
+        dir.path(),
+        Resume::Latest,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    rest.log[stop..]
+        .iter()
+        .map(|r| (r.loss, r.grad_norm))
+        .collect()
+}
+
+#[test]
+fn checkpoints_resume_across_the_fast_and_candle_paths() {
+    // The fast path writes checkpoints from its own buffers (the candle model holds no weights
+    // meanwhile) and reads them back into them: each path must resume from the other's files
+    // and continue as an uninterrupted run does.
+    let objective = SftObjective {
+        examples: tokenize(&common::records(), &common::encoder(), 128)
+            .unwrap()
+            .examples,
+    };
+    let lora = TrainMode::Lora(LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        targets: vec!["q_proj".into(), "down_proj".into()],
+    });
+    for mode in [TrainMode::Full, lora] {
+        let straight = losses(mode.clone(), DType::F64, &objective);
+        for (first, then) in [(DType::F32, DType::F64), (DType::F64, DType::F32)] {
+            let rest = resumed_losses(mode.clone(), first, then, 3, &objective);
+            assert_close(&rest, &straight[3..]);
+        }
+    }
+}
+
 #[test]
 fn dpo_fast_path_trains_like_candle() {
     let records = vec![

@@ -79,6 +79,15 @@ fn save_and_reload_round_trips_in_f32_and_bf16() {
 
     let bf = tempfile::tempdir().unwrap();
     model.save_hf(bf.path(), DType::BF16).unwrap();
+    // The file is standard safetensors: an independent reader sees every weight, in bf16.
+    let bytes = std::fs::read(bf.path().join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.len(), model.weights().len());
+    for (name, w) in model.weights() {
+        let t = file.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::BF16, "{name}");
+        assert_eq!(t.shape(), w.dims(), "{name}");
+    }
     let from_bf16 = Llama::load_hf(bf.path(), DType::F32, TrainMode::Full, 0).unwrap();
     let got = last_logits(&from_bf16, &ids);
     let worst = got

@@ -188,6 +188,11 @@ fn resume_refuses_other_data_and_corrupt_checkpoints() {
     assert!(err.to_string().contains("different data"), "{err}");
 
     let ckpt = dir.path().join("checkpoint-2");
+    let before: Vec<(String, Vec<f32>)> = model
+        .weights()
+        .iter()
+        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
     let bytes = std::fs::read(ckpt.join("optimizer.safetensors")).unwrap();
     std::fs::write(
         ckpt.join("optimizer.safetensors"),
@@ -205,6 +210,16 @@ fn resume_refuses_other_data_and_corrupt_checkpoints() {
     .unwrap_err();
     assert!(matches!(err, TrainError::Format { .. }), "{err}");
     assert!(err.to_string().contains("optimizer.safetensors"), "{err}");
+    // The failed resume gave the weights back to the model unchanged (they were moved out for
+    // the fast path), and it can still run.
+    let after: Vec<(String, Vec<f32>)> = model
+        .weights()
+        .iter()
+        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    assert_eq!(after, before);
+    assert_eq!(model.trainable().len(), before.len());
+    assert!(model.forward(&[1, 2, 3], None).is_ok());
 
     std::fs::write(ckpt.join("trainer_state.json"), "{\"step\": ").unwrap();
     let err = train(

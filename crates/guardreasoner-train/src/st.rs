@@ -1,0 +1,303 @@
+//! Streaming safetensors files: written tensor by tensor from borrowed buffers, read tensor by
+//! tensor into caller-owned buffers, so neither direction holds a second copy of the whole file.
+//!
+//! The format: an 8-byte little-endian header length, a JSON header mapping each tensor name to
+//! `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets into the data that follows),
+//! padded with spaces to a multiple of 8 bytes, then the tensors' little-endian bytes.
+
+use crate::TrainError;
+use candle_core::{DType, Tensor};
+use half::{bf16, f16};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// What a tensor's bytes come from.
+pub enum Payload<'a> {
+    /// f32 values, written as they are.
+    F32(&'a [f32]),
+    /// A candle tensor, converted to the given dtype (f32, f64, bf16, f16) only when its turn
+    /// comes, so at most one converted tensor exists at a time.
+    Tensor(&'a Tensor, DType),
+}
+
+impl Payload<'_> {
+    fn dtype(&self) -> DType {
+        match self {
+            Payload::F32(_) => DType::F32,
+            Payload::Tensor(_, d) => *d,
+        }
+    }
+
+    fn elements(&self) -> usize {
+        match self {
+            Payload::F32(v) => v.len(),
+            Payload::Tensor(t, _) => t.elem_count(),
+        }
+    }
+}
+
+/// One tensor to write.
+pub struct Entry<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Payload<'a>,
+}
+
+fn dtype_name(d: DType) -> Result<&'static str, TrainError> {
+    Ok(match d {
+        DType::F32 => "F32",
+        DType::F64 => "F64",
+        DType::BF16 => "BF16",
+        DType::F16 => "F16",
+        other => {
+            return Err(TrainError::Model(format!(
+                "cannot write {other:?} tensors to safetensors"
+            )))
+        }
+    })
+}
+
+fn dtype_of(name: &str) -> Option<DType> {
+    Some(match name {
+        "F32" => DType::F32,
+        "F64" => DType::F64,
+        "BF16" => DType::BF16,
+        "F16" => DType::F16,
+        _ => return None,
+    })
+}
+
+/// Elements converted per chunk when streaming.
+const CHUNK: usize = 1 << 16;
+
+fn write_values<T: Copy, const N: usize>(
+    out: &mut impl Write,
+    values: &[T],
+    bytes: impl Fn(T) -> [u8; N],
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(CHUNK.min(values.len()) * N);
+    for chunk in values.chunks(CHUNK) {
+        buf.clear();
+        chunk.iter().for_each(|&v| buf.extend_from_slice(&bytes(v)));
+        out.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+fn write_payload(out: &mut impl Write, payload: &Payload, path: &Path) -> Result<(), TrainError> {
+    let io = |e| TrainError::io(path, e);
+    match payload {
+        Payload::F32(v) => write_values(out, v, f32::to_le_bytes).map_err(io),
+        Payload::Tensor(t, dtype) => {
+            let flat = t.to_dtype(*dtype)?.flatten_all()?;
+            match dtype {
+                DType::F32 => write_values(out, &flat.to_vec1::<f32>()?, f32::to_le_bytes),
+                DType::F64 => write_values(out, &flat.to_vec1::<f64>()?, f64::to_le_bytes),
+                DType::BF16 => write_values(out, &flat.to_vec1::<bf16>()?, bf16::to_le_bytes),
+                DType::F16 => write_values(out, &flat.to_vec1::<f16>()?, f16::to_le_bytes),
+                other => return Err(TrainError::Model(format!("cannot write {other:?}"))),
+            }
+            .map_err(io)
+        }
+    }
+}
+
+/// Writes `entries` to `path` atomically (a temporary file renamed into place).
+pub fn write(path: &Path, entries: &[Entry]) -> Result<(), TrainError> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for e in entries {
+        if e.shape.iter().product::<usize>() != e.data.elements() {
+            return Err(TrainError::Model(format!(
+                "tensor {} has {} values, not shape {:?}",
+                e.name,
+                e.data.elements(),
+                e.shape
+            )));
+        }
+        let len = e.data.elements() * e.data.dtype().size_in_bytes();
+        header.insert(
+            e.name.clone(),
+            serde_json::json!({
+                "dtype": dtype_name(e.data.dtype())?,
+                "shape": e.shape,
+                "data_offsets": [offset, offset + len],
+            }),
+        );
+        offset += len;
+    }
+    let mut text = serde_json::to_string(&header).map_err(|e| TrainError::Model(e.to_string()))?;
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    let file = File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let io = |e| TrainError::io(&tmp, e);
+    out.write_all(&(text.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(text.as_bytes()).map_err(io)?;
+    for e in entries {
+        write_payload(&mut out, &e.data, &tmp)?;
+    }
+    out.flush().map_err(io)?;
+    drop(out);
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+/// Where one tensor lies in a file.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    begin: u64,
+    end: u64,
+}
+
+/// An open safetensors file whose header has been read and checked against the file's length;
+/// tensors are read one at a time.
+pub struct Reader {
+    path: PathBuf,
+    file: File,
+    data_start: u64,
+    tensors: BTreeMap<String, Info>,
+}
+
+impl Reader {
+    /// Opens `path`; a malformed header or a file shorter than its header says is an error
+    /// naming the file.
+    pub fn open(path: &Path) -> Result<Self, TrainError> {
+        let bad = |message: String| TrainError::Format {
+            path: path.to_path_buf(),
+            message: format!("not a readable safetensors file: {message}"),
+        };
+        let mut file = File::open(path).map_err(|e| TrainError::io(path, e))?;
+        let file_len = file.metadata().map_err(|e| TrainError::io(path, e))?.len();
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n)
+            .map_err(|_| bad("shorter than its header length".into()))?;
+        let n = u64::from_le_bytes(n);
+        if n > 100 << 20 || 8 + n > file_len {
+            return Err(bad(format!("header length {n} exceeds the file")));
+        }
+        let mut text = vec![0u8; n as usize];
+        file.read_exact(&mut text)
+            .map_err(|e| TrainError::io(path, e))?;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("header: {e}")))?;
+        let data_start = 8 + n;
+        let mut tensors = BTreeMap::new();
+        for (name, v) in header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let dtype = v["dtype"]
+                .as_str()
+                .and_then(dtype_of)
+                .ok_or_else(|| bad(format!("tensor {name}: unsupported dtype {}", v["dtype"])))?;
+            let numbers = |key: &str| -> Option<Vec<u64>> {
+                v[key].as_array()?.iter().map(|x| x.as_u64()).collect()
+            };
+            let (Some(shape), Some(offsets)) = (numbers("shape"), numbers("data_offsets")) else {
+                return Err(bad(format!("tensor {name}: bad shape or data_offsets")));
+            };
+            let shape: Vec<usize> = shape.into_iter().map(|d| d as usize).collect();
+            let [begin, end] = offsets[..] else {
+                return Err(bad(format!("tensor {name}: bad data_offsets")));
+            };
+            let bytes = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+            if end < begin || end - begin != bytes {
+                return Err(bad(format!(
+                    "tensor {name}: data_offsets do not match shape {shape:?}"
+                )));
+            }
+            if data_start + end > file_len {
+                return Err(bad(format!(
+                    "tensor {name} ends at byte {} of a {file_len}-byte file (truncated?)",
+                    data_start + end
+                )));
+            }
+            tensors.insert(
+                name,
+                Info {
+                    dtype,
+                    shape,
+                    begin,
+                    end,
+                },
+            );
+        }
+        Ok(Reader {
+            path: path.to_path_buf(),
+            file,
+            data_start,
+            tensors,
+        })
+    }
+
+    /// The tensors by name.
+    pub fn tensors(&self) -> &BTreeMap<String, Info> {
+        &self.tensors
+    }
+
+    fn info(&self, name: &str) -> Result<Info, TrainError> {
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TrainError::Format {
+                path: self.path.clone(),
+                message: format!("no tensor {name}"),
+            })
+    }
+
+    /// Reads tensor `name` into `out` (as many values as it has), converting to f32.
+    pub fn read_f32(&mut self, name: &str, out: &mut [f32]) -> Result<(), TrainError> {
+        let info = self.info(name)?;
+        let count: usize = info.shape.iter().product();
+        if count != out.len() {
+            return Err(TrainError::Format {
+                path: self.path.clone(),
+                message: format!("tensor {name} has {count} values, expected {}", out.len()),
+            });
+        }
+        let io = |e| TrainError::io(&self.path, e);
+        self.file
+            .seek(SeekFrom::Start(self.data_start + info.begin))
+            .map_err(io)?;
+        let size = info.dtype.size_in_bytes();
+        let mut buf = vec![0u8; CHUNK.min(count) * size];
+        for chunk in out.chunks_mut(CHUNK) {
+            let bytes = &mut buf[..chunk.len() * size];
+            self.file.read_exact(bytes).map_err(io)?;
+            let mut it = bytes.chunks_exact(size);
+            for (o, b) in chunk.iter_mut().zip(&mut it) {
+                *o = match info.dtype {
+                    DType::F32 => f32::from_le_bytes(b.try_into().unwrap_or_default()),
+                    DType::F64 => f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32,
+                    DType::BF16 => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+                    _ => f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads tensor `name` as a candle tensor of its stored dtype.
+    pub fn read_tensor(&mut self, name: &str) -> Result<Tensor, TrainError> {
+        let info = self.info(name)?;
+        let io = |e| TrainError::io(&self.path, e);
+        self.file
+            .seek(SeekFrom::Start(self.data_start + info.begin))
+            .map_err(io)?;
+        let mut bytes = vec![0u8; (info.end - info.begin) as usize];
+        self.file.read_exact(&mut bytes).map_err(io)?;
+        Ok(Tensor::from_raw_buffer(
+            &bytes,
+            info.dtype,
+            &info.shape,
+            &candle_core::Device::Cpu,
+        )?)
+    }
+}
