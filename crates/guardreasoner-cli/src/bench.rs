@@ -2,6 +2,7 @@
 //! `llama-bench` and `llama-batched-bench` so the figures sit beside the anchor script's
 //! (`bash ../shared/bench/llamacpp-anchor.sh MODEL THREADS`, run right after on the same machine).
 
+use crate::generator::KvCacheArg;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use guardreasoner_core::Conversation;
@@ -37,6 +38,9 @@ struct EngineBenchArgs {
     /// Worker threads (default: physical cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Key/value cache storage.
+    #[arg(long, value_enum, default_value_t = KvCacheArg::Auto)]
+    kv_cache: KvCacheArg,
     /// Batch sizes for the guard workload.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     batch_sizes: Vec<usize>,
@@ -113,6 +117,7 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
         &LoadOptions {
             threads: a.threads,
             dequantize: false,
+            kv_cache: a.kv_cache.choice(),
         },
     )
     .with_context(|| format!("loading {}", a.model.display()))?;
@@ -123,10 +128,11 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
         .take_while(|&k| prompts.iter().all(|p| p.get(k) == prompts[0].get(k)))
         .count();
     println!(
-        "model {} ({}, {:.0} MiB of weights) | threads {} | kernels {} | guard prompts {}..{} tokens, instruction {} tokens",
+        "model {} ({}, {:.0} MiB of weights) | kv cache {} | threads {} | kernels {} | guard prompts {}..{} tokens, instruction {} tokens",
         a.model.display(),
         engine.model().weight_type().name(),
         engine.model().weight_bytes() as f64 / (1024.0 * 1024.0),
+        engine.model().kv_type().name(),
         engine.threads(),
         guardreasoner_engine::kernels::Isa::detect().name(),
         prompts.iter().map(Vec::len).min().unwrap_or(0),

@@ -1,3 +1,4 @@
+use crate::generator::KvCacheArg;
 use anyhow::{bail, Context};
 use clap::Args;
 use futures_util::stream::{self, StreamExt};
@@ -34,6 +35,9 @@ pub struct ClassifyArgs {
     /// Engine threads (default: physical cores).
     #[arg(long, env = "GUARDREASONER_THREADS")]
     threads: Option<usize>,
+    /// Key/value cache storage.
+    #[arg(long, env = "GUARDREASONER_KV_CACHE", value_enum, default_value_t = KvCacheArg::Auto)]
+    kv_cache: KvCacheArg,
     /// Conversations decoded together in one batch.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -103,6 +107,7 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
     }
     let options = RuntimeOptions {
         threads: args.threads,
+        kv_cache: args.kv_cache.choice(),
         max_batch: args.batch.max(1),
         ..RuntimeOptions::default()
     };

@@ -1,3 +1,4 @@
+use crate::generator::KvCacheArg;
 use anyhow::Context;
 use clap::Args;
 use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
@@ -40,6 +41,9 @@ pub struct ServeArgs {
     /// Engine threads (default: physical cores).
     #[arg(long, env = "GUARDREASONER_THREADS")]
     threads: Option<usize>,
+    /// Key/value cache storage.
+    #[arg(long, env = "GUARDREASONER_KV_CACHE", value_enum, default_value_t = KvCacheArg::Auto)]
+    kv_cache: KvCacheArg,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -59,6 +63,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         let options = RuntimeOptions {
             threads: args.threads,
+            kv_cache: args.kv_cache.choice(),
             max_batch: args.max_batch.max(1),
             max_queue: args.max_queue.max(1),
             max_input_tokens: args.max_input_tokens,

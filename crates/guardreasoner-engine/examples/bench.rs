@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &LoadOptions {
             threads,
             dequantize: false,
+            ..LoadOptions::default()
         },
     )?;
     let vocab = engine.config().vocab_size as u64;

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::error::{EngineError, Result};
-use crate::llama::{ForwardScratch, KvCache, Llama, LogitsFor, SeqStep};
+use crate::llama::{ForwardScratch, KvCache, KvType, Llama, LogitsFor, SeqStep};
 use crate::sampling::{Sampler, SamplingParams};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -16,6 +16,8 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Convert every weight to f32 after loading (reference checks; uses 4 bytes per weight).
     pub dequantize: bool,
+    /// How to store the key/value cache (default: from the weights, see [`Llama::kv_type`]).
+    pub kv_cache: Option<KvType>,
 }
 
 /// A prompt to continue.
@@ -94,11 +96,12 @@ impl Engine {
         } else {
             Llama::from_gguf(path)?
         };
-        let model = if options.dequantize {
+        let mut model = if options.dequantize {
             model.dequantized()
         } else {
             model
         };
+        model.set_kv_type(options.kv_cache)?;
         Engine::from_model(model, options.threads)
     }
 

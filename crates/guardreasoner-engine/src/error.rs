@@ -69,6 +69,12 @@ pub enum EngineError {
     /// Bad sampling parameters.
     #[error("invalid generation parameters: {0}")]
     InvalidParams(String),
+    /// A key/value cache made for another cache type than the model now uses.
+    #[error("key/value cache holds {found} but the model stores {expected}; make caches with the model's new_cache")]
+    CacheTypeMismatch {
+        found: &'static str,
+        expected: &'static str,
+    },
     /// The worker thread pool could not be started.
     #[error("cannot start worker threads: {0}")]
     ThreadPool(String),

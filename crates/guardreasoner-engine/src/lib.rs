@@ -41,4 +41,5 @@ pub use engine::{
     StepOutput, Timings,
 };
 pub use error::{EngineError, Result};
+pub use llama::KvType;
 pub use sampling::SamplingParams;

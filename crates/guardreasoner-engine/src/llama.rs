@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::error::{EngineError, Result};
-use crate::kernels::{self, Isa, KvElem, KvSeg};
+use crate::kernels::{self, Isa, KvElem, KvFormat, KvSeg, KV_Q8_BLOCK};
 use crate::matrix::{matmul, MatmulScratch, Matrix};
 use crate::quant::WeightType;
 use guardreasoner_gguf::GgufFile;
@@ -107,6 +107,8 @@ pub struct Llama {
     /// `None` when tied to `embed_tokens`.
     lm_head: Option<Linear>,
     source: PathBuf,
+    /// The key/value cache type asked for; `None` picks one from the weights.
+    kv_choice: Option<KvType>,
 }
 
 /// How cached keys and values are stored.
@@ -114,46 +116,96 @@ pub struct Llama {
 pub enum KvType {
     /// 4 bytes per element: models whose weights are all f32 (reference computations).
     F32,
-    /// 2 bytes per element (IEEE half, as llama.cpp's default cache): every other model.
+    /// 2 bytes per element (IEEE half, as llama.cpp's default cache): float models.
     F16,
+    /// 1 byte per element plus one f32 scale per block of 32 (1.125 bytes in all): for
+    /// memory, on request (see [`Llama::kv_type`]).
+    Q8,
 }
 
 impl KvType {
-    /// Bytes per cached element.
-    pub fn bytes(self) -> usize {
+    /// Bytes per cached element, scales included.
+    pub fn bytes(self) -> f64 {
         match self {
-            KvType::F32 => 4,
-            KvType::F16 => 2,
+            KvType::F32 => 4.0,
+            KvType::F16 => 2.0,
+            KvType::Q8 => 1.0 + 4.0 / KV_Q8_BLOCK as f64,
+        }
+    }
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8 => "q8",
         }
     }
 }
 
-/// The cached keys or values of one layer, `[position][kv_head][head_dim]`.
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<KvType, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvType::F32),
+            "f16" => Ok(KvType::F16),
+            "q8" | "q8_0" | "int8" => Ok(KvType::Q8),
+            other => Err(format!(
+                "unknown key/value cache type '{other}' (expected f32, f16 or q8)"
+            )),
+        }
+    }
+}
+
+/// The elements of one layer's cached keys or values, `[position][kv_head][head_dim]`.
 #[derive(Clone)]
-enum KvBuf {
+enum KvData {
     F32(Vec<f32>),
     F16(Vec<half::f16>),
+    Q8(Vec<i8>),
+}
+
+/// The cached keys or values of one layer: the elements and, for [`KvType::Q8`], the scale
+/// of each block of [`KV_Q8_BLOCK`] elements.
+#[derive(Clone)]
+struct KvBuf {
+    data: KvData,
+    scales: Vec<f32>,
 }
 
 impl KvBuf {
     fn new(ty: KvType) -> KvBuf {
-        match ty {
-            KvType::F32 => KvBuf::F32(Vec::new()),
-            KvType::F16 => KvBuf::F16(Vec::new()),
+        let data = match ty {
+            KvType::F32 => KvData::F32(Vec::new()),
+            KvType::F16 => KvData::F16(Vec::new()),
+            KvType::Q8 => KvData::Q8(Vec::new()),
+        };
+        KvBuf {
+            data,
+            scales: Vec::new(),
+        }
+    }
+
+    fn ty(&self) -> KvType {
+        match self.data {
+            KvData::F32(_) => KvType::F32,
+            KvData::F16(_) => KvType::F16,
+            KvData::Q8(_) => KvType::Q8,
         }
     }
 
     fn len(&self) -> usize {
-        match self {
-            KvBuf::F32(v) => v.len(),
-            KvBuf::F16(v) => v.len(),
+        match &self.data {
+            KvData::F32(v) => v.len(),
+            KvData::F16(v) => v.len(),
+            KvData::Q8(v) => v.len(),
         }
     }
 
     /// Grow to `len` elements: the first growth reserves `planned` (untouched), later ones
     /// `step` at a time.
     fn grow(&mut self, len: usize, step: usize, planned: usize) {
-        fn go<T: KvElem>(v: &mut Vec<T>, len: usize, step: usize, planned: usize) {
+        fn go<T: Copy + Default>(v: &mut Vec<T>, len: usize, step: usize, planned: usize) {
             if len > v.capacity() {
                 let target = if v.capacity() == 0 {
                     planned.max(len)
@@ -166,35 +218,51 @@ impl KvBuf {
                 v.resize(len, T::default());
             }
         }
-        match self {
-            KvBuf::F32(v) => go(v, len, step, planned),
-            KvBuf::F16(v) => go(v, len, step, planned),
-        }
-    }
-
-    fn write(&mut self, at: usize, values: &[f32]) {
-        match self {
-            KvBuf::F32(v) => v[at..at + values.len()].copy_from_slice(values),
-            KvBuf::F16(v) => {
-                for (d, &x) in v[at..at + values.len()].iter_mut().zip(values) {
-                    *d = half::f16::from_f32(x);
-                }
+        match &mut self.data {
+            KvData::F32(v) => go(v, len, step, planned),
+            KvData::F16(v) => go(v, len, step, planned),
+            KvData::Q8(v) => {
+                go(v, len, step, planned);
+                let b = KV_Q8_BLOCK;
+                go(&mut self.scales, len / b, step / b, planned / b);
             }
         }
     }
 
-    fn truncate(&mut self, len: usize) {
-        match self {
-            KvBuf::F32(v) => v.truncate(len),
-            KvBuf::F16(v) => v.truncate(len),
+    /// Store one position's values (whole blocks) starting at element `at`.
+    fn write(&mut self, at: usize, values: &[f32]) {
+        fn go<T: KvElem>(v: &mut [T], scales: &mut [f32], at: usize, x: &[f32]) {
+            let blocks = if T::FORMAT == KvFormat::Q8 {
+                &mut scales[at / KV_Q8_BLOCK..(at + x.len()) / KV_Q8_BLOCK]
+            } else {
+                &mut []
+            };
+            T::store(x, &mut v[at..at + x.len()], blocks);
+        }
+        let scales = &mut self.scales;
+        match &mut self.data {
+            KvData::F32(v) => go(v, scales, at, values),
+            KvData::F16(v) => go(v, scales, at, values),
+            KvData::Q8(v) => go(v, scales, at, values),
         }
     }
 
-    fn bytes(&self) -> usize {
-        match self {
-            KvBuf::F32(v) => v.capacity() * 4,
-            KvBuf::F16(v) => v.capacity() * 2,
+    fn truncate(&mut self, len: usize) {
+        match &mut self.data {
+            KvData::F32(v) => v.truncate(len),
+            KvData::F16(v) => v.truncate(len),
+            KvData::Q8(v) => v.truncate(len),
         }
+        self.scales.truncate(len / KV_Q8_BLOCK);
+    }
+
+    fn bytes(&self) -> usize {
+        let data = match &self.data {
+            KvData::F32(v) => v.capacity() * 4,
+            KvData::F16(v) => v.capacity() * 2,
+            KvData::Q8(v) => v.capacity(),
+        };
+        data + self.scales.capacity() * 4
     }
 }
 
@@ -347,12 +415,16 @@ impl KvCache {
         let empty = KvSeg {
             k: &[],
             v: &[],
+            k_scale: &[],
+            v_scale: &[],
             len: 0,
         };
         let first = match &self.shared {
             Some(s) if shared_n > 0 => KvSeg {
                 k: T::slice(&s.k[l]),
                 v: T::slice(&s.v[l]),
+                k_scale: &s.k[l].scales,
+                v_scale: &s.v[l].scales,
                 len: shared_n,
             },
             _ => empty,
@@ -361,6 +433,8 @@ impl KvCache {
             KvSeg {
                 k: T::slice(&self.k[l]),
                 v: T::slice(&self.v[l]),
+                k_scale: &self.k[l].scales,
+                v_scale: &self.v[l].scales,
                 len: own_n,
             }
         } else {
@@ -370,32 +444,31 @@ impl KvCache {
     }
 }
 
-impl KvBuf {
-    fn ty(&self) -> KvType {
-        match self {
-            KvBuf::F32(_) => KvType::F32,
-            KvBuf::F16(_) => KvType::F16,
-        }
-    }
-}
-
-/// Typed access to a [`KvBuf`]'s elements.
+/// Typed access to a [`KvBuf`]'s elements (empty when the buffer holds another type).
 trait KvSlice: KvElem {
     fn slice(buf: &KvBuf) -> &[Self];
 }
 impl KvSlice for f32 {
     fn slice(buf: &KvBuf) -> &[f32] {
-        match buf {
-            KvBuf::F32(v) => v,
-            KvBuf::F16(_) => &[],
+        match &buf.data {
+            KvData::F32(v) => v,
+            _ => &[],
         }
     }
 }
 impl KvSlice for half::f16 {
     fn slice(buf: &KvBuf) -> &[half::f16] {
-        match buf {
-            KvBuf::F16(v) => v,
-            KvBuf::F32(_) => &[],
+        match &buf.data {
+            KvData::F16(v) => v,
+            _ => &[],
+        }
+    }
+}
+impl KvSlice for i8 {
+    fn slice(buf: &KvBuf) -> &[i8] {
+        match &buf.data {
+            KvData::Q8(v) => v,
+            _ => &[],
         }
     }
 }
@@ -494,6 +567,7 @@ impl Llama {
             lm_head,
             source: path.to_path_buf(),
             config,
+            kv_choice: None,
         })
     }
 
@@ -551,6 +625,7 @@ impl Llama {
             lm_head,
             source: dir.to_path_buf(),
             config,
+            kv_choice: None,
         })
     }
 
@@ -609,9 +684,15 @@ impl Llama {
             .map_or(self.embed_tokens.ty(), |l| l.qkv_proj.parts[0].ty())
     }
 
-    /// How this model's key/value cache is stored: f32 when every weight is f32 (a reference
-    /// model, computed without rounding), f16 otherwise.
+    /// How this model's key/value cache is stored: as set by [`Llama::set_kv_type`], or else
+    /// f32 when every weight is f32 (a reference model, computed without rounding) and f16
+    /// otherwise. [`KvType::Q8`] is never chosen by itself: it moves logits by up to ~0.3
+    /// (measured on the SmolLM2 fixture), enough to flip near-ties in greedy decoding, so it
+    /// is for when memory matters more (BENCHMARKS.md).
     pub fn kv_type(&self) -> KvType {
+        if let Some(ty) = self.kv_choice {
+            return ty;
+        }
         let all_f32 = self.embed_tokens.ty() == WeightType::F32
             && self.lm_head.as_ref().is_none_or(|h| h.all_f32())
             && self.layers.iter().all(|l| {
@@ -625,6 +706,21 @@ impl Llama {
         } else {
             KvType::F16
         }
+    }
+
+    /// Store the key/value cache as `ty` (`None`: choose from the weights). Caches made
+    /// before the change keep their type and are refused by [`Llama::forward`].
+    pub fn set_kv_type(&mut self, ty: Option<KvType>) -> Result<()> {
+        let kv_dim = self.config.num_key_value_heads() * self.config.head_dim();
+        if ty == Some(KvType::Q8) && !kv_dim.is_multiple_of(KV_Q8_BLOCK) {
+            return Err(EngineError::InvalidParams(format!(
+                "an 8-bit key/value cache needs key/value heads x head size ({} x {}) to be a multiple of {KV_Q8_BLOCK}; use f16",
+                self.config.num_key_value_heads(),
+                self.config.head_dim()
+            )));
+        }
+        self.kv_choice = ty;
+        Ok(())
     }
 
     /// An empty key/value cache for up to `capacity` positions.
@@ -648,11 +744,18 @@ impl Llama {
         let inter = c.intermediate_size;
 
         // Validate before touching any cache.
+        let kv_type = self.kv_type();
         let mut seq_of = Vec::new();
         let mut pos_of = Vec::new();
         for (si, seq) in seqs.iter().enumerate() {
             if seq.tokens.is_empty() {
                 return Err(EngineError::EmptyPrompt);
+            }
+            if seq.cache.ty != kv_type {
+                return Err(EngineError::CacheTypeMismatch {
+                    found: seq.cache.ty.name(),
+                    expected: kv_type.name(),
+                });
             }
             if let Some(&bad) = seq.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
                 return Err(EngineError::TokenOutOfRange {
@@ -764,9 +867,10 @@ impl Llama {
                     n_heads,
                     scale,
                 };
-                match self.kv_type() {
+                match kv_type {
                     KvType::F32 => job.run::<f32>(&mut s.attn),
                     KvType::F16 => job.run::<half::f16>(&mut s.attn),
+                    KvType::Q8 => job.run::<i8>(&mut s.attn),
                 }
             }
             s.proj.resize(n * h, 0.0);

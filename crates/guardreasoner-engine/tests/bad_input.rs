@@ -12,6 +12,7 @@ fn load(path: &Path) -> Result<Engine, EngineError> {
         &LoadOptions {
             threads: Some(1),
             dequantize: false,
+            ..LoadOptions::default()
         },
     )
 }

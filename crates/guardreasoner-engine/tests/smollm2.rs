@@ -4,7 +4,10 @@
 mod common;
 
 use common::*;
-use guardreasoner_engine::{Engine, FinishReason, GenerationRequest, LoadOptions, SamplingParams};
+use guardreasoner_engine::llama::{ForwardScratch, LogitsFor, SeqStep};
+use guardreasoner_engine::{
+    Engine, FinishReason, GenerationRequest, KvType, LoadOptions, SamplingParams,
+};
 
 struct Case {
     ids: Vec<u32>,
@@ -82,6 +85,7 @@ fn dequantized_forward_matches_reference_logits_and_greedy_continuation() {
         &LoadOptions {
             threads: None,
             dequantize: true,
+            ..LoadOptions::default()
         },
     )
     .unwrap();
@@ -150,6 +154,77 @@ fn quantized_forward_keeps_top1_and_top20_logits_close() {
 fn batched_decoding_and_prefix_reuse_give_the_tokens_of_lone_decoding() {
     let Some(model) = test_model() else { return };
     let engine = Engine::load(&model).unwrap();
+    assert_eq!(engine.model().kv_type(), KvType::F16);
+    check_batching_is_exact(&engine);
+}
+
+/// The 8-bit cache (`--kv-cache q8`): within the quantized path's logit tolerances, and
+/// batching, prefix reuse and continuous batching still give exactly the tokens of lone
+/// decoding (each position is quantized on its own, whatever the batch).
+#[test]
+fn eight_bit_cache_keeps_logits_close_and_batching_exact() {
+    let Some(model) = test_model() else { return };
+    let engine = Engine::load_with(
+        &model,
+        &LoadOptions {
+            kv_cache: Some(KvType::Q8),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(engine.model().kv_type(), KvType::Q8);
+    let cases = cases();
+    for (i, case) in cases.iter().enumerate() {
+        let logits = engine.logits(&case.ids).unwrap();
+        assert_eq!(top_k(&logits, 1)[0], case.top20[0].0, "prompt {i}: top-1");
+        for &(id, want) in &case.top20 {
+            assert!(
+                (logits[id] - want).abs() < 0.5,
+                "prompt {i}: token {id}: {} vs {want}",
+                logits[id]
+            );
+        }
+    }
+    // Its memory: 1 byte per element plus an f32 scale per 32, against f16's 2 bytes.
+    let f16 = Engine::load(&model).unwrap();
+    let own_bytes = |e: &Engine| {
+        let ids = &cases[0].ids;
+        let mut cache = e.model().new_cache(ids.len());
+        let mut step = [SeqStep {
+            cache: &mut cache,
+            tokens: ids,
+            logits: LogitsFor::Nothing,
+        }];
+        e.model()
+            .forward(&mut step, &mut ForwardScratch::default())
+            .unwrap();
+        assert_eq!(cache.len(), ids.len());
+        cache.own_bytes()
+    };
+    let (q8_bytes, f16_bytes) = (own_bytes(&engine), own_bytes(&f16));
+    let ratio = q8_bytes as f64 / f16_bytes as f64;
+    assert!(
+        (ratio - 1.125 / 2.0).abs() < 1e-9,
+        "q8/f16 cache bytes {ratio}"
+    );
+    // A cache of the other type is refused, not misread.
+    let mut wrong = f16.model().new_cache(8);
+    let err = engine
+        .model()
+        .forward(
+            &mut [SeqStep {
+                cache: &mut wrong,
+                tokens: &cases[0].ids[..4],
+                logits: LogitsFor::Last,
+            }],
+            &mut ForwardScratch::default(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("cache holds f16"), "{err}");
+    check_batching_is_exact(&engine);
+}
+
+fn check_batching_is_exact(engine: &Engine) {
     let cases = cases();
     let reqs = requests(&cases, greedy(24));
     let alone: Vec<Vec<u32>> = reqs

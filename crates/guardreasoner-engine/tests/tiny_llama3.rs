@@ -19,6 +19,7 @@ fn engine() -> Engine {
         &LoadOptions {
             threads: Some(2),
             dequantize: false,
+            ..LoadOptions::default()
         },
     )
     .expect("load tiny-llama3")
@@ -251,6 +252,7 @@ fn gguf_with_permuted_qk_matches_the_hf_layout_in_every_format() {
             &LoadOptions {
                 threads: Some(2),
                 dequantize: false,
+                ..LoadOptions::default()
             },
         )
         .unwrap();

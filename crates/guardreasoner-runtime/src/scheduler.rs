@@ -10,7 +10,7 @@ use guardreasoner_backend::{
 };
 use guardreasoner_core::Conversation;
 use guardreasoner_engine::{
-    Engine, EngineError, FinishReason as EngineFinish, LoadOptions, SamplingParams, SeqId,
+    Engine, EngineError, FinishReason as EngineFinish, KvType, LoadOptions, SamplingParams, SeqId,
 };
 use guardreasoner_tokenizer::{Tokenizer, TokenizerError};
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +42,8 @@ pub struct RuntimeOptions {
     pub threads: Option<usize>,
     /// Dequantise every weight to f32 at load (reference checks only).
     pub dequantize: bool,
+    /// Key/value cache storage (default: chosen from the weights, see `Llama::kv_type`).
+    pub kv_cache: Option<KvType>,
     /// Most sequences decoded together.
     pub max_batch: usize,
     /// Most requests waiting or running; more are refused (`RateLimited`, HTTP 429).
@@ -59,6 +61,7 @@ impl Default for RuntimeOptions {
         RuntimeOptions {
             threads: None,
             dequantize: false,
+            kv_cache: None,
             max_batch: 16,
             max_queue: 256,
             prefill_chunk: 512,
@@ -146,6 +149,7 @@ impl LocalBackend {
             &LoadOptions {
                 threads: options.threads,
                 dequantize: options.dequantize,
+                kv_cache: options.kv_cache,
             },
         )?;
         let tokenizer = if path.is_dir() {

@@ -2,7 +2,7 @@
 //! ([`super::Isa::detect`]); every function here is `unsafe` for that reason only: all memory
 //! accesses stay inside the slices passed in (lengths are checked on entry).
 
-use super::{KvElem, KvSeg};
+use super::{KvElem, KvFormat, KvSeg, KV_Q8_BLOCK};
 use crate::quant::{BlockQ16, WeightType, QK};
 use std::arch::x86_64::*;
 
@@ -282,14 +282,19 @@ pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Eight cached elements at `p` as f32.
+/// The eight cached elements `data[i..i + 8]` as the f32 values they stand for (`i8` ones
+/// times their block's scale; `i` is a multiple of 8, so the eight share a block).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load8kv<T: KvElem>(p: *const T) -> __m256 {
-    if T::F16 {
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-    } else {
-        _mm256_loadu_ps(p as *const f32)
+unsafe fn load8kv<T: KvElem>(data: *const T, scales: *const f32, i: usize) -> __m256 {
+    let p = data.add(i);
+    match T::FORMAT {
+        KvFormat::F32 => _mm256_loadu_ps(p as *const f32),
+        KvFormat::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+        KvFormat::Q8 => _mm256_mul_ps(
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))),
+            _mm256_broadcast_ss(&*scales.add(i / KV_Q8_BLOCK)),
+        ),
     }
 }
 
@@ -364,13 +369,14 @@ unsafe fn group<T: KvElem, const H: usize>(
     // Scores, four positions at a time.
     let mut base = 0;
     for seg in segs {
-        let k = seg.k.as_ptr().add(offset);
+        let (k, ks) = (seg.k.as_ptr(), seg.k_scale.as_ptr());
         let mut p = 0;
         while p + 4 <= seg.len {
             let mut acc = [[_mm256_setzero_ps(); 4]; H];
             let mut c = 0;
             while c < d {
-                let kv: [__m256; 4] = std::array::from_fn(|j| load8kv(k.add((p + j) * stride + c)));
+                let kv: [__m256; 4] =
+                    std::array::from_fn(|j| load8kv(k, ks, (p + j) * stride + offset + c));
                 for (h, acc) in acc.iter_mut().enumerate() {
                     let qv = _mm256_loadu_ps(qp.add(h * d + c));
                     for j in 0..4 {
@@ -389,7 +395,7 @@ unsafe fn group<T: KvElem, const H: usize>(
             let mut acc = [_mm256_setzero_ps(); H];
             let mut c = 0;
             while c < d {
-                let kv = load8kv(k.add(p * stride + c));
+                let kv = load8kv(k, ks, p * stride + offset + c);
                 for (h, acc) in acc.iter_mut().enumerate() {
                     *acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(h * d + c)), kv, *acc);
                 }
@@ -448,10 +454,10 @@ unsafe fn values<T: KvElem, const H: usize, const W: usize>(
     let wp = w.as_ptr();
     let mut base = 0;
     for seg in segs {
-        let v = seg.v.as_ptr().add(col);
+        let (v, vs) = (seg.v.as_ptr(), seg.v_scale.as_ptr());
         for p in 0..seg.len {
-            let row = v.add(p * stride);
-            let vv: [__m256; W] = std::array::from_fn(|i| load8kv(row.add(8 * i)));
+            let row = p * stride + col;
+            let vv: [__m256; W] = std::array::from_fn(|i| load8kv(v, vs, row + 8 * i));
             for (h, acc) in acc.iter_mut().enumerate() {
                 let wb = _mm256_broadcast_ss(&*wp.add(h * total + base + p));
                 for i in 0..W {

@@ -154,44 +154,97 @@ pub fn axpy(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// An element type of the key/value cache: `f32` (reference models) or `f16` (half the memory).
+/// How a key/value cache element is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvFormat {
+    F32,
+    F16,
+    /// 8-bit integers in blocks of [`KV_Q8_BLOCK`], one f32 scale per block (see [`KvSeg`]).
+    Q8,
+}
+
+/// Elements sharing one scale in an `i8` key/value cache.
+pub const KV_Q8_BLOCK: usize = 32;
+
+/// An element type of the key/value cache: `f32` (reference models), `f16` (half the memory)
+/// or `i8` (a quarter, plus one scale per [`KV_Q8_BLOCK`] elements).
 pub trait KvElem: Copy + Default + Send + Sync + 'static {
-    /// Whether the element is an IEEE half (the SIMD kernels convert it on load).
-    const F16: bool;
+    const FORMAT: KvFormat;
+    /// The stored value (before its block's scale, for `i8`).
     fn to_f32(self) -> f32;
-    fn from_f32(v: f32) -> Self;
+    /// Store `x` (whole blocks) into `out`, and for `i8` each block's scale into `scales`
+    /// (untouched otherwise).
+    fn store(x: &[f32], out: &mut [Self], scales: &mut [f32]);
 }
 
 impl KvElem for f32 {
-    const F16: bool = false;
+    const FORMAT: KvFormat = KvFormat::F32;
     #[inline]
     fn to_f32(self) -> f32 {
         self
     }
-    #[inline]
-    fn from_f32(v: f32) -> f32 {
-        v
+    fn store(x: &[f32], out: &mut [f32], _: &mut [f32]) {
+        out.copy_from_slice(x);
     }
 }
 
 impl KvElem for half::f16 {
-    const F16: bool = true;
+    const FORMAT: KvFormat = KvFormat::F16;
     #[inline]
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
     }
-    #[inline]
-    fn from_f32(v: f32) -> half::f16 {
-        half::f16::from_f32(v)
+    fn store(x: &[f32], out: &mut [half::f16], _: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = half::f16::from_f32(v);
+        }
     }
 }
 
+impl KvElem for i8 {
+    const FORMAT: KvFormat = KvFormat::Q8;
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    fn store(x: &[f32], out: &mut [i8], scales: &mut [f32]) {
+        for ((x, q), d) in x
+            .chunks_exact(KV_Q8_BLOCK)
+            .zip(out.chunks_exact_mut(KV_Q8_BLOCK))
+            .zip(scales)
+        {
+            *d = quantize_block_q8(x, q);
+        }
+    }
+}
+
+/// Quantize one block to 8 bits: `q[i] = round(x[i] / d)` with `d = max|x| / 127`,
+/// returning `d` (0 for an all-zero block, NaN for one that is not finite, so that a broken
+/// model's NaN reaches the logits as it does through the float caches).
+pub fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if amax == 0.0 || !amax.is_finite() || x.iter().any(|v| v.is_nan()) {
+        q.fill(0);
+        return if amax == 0.0 { 0.0 } else { f32::NAN };
+    }
+    let d = amax / 127.0;
+    let inv = 1.0 / d;
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = (v * inv).round() as i8;
+    }
+    d
+}
+
 /// A run of `len` consecutive cached positions: position `p`'s keys are
-/// `k[p * stride..][..stride]` (all key/value heads side by side), likewise `v`.
+/// `k[p * stride..][..stride]` (all key/value heads side by side), likewise `v`. For `i8`
+/// elements, element `i` stands for `k[i] * k_scale[i / KV_Q8_BLOCK]` (likewise `v`); the
+/// float formats leave the scales empty.
 #[derive(Clone, Copy)]
 pub struct KvSeg<'a, T> {
     pub k: &'a [T],
     pub v: &'a [T],
+    pub k_scale: &'a [f32],
+    pub v_scale: &'a [f32],
     pub len: usize,
 }
 
@@ -223,14 +276,23 @@ pub fn attend<T: KvElem>(
                 || (seg.len - 1) * stride + offset + head_dim <= seg.k.len().min(seg.v.len()),
             "attend: cache too short"
         );
+        if T::FORMAT == KvFormat::Q8 && seg.len > 0 {
+            assert!(
+                ((seg.len - 1) * stride + offset + head_dim).div_ceil(KV_Q8_BLOCK)
+                    <= seg.k_scale.len().min(seg.v_scale.len()),
+                "attend: scales too short"
+            );
+        }
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` (and `Avx512`) are only produced after detecting avx2, fma and
         // f16c; the bounds were checked above.
-        Isa::Avx2 | Isa::Avx512 if head_dim.is_multiple_of(8) => unsafe {
-            avx2::attend(q, head_dim, segs, stride, offset, scale, scores, out)
-        },
+        Isa::Avx2 | Isa::Avx512
+            if head_dim.is_multiple_of(8)
+                && stride.is_multiple_of(8)
+                && offset.is_multiple_of(8) =>
+        unsafe { avx2::attend(q, head_dim, segs, stride, offset, scale, scores, out) },
         _ => scalar::attend(q, head_dim, segs, stride, offset, scale, scores, out),
     }
 }
@@ -406,40 +468,55 @@ mod tests {
     }
 
     /// Attention of a GQA group over two cache segments (a shared prefix and a sequence's own
-    /// positions), in f32 and f16, against a direct computation.
+    /// positions), in each cache format, against a direct computation on the stored values.
     fn check_attention<T: KvElem>(heads: usize, d: usize, lens: [usize; 2], seed: u64) {
         let mut rng = Lcg(seed);
         let (groups, g) = (3, 1);
         let stride = groups * d;
         let offset = g * d;
         let q = rng.vec(heads * d, 1.5);
-        let mk = |rng: &mut Lcg, len: usize| -> Vec<T> {
-            rng.vec(stride * len, 1.0)
-                .into_iter()
-                .map(T::from_f32)
-                .collect()
+        // Stored elements and block scales (empty for the float formats).
+        type Stored<T> = (Vec<T>, Vec<f32>);
+        let mk = |rng: &mut Lcg, len: usize| -> Stored<T> {
+            let x = rng.vec(stride * len, 1.0);
+            let mut out = vec![T::default(); x.len()];
+            let mut scales = vec![0.0; x.len().div_ceil(KV_Q8_BLOCK)];
+            T::store(&x, &mut out, &mut scales);
+            if T::FORMAT != KvFormat::Q8 {
+                scales.clear();
+            }
+            (out, scales)
         };
-        let data: Vec<(Vec<T>, Vec<T>)> = lens
+        let data: Vec<(Stored<T>, Stored<T>)> = lens
             .iter()
             .map(|&l| (mk(&mut rng, l), mk(&mut rng, l)))
             .collect();
         let segs: Vec<KvSeg<'_, T>> = data
             .iter()
             .zip(lens)
-            .map(|((k, v), len)| KvSeg { k, v, len })
+            .map(|(((k, ks), (v, vs)), len)| KvSeg {
+                k,
+                v,
+                k_scale: ks,
+                v_scale: vs,
+                len,
+            })
             .collect();
         let scale = 1.0 / (d as f32).sqrt();
-        // Direct: every position's key/value in order.
+        // Direct: every position's key/value in order, as the values they stand for.
         let rows = |values: bool| -> Vec<Vec<f32>> {
             data.iter()
                 .zip(lens)
                 .flat_map(|(kv, len)| {
-                    let buf = if values { &kv.1 } else { &kv.0 };
+                    let (buf, scales) = if values { &kv.1 } else { &kv.0 };
                     (0..len)
                         .map(move |p| {
-                            buf[p * stride + offset..p * stride + offset + d]
-                                .iter()
-                                .map(|x| x.to_f32())
+                            let at = p * stride + offset;
+                            (at..at + d)
+                                .map(|i| {
+                                    let s = scales.get(i / KV_Q8_BLOCK).copied().unwrap_or(1.0);
+                                    buf[i].to_f32() * s
+                                })
                                 .collect::<Vec<f32>>()
                         })
                         .collect::<Vec<_>>()
@@ -511,8 +588,34 @@ mod tests {
             ] {
                 check_attention::<f32>(heads, d, lens, 5 + heads as u64);
                 check_attention::<half::f16>(heads, d, lens, 9 + heads as u64);
+                if d.is_multiple_of(KV_Q8_BLOCK) {
+                    check_attention::<i8>(heads, d, lens, 13 + heads as u64);
+                }
             }
         }
+    }
+
+    #[test]
+    fn eight_bit_blocks_round_to_within_half_a_step() {
+        let mut rng = Lcg(21);
+        let x = rng.vec(KV_Q8_BLOCK, 3.0);
+        let mut q = [0i8; KV_Q8_BLOCK];
+        let d = quantize_block_q8(&x, &mut q);
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_eq!(d, amax / 127.0);
+        assert!(q.iter().any(|&v| v.unsigned_abs() == 127));
+        for (&v, &q) in x.iter().zip(&q) {
+            assert!(
+                (v - q as f32 * d).abs() <= d * 0.5 + 1e-6,
+                "{v} vs {q} x {d}"
+            );
+        }
+        assert_eq!(quantize_block_q8(&[0.0; KV_Q8_BLOCK], &mut q), 0.0);
+        assert_eq!(q, [0; KV_Q8_BLOCK]);
+        // A broken model's NaN must not be laundered into finite keys.
+        let mut bad = x.clone();
+        bad[5] = f32::NAN;
+        assert!(quantize_block_q8(&bad, &mut q).is_nan());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Portable reference kernels. The SIMD kernels must agree with these.
 
-use super::{KvElem, KvSeg};
+use super::{KvElem, KvFormat, KvSeg, KV_Q8_BLOCK};
 use crate::quant::{f16_at, q4k_scale_min, q6k_unpack, BlockQ16, WeightType, QK, QK_K};
 use half::{bf16, f16};
 
@@ -132,16 +132,32 @@ pub fn attend<T: KvElem>(
     out: &mut [f32],
 ) {
     let d = head_dim;
-    let rows = |which: bool| {
+    let q8 = T::FORMAT == KvFormat::Q8;
+    // Each cached row of this group as the values it stands for.
+    let rows = |values: bool| {
         segs.iter().flat_map(move |s| {
-            let data = if which { s.v } else { s.k };
-            (0..s.len).map(move |p| &data[p * stride + offset..p * stride + offset + d])
+            let (data, scales) = if values {
+                (s.v, s.v_scale)
+            } else {
+                (s.k, s.k_scale)
+            };
+            (0..s.len).map(move |p| {
+                let at = p * stride + offset;
+                (at..at + d).map(move |i| {
+                    let x = data[i].to_f32();
+                    if q8 {
+                        x * scales[i / KV_Q8_BLOCK]
+                    } else {
+                        x
+                    }
+                })
+            })
         })
     };
     for (qh, oh) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         scores.clear();
         for k in rows(false) {
-            let s: f32 = qh.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum();
+            let s: f32 = qh.iter().zip(k).map(|(a, b)| a * b).sum();
             scores.push(s * scale);
         }
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
@@ -154,7 +170,7 @@ pub fn attend<T: KvElem>(
         for (v, &w) in rows(true).zip(scores.iter()) {
             let w = w * inv;
             for (o, x) in oh.iter_mut().zip(v) {
-                *o += w * x.to_f32();
+                *o += w * x;
             }
         }
     }
