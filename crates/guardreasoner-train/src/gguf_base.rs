@@ -8,7 +8,7 @@
 //! the GGUF computes under the HF convention. Dequantisation uses the engine's own routines, so
 //! the trained model starts from exactly the weights the engine serves.
 
-use crate::model::{save_safetensors, Llama, LlamaConfig, TrainMode};
+use crate::model::{Llama, LlamaConfig, TrainMode};
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor};
 use guardreasoner_engine::quant::{dequantize_row, WeightType};
@@ -128,9 +128,31 @@ fn dequantize(file: &GgufFile, info: &TensorInfo) -> Result<(Vec<usize>, Vec<f32
     for (r, out) in values.chunks_exact_mut(cols).enumerate() {
         dequantize_row(ty, &bytes[r * row_bytes..(r + 1) * row_bytes], out);
     }
-    // ggml lists the fastest-varying dimension first; HF the slowest.
-    let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
-    Ok((shape, values))
+    Ok((hf_shape(info), values))
+}
+
+/// The HF shape of a GGUF tensor: ggml lists the fastest-varying dimension first; HF the
+/// slowest.
+fn hf_shape(info: &TensorInfo) -> Vec<usize> {
+    info.dims.iter().rev().map(|&d| d as usize).collect()
+}
+
+/// The f32 values of GGUF tensor `info` in the HF layout (Q/K rows un-permuted).
+fn hf_values(
+    file: &GgufFile,
+    info: &TensorInfo,
+    hf: &str,
+    config: &guardreasoner_engine::Config,
+) -> Result<Vec<f32>, TrainError> {
+    let (shape, values) = dequantize(file, info)?;
+    let heads = if hf.ends_with("q_proj.weight") {
+        config.num_attention_heads
+    } else if hf.ends_with("k_proj.weight") {
+        config.num_key_value_heads()
+    } else {
+        return Ok(values);
+    };
+    Ok(reorder_rotary_rows(&values, heads, shape[1], true))
 }
 
 fn open_gguf(path: &Path) -> Result<GgufFile, TrainError> {
@@ -140,10 +162,8 @@ fn open_gguf(path: &Path) -> Result<GgufFile, TrainError> {
     })
 }
 
-/// The configuration and f32 weights (HF names) of a LLaMA GGUF file.
-pub fn read_gguf_weights(
-    file: &GgufFile,
-) -> Result<(guardreasoner_engine::Config, BTreeMap<String, Tensor>), TrainError> {
+/// The configuration of a LLaMA GGUF file the conversion supports.
+fn gguf_config(file: &GgufFile) -> Result<guardreasoner_engine::Config, TrainError> {
     let path = file.path();
     let config = guardreasoner_engine::Config::from_gguf(file).map_err(|e| TrainError::Format {
         path: path.to_path_buf(),
@@ -157,20 +177,21 @@ pub fn read_gguf_weights(
                 .into(),
         });
     }
-    let heads = config.num_attention_heads;
-    let kv_heads = config.num_key_value_heads();
+    Ok(config)
+}
+
+/// The configuration and f32 weights (HF names) of a LLaMA GGUF file.
+pub fn read_gguf_weights(
+    file: &GgufFile,
+) -> Result<(guardreasoner_engine::Config, BTreeMap<String, Tensor>), TrainError> {
+    let config = gguf_config(file)?;
     let mut weights = BTreeMap::new();
     for info in &file.tensors {
         let Some(hf) = hf_name(&info.name) else {
             continue;
         };
-        let (shape, mut values) = dequantize(file, info)?;
-        if hf.ends_with("q_proj.weight") {
-            values = reorder_rotary_rows(&values, heads, shape[1], true);
-        } else if hf.ends_with("k_proj.weight") {
-            values = reorder_rotary_rows(&values, kv_heads, shape[1], true);
-        }
-        weights.insert(hf, Tensor::from_vec(values, shape, &Device::Cpu)?);
+        let values = hf_values(file, info, &hf, &config)?;
+        weights.insert(hf, Tensor::from_vec(values, hf_shape(info), &Device::Cpu)?);
     }
     Ok((config, weights))
 }
@@ -208,7 +229,7 @@ fn train_config(
 /// `tokenizer_config.json` (rebuilt from the GGUF's tokenizer metadata, with its chat template).
 pub fn convert_gguf_to_hf(gguf: &Path, dir: &Path) -> Result<(), TrainError> {
     let file = open_gguf(gguf)?;
-    let (config, weights) = read_gguf_weights(&file)?;
+    let config = gguf_config(&file)?;
     train_config(&config, gguf)?;
     let tokenizer =
         guardreasoner_tokenizer::Tokenizer::from_gguf(&file).map_err(|e| TrainError::Format {
@@ -229,7 +250,30 @@ pub fn convert_gguf_to_hf(gguf: &Path, dir: &Path) -> Result<(), TrainError> {
     // <|endoftext|>), the first being the one training appends.
     config_json["eos_token_id"] = tokenizer.eos_ids().into();
     write("config.json", pretty(&config_json))?;
-    save_safetensors(&weights, &dir.join("model.safetensors"))?;
+    // Each weight is dequantised only when it is written: the conversion never holds the whole
+    // f32 model.
+    let mut tensors: Vec<(String, &TensorInfo)> = file
+        .tensors
+        .iter()
+        .filter_map(|info| hf_name(&info.name).map(|hf| (hf, info)))
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let (file, config) = (&file, &config);
+    let entries: Vec<crate::st::Entry> = tensors
+        .into_iter()
+        .map(|(hf, info)| crate::st::Entry {
+            shape: hf_shape(info),
+            data: crate::st::Payload::Lazy {
+                count: info.element_count() as usize,
+                values: Box::new({
+                    let hf = hf.clone();
+                    move || hf_values(file, info, &hf, config)
+                }),
+            },
+            name: hf,
+        })
+        .collect();
+    crate::st::write(&dir.join("model.safetensors"), &entries)?;
     let tokenizer_json = tokenizer.to_hf_json().map_err(|e| TrainError::Format {
         path: gguf.to_path_buf(),
         message: e.to_string(),

@@ -20,12 +20,20 @@ pub enum Payload<'a> {
     /// A candle tensor, converted to the given dtype (f32, f64, bf16, f16) only when its turn
     /// comes, so at most one converted tensor exists at a time.
     Tensor(&'a Tensor, DType),
+    /// f32 values of `count` elements, computed only when their turn comes.
+    Lazy {
+        count: usize,
+        values: LazyValues<'a>,
+    },
 }
+
+/// Computes a tensor's values when it is written.
+pub type LazyValues<'a> = Box<dyn Fn() -> Result<Vec<f32>, TrainError> + 'a>;
 
 impl Payload<'_> {
     fn dtype(&self) -> DType {
         match self {
-            Payload::F32(_) => DType::F32,
+            Payload::F32(_) | Payload::Lazy { .. } => DType::F32,
             Payload::Tensor(_, d) => *d,
         }
     }
@@ -34,6 +42,7 @@ impl Payload<'_> {
         match self {
             Payload::F32(v) => v.len(),
             Payload::Tensor(t, _) => t.elem_count(),
+            Payload::Lazy { count, .. } => *count,
         }
     }
 }
@@ -90,6 +99,16 @@ fn write_payload(out: &mut impl Write, payload: &Payload, path: &Path) -> Result
     let io = |e| TrainError::io(path, e);
     match payload {
         Payload::F32(v) => write_values(out, v, f32::to_le_bytes).map_err(io),
+        Payload::Lazy { count, values } => {
+            let v = values()?;
+            if v.len() != *count {
+                return Err(TrainError::Model(format!(
+                    "a tensor computed {} values, its header says {count}",
+                    v.len()
+                )));
+            }
+            write_values(out, &v, f32::to_le_bytes).map_err(io)
+        }
         Payload::Tensor(t, dtype) => {
             let flat = t.to_dtype(*dtype)?.flatten_all()?;
             match dtype {
