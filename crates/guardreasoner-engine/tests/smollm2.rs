@@ -126,17 +126,7 @@ fn quantized_forward_keeps_top1_and_top20_logits_close() {
     let Some(model) = test_model() else { return };
     let engine = Engine::load(&model).unwrap();
     let cases = cases();
-    for (i, case) in cases.iter().enumerate() {
-        let logits = engine.logits(&case.ids).unwrap();
-        assert_eq!(top_k(&logits, 1)[0], case.top20[0].0, "prompt {i}: top-1");
-        for &(id, want) in &case.top20 {
-            assert!(
-                (logits[id] - want).abs() < 0.5,
-                "prompt {i}: token {id}: {} vs {want}",
-                logits[id]
-            );
-        }
-    }
+    check_top1_and_top20(&engine, &cases);
     let out = engine
         .generate(&requests(&cases, SamplingParams::greedy(16)), |_, _| {})
         .unwrap();
@@ -174,17 +164,7 @@ fn eight_bit_cache_keeps_logits_close_and_batching_exact() {
     .unwrap();
     assert_eq!(engine.model().kv_type(), KvType::Q8);
     let cases = cases();
-    for (i, case) in cases.iter().enumerate() {
-        let logits = engine.logits(&case.ids).unwrap();
-        assert_eq!(top_k(&logits, 1)[0], case.top20[0].0, "prompt {i}: top-1");
-        for &(id, want) in &case.top20 {
-            assert!(
-                (logits[id] - want).abs() < 0.5,
-                "prompt {i}: token {id}: {} vs {want}",
-                logits[id]
-            );
-        }
-    }
+    check_top1_and_top20(&engine, &cases);
     // Its memory: 1 byte per element plus an f32 scale per 32, against f16's 2 bytes.
     let f16 = Engine::load(&model).unwrap();
     let own_bytes = |e: &Engine| {
@@ -222,6 +202,22 @@ fn eight_bit_cache_keeps_logits_close_and_batching_exact() {
         .unwrap_err();
     assert!(err.to_string().contains("cache holds f16"), "{err}");
     check_batching_is_exact(&engine);
+}
+
+/// The quantized path's logit tolerances: the reference's top-1 at the last position, and
+/// each of its top-20 logits within 0.5.
+fn check_top1_and_top20(engine: &Engine, cases: &[Case]) {
+    for (i, case) in cases.iter().enumerate() {
+        let logits = engine.logits(&case.ids).unwrap();
+        assert_eq!(top_k(&logits, 1)[0], case.top20[0].0, "prompt {i}: top-1");
+        for &(id, want) in &case.top20 {
+            assert!(
+                (logits[id] - want).abs() < 0.5,
+                "prompt {i}: token {id}: {} vs {want}",
+                logits[id]
+            );
+        }
+    }
 }
 
 fn check_batching_is_exact(engine: &Engine) {
