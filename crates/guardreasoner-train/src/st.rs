@@ -152,18 +152,26 @@ pub fn write(path: &Path, entries: &[Entry]) -> Result<(), TrainError> {
         text.push(' ');
     }
     let tmp = path.with_extension("safetensors.tmp");
-    let file = File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let io = |e| TrainError::io(&tmp, e);
-    out.write_all(&(text.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    out.write_all(text.as_bytes()).map_err(io)?;
-    for e in entries {
-        write_payload(&mut out, &e.data, &tmp)?;
+    let written = write_file(&tmp, &text, entries);
+    if written.is_err() {
+        // A half-written file is of no use (and may be large).
+        let _ = std::fs::remove_file(&tmp);
     }
-    out.flush().map_err(io)?;
-    drop(out);
+    written?;
     std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+fn write_file(tmp: &Path, header: &str, entries: &[Entry]) -> Result<(), TrainError> {
+    let file = File::create(tmp).map_err(|e| TrainError::io(tmp, e))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let io = |e| TrainError::io(tmp, e);
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(header.as_bytes()).map_err(io)?;
+    for e in entries {
+        write_payload(&mut out, &e.data, tmp)?;
+    }
+    out.flush().map_err(io)
 }
 
 /// Where one tensor lies in a file.
@@ -318,5 +326,73 @@ impl Reader {
             &info.shape,
             &candle_core::Device::Cpu,
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_cleans_up_after_a_failed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let a = [1.5f32, -2.25, 3.0, 0.1, 7.0, -0.5];
+        let b = Tensor::new(&[[0.3f64, -1.0], [2.5, 8.0]], &candle_core::Device::Cpu).unwrap();
+        let entries = [
+            Entry {
+                name: "a".into(),
+                shape: vec![2, 3],
+                data: Payload::F32(&a),
+            },
+            Entry {
+                name: "b".into(),
+                shape: vec![2, 2],
+                data: Payload::Tensor(&b, DType::BF16),
+            },
+            Entry {
+                name: "c".into(),
+                shape: vec![3],
+                data: Payload::Lazy {
+                    count: 3,
+                    values: Box::new(|| Ok(vec![4.0, 5.0, 6.0])),
+                },
+            },
+        ];
+        write(&path, &entries).unwrap();
+        let mut r = Reader::open(&path).unwrap();
+        assert_eq!(r.tensors()["b"].dtype, DType::BF16);
+        assert_eq!(r.tensors()["a"].shape, vec![2, 3]);
+        let mut got = vec![0.0; 6];
+        r.read_f32("a", &mut got).unwrap();
+        assert_eq!(got, a);
+        let mut got = vec![0.0; 4];
+        r.read_f32("b", &mut got).unwrap();
+        assert_eq!(got, [0.30078125, -1.0, 2.5, 8.0]); // 0.3 rounded to bf16
+        let c = r.read_tensor("c").unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(c, [4.0, 5.0, 6.0]);
+
+        // Truncated: the header promises more bytes than the file has.
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.path().join("cut.safetensors");
+        std::fs::write(&cut, &bytes[..bytes.len() - 2]).unwrap();
+        let err = Reader::open(&cut).err().unwrap().to_string();
+        assert!(
+            err.contains("cut.safetensors") && err.contains("truncated"),
+            "{err}"
+        );
+
+        // A tensor that fails while being written leaves neither the file nor its temporary.
+        let failing = [Entry {
+            name: "x".into(),
+            shape: vec![2],
+            data: Payload::Lazy {
+                count: 2,
+                values: Box::new(|| Err(TrainError::Model("no values".into()))),
+            },
+        }];
+        let bad = dir.path().join("bad.safetensors");
+        assert!(write(&bad, &failing).is_err());
+        assert!(!bad.exists() && !bad.with_extension("safetensors.tmp").exists());
     }
 }
