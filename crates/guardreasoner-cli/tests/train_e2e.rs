@@ -119,7 +119,7 @@ fn sft_merge_classify_mine_and_dpo_on_the_default_gguf() {
     ]);
     let verdict: Value = serde_json::from_slice(&classify.stdout).unwrap();
     assert!(verdict.is_object(), "{verdict}");
-    // ... and so does the GGUF written beside it (f16).
+    // ... and so does the GGUF written beside it (f16), here with the 8-bit key/value cache.
     let gguf_out = tmp.path().join("merged/model.gguf");
     assert!(gguf_out.is_file());
     let from_gguf = run(&[
@@ -131,6 +131,8 @@ fn sft_merge_classify_mine_and_dpo_on_the_default_gguf() {
         "--json",
         "--max-new-tokens",
         "8",
+        "--kv-cache",
+        "q8",
     ]);
     let verdict_gguf: Value = serde_json::from_slice(&from_gguf.stdout).unwrap();
     assert!(verdict_gguf.is_object(), "{verdict_gguf}");
