@@ -10,8 +10,10 @@ use guardreasoner_train::dpo::{
     reference_log_probs, tokenize_pairs, DpoConfig, DpoObjective, PreferenceRecord,
 };
 use guardreasoner_train::gguf_base::{convert_gguf_to_hf, convert_hf_to_gguf, GgufWeightType};
-use guardreasoner_train::lora::{load_adapter, merge_into, save_adapter, LoraConfig, ALL_TARGETS};
-use guardreasoner_train::model::{save_safetensors, Llama, LlamaConfig, TrainMode};
+use guardreasoner_train::lora::{
+    load_adapter, merge_checkpoint, save_adapter, LoraConfig, ALL_TARGETS,
+};
+use guardreasoner_train::model::{Llama, LlamaConfig, TrainMode};
 use guardreasoner_train::optim::AdamWConfig;
 use guardreasoner_train::sft::SftObjective;
 use guardreasoner_train::trainer::{train, Objective, Resume, RunOptions, TrainerConfig};
@@ -409,21 +411,23 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
 
 pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
     let config = LlamaConfig::from_file(&args.base.join("config.json"))?;
-    let base = Llama::load_hf(&args.base, DType::F32, TrainMode::Full, 0)?;
-    let (lora, adapter) = load_adapter(&args.adapter)?;
-    let base_weights = base
-        .weights()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.detach()))
-        .collect();
-    let merged = merge_into(&base_weights, &lora, &adapter)?;
-    std::fs::create_dir_all(&args.output)?;
     let out_dtype = dtype(&args.save_dtype)?;
-    let converted = merged
-        .into_iter()
-        .map(|(k, v)| v.to_dtype(out_dtype).map(|v| (k, v)))
-        .collect::<Result<_, _>>()?;
-    save_safetensors(&converted, &args.output.join("model.safetensors"))?;
+    let weight_type = match args.gguf.as_str() {
+        "none" => None,
+        "f16" => Some(GgufWeightType::F16),
+        "f32" => Some(GgufWeightType::F32),
+        other => bail!("unknown --gguf {other:?} (f16, f32, none)"),
+    };
+    let (lora, adapter) = load_adapter(&args.adapter)?;
+    std::fs::create_dir_all(&args.output)?;
+    // One base weight at a time: memory stays near one f32 weight plus the adapter.
+    merge_checkpoint(
+        &args.base,
+        &lora,
+        &adapter,
+        &args.output.join("model.safetensors"),
+        out_dtype,
+    )?;
     std::fs::write(
         args.output.join("config.json"),
         serde_json::to_string_pretty(&config)?,
@@ -434,11 +438,8 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
         args.adapter.display(),
         args.output.display()
     );
-    let weight_type = match args.gguf.as_str() {
-        "none" => return Ok(()),
-        "f16" => GgufWeightType::F16,
-        "f32" => GgufWeightType::F32,
-        other => bail!("unknown --gguf {other:?} (f16, f32, none)"),
+    let Some(weight_type) = weight_type else {
+        return Ok(());
     };
     let gguf = args.output.join("model.gguf");
     match convert_hf_to_gguf(&args.output, &gguf, weight_type) {

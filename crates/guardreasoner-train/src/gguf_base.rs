@@ -265,6 +265,7 @@ pub fn convert_gguf_to_hf(gguf: &Path, dir: &Path) -> Result<(), TrainError> {
             shape: hf_shape(info),
             data: crate::st::Payload::Lazy {
                 count: info.element_count() as usize,
+                dtype: DType::F32,
                 values: Box::new({
                     let hf = hf.clone();
                     move || hf_values(file, info, &hf, config)
@@ -395,14 +396,16 @@ pub fn convert_hf_to_gguf(
         ));
     }
 
-    let weights = crate::model::load_checkpoint_weights(dir)?;
-    let gguf_name: BTreeMap<String, String> = weights
-        .keys()
-        .filter_map(|hf| gguf_name_of(hf).map(|g| (hf.clone(), g)))
+    // Read one weight at a time (the blobs below are the output; the f32 checkpoint is not
+    // held beside them).
+    let mut checkpoint = crate::st::Checkpoint::open(dir)?;
+    let weights: Vec<(String, Vec<usize>)> = checkpoint
+        .tensors()
+        .map(|(name, info)| (name.clone(), info.shape.clone()))
         .collect();
     let mut blobs: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)> = Vec::new();
-    for (hf, tensor) in &weights {
-        let Some(gguf) = gguf_name.get(hf) else {
+    for (hf, dims) in &weights {
+        let Some(gguf) = gguf_name_of(hf) else {
             if hf.ends_with("rotary_emb.inv_freq")
                 || (hf == "lm_head.weight" && config.tie_word_embeddings)
             {
@@ -410,11 +413,8 @@ pub fn convert_hf_to_gguf(
             }
             return Err(fail(format!("weight {hf} has no GGUF counterpart")));
         };
-        let dims = tensor.dims().to_vec();
-        let mut values: Vec<f32> = tensor
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let mut values = vec![0.0f32; dims.iter().product()];
+        checkpoint.read_f32(hf, &mut values)?;
         if dims.len() == 2 && hf.ends_with("q_proj.weight") {
             values = reorder_rotary_rows(&values, config.num_attention_heads, dims[1], false);
         } else if dims.len() == 2 && hf.ends_with("k_proj.weight") {
@@ -433,7 +433,7 @@ pub fn convert_hf_to_gguf(
                 values.iter().flat_map(|v| v.to_le_bytes()).collect(),
             )
         };
-        blobs.push((gguf.clone(), ggml_dims, ty, bytes));
+        blobs.push((gguf, ggml_dims, ty, bytes));
     }
     let tensors: Vec<TensorToWrite<'_>> = blobs
         .iter()

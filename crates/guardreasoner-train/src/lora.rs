@@ -5,7 +5,7 @@
 //! `adapter_config.json` + `adapter_model.safetensors` with PEFT names
 //! `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`.
 
-use crate::model::{load_safetensors, save_safetensors, Llama};
+use crate::model::{save_safetensors, Llama, LlamaConfig};
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
@@ -215,46 +215,116 @@ pub fn load_adapter(dir: &Path) -> Result<(LoraConfig, BTreeMap<String, Tensor>)
         targets,
     };
     cfg.validate()?;
-    let tensors = load_safetensors(&dir.join("adapter_model.safetensors"))?;
+    let mut reader = crate::st::Reader::open(&dir.join("adapter_model.safetensors"))?;
+    let names: Vec<String> = reader.tensors().keys().cloned().collect();
+    let tensors = names
+        .into_iter()
+        .map(|name| reader.read_tensor(&name).map(|t| (name, t)))
+        .collect::<Result<_, _>>()?;
     Ok((cfg, tensors))
 }
 
-/// Folds a PEFT adapter into base weights (HF names), returning merged weights.
-pub fn merge_into(
-    base: &BTreeMap<String, Tensor>,
+/// Merges a PEFT adapter into the HF checkpoint in directory `base` (`config.json`,
+/// `*.safetensors`) and writes the merged weights to the safetensors file `out` in `dtype`.
+///
+/// It streams: each base weight is read as f32, gets `scale * B A` (computed in f32) if the
+/// adapter targets it, and is converted and written before the next is read, so memory holds
+/// about one f32 weight beside the adapter whatever the model's size. The checks come first,
+/// before anything is written: the weights are those `config.json` implies (names and shapes),
+/// every targeted weight has an adapter of its shape, and every adapter tensor is used.
+pub fn merge_checkpoint(
+    base: &Path,
     cfg: &LoraConfig,
     adapter: &BTreeMap<String, Tensor>,
-) -> Result<BTreeMap<String, Tensor>, TrainError> {
-    let mut out = base.clone();
-    let mut used = 0;
-    for (name, w) in out.iter_mut() {
-        if !cfg.targets_weight(name) {
-            continue;
-        }
-        let prefix = peft_prefix(name);
-        let get = |suffix: &str| {
-            adapter
-                .get(&format!("{prefix}.{suffix}"))
-                .ok_or_else(|| TrainError::Model(format!("adapter lacks {prefix}.{suffix}")))
-        };
-        let a = get("lora_A.weight")?.to_dtype(DType::F32)?;
-        let b = get("lora_B.weight")?.to_dtype(DType::F32)?;
-        let delta = (b.matmul(&a)? * cfg.scale())?;
-        if delta.dims() != w.dims() {
-            return Err(TrainError::Model(format!(
-                "adapter for {name} has shape {:?}, weight is {:?}",
-                delta.dims(),
-                w.dims()
+    out: &Path,
+    dtype: DType,
+) -> Result<(), TrainError> {
+    let config = LlamaConfig::from_file(&base.join("config.json"))?;
+    config
+        .validate()
+        .map_err(|m| TrainError::Model(m).with_path(base))?;
+    let checkpoint = crate::st::Checkpoint::open(base)?;
+    let expected = Llama::expected_shapes(&config);
+    let bad = |message: String| TrainError::Model(message).with_path(base);
+    if let Some((extra, _)) = checkpoint.tensors().find(|(name, _)| {
+        !(name.ends_with("rotary_emb.inv_freq")
+            || (config.tie_word_embeddings && *name == "lm_head.weight")
+            || expected.iter().any(|(n, _)| n == *name))
+    }) {
+        return Err(bad(format!("unexpected weight {extra}")));
+    }
+    // Per weight: its shape and, if adapted, its (A, B) in f32.
+    let mut plan = Vec::with_capacity(expected.len());
+    let mut used = std::collections::BTreeSet::new();
+    for (name, shape) in expected {
+        let info = checkpoint
+            .info(&name)
+            .ok_or_else(|| bad(format!("missing weight {name}")))?;
+        if info.shape != shape {
+            return Err(bad(format!(
+                "weight {name} has shape {:?}, config expects {shape:?}",
+                info.shape
             )));
         }
-        *w = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
-        used += 2;
+        let lora = if cfg.targets_weight(&name) {
+            let prefix = peft_prefix(&name);
+            let mut get = |suffix: &str| {
+                let key = format!("{prefix}.{suffix}");
+                let t = adapter
+                    .get(&key)
+                    .ok_or_else(|| TrainError::Model(format!("adapter lacks {key}")))?;
+                used.insert(key);
+                Ok::<_, TrainError>(t.to_dtype(DType::F32)?)
+            };
+            let (a, b) = (get("lora_A.weight")?, get("lora_B.weight")?);
+            let (rank, cols) = a.dims2()?;
+            let (rows, rank_b) = b.dims2()?;
+            if rank != rank_b || [rows, cols] != shape[..] {
+                return Err(TrainError::Model(format!(
+                    "adapter for {name}: lora_A is {:?} and lora_B {:?}, the weight is {shape:?}",
+                    a.dims(),
+                    b.dims()
+                )));
+            }
+            Some((a, b))
+        } else {
+            None
+        };
+        plan.push((name, shape, lora));
     }
-    if used != adapter.len() {
+    if let Some(unused) = adapter.keys().find(|k| !used.contains(*k)) {
         return Err(TrainError::Model(format!(
-            "adapter has {} tensors but only {used} match the model's targets",
+            "adapter tensor {unused} matches no targeted weight of the model ({} of its {} \
+             tensors are used)",
+            used.len(),
             adapter.len()
         )));
     }
-    Ok(out)
+    let scale = cfg.scale();
+    let checkpoint = std::cell::RefCell::new(checkpoint);
+    let entries: Vec<crate::st::Entry> = plan
+        .iter()
+        .map(|(name, shape, lora)| {
+            let checkpoint = &checkpoint;
+            let count = shape.iter().product();
+            crate::st::Entry {
+                name: name.clone(),
+                shape: shape.clone(),
+                data: crate::st::Payload::Lazy {
+                    count,
+                    dtype,
+                    values: Box::new(move || {
+                        let mut w = vec![0.0f32; count];
+                        checkpoint.borrow_mut().read_f32(name, &mut w)?;
+                        if let Some((a, b)) = lora {
+                            let delta = (b.matmul(a)? * scale)?.flatten_all()?.to_vec1::<f32>()?;
+                            w.iter_mut().zip(&delta).for_each(|(w, d)| *w += d);
+                        }
+                        Ok(w)
+                    }),
+                },
+            }
+        })
+        .collect();
+    crate::st::write(out, &entries)
 }

@@ -656,27 +656,13 @@ pub fn argmax(values: &[f32]) -> u32 {
 /// Every tensor of an HF-layout checkpoint directory (all its `*.safetensors` shards, in name
 /// order); a directory without any is an error naming it.
 pub fn load_checkpoint_weights(dir: &Path) -> Result<BTreeMap<String, Tensor>, TrainError> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| TrainError::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(TrainError::Format {
-            path: dir.to_path_buf(),
-            message: "no *.safetensors file in the checkpoint directory".into(),
-        });
-    }
     // Tensor by tensor: loading never holds a whole file's bytes beside its tensors.
+    let mut checkpoint = crate::st::Checkpoint::open(dir)?;
+    let names: Vec<String> = checkpoint.tensors().map(|(n, _)| n.clone()).collect();
     let mut weights = BTreeMap::new();
-    for file in &files {
-        let mut reader = crate::st::Reader::open(file)?;
-        let names: Vec<String> = reader.tensors().keys().cloned().collect();
-        for name in names {
-            let t = reader.read_tensor(&name)?;
-            weights.insert(name, t);
-        }
+    for name in names {
+        let t = checkpoint.read_tensor(&name)?;
+        weights.insert(name, t);
     }
     Ok(weights)
 }

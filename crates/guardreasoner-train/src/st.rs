@@ -20,9 +20,11 @@ pub enum Payload<'a> {
     /// A candle tensor, converted to the given dtype (f32, f64, bf16, f16) only when its turn
     /// comes, so at most one converted tensor exists at a time.
     Tensor(&'a Tensor, DType),
-    /// f32 values of `count` elements, computed only when their turn comes.
+    /// f32 values of `count` elements, computed only when their turn comes and stored as
+    /// `dtype` (f32, f64, bf16, f16; converted as candle converts f32).
     Lazy {
         count: usize,
+        dtype: DType,
         values: LazyValues<'a>,
     },
 }
@@ -33,8 +35,8 @@ pub type LazyValues<'a> = Box<dyn Fn() -> Result<Vec<f32>, TrainError> + 'a>;
 impl Payload<'_> {
     fn dtype(&self) -> DType {
         match self {
-            Payload::F32(_) | Payload::Lazy { .. } => DType::F32,
-            Payload::Tensor(_, d) => *d,
+            Payload::F32(_) => DType::F32,
+            Payload::Tensor(_, d) | Payload::Lazy { dtype: d, .. } => *d,
         }
     }
 
@@ -99,7 +101,11 @@ fn write_payload(out: &mut impl Write, payload: &Payload, path: &Path) -> Result
     let io = |e| TrainError::io(path, e);
     match payload {
         Payload::F32(v) => write_values(out, v, f32::to_le_bytes).map_err(io),
-        Payload::Lazy { count, values } => {
+        Payload::Lazy {
+            count,
+            dtype,
+            values,
+        } => {
             let v = values()?;
             if v.len() != *count {
                 return Err(TrainError::Model(format!(
@@ -107,7 +113,14 @@ fn write_payload(out: &mut impl Write, payload: &Payload, path: &Path) -> Result
                     v.len()
                 )));
             }
-            write_values(out, &v, f32::to_le_bytes).map_err(io)
+            match dtype {
+                DType::F32 => write_values(out, &v, f32::to_le_bytes),
+                DType::F64 => write_values(out, &v, |x| (x as f64).to_le_bytes()),
+                DType::BF16 => write_values(out, &v, |x| bf16::from_f32(x).to_le_bytes()),
+                DType::F16 => write_values(out, &v, |x| f16::from_f32(x).to_le_bytes()),
+                other => return Err(TrainError::Model(format!("cannot write {other:?}"))),
+            }
+            .map_err(io)
         }
         Payload::Tensor(t, dtype) => {
             let flat = t.to_dtype(*dtype)?.flatten_all()?;
@@ -329,6 +342,73 @@ impl Reader {
     }
 }
 
+/// The safetensors files of a checkpoint directory (every `*.safetensors`, in name order: a
+/// sharded checkpoint has several), read tensor by tensor.
+pub struct Checkpoint {
+    readers: Vec<Reader>,
+    /// The reader holding each tensor (a name found in several files: the last file's).
+    index: BTreeMap<String, usize>,
+}
+
+impl Checkpoint {
+    /// Opens every safetensors file in `dir`; none is an error naming the directory.
+    pub fn open(dir: &Path) -> Result<Self, TrainError> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| TrainError::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(TrainError::Format {
+                path: dir.to_path_buf(),
+                message: "no *.safetensors file in the checkpoint directory".into(),
+            });
+        }
+        let readers = files
+            .iter()
+            .map(|f| Reader::open(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut index = BTreeMap::new();
+        for (i, r) in readers.iter().enumerate() {
+            for name in r.tensors().keys() {
+                index.insert(name.clone(), i);
+            }
+        }
+        Ok(Checkpoint { readers, index })
+    }
+
+    /// Every tensor by name.
+    pub fn tensors(&self) -> impl Iterator<Item = (&String, &Info)> {
+        self.index
+            .iter()
+            .map(|(name, &i)| (name, &self.readers[i].tensors()[name]))
+    }
+
+    /// Where tensor `name` lies, if the checkpoint has it.
+    pub fn info(&self, name: &str) -> Option<&Info> {
+        self.index
+            .get(name)
+            .map(|&i| &self.readers[i].tensors()[name])
+    }
+
+    fn reader(&mut self, name: &str) -> &mut Reader {
+        // An unknown name is left to the first reader, whose error names its file.
+        let i = self.index.get(name).copied().unwrap_or(0);
+        &mut self.readers[i]
+    }
+
+    /// Reads tensor `name` into `out`, converting to f32 (see [`Reader::read_f32`]).
+    pub fn read_f32(&mut self, name: &str, out: &mut [f32]) -> Result<(), TrainError> {
+        self.reader(name).read_f32(name, out)
+    }
+
+    /// Reads tensor `name` as a candle tensor of its stored dtype.
+    pub fn read_tensor(&mut self, name: &str) -> Result<Tensor, TrainError> {
+        self.reader(name).read_tensor(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +435,7 @@ mod tests {
                 shape: vec![3],
                 data: Payload::Lazy {
                     count: 3,
+                    dtype: DType::F32,
                     values: Box::new(|| Ok(vec![4.0, 5.0, 6.0])),
                 },
             },
@@ -388,6 +469,7 @@ mod tests {
             shape: vec![2],
             data: Payload::Lazy {
                 count: 2,
+                dtype: DType::F32,
                 values: Box::new(|| Err(TrainError::Model("no values".into()))),
             },
         }];

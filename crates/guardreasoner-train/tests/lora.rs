@@ -1,11 +1,16 @@
 //! LoRA: merged == unmerged logits, PEFT files readable by the `safetensors` crate, merge from
-//! the saved adapter.
+//! the saved adapter; the streaming merge equals the former in-memory merge bit for bit.
 
 mod common;
 
 use candle_core::{DType, Tensor};
-use guardreasoner_train::lora::{load_adapter, merge_into, save_adapter, LoraConfig};
-use guardreasoner_train::model::{Llama, TrainMode};
+use guardreasoner_train::lora::{
+    load_adapter, merge_checkpoint, peft_prefix, save_adapter, LoraConfig,
+};
+use guardreasoner_train::model::{load_safetensors, Llama, TrainMode};
+use guardreasoner_train::TrainError;
+use std::collections::BTreeMap;
+use std::path::Path;
 
 fn lora_config() -> LoraConfig {
     LoraConfig {
@@ -108,11 +113,15 @@ fn peft_adapter_files_have_peft_names_and_merge_back() {
     assert_eq!(config["r"], 4);
     assert_eq!(config["lora_alpha"], 16.0);
 
-    // Merge from the files (the `train merge` path) == the in-memory merge.
+    // Merge from the files (the `model merge` path) == the in-memory merge.
     let (read_cfg, adapter) = load_adapter(dir.path()).unwrap();
     assert_eq!(read_cfg, cfg);
-    let merged = merge_into(model.weights(), &read_cfg, &adapter).unwrap();
+    let out = dir.path().join("merged.safetensors");
+    let base = common::shared("fixtures/tiny-llama3");
+    merge_checkpoint(&base, &read_cfg, &adapter, &out, DType::F32).unwrap();
+    let merged = load_safetensors(&out).unwrap();
     let in_memory = model.merged_weights().unwrap();
+    assert_eq!(merged.len(), in_memory.len());
     for (name, w) in &merged {
         let d = (w - &in_memory[name])
             .unwrap()
@@ -124,4 +133,126 @@ fn peft_adapter_files_have_peft_names_and_merge_back() {
             .unwrap();
         assert!(d < 1e-6, "{name}: {d}");
     }
+}
+
+/// The in-memory merge that `model merge` ran before it streamed (the whole base loaded as a
+/// `Llama` in f32, every weight cloned, then converted), kept as the reference.
+fn reference_merge(
+    base: &Path,
+    cfg: &LoraConfig,
+    adapter: &BTreeMap<String, Tensor>,
+    dtype: DType,
+) -> BTreeMap<String, Tensor> {
+    let model = Llama::load_hf(base, DType::F32, TrainMode::Full, 0).unwrap();
+    let mut out: BTreeMap<String, Tensor> = model
+        .weights()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.detach()))
+        .collect();
+    for (name, w) in out.iter_mut() {
+        if !cfg.targets_weight(name) {
+            continue;
+        }
+        let prefix = peft_prefix(name);
+        let a = adapter[&format!("{prefix}.lora_A.weight")]
+            .to_dtype(DType::F32)
+            .unwrap();
+        let b = adapter[&format!("{prefix}.lora_B.weight")]
+            .to_dtype(DType::F32)
+            .unwrap();
+        let delta = (b.matmul(&a).unwrap() * cfg.scale()).unwrap();
+        *w = (w.to_dtype(DType::F32).unwrap() + delta)
+            .unwrap()
+            .to_dtype(w.dtype())
+            .unwrap();
+    }
+    out.into_iter()
+        .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
+        .collect()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+#[test]
+fn streaming_merge_equals_the_in_memory_merge_bit_for_bit() {
+    let model = trained_lora_model();
+    let cfg = lora_config();
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&model, &cfg, "tiny-llama3", dir.path()).unwrap();
+    let (cfg, adapter) = load_adapter(dir.path()).unwrap();
+    let base = common::shared("fixtures/tiny-llama3");
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let out = dir.path().join(format!("{dtype:?}.safetensors"));
+        merge_checkpoint(&base, &cfg, &adapter, &out, dtype).unwrap();
+        let streamed = load_safetensors(&out).unwrap();
+        let reference = reference_merge(&base, &cfg, &adapter, dtype);
+        assert_eq!(
+            streamed.keys().collect::<Vec<_>>(),
+            reference.keys().collect::<Vec<_>>()
+        );
+        for (name, want) in &reference {
+            let got = &streamed[name];
+            assert_eq!(got.dtype(), dtype, "{name}");
+            assert_eq!(got.dims(), want.dims(), "{name}");
+            assert!(bits(got) == bits(want), "{name} ({dtype:?}) differs");
+        }
+        // The adapters changed what they target, and only that.
+        let q = "model.layers.0.self_attn.q_proj.weight";
+        let norm = "model.layers.0.input_layernorm.weight";
+        let plain = load_safetensors(&base.join("model.safetensors")).unwrap();
+        let base_q = plain[q].to_dtype(dtype).unwrap();
+        assert!(bits(&streamed[q]) != bits(&base_q));
+        assert!(bits(&streamed[norm]) == bits(&plain[norm].to_dtype(dtype).unwrap()));
+    }
+}
+
+#[test]
+fn merge_errors_name_the_tensor_at_fault_and_write_nothing() {
+    let model = trained_lora_model();
+    let cfg = lora_config();
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(&model, &cfg, "tiny-llama3", dir.path()).unwrap();
+    let (cfg, adapter) = load_adapter(dir.path()).unwrap();
+    let base = common::shared("fixtures/tiny-llama3");
+    let out = dir.path().join("merged.safetensors");
+    let merge = |adapter: &BTreeMap<String, Tensor>, cfg: &LoraConfig| -> String {
+        let err: TrainError = merge_checkpoint(&base, cfg, adapter, &out, DType::BF16)
+            .expect_err("the merge must fail");
+        assert!(!out.exists() && !out.with_extension("safetensors.tmp").exists());
+        err.to_string()
+    };
+    let b = "base_model.model.model.layers.1.mlp.up_proj.lora_B.weight";
+
+    let mut missing = adapter.clone();
+    missing.remove(b);
+    let err = merge(&missing, &cfg);
+    assert!(err.contains("adapter lacks") && err.contains(b), "{err}");
+
+    let mut misshapen = adapter.clone();
+    let rank = cfg.rank;
+    misshapen.insert(
+        b.into(),
+        Tensor::zeros((3, rank), DType::F32, &candle_core::Device::Cpu).unwrap(),
+    );
+    let err = merge(&misshapen, &cfg);
+    assert!(err.contains("model.layers.1.mlp.up_proj.weight"), "{err}");
+
+    // Adapter tensors for a projection the config does not target are not silently dropped.
+    let mut fewer = cfg.clone();
+    fewer.targets.retain(|t| t != "down_proj");
+    let err = merge(&adapter, &fewer);
+    assert!(
+        err.contains("down_proj.lora_A.weight") && err.contains("matches no"),
+        "{err}"
+    );
 }
