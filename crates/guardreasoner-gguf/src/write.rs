@@ -17,6 +17,21 @@ pub struct TensorToWrite<'a> {
     pub data: &'a [u8],
 }
 
+/// A tensor's place in a file written with [`GgufWriter`]: its name, shape in ggml order and
+/// type; its bytes come later.
+#[derive(Clone, Debug)]
+pub struct TensorPlan {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub dtype: GgmlType,
+}
+
+impl TensorPlan {
+    fn byte_len(&self) -> u64 {
+        self.dims.iter().product::<u64>() * self.dtype.type_size().unwrap_or(0) as u64
+    }
+}
+
 fn type_id(ty: GgmlType) -> Option<u32> {
     Some(match ty {
         GgmlType::F32 => 0,
@@ -82,68 +97,162 @@ fn put_value(out: &mut Vec<u8>, v: &Value) -> Result<(), String> {
 }
 
 /// Writes a GGUF file atomically (a temporary file renamed into place): a crash never leaves a
-/// half-written model under `path`.
+/// half-written model under `path`. All tensors are in memory; [`GgufWriter`] takes them one at
+/// a time.
 pub fn write_gguf(
     path: &Path,
     metadata: &[(String, Value)],
     tensors: &[TensorToWrite<'_>],
 ) -> std::io::Result<()> {
-    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
-    let mut header = Vec::new();
-    header.extend_from_slice(b"GGUF");
-    header.extend_from_slice(&3u32.to_le_bytes());
-    header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-    for (key, value) in metadata {
-        put_string(&mut header, key);
-        header.extend_from_slice(&value_type(value).to_le_bytes());
-        put_value(&mut header, value).map_err(|m| invalid(format!("metadata {key}: {m}")))?;
+    let plans: Vec<TensorPlan> = tensors
+        .iter()
+        .map(|t| TensorPlan {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            dtype: t.dtype,
+        })
+        .collect();
+    for (t, plan) in tensors.iter().zip(&plans) {
+        check_size(plan, t.data.len())?;
     }
-    let mut offset = 0usize;
-    let mut offsets = Vec::with_capacity(tensors.len());
+    let mut writer = GgufWriter::create(path, metadata, plans)?;
     for t in tensors {
-        let id = type_id(t.dtype).ok_or_else(|| {
+        writer.write_tensor(t.data)?;
+    }
+    writer.finish()
+}
+
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
+}
+
+fn check_size(plan: &TensorPlan, len: usize) -> std::io::Result<()> {
+    if plan.byte_len() != len as u64 {
+        return Err(invalid(format!(
+            "tensor {}: {len} bytes for shape {:?} of {}",
+            plan.name,
+            plan.dims,
+            plan.dtype.name()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a GGUF file one tensor at a time, so a converter holds one tensor's bytes, not the
+/// model's: the header (metadata and every tensor's plan) goes first, then each tensor's bytes
+/// in plan order, then [`GgufWriter::finish`] renames the temporary file into place. Dropped
+/// before `finish` (an error, a panic), it removes the temporary file and leaves `path` as it was.
+pub struct GgufWriter {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    out: Option<BufWriter<std::fs::File>>,
+    plans: Vec<TensorPlan>,
+    offsets: Vec<u64>,
+    end: u64,
+    written: u64,
+    next: usize,
+}
+
+impl GgufWriter {
+    /// Checks the plans and writes the header.
+    pub fn create(
+        path: &Path,
+        metadata: &[(String, Value)],
+        plans: Vec<TensorPlan>,
+    ) -> std::io::Result<GgufWriter> {
+        let mut header = Vec::new();
+        header.extend_from_slice(b"GGUF");
+        header.extend_from_slice(&3u32.to_le_bytes());
+        header.extend_from_slice(&(plans.len() as u64).to_le_bytes());
+        header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+        for (key, value) in metadata {
+            put_string(&mut header, key);
+            header.extend_from_slice(&value_type(value).to_le_bytes());
+            put_value(&mut header, value).map_err(|m| invalid(format!("metadata {key}: {m}")))?;
+        }
+        let mut offset = 0u64;
+        let mut offsets = Vec::with_capacity(plans.len());
+        for t in &plans {
+            let id = type_id(t.dtype).ok_or_else(|| {
+                invalid(format!(
+                    "tensor {}: type {} cannot be written",
+                    t.name,
+                    t.dtype.name()
+                ))
+            })?;
+            put_string(&mut header, &t.name);
+            header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            for d in &t.dims {
+                header.extend_from_slice(&d.to_le_bytes());
+            }
+            header.extend_from_slice(&id.to_le_bytes());
+            header.extend_from_slice(&offset.to_le_bytes());
+            offsets.push(offset);
+            offset = (offset + t.byte_len()).div_ceil(ALIGNMENT as u64) * ALIGNMENT as u64;
+        }
+        header.resize(header.len().div_ceil(ALIGNMENT) * ALIGNMENT, 0);
+        let tmp = path.with_extension("gguf.tmp");
+        let mut writer = GgufWriter {
+            path: path.to_path_buf(),
+            out: Some(BufWriter::new(std::fs::File::create(&tmp)?)),
+            tmp,
+            plans,
+            offsets,
+            end: offset,
+            written: 0,
+            next: 0,
+        };
+        writer.stream()?.write_all(&header)?;
+        Ok(writer)
+    }
+
+    fn stream(&mut self) -> std::io::Result<&mut BufWriter<std::fs::File>> {
+        self.out
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("GGUF writer already finished"))
+    }
+
+    /// The next tensor's bytes (in plan order; the length must match its plan).
+    pub fn write_tensor(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let plan = self.plans.get(self.next).ok_or_else(|| {
             invalid(format!(
-                "tensor {}: type {} cannot be written",
-                t.name,
-                t.dtype.name()
+                "more tensors than the {} planned",
+                self.plans.len()
             ))
         })?;
-        let elems: u64 = t.dims.iter().product();
-        let elem_bytes = t.dtype.type_size().unwrap_or(0) as u64;
-        if elems * elem_bytes != t.data.len() as u64 {
+        check_size(plan, data.len())?;
+        let pad = (self.offsets[self.next] - self.written) as usize;
+        let out = self.stream()?;
+        out.write_all(&[0u8; ALIGNMENT][..pad])?;
+        out.write_all(data)?;
+        self.written = self.offsets[self.next] + data.len() as u64;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Pads, syncs and renames the file into place, once every planned tensor is written.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        if self.next != self.plans.len() {
             return Err(invalid(format!(
-                "tensor {}: {} bytes for shape {:?} of {}",
-                t.name,
-                t.data.len(),
-                t.dims,
-                t.dtype.name()
+                "{} of {} planned tensors written",
+                self.next,
+                self.plans.len()
             )));
         }
-        put_string(&mut header, &t.name);
-        header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-        for d in &t.dims {
-            header.extend_from_slice(&d.to_le_bytes());
-        }
-        header.extend_from_slice(&id.to_le_bytes());
-        header.extend_from_slice(&(offset as u64).to_le_bytes());
-        offsets.push(offset);
-        offset = (offset + t.data.len()).div_ceil(ALIGNMENT) * ALIGNMENT;
+        let pad = (self.end - self.written) as usize;
+        let mut out = self.out.take().expect("not finished");
+        out.write_all(&[0u8; ALIGNMENT][..pad])?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)
     }
-    header.resize(header.len().div_ceil(ALIGNMENT) * ALIGNMENT, 0);
+}
 
-    let tmp = path.with_extension("gguf.tmp");
-    let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
-    out.write_all(&header)?;
-    let mut written = 0usize;
-    for (t, &at) in tensors.iter().zip(&offsets) {
-        out.write_all(&vec![0u8; at - written])?;
-        out.write_all(t.data)?;
-        written = at + t.data.len();
+impl Drop for GgufWriter {
+    fn drop(&mut self) {
+        if self.out.take().is_some() || self.tmp.exists() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
-    out.write_all(&vec![0u8; offset - written])?;
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -201,6 +310,52 @@ mod tests {
         assert_eq!(tb.dims, vec![4, 3]);
         assert_eq!(file.tensor_data(tb).unwrap(), &b[..]);
         assert!(!dir.path().join("t.gguf.tmp").exists());
+    }
+
+    #[test]
+    fn streamed_tensors_read_back_and_an_unfinished_file_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.gguf");
+        let plan = |name: &str, n: u64| TensorPlan {
+            name: name.into(),
+            dims: vec![n],
+            dtype: GgmlType::F32,
+        };
+        let bytes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+                .collect()
+        };
+        let (a, b) = (bytes(5), bytes(9));
+        let mut w = GgufWriter::create(&path, &[], vec![plan("a", 5), plan("b", 9)]).unwrap();
+        w.write_tensor(&a).unwrap();
+        // A tensor of the wrong size is refused; the writer stays usable.
+        assert!(w
+            .write_tensor(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("tensor b"));
+        w.write_tensor(&b).unwrap();
+        assert!(w.write_tensor(&b).is_err(), "more tensors than planned");
+        w.finish().unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        assert_eq!(file.tensor_data(file.tensor("a").unwrap()).unwrap(), &a[..]);
+        assert_eq!(file.tensor_data(file.tensor("b").unwrap()).unwrap(), &b[..]);
+
+        // Stopped part-way (an error in the caller, then drop): no temporary file, and the
+        // finished file from before is untouched.
+        let before = std::fs::read(&path).unwrap();
+        let mut w = GgufWriter::create(&path, &[], vec![plan("a", 5), plan("b", 9)]).unwrap();
+        w.write_tensor(&a).unwrap();
+        assert!(dir.path().join("s.gguf.tmp").exists());
+        drop(w);
+        assert!(!dir.path().join("s.gguf.tmp").exists());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        // Finishing early is an error, and also leaves nothing.
+        let w = GgufWriter::create(&path, &[], vec![plan("a", 5)]).unwrap();
+        assert!(w.finish().unwrap_err().to_string().contains("0 of 1"));
+        assert!(!dir.path().join("s.gguf.tmp").exists());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
     #[test]

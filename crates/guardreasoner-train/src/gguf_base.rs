@@ -316,7 +316,7 @@ pub fn convert_hf_to_gguf(
     path: &Path,
     weight_type: GgufWeightType,
 ) -> Result<(), TrainError> {
-    use guardreasoner_gguf::write::{write_gguf, TensorToWrite};
+    use guardreasoner_gguf::write::{GgufWriter, TensorPlan};
     use guardreasoner_gguf::{GgmlType, Value};
     let fail = |message: String| TrainError::Format {
         path: dir.to_path_buf(),
@@ -396,14 +396,15 @@ pub fn convert_hf_to_gguf(
         ));
     }
 
-    // Read one weight at a time (the blobs below are the output; the f32 checkpoint is not
-    // held beside them).
+    // One weight at a time: plan every tensor (the header needs them all), then read, convert
+    // and write each in turn, so neither the checkpoint nor the output is held whole.
     let mut checkpoint = crate::st::Checkpoint::open(dir)?;
     let weights: Vec<(String, Vec<usize>)> = checkpoint
         .tensors()
         .map(|(name, info)| (name.clone(), info.shape.clone()))
         .collect();
-    let mut blobs: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)> = Vec::new();
+    let mut plans = Vec::new();
+    let mut sources = Vec::new();
     for (hf, dims) in &weights {
         let Some(gguf) = gguf_name_of(hf) else {
             if hf.ends_with("rotary_emb.inv_freq")
@@ -413,6 +414,17 @@ pub fn convert_hf_to_gguf(
             }
             return Err(fail(format!("weight {hf} has no GGUF counterpart")));
         };
+        let to_f16 = dims.len() == 2 && weight_type == GgufWeightType::F16;
+        plans.push(TensorPlan {
+            name: gguf,
+            dims: dims.iter().rev().map(|&d| d as u64).collect(),
+            dtype: if to_f16 { GgmlType::F16 } else { GgmlType::F32 },
+        });
+        sources.push((hf, dims, to_f16));
+    }
+    let io = |e| TrainError::io(path, e);
+    let mut writer = GgufWriter::create(path, &metadata, plans).map_err(io)?;
+    for (hf, dims, to_f16) in sources {
         let mut values = vec![0.0f32; dims.iter().product()];
         checkpoint.read_f32(hf, &mut values)?;
         if dims.len() == 2 && hf.ends_with("q_proj.weight") {
@@ -420,31 +432,18 @@ pub fn convert_hf_to_gguf(
         } else if dims.len() == 2 && hf.ends_with("k_proj.weight") {
             values = reorder_rotary_rows(&values, config.num_key_value_heads(), dims[1], false);
         }
-        let ggml_dims: Vec<u64> = dims.iter().rev().map(|&d| d as u64).collect();
-        let (ty, bytes) = if dims.len() == 2 && weight_type == GgufWeightType::F16 {
-            let bytes = values
+        let bytes: Vec<u8> = if to_f16 {
+            values
                 .iter()
                 .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect();
-            (GgmlType::F16, bytes)
+                .collect()
         } else {
-            (
-                GgmlType::F32,
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
+            values.iter().flat_map(|v| v.to_le_bytes()).collect()
         };
-        blobs.push((gguf, ggml_dims, ty, bytes));
+        drop(values);
+        writer.write_tensor(&bytes).map_err(io)?;
     }
-    let tensors: Vec<TensorToWrite<'_>> = blobs
-        .iter()
-        .map(|(name, dims, dtype, data)| TensorToWrite {
-            name: name.clone(),
-            dims: dims.clone(),
-            dtype: *dtype,
-            data,
-        })
-        .collect();
-    write_gguf(path, &metadata, &tensors).map_err(|e| TrainError::io(path, e))
+    writer.finish().map_err(io)
 }
 
 fn pretty(value: &serde_json::Value) -> String {
