@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::error::{EngineError, Result};
-use crate::kernels::{self, Isa, KvElem, KvFormat, KvSeg, KV_Q8_BLOCK};
+use crate::kernels::{self, Isa, KvElem, KvSeg, KV_Q8_BLOCK};
 use crate::matrix::{matmul, MatmulScratch, Matrix};
 use crate::quant::WeightType;
 use guardreasoner_gguf::GgufFile;
@@ -124,35 +124,12 @@ pub enum KvType {
 }
 
 impl KvType {
-    /// Bytes per cached element, scales included.
-    pub fn bytes(self) -> f64 {
-        match self {
-            KvType::F32 => 4.0,
-            KvType::F16 => 2.0,
-            KvType::Q8 => 1.0 + 4.0 / KV_Q8_BLOCK as f64,
-        }
-    }
-
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             KvType::F32 => "f32",
             KvType::F16 => "f16",
             KvType::Q8 => "q8",
-        }
-    }
-}
-
-impl std::str::FromStr for KvType {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<KvType, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" => Ok(KvType::F32),
-            "f16" => Ok(KvType::F16),
-            "q8" | "q8_0" | "int8" => Ok(KvType::Q8),
-            other => Err(format!(
-                "unknown key/value cache type '{other}' (expected f32, f16 or q8)"
-            )),
         }
     }
 }
@@ -232,7 +209,7 @@ impl KvBuf {
     /// Store one position's values (whole blocks) starting at element `at`.
     fn write(&mut self, at: usize, values: &[f32]) {
         fn go<T: KvElem>(v: &mut [T], scales: &mut [f32], at: usize, x: &[f32]) {
-            let blocks = if T::FORMAT == KvFormat::Q8 {
+            let blocks = if T::TYPE == KvType::Q8 {
                 &mut scales[at / KV_Q8_BLOCK..(at + x.len()) / KV_Q8_BLOCK]
             } else {
                 &mut []

@@ -8,15 +8,6 @@ use std::path::Path;
 /// Tensor data alignment (GGUF's default `general.alignment`).
 const ALIGNMENT: usize = 32;
 
-/// One tensor to write: its name, its shape in ggml order (fastest-varying first), its type and
-/// its raw little-endian bytes.
-pub struct TensorToWrite<'a> {
-    pub name: String,
-    pub dims: Vec<u64>,
-    pub dtype: GgmlType,
-    pub data: &'a [u8],
-}
-
 /// A tensor's place in a file written with [`GgufWriter`]: its name, shape in ggml order and
 /// type; its bytes come later.
 #[derive(Clone, Debug)]
@@ -96,50 +87,13 @@ fn put_value(out: &mut Vec<u8>, v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes a GGUF file atomically (a temporary file renamed into place): a crash never leaves a
-/// half-written model under `path`. All tensors are in memory; [`GgufWriter`] takes them one at
-/// a time.
-pub fn write_gguf(
-    path: &Path,
-    metadata: &[(String, Value)],
-    tensors: &[TensorToWrite<'_>],
-) -> std::io::Result<()> {
-    let plans: Vec<TensorPlan> = tensors
-        .iter()
-        .map(|t| TensorPlan {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            dtype: t.dtype,
-        })
-        .collect();
-    for (t, plan) in tensors.iter().zip(&plans) {
-        check_size(plan, t.data.len())?;
-    }
-    let mut writer = GgufWriter::create(path, metadata, plans)?;
-    for t in tensors {
-        writer.write_tensor(t.data)?;
-    }
-    writer.finish()
-}
-
 fn invalid(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
 }
 
-fn check_size(plan: &TensorPlan, len: usize) -> std::io::Result<()> {
-    if plan.byte_len() != len as u64 {
-        return Err(invalid(format!(
-            "tensor {}: {len} bytes for shape {:?} of {}",
-            plan.name,
-            plan.dims,
-            plan.dtype.name()
-        )));
-    }
-    Ok(())
-}
-
-/// Writes a GGUF file one tensor at a time, so a converter holds one tensor's bytes, not the
-/// model's: the header (metadata and every tensor's plan) goes first, then each tensor's bytes
+/// Writes a GGUF file atomically (a temporary file renamed into place: a crash never leaves a
+/// half-written model under `path`) and one tensor at a time, so a converter holds one tensor's
+/// bytes, not the model's: the header (metadata and every tensor's plan) goes first, then each tensor's bytes
 /// in plan order, then [`GgufWriter::finish`] renames the temporary file into place. Dropped
 /// before `finish` (an error, a panic), it removes the temporary file and leaves `path` as it was.
 pub struct GgufWriter {
@@ -202,14 +156,14 @@ impl GgufWriter {
             written: 0,
             next: 0,
         };
-        writer.stream()?.write_all(&header)?;
+        // Written through the writer, so a failure here also removes the temporary file.
+        writer.out().write_all(&header)?;
         Ok(writer)
     }
 
-    fn stream(&mut self) -> std::io::Result<&mut BufWriter<std::fs::File>> {
-        self.out
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("GGUF writer already finished"))
+    /// The open file; `None` only inside `finish`, which consumes the writer.
+    fn out(&mut self) -> &mut BufWriter<std::fs::File> {
+        self.out.as_mut().expect("open until finish")
     }
 
     /// The next tensor's bytes (in plan order; the length must match its plan).
@@ -220,9 +174,17 @@ impl GgufWriter {
                 self.plans.len()
             ))
         })?;
-        check_size(plan, data.len())?;
+        if plan.byte_len() != data.len() as u64 {
+            return Err(invalid(format!(
+                "tensor {}: {} bytes for shape {:?} of {}",
+                plan.name,
+                data.len(),
+                plan.dims,
+                plan.dtype.name()
+            )));
+        }
         let pad = (self.offsets[self.next] - self.written) as usize;
-        let out = self.stream()?;
+        let out = self.out();
         out.write_all(&[0u8; ALIGNMENT][..pad])?;
         out.write_all(data)?;
         self.written = self.offsets[self.next] + data.len() as u64;
@@ -248,10 +210,11 @@ impl GgufWriter {
 }
 
 impl Drop for GgufWriter {
+    /// After `finish` the temporary file has been renamed away; otherwise it is closed, then
+    /// removed.
     fn drop(&mut self) {
-        if self.out.take().is_some() || self.tmp.exists() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        drop(self.out.take());
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
@@ -285,21 +248,22 @@ mod tests {
                 Value::Array(vec![Value::I32(1), Value::I32(3)]),
             ),
         ];
-        let tensors = [
-            TensorToWrite {
+        let plans = vec![
+            TensorPlan {
                 name: "a".into(),
                 dims: vec![3],
                 dtype: GgmlType::F32,
-                data: &a,
             },
-            TensorToWrite {
+            TensorPlan {
                 name: "b".into(),
                 dims: vec![4, 3],
                 dtype: GgmlType::F16,
-                data: &b,
             },
         ];
-        write_gguf(&path, &metadata, &tensors).unwrap();
+        let mut w = GgufWriter::create(&path, &metadata, plans).unwrap();
+        w.write_tensor(&a).unwrap();
+        w.write_tensor(&b).unwrap();
+        w.finish().unwrap();
         let file = GgufFile::open(&path).unwrap();
         for (k, v) in &metadata {
             assert_eq!(file.get(k), Some(v), "{k}");
@@ -359,18 +323,19 @@ mod tests {
     }
 
     #[test]
-    fn a_size_mismatch_is_refused_before_anything_is_written() {
+    fn a_size_mismatch_is_refused_and_leaves_no_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.gguf");
-        let data = [0u8; 5];
-        let t = [TensorToWrite {
+        let plan = TensorPlan {
             name: "a".into(),
             dims: vec![2],
             dtype: GgmlType::F32,
-            data: &data,
-        }];
-        let err = write_gguf(&path, &[], &t).unwrap_err().to_string();
+        };
+        let mut w = GgufWriter::create(&path, &[], vec![plan]).unwrap();
+        let err = w.write_tensor(&[0u8; 5]).unwrap_err().to_string();
+        drop(w);
         assert!(err.contains("tensor a"), "{err}");
         assert!(!path.exists());
+        assert!(!dir.path().join("t.gguf.tmp").exists());
     }
 }

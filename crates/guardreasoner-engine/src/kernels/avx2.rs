@@ -2,7 +2,8 @@
 //! ([`super::Isa::detect`]); every function here is `unsafe` for that reason only: all memory
 //! accesses stay inside the slices passed in (lengths are checked on entry).
 
-use super::{KvElem, KvFormat, KvSeg, KV_Q8_BLOCK};
+use super::{KvElem, KvSeg, KV_Q8_BLOCK};
+use crate::llama::KvType;
 use crate::quant::{BlockQ16, WeightType, QK};
 use std::arch::x86_64::*;
 
@@ -288,10 +289,10 @@ pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load8kv<T: KvElem>(data: *const T, scales: *const f32, i: usize) -> __m256 {
     let p = data.add(i);
-    match T::FORMAT {
-        KvFormat::F32 => _mm256_loadu_ps(p as *const f32),
-        KvFormat::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
-        KvFormat::Q8 => _mm256_mul_ps(
+    match T::TYPE {
+        KvType::F32 => _mm256_loadu_ps(p as *const f32),
+        KvType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+        KvType::Q8 => _mm256_mul_ps(
             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))),
             _mm256_broadcast_ss(&*scales.add(i / KV_Q8_BLOCK)),
         ),

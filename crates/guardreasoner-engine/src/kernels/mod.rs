@@ -10,6 +10,7 @@
 //! A weight row is dotted with up to [`MAX_COLS`] activation vectors at once, so the unpacking
 //! of each weight block is shared between the sequences of a batch (or tokens of a prompt).
 
+use crate::llama::KvType;
 use crate::quant::{BlockQ16, WeightType};
 use std::sync::OnceLock;
 
@@ -154,22 +155,14 @@ pub fn axpy(isa: Isa, alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// How a key/value cache element is stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KvFormat {
-    F32,
-    F16,
-    /// 8-bit integers in blocks of [`KV_Q8_BLOCK`], one f32 scale per block (see [`KvSeg`]).
-    Q8,
-}
-
 /// Elements sharing one scale in an `i8` key/value cache.
 pub const KV_Q8_BLOCK: usize = 32;
 
 /// An element type of the key/value cache: `f32` (reference models), `f16` (half the memory)
 /// or `i8` (a quarter, plus one scale per [`KV_Q8_BLOCK`] elements).
 pub trait KvElem: Copy + Default + Send + Sync + 'static {
-    const FORMAT: KvFormat;
+    /// The cache type this element makes.
+    const TYPE: KvType;
     /// The stored value (before its block's scale, for `i8`).
     fn to_f32(self) -> f32;
     /// Store `x` (whole blocks) into `out`, and for `i8` each block's scale into `scales`
@@ -178,7 +171,7 @@ pub trait KvElem: Copy + Default + Send + Sync + 'static {
 }
 
 impl KvElem for f32 {
-    const FORMAT: KvFormat = KvFormat::F32;
+    const TYPE: KvType = KvType::F32;
     #[inline]
     fn to_f32(self) -> f32 {
         self
@@ -189,7 +182,7 @@ impl KvElem for f32 {
 }
 
 impl KvElem for half::f16 {
-    const FORMAT: KvFormat = KvFormat::F16;
+    const TYPE: KvType = KvType::F16;
     #[inline]
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
@@ -202,7 +195,7 @@ impl KvElem for half::f16 {
 }
 
 impl KvElem for i8 {
-    const FORMAT: KvFormat = KvFormat::Q8;
+    const TYPE: KvType = KvType::Q8;
     #[inline]
     fn to_f32(self) -> f32 {
         self as f32
@@ -276,7 +269,7 @@ pub fn attend<T: KvElem>(
                 || (seg.len - 1) * stride + offset + head_dim <= seg.k.len().min(seg.v.len()),
             "attend: cache too short"
         );
-        if T::FORMAT == KvFormat::Q8 && seg.len > 0 {
+        if T::TYPE == KvType::Q8 && seg.len > 0 {
             assert!(
                 ((seg.len - 1) * stride + offset + head_dim).div_ceil(KV_Q8_BLOCK)
                     <= seg.k_scale.len().min(seg.v_scale.len()),
@@ -482,7 +475,7 @@ mod tests {
             let mut out = vec![T::default(); x.len()];
             let mut scales = vec![0.0; x.len().div_ceil(KV_Q8_BLOCK)];
             T::store(&x, &mut out, &mut scales);
-            if T::FORMAT != KvFormat::Q8 {
+            if T::TYPE != KvType::Q8 {
                 scales.clear();
             }
             (out, scales)

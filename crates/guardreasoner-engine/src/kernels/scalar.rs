@@ -1,6 +1,7 @@
 //! Portable reference kernels. The SIMD kernels must agree with these.
 
-use super::{KvElem, KvFormat, KvSeg, KV_Q8_BLOCK};
+use super::{KvElem, KvSeg, KV_Q8_BLOCK};
+use crate::llama::KvType;
 use crate::quant::{f16_at, q4k_scale_min, q6k_unpack, BlockQ16, WeightType, QK, QK_K};
 use half::{bf16, f16};
 
@@ -132,7 +133,7 @@ pub fn attend<T: KvElem>(
     out: &mut [f32],
 ) {
     let d = head_dim;
-    let q8 = T::FORMAT == KvFormat::Q8;
+    let q8 = T::TYPE == KvType::Q8;
     // Each cached row of this group as the values it stands for.
     let rows = |values: bool| {
         segs.iter().flat_map(move |s| {
