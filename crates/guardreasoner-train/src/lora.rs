@@ -239,10 +239,8 @@ pub fn merge_checkpoint(
     out: &Path,
     dtype: DType,
 ) -> Result<(), TrainError> {
+    // `from_file` also validates it.
     let config = LlamaConfig::from_file(&base.join("config.json"))?;
-    config
-        .validate()
-        .map_err(|m| TrainError::Model(m).with_path(base))?;
     let checkpoint = crate::st::Checkpoint::open(base)?;
     let expected = Llama::expected_shapes(&config);
     let bad = |message: String| TrainError::Model(message).with_path(base);

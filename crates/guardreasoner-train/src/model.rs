@@ -679,18 +679,17 @@ pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, TrainEr
     Ok(map.into_iter().collect())
 }
 
-/// Writes tensors to a safetensors file atomically (temp file + rename).
+/// Writes tensors to a safetensors file atomically, in their own dtypes (see [`crate::st::write`]).
 pub fn save_safetensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), TrainError> {
-    let tmp = path.with_extension("safetensors.tmp");
-    let map: std::collections::HashMap<String, Tensor> = tensors
+    let entries: Vec<crate::st::Entry> = tensors
         .iter()
-        .map(|(k, v)| v.contiguous().map(|v| (k.clone(), v)))
-        .collect::<Result<_, _>>()?;
-    candle_core::safetensors::save(&map, &tmp).map_err(|e| TrainError::Format {
-        path: tmp.clone(),
-        message: e.to_string(),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+        .map(|(name, t)| crate::st::Entry {
+            name: name.clone(),
+            shape: t.dims().to_vec(),
+            data: crate::st::Payload::Tensor(t, t.dtype()),
+        })
+        .collect();
+    crate::st::write(path, &entries)
 }
 
 fn rope_tables(
