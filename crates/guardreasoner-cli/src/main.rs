@@ -2,6 +2,7 @@
 
 mod bench;
 mod classify;
+mod data;
 mod eval;
 mod export;
 mod generator;
@@ -46,6 +47,8 @@ enum Command {
     Score(score::ScoreArgs),
     /// Benchmarks (`bench engine`: the inference engine on the guard workload).
     Bench(bench::BenchArgs),
+    /// Training data without a teacher: `data distill` (R-SFT records from released predictions).
+    Data(data::DataArgs),
     /// Synthesise GuardReasonerTrain reasoning data from labelled records with a teacher model.
     Synth(synth::SynthArgs),
     /// Train guards on CPU: `train sft` (R-SFT), `train dpo` (HS-DPO); merge LoRA adapters with
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Score(args) => score::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Data(args) => data::run(args),
         Command::Train(args) => train::run(args),
         Command::Mine(args) => mine::run(args),
         Command::Export(args) => export::run(args),

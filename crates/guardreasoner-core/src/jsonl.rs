@@ -75,6 +75,63 @@ pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, DataErro
     }
 }
 
+/// Write `records` as a JSONL file (`json_array: false`) or a JSON array with one record a line
+/// (`true`), atomically: a temporary file beside it, synced, then renamed over `path`, so a
+/// crash never leaves a half-written file where a finished one was.
+pub fn write_records_atomic<T: Serialize>(
+    path: &Path,
+    records: &[T],
+    json_array: bool,
+) -> Result<(), DataError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    }
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut text = Vec::new();
+    if json_array {
+        text.push(b'[');
+    }
+    for (i, record) in records.iter().enumerate() {
+        if json_array && i > 0 {
+            text.push(b',');
+        }
+        if json_array {
+            text.push(b'\n');
+        }
+        serde_json::to_writer(&mut text, record).map_err(|e| DataError::Record {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        if !json_array {
+            text.push(b'\n');
+        }
+    }
+    if json_array {
+        text.extend_from_slice(b"\n]\n");
+    }
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(DataError::io(path, e));
+    }
+    // Make the rename itself durable (best effort: not every platform can sync a directory).
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
 /// An append-only JSONL file that survives crashes: each record is one `write` of a whole
 /// line followed by a flush, and on open a torn last line (a crash mid-write) is cut off, so
 /// the file always holds complete records only.
@@ -157,6 +214,19 @@ impl JsonlAppender {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn atomic_writes_read_back_in_both_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = vec![json!({"a": 1}), json!({"a": "two\nlines"})];
+        for (name, array) in [("x.jsonl", false), ("x.json", true)] {
+            let path = dir.path().join("sub").join(name);
+            write_records_atomic(&path, &rows, array).unwrap();
+            let back: Vec<Value> = read_records(&path).unwrap();
+            assert_eq!(back, rows);
+            assert!(!dir.path().join("sub").join(format!("{name}.tmp")).exists());
+        }
+    }
 
     #[test]
     fn appender_drops_a_torn_line_and_resumes() {

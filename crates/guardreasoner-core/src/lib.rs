@@ -5,6 +5,7 @@
 //! parses what it writes, [`benchmarks`] says what to score, [`score`] and [`report`] score it.
 
 pub mod benchmarks;
+pub mod hygiene;
 pub mod jsonl;
 pub mod labels;
 pub mod metrics;

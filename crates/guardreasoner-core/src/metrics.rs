@@ -45,6 +45,47 @@ impl Confusion {
     }
 }
 
+/// A percentile bootstrap 95% interval of F1 (in percent) over `outcomes` (each one row as
+/// (gold is positive, predicted positive)): `resamples` draws with replacement from a fixed
+/// seed, so the same rows always give the same interval. `None` for no rows.
+pub fn bootstrap_f1_ci95(
+    outcomes: &[(bool, bool)],
+    resamples: usize,
+    seed: u64,
+) -> Option<[f64; 2]> {
+    if outcomes.is_empty() || resamples == 0 {
+        return None;
+    }
+    // splitmix64: enough for resampling, and no dependency.
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let n = outcomes.len() as u64;
+    let mut f1s: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let mut c = Confusion::default();
+            for _ in 0..n {
+                let (gold, predicted) = outcomes[(next() % n) as usize];
+                match (gold, predicted) {
+                    (true, true) => c.tp += 1,
+                    (false, true) => c.fp += 1,
+                    (false, false) => c.tn += 1,
+                    (true, false) => c.fn_ += 1,
+                }
+            }
+            100.0 * c.f1()
+        })
+        .collect();
+    f1s.sort_by(f64::total_cmp);
+    let at = |q: f64| f1s[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
+    Some([at(0.025), at(0.975)])
+}
+
 fn ratio(num: u64, den: u64) -> f64 {
     if den == 0 {
         0.0
@@ -89,5 +130,33 @@ mod tests {
         assert_eq!(Confusion::default().f1(), 0.0);
         assert_eq!(weighted_mean([(1.0, 1.0), (4.0, 2.0)]), Some(3.0));
         assert_eq!(weighted_mean([]), None);
+    }
+
+    #[test]
+    fn bootstrap_interval_brackets_the_f1_and_shrinks_with_rows() {
+        let rows = |n: usize| -> Vec<(bool, bool)> {
+            (0..n)
+                .map(|i| match i % 4 {
+                    0 | 1 => (true, true),
+                    2 => (true, false),
+                    _ => (false, i % 8 == 3),
+                })
+                .collect()
+        };
+        let small = bootstrap_f1_ci95(&rows(40), 500, 7).unwrap();
+        let large = bootstrap_f1_ci95(&rows(4000), 500, 7).unwrap();
+        let mut c = Confusion::default();
+        for (g, p) in rows(4000) {
+            c.add(
+                if g { Label::Harmful } else { Label::Unharmful },
+                if p { Label::Harmful } else { Label::Unharmful },
+                Label::Harmful,
+            );
+        }
+        let f1 = 100.0 * c.f1();
+        assert!(large[0] < f1 && f1 < large[1], "{large:?} vs {f1}");
+        assert!(large[1] - large[0] < small[1] - small[0]);
+        assert_eq!(bootstrap_f1_ci95(&rows(40), 500, 7).unwrap(), small);
+        assert_eq!(bootstrap_f1_ci95(&[], 500, 7), None);
     }
 }

@@ -217,6 +217,7 @@ fn render_tables(
         "Task",
         "Rows",
         "No gold",
+        "F1 95% CI",
         "P",
         "R",
         "Acc",
@@ -251,6 +252,8 @@ fn render_tables(
                 r.extend([
                     s.rows.to_string(),
                     s.no_gold.to_string(),
+                    s.f1_ci95
+                        .map_or(String::new(), |[lo, hi]| format!("{lo:.1}-{hi:.1}")),
                     format!("{:.2}", s.precision),
                     format!("{:.2}", s.recall),
                     format!("{:.2}", s.accuracy),
@@ -266,9 +269,11 @@ fn render_tables(
                 String::new(),
                 String::new(),
                 String::new(),
+                String::new(),
             ]),
             BenchmarkEntry::NoGoldFile { .. } => r.extend([
                 "no gold file (--wildguard)".into(),
+                String::new(),
                 String::new(),
                 String::new(),
                 String::new(),

@@ -70,6 +70,9 @@ pub struct BenchmarkScore {
     pub confusion: Confusion,
     /// F1 of the positive class, in percent.
     pub f1: f64,
+    /// Percentile bootstrap 95% interval of `f1` over these rows (1,000 resamples, seeded by
+    /// the benchmark): how far a sample of a benchmark can be trusted.
+    pub f1_ci95: Option<[f64; 2]>,
     pub precision: f64,
     pub recall: f64,
     pub accuracy: f64,
@@ -90,6 +93,7 @@ pub fn score_rows(
     let mut confusion = Confusion::default();
     let mut failure_kinds: BTreeMap<String, usize> = BTreeMap::new();
     let (mut no_gold, mut failures, mut skipped) = (0, 0, 0);
+    let mut outcomes: Vec<(bool, bool)> = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
         let gold = match bench.gold {
             GoldFormat::WildGuardFile => {
@@ -112,7 +116,10 @@ pub fn score_rows(
             },
         };
         match predicted {
-            Ok(p) => confusion.add(gold, p, positive),
+            Ok(p) => {
+                confusion.add(gold, p, positive);
+                outcomes.push((gold == positive, p == positive));
+            }
             Err(kind) => {
                 failures += 1;
                 *failure_kinds.entry(kind.to_string()).or_default() += 1;
@@ -123,9 +130,14 @@ pub fn score_rows(
                     ParsePolicy::Paper => {
                         confusion.add(gold, gold.reversed(), positive);
                         confusion.add(gold, gold.reversed(), positive);
+                        outcomes.push((gold == positive, gold != positive));
+                        outcomes.push((gold == positive, gold != positive));
                     }
                     // Fail closed: once, as a wrong prediction.
-                    ParsePolicy::Strict => confusion.add(gold, gold.reversed(), positive),
+                    ParsePolicy::Strict => {
+                        confusion.add(gold, gold.reversed(), positive);
+                        outcomes.push((gold == positive, gold != positive));
+                    }
                 }
             }
         }
@@ -141,6 +153,14 @@ pub fn score_rows(
         failure_kinds,
         skipped_failures: skipped,
         f1: 100.0 * confusion.f1(),
+        f1_ci95: crate::metrics::bootstrap_f1_ci95(
+            &outcomes,
+            1000,
+            bench
+                .name
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)),
+        ),
         precision: 100.0 * confusion.precision(),
         recall: 100.0 * confusion.recall(),
         accuracy: 100.0 * confusion.accuracy(),

@@ -30,6 +30,7 @@ pub mod config;
 mod engine;
 pub mod error;
 pub mod kernels;
+pub mod layout;
 pub mod llama;
 pub mod matrix;
 pub mod quant;

@@ -9,7 +9,6 @@ use guardreasoner_core::jsonl::JsonlAppender;
 use guardreasoner_core::score::PREDICTIONS_FILE;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,26 +155,9 @@ fn check_existing(
 /// directory, synced, then renamed over the original.
 pub fn write_in_index_order(path: &Path, rows: &mut [EvalRow]) -> Result<(), EvalError> {
     rows.sort_by_key(|r| r.index);
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let mut text = Vec::new();
-    for row in rows.iter() {
-        serde_json::to_writer(&mut text, row).map_err(|e| EvalError::io(&tmp, e.into()))?;
-        text.push(b'\n');
-    }
-    let mut file = std::fs::File::create(&tmp).map_err(|e| EvalError::io(&tmp, e))?;
-    file.write_all(&text).map_err(|e| EvalError::io(&tmp, e))?;
-    file.sync_all().map_err(|e| EvalError::io(&tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| EvalError::io(path, e))?;
-    // Make the rename itself durable (best effort: not every platform can sync a directory).
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    Ok(guardreasoner_core::jsonl::write_records_atomic(
+        path, rows, false,
+    )?)
 }
 
 /// Generate the `selected` rows of one target into `out_dir`, skipping rows already on disk,

@@ -174,6 +174,28 @@ impl GgmlType {
         }
     }
 
+    /// The type's id in the file format (the inverse of [`GgmlType::from_id`]).
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q8_1 => 9,
+            GgmlType::Q2K => 10,
+            GgmlType::Q3K => 11,
+            GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
+            GgmlType::Q6K => 14,
+            GgmlType::Q8K => 15,
+            GgmlType::BF16 => 30,
+            GgmlType::Other(id) => id,
+        }
+    }
+
     /// Elements per block, or `None` for unknown types.
     pub fn block_size(self) -> Option<usize> {
         Some(match self {

@@ -1,5 +1,6 @@
-//! Writing GGUF (version 3) files: metadata and F32/F16 tensors, so a model trained or merged here
-//! can be served by the engine and by llama.cpp from one file.
+//! Writing GGUF (version 3) files: metadata and tensors of any known type (F32/F16/BF16, or
+//! blocks quantised by the caller), so a model trained or merged here can be served by the
+//! engine and by llama.cpp from one file.
 
 use crate::{GgmlType, Value};
 use std::io::{BufWriter, Write};
@@ -18,18 +19,22 @@ pub struct TensorPlan {
 }
 
 impl TensorPlan {
+    /// Bytes of the tensor's data; 0 for a type or shape that cannot be stored (refused by
+    /// [`GgufWriter::create`]).
     fn byte_len(&self) -> u64 {
-        self.dims.iter().product::<u64>() * self.dtype.type_size().unwrap_or(0) as u64
+        let (Some(block), Some(size)) = (self.dtype.block_size(), self.dtype.type_size()) else {
+            return 0;
+        };
+        let elements = self.dims.iter().product::<u64>();
+        if self.dims.first().is_some_and(|&d| d % block as u64 != 0) {
+            return 0;
+        }
+        elements / block as u64 * size as u64
     }
 }
 
 fn type_id(ty: GgmlType) -> Option<u32> {
-    Some(match ty {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::BF16 => 30,
-        _ => return None,
-    })
+    ty.block_size().map(|_| ty.id())
 }
 
 fn value_type(v: &Value) -> u32 {
@@ -134,6 +139,14 @@ impl GgufWriter {
                     t.dtype.name()
                 ))
             })?;
+            if t.byte_len() == 0 && t.dims.iter().product::<u64>() > 0 {
+                return Err(invalid(format!(
+                    "tensor {}: rows of {} elements do not fill whole {} blocks",
+                    t.name,
+                    t.dims.first().copied().unwrap_or(0),
+                    t.dtype.name()
+                )));
+            }
             put_string(&mut header, &t.name);
             header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
             for d in &t.dims {

@@ -6,7 +6,8 @@
 //! - [`teacher`]: the paper's synthesis prompt;
 //! - [`validate`](mod@validate): what makes a reply acceptable;
 //! - [`job`]: the resumable live run over any [`Backend`](guardreasoner_backend::Backend);
-//! - [`batch`]: the OpenAI Batch API path (prepare requests, ingest results).
+//! - [`batch`]: the OpenAI Batch API path (prepare requests, ingest results);
+//! - [`distill`]: R-SFT records from released predictions (no teacher call), validated the same way.
 //!
 //! From the command line:
 //!
@@ -21,6 +22,7 @@
 //! Inputs whose teacher call failed after every retry are in neither file and are retried.
 
 pub mod batch;
+pub mod distill;
 mod error;
 pub mod input;
 pub mod job;

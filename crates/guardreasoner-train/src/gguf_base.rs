@@ -11,123 +11,16 @@
 use crate::model::{Llama, LlamaConfig, TrainMode};
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor};
-use guardreasoner_engine::quant::{dequantize_row, WeightType};
+use guardreasoner_engine::layout::{dequantize_tensor, gguf_name_of, hf_name, reorder_rotary_rows};
 use guardreasoner_gguf::{GgufFile, TensorInfo};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// GGUF and HF names of the tensors outside the decoder layers.
-const MODEL_NAMES: [(&str, &str); 3] = [
-    ("token_embd.weight", "model.embed_tokens.weight"),
-    ("output_norm.weight", "model.norm.weight"),
-    ("output.weight", "lm_head.weight"),
-];
-
-/// GGUF (`blk.N.`) and HF (`model.layers.N.`) names of a decoder layer's tensors.
-const LAYER_NAMES: [(&str, &str); 9] = [
-    ("attn_norm.weight", "input_layernorm.weight"),
-    ("attn_q.weight", "self_attn.q_proj.weight"),
-    ("attn_k.weight", "self_attn.k_proj.weight"),
-    ("attn_v.weight", "self_attn.v_proj.weight"),
-    ("attn_output.weight", "self_attn.o_proj.weight"),
-    ("ffn_norm.weight", "post_attention_layernorm.weight"),
-    ("ffn_gate.weight", "mlp.gate_proj.weight"),
-    ("ffn_up.weight", "mlp.up_proj.weight"),
-    ("ffn_down.weight", "mlp.down_proj.weight"),
-];
-
-/// Translates a tensor name between the two layouts: `to_hf` from GGUF to HF, else back.
-/// `None` for tensors that carry nothing the other layout stores.
-fn translate_name(name: &str, to_hf: bool) -> Option<String> {
-    let pick =
-        |(gguf, hf): (&'static str, &'static str)| if to_hf { (gguf, hf) } else { (hf, gguf) };
-    if let Some((_, to)) = MODEL_NAMES
-        .into_iter()
-        .map(pick)
-        .find(|(from, _)| *from == name)
-    {
-        return Some(to.to_string());
-    }
-    let (from_prefix, to_prefix) = pick(("blk.", "model.layers."));
-    let (layer, part) = name.strip_prefix(from_prefix)?.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (_, to) = LAYER_NAMES
-        .into_iter()
-        .map(pick)
-        .find(|(from, _)| *from == part)?;
-    Some(format!("{to_prefix}{layer}.{to}"))
-}
-
-/// The HF name of a GGUF tensor of the LLaMA architecture.
-fn hf_name(gguf_name: &str) -> Option<String> {
-    translate_name(gguf_name, true)
-}
-
-/// The GGUF name of an HF weight name (the inverse of [`hf_name`]).
-fn gguf_name_of(hf: &str) -> Option<String> {
-    translate_name(hf, false)
-}
-
-/// llama.cpp's Q/K row permutation, as pairs (GGUF row, HF row): GGUF row `h*d + 2j + s`
-/// holds HF row `h*d + s*d/2 + j` (`d` = head_dim, `s` in {0, 1}), so rotary pairs are adjacent.
-fn rotary_row_pairs(rows: usize, heads: usize) -> impl Iterator<Item = (usize, usize)> {
-    let head_dim = rows / heads;
-    let half = head_dim / 2;
-    (0..heads).flat_map(move |h| {
-        (0..half).flat_map(move |j| {
-            (0..2).map(move |s| (h * head_dim + 2 * j + s, h * head_dim + s * half + j))
-        })
-    })
-}
-
-/// Reorders the rows of a Q/K projection between the layouts (`to_hf`: undo llama.cpp's
-/// permutation; else apply it).
-fn reorder_rotary_rows(values: &[f32], heads: usize, cols: usize, to_hf: bool) -> Vec<f32> {
-    let mut out = vec![0.0f32; values.len()];
-    for (gguf, hf) in rotary_row_pairs(values.len() / cols, heads) {
-        let (from, to) = if to_hf { (gguf, hf) } else { (hf, gguf) };
-        out[to * cols..(to + 1) * cols].copy_from_slice(&values[from * cols..(from + 1) * cols]);
-    }
-    out
-}
-
 fn dequantize(file: &GgufFile, info: &TensorInfo) -> Result<(Vec<usize>, Vec<f32>), TrainError> {
-    let path = file.path();
-    let bad = |message: String| TrainError::Format {
-        path: path.to_path_buf(),
+    let values = dequantize_tensor(file, info).map_err(|message| TrainError::Format {
+        path: file.path().to_path_buf(),
         message,
-    };
-    let ty = WeightType::from_ggml(info.dtype).ok_or_else(|| {
-        bad(format!(
-            "tensor {} has type {}, which cannot be dequantised",
-            info.name,
-            info.dtype.name()
-        ))
     })?;
-    let bytes = file
-        .tensor_data(info)
-        .map_err(|e| bad(format!("tensor {}: {e}", info.name)))?;
-    let cols = *info.dims.first().unwrap_or(&1) as usize;
-    let rows = (info.element_count() as usize) / cols.max(1);
-    let row_bytes = ty.row_bytes(cols).ok_or_else(|| {
-        bad(format!(
-            "tensor {}: rows of {cols} do not fit {}",
-            info.name,
-            ty.name()
-        ))
-    })?;
-    if bytes.len() != rows * row_bytes {
-        return Err(bad(format!(
-            "tensor {} holds {} bytes, its shape needs {}",
-            info.name,
-            bytes.len(),
-            rows * row_bytes
-        )));
-    }
-    let mut values = vec![0.0f32; rows * cols];
-    for (r, out) in values.chunks_exact_mut(cols).enumerate() {
-        dequantize_row(ty, &bytes[r * row_bytes..(r + 1) * row_bytes], out);
-    }
     Ok((hf_shape(info), values))
 }
 
@@ -448,51 +341,4 @@ pub fn convert_hf_to_gguf(
 
 fn pretty(value: &serde_json::Value) -> String {
     serde_json::to_string_pretty(value).expect("JSON values serialise")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gguf_names_map_to_hf_names() {
-        assert_eq!(
-            hf_name("blk.12.attn_output.weight").as_deref(),
-            Some("model.layers.12.self_attn.o_proj.weight")
-        );
-        assert_eq!(
-            hf_name("token_embd.weight").as_deref(),
-            Some("model.embed_tokens.weight")
-        );
-        assert_eq!(hf_name("blk.x.attn_q.weight"), None);
-        assert_eq!(hf_name("rope_freqs.weight"), None);
-        for name in [
-            "token_embd.weight",
-            "blk.3.ffn_down.weight",
-            "blk.0.attn_k.weight",
-        ] {
-            assert_eq!(gguf_name_of(&hf_name(name).unwrap()).as_deref(), Some(name));
-        }
-    }
-
-    #[test]
-    fn unpermuting_inverts_llama_cpp_permutation() {
-        // llama.cpp's converter: reshape(heads, 2, d/2, cols).swapaxes(1, 2) on HF rows.
-        let (heads, head_dim, cols) = (3, 8, 2);
-        let hf: Vec<f32> = (0..heads * head_dim * cols).map(|v| v as f32).collect();
-        let mut gguf = vec![0.0; hf.len()];
-        for h in 0..heads {
-            for s in 0..2 {
-                for j in 0..head_dim / 2 {
-                    let src = h * head_dim + s * head_dim / 2 + j;
-                    let dst = h * head_dim + j * 2 + s;
-                    gguf[dst * cols..(dst + 1) * cols]
-                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
-                }
-            }
-        }
-        assert_ne!(gguf, hf);
-        assert_eq!(reorder_rotary_rows(&gguf, heads, cols, true), hf);
-        assert_eq!(reorder_rotary_rows(&hf, heads, cols, false), gguf);
-    }
 }

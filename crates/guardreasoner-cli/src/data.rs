@@ -1,0 +1,143 @@
+//! `guardreasoner data distill`: R-SFT records from released prediction directories.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use guardreasoner_core::hygiene::UnseenSets;
+use guardreasoner_core::jsonl::write_records_atomic;
+use guardreasoner_synth::distill::{distill, write_dev_benchmarks, DistillConfig};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    command: DataCommand,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Turn official-layout prediction directories (`<dir>/<Benchmark>/generated_predictions.jsonl`)
+    /// into R-SFT records: traces whose structure parses strictly and whose every known gold
+    /// label agrees, de-duplicated, with the unseen test sets' conversations removed.
+    Distill(DistillArgs),
+}
+
+#[derive(Args)]
+struct DistillArgs {
+    /// Prediction directories, most preferred first (e.g. `../shared/data/reference-predictions/paper-v1/8B`).
+    #[arg(long = "predictions", required = true)]
+    predictions: Vec<PathBuf>,
+    /// GuardReasonerTrain files with reasoning and `*_label` fields, validated like the traces.
+    #[arg(long = "extra")]
+    extra: Vec<PathBuf>,
+    /// The official benchmark files: gold labels, and the unseen test sets to exclude.
+    #[arg(
+        long,
+        env = "GUARDREASONER_BENCHMARKS",
+        default_value = "../shared/data/benchmarks"
+    )]
+    benchmarks_dir: PathBuf,
+    /// Traces kept per conversation.
+    #[arg(long, default_value_t = 1)]
+    max_traces: usize,
+    /// Traces kept per conversation whose request is gold-unharmful (rebalances a pool that
+    /// leans harmful).
+    #[arg(long)]
+    max_traces_unharmful: Option<usize>,
+    /// Fraction of prompts held out as the development split (by hash of the normalised prompt).
+    #[arg(long, default_value_t = 0.0)]
+    dev_fraction: f64,
+    /// Where the development split goes as benchmark files (the held-out records of each seen
+    /// benchmark, same file names), for `guardreasoner eval --data-dir`.
+    #[arg(long)]
+    dev_dir: Option<PathBuf>,
+    /// Output: a JSON array of instruction/input/output records with their gold labels.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: DataArgs) -> anyhow::Result<()> {
+    match args.command {
+        DataCommand::Distill(a) => run_distill(a),
+    }
+}
+
+fn run_distill(args: DistillArgs) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&args.dev_fraction) {
+        anyhow::bail!(
+            "--dev-fraction must be in [0, 1), got {}",
+            args.dev_fraction
+        );
+    }
+    if args.max_traces == 0 {
+        anyhow::bail!("--max-traces must be at least 1");
+    }
+    if args.dev_fraction > 0.0 && args.dev_dir.is_none() {
+        anyhow::bail!("--dev-fraction needs --dev-dir (where the development split goes)");
+    }
+    let unseen = UnseenSets::load(&args.benchmarks_dir).with_context(|| {
+        format!(
+            "reading the unseen test sets under {}",
+            args.benchmarks_dir.display()
+        )
+    })?;
+    let config = DistillConfig {
+        predictions: args.predictions,
+        benchmarks_dir: args.benchmarks_dir.clone(),
+        extra: args.extra,
+        max_traces: args.max_traces,
+        max_traces_unharmful: args.max_traces_unharmful.unwrap_or(args.max_traces),
+        dev_fraction: args.dev_fraction,
+    };
+    let distilled = distill(&config, &unseen)?;
+    write_records_atomic(&args.out, &distilled.train, true)?;
+    let r = &distilled.report;
+    eprintln!(
+        "{:<40} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  rejected",
+        "source", "read", "kept", "dup", "quota", "dev", "unseen"
+    );
+    for (source, c) in &r.sources {
+        let rejected: Vec<String> = c.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        eprintln!(
+            "{:<40} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}  {}",
+            source,
+            c.read,
+            c.kept,
+            c.duplicate,
+            c.over_quota,
+            c.dev,
+            c.unseen,
+            rejected.join(", ")
+        );
+    }
+    let labels: Vec<String> = r
+        .by_request_label
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    eprintln!(
+        "kept {} records over {} conversations (request: {}); {} conflicting gold labels dropped; {} unseen prompts excluded",
+        distilled.train.len(),
+        r.conversations,
+        labels.join(", "),
+        r.conflicting_gold,
+        unseen.len()
+    );
+    eprintln!("wrote {}", args.out.display());
+    if let Some(dev_dir) = &args.dev_dir {
+        let files =
+            write_dev_benchmarks(&args.benchmarks_dir, args.dev_fraction, &unseen, dev_dir)?;
+        let mut dev_path = args.out.clone().into_os_string();
+        dev_path.push(".dev.json");
+        let dev_path = PathBuf::from(dev_path);
+        write_records_atomic(&dev_path, &distilled.dev, true)?;
+        for (file, n) in files {
+            eprintln!("dev split: {}/{file}: {n} records", dev_dir.display());
+        }
+        eprintln!(
+            "dev split: {} conversations with a kept trace -> {}",
+            r.dev_conversations,
+            dev_path.display()
+        );
+    }
+    Ok(())
+}
