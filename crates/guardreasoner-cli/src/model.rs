@@ -43,6 +43,20 @@ enum ModelCommand {
     },
     /// Merge a PEFT LoRA adapter into its base model: an HF-layout checkpoint and a GGUF.
     Merge(crate::train::MergeArgs),
+    /// Write a LoRA adapter as f16 for shipping as the default guard (into
+    /// crates/guardreasoner-hub/guard by default) and print its sha256 to pin in
+    /// `guard::ADAPTER_SHA256`.
+    PackAdapter {
+        /// Adapter weights: a PEFT `adapter_model.safetensors` or a LoRA training checkpoint's
+        /// `trainable.safetensors`.
+        #[arg(long)]
+        weights: std::path::PathBuf,
+        /// The PEFT `adapter_config.json` (a run's `<output>/adapter/adapter_config.json`).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        #[arg(long, default_value = "crates/guardreasoner-hub/guard")]
+        out: std::path::PathBuf,
+    },
     /// Convert a model: a GGUF (or `default`) into an f32 Hugging Face checkpoint directory, or
     /// a Hugging Face directory into one GGUF file.
     Convert {
@@ -78,6 +92,20 @@ pub fn run(args: ModelArgs) -> Result<()> {
             println!("{}", model.path().display());
         }
         ModelCommand::Merge(args) => crate::train::merge(args)?,
+        ModelCommand::PackAdapter {
+            weights,
+            config,
+            out,
+        } => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let config_text = String::from_utf8(read(&config)?)
+                .with_context(|| format!("{} is not UTF-8", config.display()))?;
+            let sha = guardreasoner_hub::guard::pack_adapter(&config_text, &read(&weights)?, &out)?;
+            eprintln!("wrote {}/adapter_model.safetensors (f16)", out.display());
+            println!("{sha}");
+        }
         ModelCommand::Convert {
             spec,
             to_hf,
@@ -88,14 +116,62 @@ pub fn run(args: ModelArgs) -> Result<()> {
             let model = resolve_from_env(spec.as_deref())?;
             let info =
                 inspect(&model).with_context(|| format!("reading {}", model.path().display()))?;
+            let is_guard = guardreasoner_hub::ModelSpec::parse(spec.as_deref())?
+                == guardreasoner_hub::ModelSpec::Default;
+            let card: Option<serde_json::Value> = is_guard
+                .then(|| serde_json::from_str(guardreasoner_hub::guard::GUARD_CARD))
+                .transpose()
+                .context("the shipped guard card (guard/guard.json) is not JSON")?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&info.to_json())?);
+                let mut value = info.to_json();
+                if let (Some(card), Some(obj)) = (card, value.as_object_mut()) {
+                    obj.insert("guard".into(), card);
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 println!("{info}");
+                if let Some(card) = card {
+                    print_guard_card(&card);
+                }
             }
         }
     }
     Ok(())
+}
+
+/// The default guard's card, as `model info default` shows it.
+fn print_guard_card(card: &serde_json::Value) {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!("guard:          {}", text(&card["name"]));
+    println!(
+        "base:           {} (sha256 {})",
+        text(&card["base"]["model"]),
+        text(&card["base"]["sha256"])
+    );
+    println!(
+        "adapter:        {} (sha256 {})",
+        text(&card["adapter"]["description"]),
+        text(&card["adapter_sha256"])
+    );
+    println!(
+        "training data:  {}",
+        text(&card["training_data"]["summary"])
+    );
+    println!("recipe:         {}", text(&card["recipe"]["summary"]));
+    println!("compute:        {}", text(&card["recipe"]["compute"]));
+    if let Some(seen) = card["seen_benchmarks"].as_array() {
+        let names: Vec<String> = seen.iter().map(text).collect();
+        println!("seen in training: {}", names.join(", "));
+    }
+    if let Some(scores) = card["scores"].as_object() {
+        for (split, s) in scores {
+            println!("scores ({split}): {}", text(&s["summary"]));
+        }
+    }
+    println!("model card:     {}", text(&card["model_card"]));
 }
 
 fn convert(

@@ -35,10 +35,11 @@ enum TrainCommand {
 
 #[derive(Args)]
 struct CommonArgs {
-    /// Base model: `default` (the embedded SmolLM2-135M), a .gguf file (dequantised to f32 and
+    /// Base model: `smollm2-base` (the embedded, untrained SmolLM2-135M-Instruct; `default` is
+    /// the shipped guard, to train further on top of it), a .gguf file (dequantised to f32 and
     /// converted into `<output>/base`), an HF-layout directory (config.json, *.safetensors,
     /// tokenizer.json), or a Hub id.
-    #[arg(long, default_value = "default")]
+    #[arg(long, default_value = guardreasoner_hub::BASE_SPEC)]
     model: String,
     /// Output directory (checkpoints, train_log.jsonl, loss_curve.svg, the final model).
     #[arg(long)]

@@ -81,7 +81,7 @@ fn stamp_for(model: &Path, sha256: &str) -> Option<String> {
     Some(format!("{sha256} {} {}\n", meta.len(), modified.as_nanos()))
 }
 
-fn stamp_matches(model: &Path, sha256: &str) -> bool {
+pub(crate) fn stamp_matches(model: &Path, sha256: &str) -> bool {
     match (
         stamp_for(model, sha256),
         std::fs::read_to_string(stamp_path(model)),
@@ -91,7 +91,7 @@ fn stamp_matches(model: &Path, sha256: &str) -> bool {
     }
 }
 
-fn write_stamp(model: &Path, sha256: &str) {
+pub(crate) fn write_stamp(model: &Path, sha256: &str) {
     // The stamp only saves time; failing to write it is harmless.
     if let Some(stamp) = stamp_for(model, sha256) {
         let _ = std::fs::write(stamp_path(model), stamp);

@@ -1,12 +1,15 @@
 //! Turning a model spec into files the engine can load.
 //!
-//! A spec is one of: nothing / `default` (the embedded SmolLM2-135M-Instruct GGUF, pulled into
-//! the cache directory on first use), a local `.gguf` file, a local Hugging Face layout
+//! A spec is one of: nothing / `default` (the default guard, GuardReasoner-SmolLM2-135M: the
+//! embedded SmolLM2-135M-Instruct GGUF, pulled into the cache directory on first use, with the
+//! adapter shipped in this crate merged in, see [`guard`]), `smollm2-base` (the untrained base
+//! GGUF), a local `.gguf` file, a local Hugging Face layout
 //! directory (`config.json`, `*.safetensors`, `tokenizer.json`), or a Hub model id such as
 //! `yueliu1999/GuardReasoner-1B` (optionally `@revision`), downloaded into the Hugging Face
 //! cache. [`resolve`] does the work and returns a [`ResolvedModel`].
 
 mod default_model;
+pub mod guard;
 mod hub;
 mod info;
 mod progress;
@@ -77,6 +80,8 @@ pub enum HubError {
     },
     #[error("Hugging Face Hub: {url}: unexpected answer: {message}")]
     BadResponse { url: String, message: String },
+    #[error("the guard adapter cannot be merged: {message}")]
+    BadAdapter { message: String },
     #[error(transparent)]
     Gguf(#[from] guardreasoner_gguf::GgufError),
     #[error(transparent)]
@@ -92,11 +97,16 @@ pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> HubError +
     }
 }
 
+/// The spec that names the untrained base model.
+pub const BASE_SPEC: &str = "smollm2-base";
+
 /// What the user asked for, before anything is fetched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSpec {
-    /// The embedded SmolLM2-135M-Instruct Q4_1 GGUF.
+    /// The default guard: the embedded base with the shipped adapter merged in ([`guard`]).
     Default,
+    /// The untrained base, SmolLM2-135M-Instruct Q4_1 (`smollm2-base`).
+    Base,
     /// An existing GGUF file.
     GgufFile(PathBuf),
     /// An existing Hugging Face layout directory.
@@ -114,6 +124,9 @@ impl ModelSpec {
         };
         if spec.is_empty() || spec == "default" {
             return Ok(ModelSpec::Default);
+        }
+        if spec == BASE_SPEC {
+            return Ok(ModelSpec::Base);
         }
         let path = Path::new(spec);
         if path.is_dir() {
@@ -234,7 +247,17 @@ pub fn resolve(
     progress: &mut dyn Progress,
 ) -> Result<ResolvedModel> {
     match spec {
-        ModelSpec::Default => Ok(ResolvedModel::Gguf(ensure_default_model(
+        ModelSpec::Default => {
+            let base = ensure_default_model(home, source, progress)?;
+            Ok(ResolvedModel::Gguf(guard::ensure_default_guard(
+                home,
+                &base,
+                &source.sha256,
+                &guard::Adapter::embedded(),
+                progress,
+            )?))
+        }
+        ModelSpec::Base => Ok(ResolvedModel::Gguf(ensure_default_model(
             home, source, progress,
         )?)),
         ModelSpec::GgufFile(path) => {
@@ -260,7 +283,7 @@ pub fn resolve(
 pub fn resolve_from_env(spec: Option<&str>) -> Result<ResolvedModel> {
     let spec = ModelSpec::parse(spec)?;
     let home = match spec {
-        ModelSpec::Default => guardreasoner_home()?,
+        ModelSpec::Default | ModelSpec::Base => guardreasoner_home()?,
         // Only the default model lives in our home; do not require one otherwise.
         _ => PathBuf::new(),
     };

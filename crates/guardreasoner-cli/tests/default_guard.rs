@@ -1,0 +1,93 @@
+//! The default guard's merge (done in the GGUF layout, adapted weights as Q8_0) computes what
+//! the trainer's reference merge computes: the base converted to an f32 HF checkpoint, the
+//! shipped adapter merged with `merge_checkpoint`, run by the engine in f32.
+
+use guardreasoner_engine::llama::Llama;
+use guardreasoner_engine::Engine;
+use guardreasoner_hub::guard::{merge_adapter_into_gguf, Adapter};
+use guardreasoner_tokenizer::Tokenizer;
+use guardreasoner_train::gguf_base::convert_gguf_to_hf;
+use guardreasoner_train::lora::{load_adapter, merge_checkpoint};
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
+}
+
+#[test]
+fn gguf_merge_matches_the_reference_merge() {
+    let Some(base) = guardreasoner_testing::test_model() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Reference: HF f32 base + merge_checkpoint.
+    let hf_base = dir.path().join("base");
+    convert_gguf_to_hf(&base, &hf_base).expect("convert");
+    let adapter_dir = dir.path().join("adapter");
+    std::fs::create_dir_all(&adapter_dir).unwrap();
+    let shipped = Adapter::embedded();
+    std::fs::write(adapter_dir.join("adapter_config.json"), shipped.config_json).unwrap();
+    std::fs::write(
+        adapter_dir.join("adapter_model.safetensors"),
+        shipped.weights,
+    )
+    .unwrap();
+    let (cfg, tensors) = load_adapter(&adapter_dir).expect("adapter reads as PEFT");
+    let reference_dir = dir.path().join("reference");
+    std::fs::create_dir_all(&reference_dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(hf_base.join(f), reference_dir.join(f)).unwrap();
+    }
+    merge_checkpoint(
+        &hf_base,
+        &cfg,
+        &tensors,
+        &reference_dir.join("model.safetensors"),
+        candle_core::DType::F32,
+    )
+    .expect("reference merge");
+    // Ours.
+    let merged = dir.path().join("guard.gguf");
+    merge_adapter_into_gguf(&base, &shipped, &merged, &[]).expect("gguf merge");
+
+    let tokenizer = Tokenizer::from_gguf_path(&base).expect("tokenizer");
+    let prompt = guardreasoner_core::build_guard_prompt("How do I bake bread?", None);
+    let ids = tokenizer.encode_untrusted(&prompt).expect("encode");
+    let logits = |model: Llama| {
+        Engine::from_model(model, Some(2))
+            .expect("engine")
+            .logits(&ids)
+            .expect("logits")
+    };
+    let reference = logits(Llama::from_hf_dir(&reference_dir).expect("reference model"));
+    let ours = logits(Llama::from_gguf(&merged).expect("merged GGUF"));
+    let untrained = logits(Llama::from_gguf(&base).expect("base"));
+    let ours_err = max_abs_diff(&ours, &reference);
+    let adapter_effect = max_abs_diff(&untrained, &reference);
+    let (ours_mean, effect_mean) = (
+        mean_abs_diff(&ours, &reference),
+        mean_abs_diff(&untrained, &reference),
+    );
+    eprintln!(
+        "merged vs reference: max {ours_err} mean {ours_mean}; base vs reference: max \
+         {adapter_effect} mean {effect_mean}"
+    );
+    // Q8_0 rounding of the adapted weights moves logits a little (shipped adapter: max 0.61,
+    // mean 0.17, against the adapter's own effect of mean 3.8); leaving the adapter out, or
+    // permuting its Q/K rows wrongly, moves them by a good part of that effect.
+    assert!(
+        ours_err < 1.0 && ours_mean < effect_mean / 10.0,
+        "merged vs reference: max {ours_err} mean {ours_mean}; base: mean {effect_mean}"
+    );
+    assert_eq!(argmax(&ours), argmax(&reference));
+}

@@ -1,0 +1,467 @@
+//! The default guard, GuardReasoner-SmolLM2-135M: the pip-fetched, hash-checked
+//! SmolLM2-135M-Instruct GGUF plus the LoRA adapter shipped in this crate (`guard/`), merged on
+//! first use into a cached GGUF (`<home>/models/`), keyed by both hashes.
+//!
+//! The merge works in the GGUF layout: each adapted projection is dequantised, `W + scale * B A`
+//! is added (Q/K rows of the HF-layout delta permuted to llama.cpp's rotary order) and the result
+//! stored as Q8_0 (re-quantising to Q4_1 would bury the delta in rounding noise); every other
+//! tensor is copied byte for byte. The merged file is written to a temporary name and renamed,
+//! and a stamp records the inputs and the file's size and modification time: a missing,
+//! truncated or modified file is merged again.
+
+use crate::default_model::{stamp_matches, write_stamp};
+use crate::{io_error, HubError, Progress, Result};
+use guardreasoner_engine::layout::{dequantize_tensor, hf_name, reorder_rotary_rows};
+use guardreasoner_engine::quant::{quantize_row, WeightType};
+use guardreasoner_gguf::write::{GgufWriter, TensorPlan};
+use guardreasoner_gguf::{GgmlType, GgufFile, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The guard's name (also `general.name` in the merged GGUF).
+pub const GUARD_NAME: &str = "GuardReasoner-SmolLM2-135M";
+
+/// sha256 of the shipped `guard/adapter_model.safetensors`.
+pub const ADAPTER_SHA256: &str = "5d7b0f10d449cb5ce3b9d0f8b7ada9040bdaea58c48f75eb9828714cd3f18e61";
+
+static ADAPTER_WEIGHTS: &[u8] = include_bytes!("../guard/adapter_model.safetensors");
+static ADAPTER_CONFIG: &str = include_str!("../guard/adapter_config.json");
+/// What the guard is: training data, recipe, measured scores (`guard/guard.json`).
+pub static GUARD_CARD: &str = include_str!("../guard/guard.json");
+
+/// A PEFT LoRA adapter in memory, with the hash it must have.
+#[derive(Debug, Clone, Copy)]
+pub struct Adapter<'a> {
+    /// `adapter_config.json`.
+    pub config_json: &'a str,
+    /// `adapter_model.safetensors`.
+    pub weights: &'a [u8],
+    /// Expected sha256 (hex) of `weights`.
+    pub sha256: &'a str,
+}
+
+impl Adapter<'static> {
+    /// The adapter this build ships.
+    pub fn embedded() -> Self {
+        Adapter {
+            config_json: ADAPTER_CONFIG,
+            weights: ADAPTER_WEIGHTS,
+            sha256: ADAPTER_SHA256,
+        }
+    }
+}
+
+impl Adapter<'_> {
+    /// Refuses an adapter whose bytes do not hash to the pinned value.
+    pub fn verify(&self) -> Result<()> {
+        let actual = sha256_hex(self.weights);
+        if actual != self.sha256 {
+            return Err(HubError::HashMismatch {
+                what: format!("the {GUARD_NAME} adapter"),
+                expected: self.sha256.to_string(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where the merged guard of this base and adapter is cached.
+pub fn merged_guard_path(home: &Path, base_sha256: &str, adapter_sha256: &str) -> PathBuf {
+    home.join("models").join(format!(
+        "{GUARD_NAME}-{}-{}.Q8_0.gguf",
+        &adapter_sha256[..12.min(adapter_sha256.len())],
+        &base_sha256[..12.min(base_sha256.len())]
+    ))
+}
+
+fn stamp_key(base_sha256: &str, adapter_sha256: &str) -> String {
+    format!("merged base={base_sha256} adapter={adapter_sha256}")
+}
+
+/// The merged guard's path, merging `adapter` into `base` first when there is no intact merge.
+pub fn ensure_default_guard(
+    home: &Path,
+    base: &Path,
+    base_sha256: &str,
+    adapter: &Adapter<'_>,
+    progress: &mut dyn Progress,
+) -> Result<PathBuf> {
+    adapter.verify()?;
+    let path = merged_guard_path(home, base_sha256, adapter.sha256);
+    let key = stamp_key(base_sha256, adapter.sha256);
+    if path.is_file() && stamp_matches(&path, &key) {
+        return Ok(path);
+    }
+    if path.exists() {
+        progress.message(&format!(
+            "{} does not match its merge stamp (modified or incomplete); merging again",
+            path.display()
+        ));
+    }
+    progress.message(&format!(
+        "merging the {GUARD_NAME} adapter into {} (first use) ...",
+        base.display()
+    ));
+    let metadata = [
+        ("general.name", Value::String(GUARD_NAME.into())),
+        (
+            "guardreasoner.base_sha256",
+            Value::String(base_sha256.into()),
+        ),
+        (
+            "guardreasoner.adapter_sha256",
+            Value::String(adapter.sha256.into()),
+        ),
+    ];
+    merge_adapter_into_gguf(base, adapter, &path, &metadata)?;
+    write_stamp(&path, &key);
+    progress.message(&format!("{GUARD_NAME} ready at {}", path.display()));
+    Ok(path)
+}
+
+fn bad_adapter(message: impl Into<String>) -> HubError {
+    HubError::BadAdapter {
+        message: message.into(),
+    }
+}
+
+/// The LoRA settings the merge needs from `adapter_config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSettings {
+    pub rank: usize,
+    pub scale: f32,
+}
+
+fn lora_settings(config_json: &str) -> Result<LoraSettings> {
+    let v: serde_json::Value = serde_json::from_str(config_json)
+        .map_err(|e| bad_adapter(format!("adapter_config.json: {e}")))?;
+    if v.get("peft_type").and_then(|t| t.as_str()) != Some("LORA") {
+        return Err(bad_adapter("adapter_config.json: peft_type is not LORA"));
+    }
+    for unsupported in ["use_rslora", "use_dora", "fan_in_fan_out"] {
+        if v.get(unsupported).and_then(|b| b.as_bool()) == Some(true) {
+            return Err(bad_adapter(format!(
+                "adapter_config.json: {unsupported} is not supported"
+            )));
+        }
+    }
+    let rank = v
+        .get("r")
+        .and_then(|r| r.as_u64())
+        .filter(|&r| r > 0)
+        .ok_or_else(|| bad_adapter("adapter_config.json: `r` must be a positive integer"))?
+        as usize;
+    let alpha = v
+        .get("lora_alpha")
+        .and_then(|a| a.as_f64())
+        .ok_or_else(|| bad_adapter("adapter_config.json: `lora_alpha` is missing"))?;
+    Ok(LoraSettings {
+        rank,
+        scale: (alpha / rank as f64) as f32,
+    })
+}
+
+/// An adapter's A and B matrices by the HF weight they adapt (`model.layers.0.mlp.up_proj.weight`).
+struct LoraPair {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    a_shape: [usize; 2],
+    b_shape: [usize; 2],
+}
+
+fn to_f32(view: &safetensors::tensor::TensorView<'_>, name: &str) -> Result<Vec<f32>> {
+    use safetensors::Dtype;
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => return Err(bad_adapter(format!("{name}: unsupported dtype {other:?}"))),
+    })
+}
+
+fn lora_pairs(weights: &[u8], rank: usize) -> Result<BTreeMap<String, LoraPair>> {
+    let tensors = safetensors::SafeTensors::deserialize(weights)
+        .map_err(|e| bad_adapter(format!("adapter_model.safetensors: {e}")))?;
+    let mut halves: BTreeMap<
+        String,
+        (
+            Option<(Vec<f32>, [usize; 2])>,
+            Option<(Vec<f32>, [usize; 2])>,
+        ),
+    > = BTreeMap::new();
+    for (name, view) in tensors.tensors() {
+        let (stem, is_a) = if let Some(s) = name.strip_suffix(".lora_A.weight") {
+            (s, true)
+        } else if let Some(s) = name.strip_suffix(".lora_B.weight") {
+            (s, false)
+        } else {
+            return Err(bad_adapter(format!("unexpected tensor {name}")));
+        };
+        let hf = stem
+            .strip_prefix("base_model.model.")
+            .ok_or_else(|| bad_adapter(format!("{name}: not a PEFT name")))?;
+        let shape: [usize; 2] = view
+            .shape()
+            .try_into()
+            .map_err(|_| bad_adapter(format!("{name}: not a matrix")))?;
+        let values = to_f32(&view, &name)?;
+        let entry = halves.entry(format!("{hf}.weight")).or_default();
+        if is_a {
+            entry.0 = Some((values, shape));
+        } else {
+            entry.1 = Some((values, shape));
+        }
+    }
+    let mut pairs = BTreeMap::new();
+    for (hf, (a, b)) in halves {
+        let (Some((a, a_shape)), Some((b, b_shape))) = (a, b) else {
+            return Err(bad_adapter(format!("{hf}: lora_A or lora_B is missing")));
+        };
+        if a_shape[0] != rank || b_shape[1] != rank {
+            return Err(bad_adapter(format!(
+                "{hf}: A {a_shape:?} and B {b_shape:?} do not have rank {rank}"
+            )));
+        }
+        pairs.insert(
+            hf,
+            LoraPair {
+                a,
+                b,
+                a_shape,
+                b_shape,
+            },
+        );
+    }
+    if pairs.is_empty() {
+        return Err(bad_adapter("the adapter holds no LoRA matrices"));
+    }
+    Ok(pairs)
+}
+
+/// `scale * B A` as `[out, in]` rows.
+fn lora_delta(pair: &LoraPair, scale: f32) -> Vec<f32> {
+    let (out, rank, cols) = (pair.b_shape[0], pair.a_shape[0], pair.a_shape[1]);
+    let mut delta = vec![0.0f32; out * cols];
+    for (o, row) in delta.chunks_exact_mut(cols).enumerate() {
+        for k in 0..rank {
+            let b = pair.b[o * rank + k] * scale;
+            for (d, a) in row.iter_mut().zip(&pair.a[k * cols..(k + 1) * cols]) {
+                *d += b * a;
+            }
+        }
+    }
+    delta
+}
+
+/// Writes `base` with `adapter` merged into it to `out` (a GGUF; adapted tensors as Q8_0),
+/// adding `extra` metadata. Every adapter matrix must land on a base tensor of its shape.
+pub fn merge_adapter_into_gguf(
+    base: &Path,
+    adapter: &Adapter<'_>,
+    out: &Path,
+    extra: &[(&str, Value)],
+) -> Result<()> {
+    let settings = lora_settings(adapter.config_json)?;
+    let mut pairs = lora_pairs(adapter.weights, settings.rank)?;
+    let file = GgufFile::open(base)?;
+    let config =
+        guardreasoner_engine::Config::from_gguf(&file).map_err(|e| HubError::BadDownload {
+            path: base.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let mut metadata: BTreeMap<String, Value> = file.metadata.clone();
+    metadata.remove("general.alignment");
+    for (k, v) in extra {
+        metadata.insert(k.to_string(), v.clone());
+    }
+    let metadata: Vec<(String, Value)> = metadata.into_iter().collect();
+    let mut plans = Vec::with_capacity(file.tensors.len());
+    let mut merged: Vec<Option<LoraPair>> = Vec::with_capacity(file.tensors.len());
+    for info in &file.tensors {
+        let pair = hf_name(&info.name).and_then(|hf| pairs.remove(&hf));
+        if let Some(p) = &pair {
+            let (rows, cols) = (p.b_shape[0], p.a_shape[1]);
+            let dims: Vec<u64> = info.dims.clone();
+            if dims != [cols as u64, rows as u64] || cols % 32 != 0 {
+                return Err(bad_adapter(format!(
+                    "{}: the adapter is [{rows}, {cols}], the base tensor {:?}",
+                    info.name, dims
+                )));
+            }
+        }
+        plans.push(TensorPlan {
+            name: info.name.clone(),
+            dims: info.dims.clone(),
+            dtype: if pair.is_some() {
+                GgmlType::Q8_0
+            } else {
+                info.dtype
+            },
+        });
+        merged.push(pair);
+    }
+    if let Some(unused) = pairs.keys().next() {
+        return Err(bad_adapter(format!(
+            "{unused} is adapted but the base model has no such tensor"
+        )));
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    }
+    let io = io_error(out);
+    let mut writer = GgufWriter::create(out, &metadata, plans).map_err(|e| HubError::Io {
+        path: out.to_path_buf(),
+        source: e,
+    })?;
+    for (info, pair) in file.tensors.iter().zip(merged) {
+        let write = |writer: &mut GgufWriter, bytes: &[u8]| {
+            writer.write_tensor(bytes).map_err(|e| HubError::Io {
+                path: out.to_path_buf(),
+                source: e,
+            })
+        };
+        match pair {
+            None => write(&mut writer, file.tensor_data(info)?)?,
+            Some(pair) => {
+                let mut values = dequantize_tensor(&file, info).map_err(bad_adapter)?;
+                let mut delta = lora_delta(&pair, settings.scale);
+                let cols = pair.a_shape[1];
+                let heads = if info.name.ends_with("attn_q.weight") {
+                    Some(config.num_attention_heads)
+                } else if info.name.ends_with("attn_k.weight") {
+                    Some(config.num_key_value_heads())
+                } else {
+                    None
+                };
+                if let Some(heads) = heads {
+                    delta = reorder_rotary_rows(&delta, heads, cols, false);
+                }
+                values.iter_mut().zip(&delta).for_each(|(w, d)| *w += d);
+                let mut bytes = Vec::new();
+                for row in values.chunks_exact(cols) {
+                    bytes.extend_from_slice(&quantize_row(WeightType::Q8_0, row));
+                }
+                write(&mut writer, &bytes)?;
+            }
+        }
+    }
+    writer.finish().map_err(io)
+}
+
+/// Writes an adapter (a PEFT directory, or a training checkpoint's `trainable.safetensors`
+/// beside a PEFT `adapter_config.json`) as f16 into `out_dir` for shipping, and returns the
+/// sha256 of the written weights.
+pub fn pack_adapter(config_json: &str, weights: &[u8], out_dir: &Path) -> Result<String> {
+    let settings = lora_settings(config_json)?;
+    let tensors = safetensors::SafeTensors::deserialize(weights)
+        .map_err(|e| bad_adapter(format!("adapter weights: {e}")))?;
+    lora_pairs(weights, settings.rank)?;
+    let mut converted: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in tensors.tensors() {
+        let values = to_f32(&view, &name)?;
+        let bytes = values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        converted.push((name, view.shape().to_vec(), bytes));
+    }
+    converted.sort_by(|a, b| a.0.cmp(&b.0));
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = converted
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F16, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| bad_adapter(format!("{name}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let data = safetensors::serialize(views, None)
+        .map_err(|e| bad_adapter(format!("serialising: {e}")))?;
+    std::fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
+    let weights_path = out_dir.join("adapter_model.safetensors");
+    std::fs::write(&weights_path, &data).map_err(io_error(&weights_path))?;
+    let config_path = out_dir.join("adapter_config.json");
+    std::fs::write(&config_path, config_json).map_err(io_error(&config_path))?;
+    Ok(sha256_hex(&data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_adapter_matches_its_pinned_hash() {
+        Adapter::embedded().verify().unwrap();
+        let settings = lora_settings(ADAPTER_CONFIG).unwrap();
+        assert!(!lora_pairs(ADAPTER_WEIGHTS, settings.rank)
+            .unwrap()
+            .is_empty());
+        let card: serde_json::Value = serde_json::from_str(GUARD_CARD).unwrap();
+        assert_eq!(card["adapter_sha256"], ADAPTER_SHA256);
+        assert!(
+            ADAPTER_WEIGHTS.len() <= 32 << 20,
+            "the adapter must stay under 32 MB"
+        );
+    }
+
+    #[test]
+    fn a_corrupted_adapter_is_refused_with_its_hashes() {
+        let mut bytes = ADAPTER_WEIGHTS.to_vec();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        let adapter = Adapter {
+            weights: &bytes,
+            ..Adapter::embedded()
+        };
+        let err = adapter.verify().unwrap_err().to_string();
+        assert!(err.contains("adapter"), "{err}");
+        assert!(err.contains(ADAPTER_SHA256), "{err}");
+        assert!(err.contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn lora_delta_is_scale_b_a() {
+        let pair = LoraPair {
+            a: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            b: vec![1.0, 0.0, 0.5, 2.0],
+            a_shape: [2, 3],
+            b_shape: [2, 2],
+        };
+        let d = lora_delta(&pair, 2.0);
+        assert_eq!(d, vec![2.0, 4.0, 6.0, 17.0, 22.0, 27.0]);
+    }
+
+    #[test]
+    fn bad_adapter_configs_are_named() {
+        for (text, needle) in [
+            ("{", "adapter_config.json"),
+            (r#"{"peft_type": "IA3"}"#, "LORA"),
+            (r#"{"peft_type": "LORA", "r": 0, "lora_alpha": 1}"#, "`r`"),
+            (
+                r#"{"peft_type": "LORA", "r": 4, "use_dora": true, "lora_alpha": 1}"#,
+                "use_dora",
+            ),
+        ] {
+            let err = lora_settings(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The default guard is merged on first use into the cache, reused while intact, and merged
+//! again when the cached file is damaged; a damaged adapter is refused before anything is written.
+
+use guardreasoner_hub::guard::{ensure_default_guard, merged_guard_path, Adapter, ADAPTER_SHA256};
+use guardreasoner_hub::{QuietProgress, DEFAULT_MODEL_SHA256};
+use sha2::{Digest, Sha256};
+
+fn sha256(path: &std::path::Path) -> String {
+    let digest = Sha256::digest(std::fs::read(path).expect("read"));
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn merged_on_first_use_reused_then_remade_when_corrupt() {
+    let Some(base) = guardreasoner_testing::test_model() else {
+        return;
+    };
+    let home = tempfile::tempdir().expect("tempdir");
+    let adapter = Adapter::embedded();
+    let path = ensure_default_guard(
+        home.path(),
+        &base,
+        DEFAULT_MODEL_SHA256,
+        &adapter,
+        &mut QuietProgress,
+    )
+    .expect("first merge");
+    assert_eq!(
+        path,
+        merged_guard_path(home.path(), DEFAULT_MODEL_SHA256, ADAPTER_SHA256)
+    );
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.contains(&ADAPTER_SHA256[..12]) && name.contains(&DEFAULT_MODEL_SHA256[..12]));
+    let first_hash = sha256(&path);
+    let first_mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    // The file is a GGUF the engine reads, named as the guard, and records its inputs.
+    let gguf = guardreasoner_gguf::GgufFile::open(&path).expect("merged GGUF");
+    assert_eq!(
+        gguf.get_str("general.name").unwrap(),
+        "GuardReasoner-SmolLM2-135M"
+    );
+    assert_eq!(
+        gguf.get_str("guardreasoner.adapter_sha256").unwrap(),
+        ADAPTER_SHA256
+    );
+    drop(gguf);
+    // No temporary left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("models"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Second use: the cached file, untouched.
+    let again = ensure_default_guard(
+        home.path(),
+        &base,
+        DEFAULT_MODEL_SHA256,
+        &adapter,
+        &mut QuietProgress,
+    )
+    .expect("cached");
+    assert_eq!(again, path);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        first_mtime
+    );
+
+    // A truncated cache file is noticed and merged again, to the same bytes.
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    let remade = ensure_default_guard(
+        home.path(),
+        &base,
+        DEFAULT_MODEL_SHA256,
+        &adapter,
+        &mut QuietProgress,
+    )
+    .expect("remade");
+    assert_eq!(sha256(&remade), first_hash);
+}
+
+#[test]
+fn a_corrupted_adapter_is_refused_before_anything_is_written() {
+    let Some(base) = guardreasoner_testing::test_model() else {
+        return;
+    };
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut bytes = Adapter::embedded().weights.to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let adapter = Adapter {
+        weights: &bytes,
+        ..Adapter::embedded()
+    };
+    let err = ensure_default_guard(
+        home.path(),
+        &base,
+        DEFAULT_MODEL_SHA256,
+        &adapter,
+        &mut QuietProgress,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("GuardReasoner-SmolLM2-135M adapter") && err.contains("corrupt"),
+        "{err}"
+    );
+    assert!(!home.path().join("models").exists());
+}
