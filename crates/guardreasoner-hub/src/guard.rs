@@ -201,13 +201,9 @@ fn to_f32(view: &safetensors::tensor::TensorView<'_>, name: &str) -> Result<Vec<
 fn lora_pairs(weights: &[u8], rank: usize) -> Result<BTreeMap<String, LoraPair>> {
     let tensors = safetensors::SafeTensors::deserialize(weights)
         .map_err(|e| bad_adapter(format!("adapter_model.safetensors: {e}")))?;
-    let mut halves: BTreeMap<
-        String,
-        (
-            Option<(Vec<f32>, [usize; 2])>,
-            Option<(Vec<f32>, [usize; 2])>,
-        ),
-    > = BTreeMap::new();
+    // A matrix's values and shape; per adapted weight, its A and B as they are found.
+    type Matrix = (Vec<f32>, [usize; 2]);
+    let mut halves: BTreeMap<String, (Option<Matrix>, Option<Matrix>)> = BTreeMap::new();
     for (name, view) in tensors.tensors() {
         let (stem, is_a) = if let Some(s) = name.strip_suffix(".lora_A.weight") {
             (s, true)
