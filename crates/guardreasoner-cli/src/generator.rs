@@ -67,7 +67,17 @@ impl GeneratorArgs {
                 };
                 let backend = LocalBackend::from_spec(Some(spec), options)
                     .with_context(|| format!("cannot load the model {spec:?}"))?;
-                Ok((Arc::new(backend), spec.clone()))
+                // `default` changes with the shipped adapter: name the run by the adapter, so a
+                // resumed run never mixes two guards' outputs.
+                let name = match guardreasoner_hub::ModelSpec::parse(Some(spec))? {
+                    guardreasoner_hub::ModelSpec::Default => format!(
+                        "default ({}, adapter {})",
+                        guardreasoner_hub::guard::GUARD_NAME,
+                        &guardreasoner_hub::guard::ADAPTER_SHA256[..12]
+                    ),
+                    _ => spec.clone(),
+                };
+                Ok((Arc::new(backend), name))
             }
             (None, Some(endpoint)) => {
                 let served = self.served_model.clone().unwrap_or_default();
