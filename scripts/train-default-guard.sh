@@ -2,7 +2,7 @@
 # Reproduces the default guard (GuardReasoner-SmolLM2-135M) from ../shared on this CPU:
 #   1. distil R-SFT records from the released GuardReasoner predictions (seen benchmarks only;
 #      the unseen test sets' prompts are removed), holding out 10% of prompts as the dev split;
-#   2. R-SFT: LoRA on the embedded SmolLM2-135M-Instruct GGUF (dequantised to f32);
+#   2. R-SFT: LoRA on the untrained base, SmolLM2-135M-Instruct GGUF (dequantised to f32);
 #   3. evaluate the dev split (choices are made here, never on the unseen test sets).
 # Every stage resumes: run the script again after a crash and it continues where it stopped.
 # Usage: scripts/train-default-guard.sh [WORKDIR]   (default: runs/default-guard)
@@ -33,7 +33,7 @@ done_stage "1. distil"
 stage "2. R-SFT (LoRA r32, $SFT_STEPS steps of 8)"
 RESUME=()
 ls -d "$WORK"/sft/checkpoint-* >/dev/null 2>&1 && RESUME=(--resume)
-"$BIN" train sft --model default --data "$WORK/distill.json" --output "$WORK/sft" \
+"$BIN" train sft --model smollm2-base --data "$WORK/distill.json" --output "$WORK/sft" \
   --preset none --grad-accum 8 --learning-rate 5e-4 --warmup-ratio 0.05 \
   --max-steps "$SFT_STEPS" --save-steps 10 --cutoff-len 768 \
   --lora-rank 32 --lora-alpha 32 "${RESUME[@]}"
@@ -46,3 +46,9 @@ stage "3. dev split"
   --benchmarks AegisSafetyTest,HarmBenchPrompt,SimpleSafetyTests,HarmBenchResponse,XSTestResponseHarmful,XSTestResponseRefusal \
   --max-new-tokens 1024 --label rsft-dev --out "$WORK/eval-dev"
 done_stage "3. dev split"
+
+# To ship the result as the default guard:
+#   target/release/guardreasoner model pack-adapter --weights "$WORK/sft/adapter/adapter_model.safetensors" \
+#       --config "$WORK/sft/adapter/adapter_config.json"
+# then pin the printed sha256 in crates/guardreasoner-hub/src/guard.rs (ADAPTER_SHA256) and
+# guard/guard.json, and evaluate it with scripts/eval-default-guard.sh.
