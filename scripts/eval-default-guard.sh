@@ -6,7 +6,7 @@
 #   2. the unseen test sets, once per shipped candidate: a seeded sample stratified by gold label
 #      of LIMIT rows per prompt benchmark and RLIMIT per response benchmark (0: the whole file),
 #      F1 with a bootstrap 95% interval in each report's details.
-# Every step resumes: run it again after a crash. r-sft-1 was reported with LIMIT=1000 RLIMIT=500.
+# Every step resumes: run it again after a crash. r-sft-1 was reported with LIMIT=1000 RLIMIT=1000.
 # Usage: scripts/eval-default-guard.sh [WORKDIR] (default runs/default-guard; SEED=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
