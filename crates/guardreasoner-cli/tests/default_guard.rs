@@ -3,6 +3,7 @@
 //! shipped adapter merged with `merge_checkpoint`, run by the engine in f32.
 
 use guardreasoner_engine::llama::Llama;
+use guardreasoner_engine::sampling::argmax;
 use guardreasoner_engine::Engine;
 use guardreasoner_hub::guard::{merge_adapter_into_gguf, Adapter};
 use guardreasoner_tokenizer::Tokenizer;
@@ -18,10 +19,6 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
-}
-
-fn argmax(v: &[f32]) -> usize {
-    (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::jsonl::{read_records, DataError};
 use crate::prompt::split_input;
 use serde::Deserialize;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The unseen benchmark files, relative to the benchmark directory.
 pub const UNSEEN_FILES: [&str; 6] = [
@@ -44,7 +44,6 @@ struct AnyRecord {
 #[derive(Debug, Clone, Default)]
 pub struct UnseenSets {
     prompts: HashSet<String>,
-    files: Vec<PathBuf>,
 }
 
 impl UnseenSets {
@@ -77,7 +76,6 @@ impl UnseenSets {
                 };
                 sets.prompts.insert(normalise(&prompt));
             }
-            sets.files.push(path);
         }
         Ok(sets)
     }
@@ -94,11 +92,6 @@ impl UnseenSets {
 
     pub fn is_empty(&self) -> bool {
         self.prompts.is_empty()
-    }
-
-    /// The files read.
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
     }
 }
 

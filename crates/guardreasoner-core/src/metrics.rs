@@ -15,7 +15,12 @@ pub struct Confusion {
 
 impl Confusion {
     pub fn add(&mut self, gold: Label, predicted: Label, positive: Label) {
-        match (gold == positive, predicted == positive) {
+        self.add_outcome(gold == positive, predicted == positive);
+    }
+
+    /// Count one row by whether its gold label and its prediction are the positive class.
+    pub fn add_outcome(&mut self, gold_positive: bool, predicted_positive: bool) {
+        match (gold_positive, predicted_positive) {
             (true, true) => self.tp += 1,
             (false, true) => self.fp += 1,
             (false, false) => self.tn += 1,
@@ -71,12 +76,7 @@ pub fn bootstrap_f1_ci95(
             let mut c = Confusion::default();
             for _ in 0..n {
                 let (gold, predicted) = outcomes[(next() % n) as usize];
-                match (gold, predicted) {
-                    (true, true) => c.tp += 1,
-                    (false, true) => c.fp += 1,
-                    (false, false) => c.tn += 1,
-                    (true, false) => c.fn_ += 1,
-                }
+                c.add_outcome(gold, predicted);
             }
             100.0 * c.f1()
         })

@@ -9,7 +9,7 @@
 //! and a stamp records the inputs and the file's size and modification time: a missing,
 //! truncated or modified file is merged again.
 
-use crate::default_model::{stamp_matches, write_stamp};
+use crate::default_model::{hex, stamp_matches, write_stamp};
 use crate::{io_error, HubError, Progress, Result};
 use guardreasoner_engine::layout::{dequantize_tensor, hf_name, reorder_rotary_rows};
 use guardreasoner_engine::quant::{quantize_row, WeightType};
@@ -67,11 +67,8 @@ impl Adapter<'_> {
     }
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Where the merged guard of this base and adapter is cached.
@@ -323,17 +320,10 @@ pub fn merge_adapter_into_gguf(
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     }
-    let io = io_error(out);
-    let mut writer = GgufWriter::create(out, &metadata, plans).map_err(|e| HubError::Io {
-        path: out.to_path_buf(),
-        source: e,
-    })?;
+    let mut writer = GgufWriter::create(out, &metadata, plans).map_err(io_error(out))?;
     for (info, pair) in file.tensors.iter().zip(merged) {
         let write = |writer: &mut GgufWriter, bytes: &[u8]| {
-            writer.write_tensor(bytes).map_err(|e| HubError::Io {
-                path: out.to_path_buf(),
-                source: e,
-            })
+            writer.write_tensor(bytes).map_err(io_error(out))
         };
         match pair {
             None => write(&mut writer, file.tensor_data(info)?)?,
@@ -360,7 +350,7 @@ pub fn merge_adapter_into_gguf(
             }
         }
     }
-    writer.finish().map_err(io)
+    writer.finish().map_err(io_error(out))
 }
 
 /// Writes an adapter (a PEFT directory, or a training checkpoint's `trainable.safetensors`

@@ -39,13 +39,6 @@ pub struct DistilledRow {
     pub response_harm_label: Option<Label>,
 }
 
-impl DistilledRow {
-    /// The conversation this record judges.
-    pub fn conversation(&self) -> Conversation {
-        split_input(&self.input).expect("distilled inputs are built in the layout")
-    }
-}
-
 /// What happened to the traces of one source.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SourceCounts {
@@ -265,16 +258,15 @@ pub fn distill(config: &DistillConfig, unseen: &UnseenSets) -> Result<Distilled,
     let gold = load_gold(&config.benchmarks_dir)?;
     let mut candidates: Vec<Candidate> = Vec::new();
     for dir in &config.predictions {
-        let label_of_dir = dir
-            .components()
-            .rev()
-            .take(2)
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("/");
+        // `paper-v1/8B`: the directory and its parent name the source.
+        let name = |p: Option<&Path>| {
+            p.and_then(Path::file_name)
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+        };
+        let label_of_dir = match name(dir.parent()) {
+            parent if parent.is_empty() => name(Some(dir)),
+            parent => format!("{parent}/{}", name(Some(dir))),
+        };
         let mut found = 0;
         for bench in seen_benchmarks() {
             let path = dir
@@ -383,6 +375,9 @@ pub fn distill(config: &DistillConfig, unseen: &UnseenSets) -> Result<Distilled,
             counts.duplicate += 1;
             continue;
         }
+        // The request label the trace answers: the gold label where one is known (validation
+        // made them agree), the trace's own judgement on the response benchmarks.
+        let request = accepted.verdict.request;
         let row = DistilledRow {
             instruction: c.instruction,
             input,
@@ -400,11 +395,6 @@ pub fn distill(config: &DistillConfig, unseen: &UnseenSets) -> Result<Distilled,
             }
             continue;
         }
-        // The request label the trace answers: the gold label where one is known (validation
-        // made them agree), the trace's own judgement on the response benchmarks.
-        let request = guardreasoner_core::parse_strict(&row.output)
-            .ok()
-            .and_then(|p| p.verdict.request);
         let quota = if request == Some(Label::Unharmful) {
             config.max_traces_unharmful
         } else {

@@ -3,7 +3,7 @@
 use crate::input::GoldAnswers;
 use crate::teacher::{agrees, expected_text};
 use guardreasoner_backend::FinishReason;
-use guardreasoner_core::{parse_strict, Task};
+use guardreasoner_core::{parse_strict, Task, Verdict};
 use serde::Serialize;
 
 /// Steps allowed per task (the prompt asks for 1 to 10).
@@ -27,11 +27,13 @@ impl Rejection {
     }
 }
 
-/// A reply that passed: its text (trimmed) and the reasoning steps of Tasks 1, 2, 3.
+/// A reply that passed: its text (trimmed), the reasoning steps of Tasks 1, 2, 3, and the
+/// answers it gave (the strict parse validation made).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     pub output: String,
     pub steps: [usize; 3],
+    pub verdict: Verdict,
 }
 
 /// Check a teacher reply against the sample's gold answers: not cut off, the answer block
@@ -100,6 +102,7 @@ pub fn validate(
     Ok(Accepted {
         output: output.to_string(),
         steps,
+        verdict: parsed.verdict,
     })
 }
 
