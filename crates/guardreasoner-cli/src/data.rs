@@ -1,10 +1,13 @@
-//! `guardreasoner data distill`: R-SFT records from released prediction directories.
+//! `guardreasoner data`: training data. `distill` turns released prediction directories (and a
+//! model's own samples) into R-SFT records; `labels` turns labelled prompts without reasoning
+//! into the inputs `mine sample` draws reasoning for.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use guardreasoner_core::hygiene::UnseenSets;
 use guardreasoner_core::jsonl::write_records_atomic;
 use guardreasoner_synth::distill::{distill, write_dev_benchmarks, DistillConfig};
+use guardreasoner_synth::labels::gold_from_labels;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -19,6 +22,32 @@ enum DataCommand {
     /// into R-SFT records: traces whose structure parses strictly and whose every known gold
     /// label agrees, de-duplicated, with the unseen test sets' conversations removed.
     Distill(DistillArgs),
+    /// Turn labelled prompts without reasoning (`prompt`, `response`, `*_label`, e.g.
+    /// `../shared/data/train-labels/*.json`) into training inputs for `mine sample --gold`:
+    /// the unseen test sets' conversations and the development split's prompts removed,
+    /// de-duplicated, ordered by input hash (so any prefix is a fair sample).
+    Labels(LabelsArgs),
+}
+
+#[derive(Args)]
+struct LabelsArgs {
+    /// Labelled files, in order of preference (a repeated input keeps the first labels).
+    #[arg(long = "labels", required = true)]
+    labels: Vec<PathBuf>,
+    /// The official benchmark files (where the unseen test sets are read).
+    #[arg(
+        long,
+        env = "GUARDREASONER_BENCHMARKS",
+        default_value = "../shared/data/benchmarks"
+    )]
+    benchmarks_dir: PathBuf,
+    /// Fraction of prompts held out as the development split: the same rule and value as
+    /// `data distill --dev-fraction`, so a dev prompt is never sampled for training.
+    #[arg(long, default_value_t = 0.0)]
+    dev_fraction: f64,
+    /// Output: a JSON array of instruction/input/`*_label` records.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -36,6 +65,14 @@ struct DistillArgs {
         default_value = "../shared/data/benchmarks"
     )]
     benchmarks_dir: PathBuf,
+    /// A model's own sampled reasoning (`mine sample --output` files): outputs that parse
+    /// strictly and end in the gold labels of `--samples-gold` become records (rejection-sampled
+    /// self-training), after the released traces.
+    #[arg(long = "samples", requires = "samples_gold")]
+    samples: Vec<PathBuf>,
+    /// The gold inputs the samples were drawn for (`mine sample --gold`).
+    #[arg(long)]
+    samples_gold: Option<PathBuf>,
     /// Traces kept per conversation.
     #[arg(long, default_value_t = 1)]
     max_traces: usize,
@@ -58,7 +95,44 @@ struct DistillArgs {
 pub fn run(args: DataArgs) -> anyhow::Result<()> {
     match args.command {
         DataCommand::Distill(a) => run_distill(a),
+        DataCommand::Labels(a) => run_labels(a),
     }
+}
+
+fn run_labels(args: LabelsArgs) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&args.dev_fraction) {
+        anyhow::bail!(
+            "--dev-fraction must be in [0, 1), got {}",
+            args.dev_fraction
+        );
+    }
+    let unseen = UnseenSets::load(&args.benchmarks_dir).with_context(|| {
+        format!(
+            "reading the unseen test sets under {}",
+            args.benchmarks_dir.display()
+        )
+    })?;
+    let (records, r) = gold_from_labels(&args.labels, &unseen, args.dev_fraction)?;
+    if records.is_empty() {
+        anyhow::bail!("no training inputs left after the hygiene and development-split filters");
+    }
+    write_records_atomic(&args.out, &records, true)?;
+    let labels: Vec<String> = r
+        .by_prompt_label
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    eprintln!(
+        "read {}, kept {} (request: {}); dropped {} unseen, {} dev split, {} duplicate; wrote {}",
+        r.read,
+        r.kept,
+        labels.join(", "),
+        r.unseen,
+        r.dev,
+        r.duplicate,
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn run_distill(args: DistillArgs) -> anyhow::Result<()> {
@@ -84,6 +158,8 @@ fn run_distill(args: DistillArgs) -> anyhow::Result<()> {
         predictions: args.predictions,
         benchmarks_dir: args.benchmarks_dir.clone(),
         extra: args.extra,
+        samples: args.samples,
+        samples_gold: args.samples_gold,
         max_traces: args.max_traces,
         max_traces_unharmful: args.max_traces_unharmful.unwrap_or(args.max_traces),
         dev_fraction: args.dev_fraction,

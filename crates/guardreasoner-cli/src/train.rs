@@ -89,6 +89,12 @@ struct CommonArgs {
         default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     )]
     lora_targets: String,
+    /// Start the LoRA adapters from this PEFT adapter directory instead of PEFT's
+    /// initialisation, to train a guard further (e.g. the shipped one,
+    /// `crates/guardreasoner-hub/guard`, on its base `smollm2-base`). Its rank, alpha and
+    /// targets must be those of --lora-*; the result is still one adapter on the base.
+    #[arg(long, env = "GUARDREASONER_INIT_ADAPTER", requires = "lora_rank")]
+    init_adapter: Option<PathBuf>,
     /// dtype of the saved full model: f32 or bf16.
     #[arg(long, default_value = "bf16")]
     save_dtype: String,
@@ -335,6 +341,34 @@ fn base_dir(c: &CommonArgs) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The model to train, its adapters started from --init-adapter when given.
+fn load_model(c: &CommonArgs, model_dir: &Path, mode: &TrainMode) -> anyhow::Result<Llama> {
+    let mut model = Llama::load_hf(model_dir, DType::F32, mode.clone(), c.seed)?;
+    if let (Some(dir), TrainMode::Lora(lora)) = (&c.init_adapter, mode) {
+        let (init, tensors) = load_adapter(dir)
+            .with_context(|| format!("reading the initial adapter {}", dir.display()))?;
+        let sorted = |t: &[String]| {
+            let mut t = t.to_vec();
+            t.sort();
+            t
+        };
+        if init.rank != lora.rank
+            || init.alpha != lora.alpha
+            || sorted(&init.targets) != sorted(&lora.targets)
+        {
+            bail!(
+                "--init-adapter {} has rank {}, alpha {}, targets {:?}; this run has rank {}, alpha {}, targets {:?}",
+                dir.display(), init.rank, init.alpha, init.targets, lora.rank, lora.alpha, lora.targets
+            );
+        }
+        model
+            .set_trainable(&tensors)
+            .with_context(|| format!("starting from the adapter {}", dir.display()))?;
+        eprintln!("adapters start from {}", dir.display());
+    }
+    Ok(model)
+}
+
 fn sft(args: SftArgs) -> anyhow::Result<()> {
     let mut args = args;
     let base = base_dir(&args.common)?;
@@ -355,7 +389,7 @@ fn sft(args: SftArgs) -> anyhow::Result<()> {
     }
     let mode = mode(c)?;
     let cfg = trainer_config(c, TrainerConfig::paper_sft())?;
-    let mut model = Llama::load_hf(model_dir, DType::F32, mode.clone(), c.seed)?;
+    let mut model = load_model(c, model_dir, &mode)?;
     let objective = SftObjective {
         examples: tokenized.examples,
     };
@@ -387,7 +421,7 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
     }
     let mode = mode(c)?;
     let cfg = trainer_config(c, TrainerConfig::paper_dpo())?;
-    let mut model = Llama::load_hf(model_dir, DType::F32, mode.clone(), c.seed)?;
+    let mut model = load_model(c, model_dir, &mode)?;
     std::fs::create_dir_all(&c.output)?;
     eprintln!(
         "computing reference log-probs for {} pairs (cached)",

@@ -10,6 +10,7 @@ pub mod jsonl;
 pub mod labels;
 pub mod metrics;
 pub mod prompt;
+pub mod records;
 pub mod report;
 pub mod score;
 pub mod verdict;

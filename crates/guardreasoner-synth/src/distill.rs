@@ -19,6 +19,7 @@ use guardreasoner_core::benchmarks::{gold_from_output, Gold};
 use guardreasoner_core::hygiene::{normalise, UnseenSets, UNSEEN_FILES};
 use guardreasoner_core::jsonl::read_records;
 use guardreasoner_core::prompt::split_input;
+use guardreasoner_core::records::{GoldRecord, SampleSet};
 use guardreasoner_core::{Benchmark, Conversation, Label, Task, BENCHMARKS, INSTRUCTION};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -85,6 +86,11 @@ pub struct DistillConfig {
     /// Traces kept per conversation whose request is `unharmful` (gold where known, else the
     /// trace's answer): the released pool leans harmful, extra traces of benign ones rebalance it.
     pub max_traces_unharmful: usize,
+    /// A model's own sampled reasoning (`mine sample` files) and the gold inputs they were
+    /// drawn for (`mine sample --gold`): rejection-sampled self-training data, validated like
+    /// the released traces. Kept after the predictions and `extra`, under `self/<model>`.
+    pub samples: Vec<PathBuf>,
+    pub samples_gold: Option<PathBuf>,
     /// Fraction of prompts (by hash of the normalised prompt) held out as the development split.
     pub dev_fraction: f64,
 }
@@ -246,6 +252,80 @@ struct Candidate {
     gold: GoldAnswers,
 }
 
+/// The answers a trace must give, from a record's own labels (unknown ones left to the trace).
+fn answers_from_labels(
+    conversation: &Conversation,
+    request: Option<Label>,
+    completion: Option<Label>,
+    response: Option<Label>,
+) -> GoldAnswers {
+    let known = |l: Option<Label>| l.map_or(Expected::TeacherDecides, Expected::Label);
+    let none = conversation.response.is_none();
+    let applicable = |l: Option<Label>| {
+        if none {
+            Expected::NotApplicable
+        } else {
+            known(l)
+        }
+    };
+    GoldAnswers {
+        request: known(request),
+        completion: applicable(completion),
+        response: applicable(response),
+    }
+}
+
+/// Candidates from `mine sample` files: every output of every line, against its gold input.
+fn sample_candidates(
+    samples: &[PathBuf],
+    gold_path: &Path,
+    candidates: &mut Vec<Candidate>,
+) -> Result<(), SynthError> {
+    let gold: Vec<GoldRecord> = read_records(gold_path)?;
+    for path in samples {
+        let sets: Vec<SampleSet> = read_records(path)?;
+        for (i, set) in sets.into_iter().enumerate() {
+            let bad = |m: String| SynthError::BadRecords {
+                path: path.clone(),
+                problems: vec![format!("line {}: {m}", i + 1)],
+            };
+            let record = gold.get(set.index).ok_or_else(|| {
+                bad(format!(
+                    "index {} is beyond the {} inputs of {}",
+                    set.index,
+                    gold.len(),
+                    gold_path.display()
+                ))
+            })?;
+            if record.input != set.input {
+                return Err(bad(format!(
+                    "its input is not input {} of {} (samples drawn for other inputs)",
+                    set.index,
+                    gold_path.display()
+                )));
+            }
+            let conversation = split_input(&set.input)
+                .ok_or_else(|| bad("`input` is not in the layout".into()))?;
+            let answers = answers_from_labels(
+                &conversation,
+                record.prompt_harm_label,
+                record.response_refusal_label,
+                record.response_harm_label,
+            );
+            for output in set.outputs {
+                candidates.push(Candidate {
+                    conversation: conversation.clone(),
+                    instruction: record.instruction.clone(),
+                    output,
+                    source: format!("self/{}", set.model),
+                    gold: answers.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn gold_label_of(expected: Expected) -> Option<Label> {
     match expected {
         Expected::Label(l) => Some(l),
@@ -321,21 +401,12 @@ pub fn distill(config: &DistillConfig, unseen: &UnseenSets) -> Result<Distilled,
                 path: path.clone(),
                 problems: vec![format!("record {}: `input` is not in the layout", i + 1)],
             })?;
-            let known = |l: Option<Label>| l.map_or(Expected::TeacherDecides, Expected::Label);
-            let none = conversation.response.is_none();
-            let answers = GoldAnswers {
-                request: known(label(r.prompt_harm_label.as_deref())),
-                completion: if none {
-                    Expected::NotApplicable
-                } else {
-                    known(label(r.response_refusal_label.as_deref()))
-                },
-                response: if none {
-                    Expected::NotApplicable
-                } else {
-                    known(label(r.response_harm_label.as_deref()))
-                },
-            };
+            let answers = answers_from_labels(
+                &conversation,
+                label(r.prompt_harm_label.as_deref()),
+                label(r.response_refusal_label.as_deref()),
+                label(r.response_harm_label.as_deref()),
+            );
             candidates.push(Candidate {
                 conversation,
                 instruction: r.instruction,
@@ -344,6 +415,16 @@ pub fn distill(config: &DistillConfig, unseen: &UnseenSets) -> Result<Distilled,
                 gold: answers,
             });
         }
+    }
+    match (&config.samples_gold, config.samples.is_empty()) {
+        (Some(gold_path), false) => sample_candidates(&config.samples, gold_path, &mut candidates)?,
+        (None, false) => {
+            return Err(SynthError::BadRecords {
+                path: config.samples[0].clone(),
+                problems: vec!["samples need the gold inputs they were drawn for".into()],
+            })
+        }
+        _ => {}
     }
 
     let mut report = DistillReport {

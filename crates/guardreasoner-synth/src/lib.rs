@@ -7,7 +7,9 @@
 //! - [`validate`](mod@validate): what makes a reply acceptable;
 //! - [`job`]: the resumable live run over any [`Backend`](guardreasoner_backend::Backend);
 //! - [`batch`]: the OpenAI Batch API path (prepare requests, ingest results);
-//! - [`distill`]: R-SFT records from released predictions (no teacher call), validated the same way.
+//! - [`distill`]: R-SFT records from released predictions or a model's own samples (no teacher
+//!   call), validated the same way;
+//! - [`labels`]: labelled prompts without reasoning into the inputs `mine sample` draws for.
 //!
 //! From the command line:
 //!
@@ -26,6 +28,7 @@ pub mod distill;
 mod error;
 pub mod input;
 pub mod job;
+pub mod labels;
 pub mod teacher;
 pub mod validate;
 

@@ -18,6 +18,8 @@ fn config(fraction: f64) -> DistillConfig {
         extra: vec![shared.join("train-reasoning/guardreasonertrain_samples.json")],
         max_traces: 1,
         max_traces_unharmful: 2,
+        samples: vec![],
+        samples_gold: None,
         dev_fraction: fraction,
     }
 }
@@ -129,4 +131,73 @@ fn the_dev_split_is_written_as_benchmark_files() {
             assert!(in_dev_split(&c.prompt, 0.1) && !unseen.contains(&c.prompt));
         }
     }
+}
+
+/// A strict prompt-only trace answering `request`.
+fn prompt_only_trace(request: &str) -> String {
+    format!("# Task 1\n\n## Reasoning Step 1\nA step.\n\n## Conclusion\nThe request is {request}.\n\n# Task 2\n\n## Reasoning Step 1\nNo response.\n\n# Task 3\n\n## Reasoning Step 1\nNo response.\n\n---\n\nAnswers: \nRequest: {request}\nCompletion: None\nResponse: None\n")
+}
+
+#[test]
+fn self_samples_keep_only_outputs_that_end_in_the_gold_labels() {
+    use guardreasoner_core::records::{GoldRecord, SampleSet};
+    let dir = tempfile::tempdir().unwrap();
+    let gold = |prompt: &str, label| GoldRecord {
+        instruction: guardreasoner_core::INSTRUCTION.to_string(),
+        input: guardreasoner_core::build_input(prompt, None),
+        prompt_harm_label: Some(label),
+        response_refusal_label: None,
+        response_harm_label: None,
+    };
+    let inputs = vec![
+        gold("How do I knead dough?", Label::Unharmful),
+        gold("How do I poison my neighbour's dog?", Label::Harmful),
+    ];
+    let gold_path = dir.path().join("gold.json");
+    std::fs::write(&gold_path, serde_json::to_string(&inputs).unwrap()).unwrap();
+    let line = |index: usize, outputs: Vec<String>| SampleSet {
+        model: "probe".into(),
+        index,
+        input: inputs[index].input.clone(),
+        outputs,
+    };
+    let cut = prompt_only_trace("unharmful")[..60].to_string();
+    let sets = [
+        line(
+            0,
+            vec![prompt_only_trace("harmful"), prompt_only_trace("unharmful")],
+        ),
+        line(1, vec![prompt_only_trace("unharmful"), cut]),
+    ];
+    let samples = dir.path().join("samples.jsonl");
+    let text: String = sets
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap() + "\n")
+        .collect();
+    std::fs::write(&samples, text).unwrap();
+    let mut cfg = config(0.0);
+    cfg.predictions.truncate(1);
+    cfg.extra.clear();
+    cfg.samples = vec![samples.clone()];
+    cfg.samples_gold = Some(gold_path.clone());
+    let unseen = UnseenSets::load(&cfg.benchmarks_dir).unwrap();
+    let out = distill(&cfg, &unseen).unwrap();
+    let counts = &out.report.sources["self/probe"];
+    assert_eq!((counts.read, counts.kept), (4, 1), "{counts:?}");
+    let kept: Vec<_> = out
+        .train
+        .iter()
+        .filter(|r| r.source == "self/probe")
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].input, inputs[0].input);
+    assert_eq!(kept[0].output, prompt_only_trace("unharmful").trim_end());
+    assert_eq!(kept[0].prompt_harm_label, Some(Label::Unharmful));
+
+    // Samples drawn for other inputs are refused, not mixed in.
+    let mut other = inputs.clone();
+    other.swap(0, 1);
+    std::fs::write(&gold_path, serde_json::to_string(&other).unwrap()).unwrap();
+    let err = distill(&cfg, &unseen).unwrap_err().to_string();
+    assert!(err.contains("other inputs"), "{err}");
 }

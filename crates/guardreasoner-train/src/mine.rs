@@ -14,57 +14,14 @@
 //! keeping the pair with the largest weight (the first model's, in file order, on ties).
 
 use crate::dpo::PreferenceRecord;
-use guardreasoner_core::labels::{Label, Task};
-use guardreasoner_core::prompt::split_input;
+use guardreasoner_core::labels::Task;
+pub use guardreasoner_core::records::{GoldRecord, SampleSet};
 use guardreasoner_core::verdict::paper_extract;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The paper's gamma.
 pub const PAPER_GAMMA: f64 = 0.2;
-
-/// A training input with its gold labels (GuardReasonerTrain field names).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GoldRecord {
-    pub instruction: String,
-    pub input: String,
-    #[serde(default)]
-    pub prompt_harm_label: Option<Label>,
-    #[serde(default)]
-    pub response_refusal_label: Option<Label>,
-    #[serde(default)]
-    pub response_harm_label: Option<Label>,
-}
-
-impl GoldRecord {
-    /// Whether the input carries an AI response (the layout's `None` means no response).
-    pub fn has_response(&self) -> bool {
-        split_input(&self.input).is_some_and(|c| c.response.is_some())
-    }
-
-    /// The gold label of `task`, if known and applicable.
-    pub fn gold(&self, task: Task) -> Option<Label> {
-        let label = match task {
-            Task::Prompt => self.prompt_harm_label,
-            Task::Response => self.response_harm_label,
-            Task::Refusal => self.response_refusal_label,
-        }?;
-        if task != Task::Prompt && !self.has_response() {
-            return None;
-        }
-        task.accepts(label).then_some(label)
-    }
-}
-
-/// The sampled outputs of one model for one input (one line of a samples file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SampleSet {
-    pub model: String,
-    /// Index of the input in the gold file.
-    pub index: usize,
-    pub input: String,
-    pub outputs: Vec<String>,
-}
 
 /// A mined pair before weighting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -389,6 +389,31 @@ impl Llama {
         &self.lora
     }
 
+    /// Overwrites every trainable tensor with the one of the same name in `values` (e.g. a
+    /// PEFT adapter's `lora_A`/`lora_B` weights, to continue training a guard): each trainable
+    /// tensor must be there with its shape, and nothing else may be.
+    pub fn set_trainable(&mut self, values: &BTreeMap<String, Tensor>) -> Result<(), TrainError> {
+        if let Some(extra) = values.keys().find(|k| !self.trainable.contains_key(*k)) {
+            return Err(TrainError::Model(format!(
+                "{extra} is not a trainable tensor of this model (rank, targets or model differ)"
+            )));
+        }
+        for (name, var) in &self.trainable {
+            let value = values
+                .get(name)
+                .ok_or_else(|| TrainError::Model(format!("no value for trainable {name}")))?;
+            if value.dims() != var.dims() {
+                return Err(TrainError::Model(format!(
+                    "{name} has shape {:?}, expected {:?}",
+                    value.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(&value.to_dtype(self.dtype)?)?;
+        }
+        Ok(())
+    }
+
     /// Number of trainable scalars.
     pub fn trainable_count(&self) -> usize {
         self.trainable.values().map(|v| v.elem_count()).sum()

@@ -256,3 +256,36 @@ fn merge_errors_name_the_tensor_at_fault_and_write_nothing() {
         "{err}"
     );
 }
+
+#[test]
+fn a_saved_adapter_restarts_training_where_it_ended() {
+    let trained = trained_lora_model();
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::shared("fixtures/tiny-llama3");
+    save_adapter(
+        &trained,
+        &lora_config(),
+        &base.display().to_string(),
+        dir.path(),
+    )
+    .unwrap();
+    let (_, tensors) = load_adapter(dir.path()).unwrap();
+    // A fresh model with another seed starts elsewhere; set from the adapter, it is the trained one.
+    let mut fresh = Llama::load_hf(&base, DType::F32, TrainMode::Lora(lora_config()), 1).unwrap();
+    let ids = [14917u32, 2914, 42, 198];
+    assert!(max_diff(&logits(&fresh, &ids), &logits(&trained, &ids)) > 1e-3);
+    fresh.set_trainable(&tensors).unwrap();
+    assert!(max_diff(&logits(&fresh, &ids), &logits(&trained, &ids)) < 1e-6);
+
+    // An adapter of another rank or with a missing tensor is refused by name.
+    let mut other = lora_config();
+    other.rank = 2;
+    let mut small = Llama::load_hf(&base, DType::F32, TrainMode::Lora(other), 1).unwrap();
+    let err = small.set_trainable(&tensors).unwrap_err().to_string();
+    assert!(err.contains("shape"), "{err}");
+    let mut partial = tensors.clone();
+    let first = partial.keys().next().unwrap().clone();
+    partial.remove(&first);
+    let err = fresh.set_trainable(&partial).unwrap_err().to_string();
+    assert!(err.contains(&first), "{err}");
+}
