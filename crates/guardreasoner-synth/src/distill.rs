@@ -318,7 +318,7 @@ fn sample_candidates(
                     instruction: record.instruction.clone(),
                     output,
                     source: format!("self/{}", set.model),
-                    gold: answers.clone(),
+                    gold: answers,
                 });
             }
         }
