@@ -99,19 +99,26 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
     }
 }
 
-fn run_labels(args: LabelsArgs) -> anyhow::Result<()> {
-    if !(0.0..1.0).contains(&args.dev_fraction) {
-        anyhow::bail!(
-            "--dev-fraction must be in [0, 1), got {}",
-            args.dev_fraction
-        );
+fn check_dev_fraction(fraction: f64) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&fraction) {
+        anyhow::bail!("--dev-fraction must be in [0, 1), got {fraction}");
     }
-    let unseen = UnseenSets::load(&args.benchmarks_dir).with_context(|| {
+    Ok(())
+}
+
+/// The unseen test sets, which every training source is filtered against.
+fn load_unseen(benchmarks_dir: &std::path::Path) -> anyhow::Result<UnseenSets> {
+    UnseenSets::load(benchmarks_dir).with_context(|| {
         format!(
             "reading the unseen test sets under {}",
-            args.benchmarks_dir.display()
+            benchmarks_dir.display()
         )
-    })?;
+    })
+}
+
+fn run_labels(args: LabelsArgs) -> anyhow::Result<()> {
+    check_dev_fraction(args.dev_fraction)?;
+    let unseen = load_unseen(&args.benchmarks_dir)?;
     let (records, r) = gold_from_labels(&args.labels, &unseen, args.dev_fraction)?;
     if records.is_empty() {
         anyhow::bail!("no training inputs left after the hygiene and development-split filters");
@@ -136,24 +143,14 @@ fn run_labels(args: LabelsArgs) -> anyhow::Result<()> {
 }
 
 fn run_distill(args: DistillArgs) -> anyhow::Result<()> {
-    if !(0.0..1.0).contains(&args.dev_fraction) {
-        anyhow::bail!(
-            "--dev-fraction must be in [0, 1), got {}",
-            args.dev_fraction
-        );
-    }
+    check_dev_fraction(args.dev_fraction)?;
     if args.max_traces == 0 {
         anyhow::bail!("--max-traces must be at least 1");
     }
     if args.dev_fraction > 0.0 && args.dev_dir.is_none() {
         anyhow::bail!("--dev-fraction needs --dev-dir (where the development split goes)");
     }
-    let unseen = UnseenSets::load(&args.benchmarks_dir).with_context(|| {
-        format!(
-            "reading the unseen test sets under {}",
-            args.benchmarks_dir.display()
-        )
-    })?;
+    let unseen = load_unseen(&args.benchmarks_dir)?;
     let config = DistillConfig {
         predictions: args.predictions,
         benchmarks_dir: args.benchmarks_dir.clone(),
