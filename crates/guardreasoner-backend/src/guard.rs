@@ -1,8 +1,11 @@
 //! The one place a conversation is classified through a backend.
 
-use crate::{Backend, BackendError, FinishReason, GenerationRequest, PromptInput, Usage};
+use crate::{
+    Backend, BackendError, ContinuationProbe, FinishReason, GenerationRequest, PromptInput, Usage,
+};
+use guardreasoner_core::label_scores::{answer_alternatives, answer_marker, ANSWER_ORDER};
 use guardreasoner_core::{
-    build_guard_prompt, parse_strict, Conversation, ParseError, ParsedOutput,
+    build_guard_prompt, parse_strict, Conversation, LabelScores, ParseError, ParsedOutput,
 };
 
 /// Sampling settings for a guard call. The paper evaluates greedily with up to 2048 new
@@ -33,6 +36,9 @@ pub struct GuardOutcome {
     pub text: String,
     /// The strict parse of `text`. An error means "no verdict": never treat it as safe.
     pub parsed: Result<ParsedOutput, ParseError>,
+    /// The probability of each answered task's positive label, where the backend scores
+    /// ([`label_scores`]); `None` from a backend that cannot (a remote endpoint).
+    pub scores: Option<LabelScores>,
     pub finish_reason: FinishReason,
     pub usage: Usage,
     pub retries: u32,
@@ -45,7 +51,31 @@ pub fn guard_request(conversation: &Conversation, params: &GuardParams) -> Gener
     request.temperature = params.temperature;
     request.top_p = params.top_p;
     request.seed = params.seed;
+    request.probes = answer_probes();
     request
+}
+
+/// The probes that score each answer line's two labels, in [`ANSWER_ORDER`].
+pub fn answer_probes() -> Vec<ContinuationProbe> {
+    ANSWER_ORDER
+        .iter()
+        .map(|&task| ContinuationProbe {
+            marker: answer_marker(task),
+            alternatives: answer_alternatives(task).to_vec(),
+        })
+        .collect()
+}
+
+/// The label scores of a parsed guard output from the probe log-probabilities of its choice:
+/// `None` when the output did not parse (no verdict, no score) or the backend did not score.
+pub fn label_scores(
+    parsed: &Result<ParsedOutput, ParseError>,
+    probe_logprobs: Option<&[Option<Vec<f32>>]>,
+) -> Option<LabelScores> {
+    let (Ok(parsed), Some(logprobs)) = (parsed, probe_logprobs) else {
+        return None;
+    };
+    Some(LabelScores::from_probe_logprobs(&parsed.verdict, logprobs))
 }
 
 /// Classify one conversation: build the guard prompt, generate, and parse strictly (fail
@@ -72,9 +102,11 @@ pub async fn classify(
             })?;
     // Only the generated text is parsed: the prompt (which the user controls) never is.
     let parsed = parse_strict(&choice.text);
+    let scores = label_scores(&parsed, choice.probe_logprobs.as_deref());
     Ok(GuardOutcome {
         text: choice.text,
         parsed,
+        scores,
         finish_reason: choice.finish_reason,
         usage: generation.usage,
         retries: generation.retries,

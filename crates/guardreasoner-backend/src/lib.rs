@@ -14,7 +14,7 @@ pub mod testing;
 mod types;
 
 pub use error::BackendError;
-pub use guard::{classify, guard_request, GuardOutcome, GuardParams};
+pub use guard::{answer_probes, classify, guard_request, label_scores, GuardOutcome, GuardParams};
 pub use multi::{Balance, MultiBackend};
 pub use openai::{
     normalise_base_url, parse_reply, request_body, system_and_user, ApiKey, OpenAiBackend,
@@ -23,8 +23,8 @@ pub use openai::{
 pub use rate::{RateLimiter, RateLimits};
 pub use retry::{parse_retry_after, RetryPolicy};
 pub use types::{
-    ChatMessage, Choice, FinishReason, Generation, GenerationRequest, PromptInput, Role,
-    TokenLogprob, Usage,
+    ChatMessage, Choice, ContinuationProbe, FinishReason, Generation, GenerationRequest,
+    PromptInput, Role, TokenLogprob, Usage,
 };
 
 use async_trait::async_trait;

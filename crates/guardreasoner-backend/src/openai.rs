@@ -475,6 +475,7 @@ pub fn parse_reply(bytes: &[u8], chat: bool, n: usize) -> Result<Generation, Str
             finish_reason: FinishReason::from_wire(c.finish_reason.as_deref()),
             completion_tokens: logprobs.as_ref().map(|l| l.len() as u32),
             logprobs,
+            probe_logprobs: None,
         });
     }
     let usage = reply

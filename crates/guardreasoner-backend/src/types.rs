@@ -86,6 +86,18 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Return the log-probability of each generated token.
     pub logprobs: bool,
+    /// Continuations to score once a choice is generated ([`ContinuationProbe`]). Backends
+    /// that cannot score them leave [`Choice::probe_logprobs`] empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ContinuationProbe>,
+}
+
+/// Alternatives to score after the last place `marker` was generated: the log-probability of
+/// each, teacher-forced from the generated context (the guard's label scores come from these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContinuationProbe {
+    pub marker: String,
+    pub alternatives: Vec<String>,
 }
 
 impl GenerationRequest {
@@ -100,6 +112,7 @@ impl GenerationRequest {
             n: 1,
             stop: Vec::new(),
             logprobs: false,
+            probes: Vec::new(),
         }
     }
 
@@ -126,6 +139,13 @@ impl GenerationRequest {
         }
         if let Some(i) = self.stop.iter().position(String::is_empty) {
             return invalid(format!("stop string {i} is empty"));
+        }
+        if let Some(i) = self
+            .probes
+            .iter()
+            .position(|p| p.marker.is_empty() || p.alternatives.iter().any(String::is_empty))
+        {
+            return invalid(format!("probe {i} has an empty marker or alternative"));
         }
         Ok(())
     }
@@ -177,6 +197,10 @@ pub struct Choice {
     pub completion_tokens: Option<u32>,
     /// Present when the request asked for logprobs and the backend returned them.
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// Present when the request had probes and the backend scored them: per probe, the
+    /// log-probability of each alternative, or `None` where its marker was not generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_logprobs: Option<Vec<Option<Vec<f32>>>>,
 }
 
 /// Token counts of one request, as the backend counted them.

@@ -3,7 +3,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use futures_util::stream::{self, StreamExt};
 use guardreasoner_backend::{classify, GuardOutcome, GuardParams};
-use guardreasoner_core::{flagged, jsonl::read_jsonl, Conversation};
+use guardreasoner_core::label_scores::{check_threshold, flagged_at};
+use guardreasoner_core::{jsonl::read_jsonl, Conversation};
 use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -41,9 +42,24 @@ pub struct ClassifyArgs {
     /// Conversations decoded together in one batch.
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Flag a request or response whose harmful score reaches this probability, instead of
+    /// following the label the model wrote. Choose it on a development split.
+    #[arg(long, env = "GUARDREASONER_THRESHOLD", value_parser = parse_threshold)]
+    threshold: Option<f32>,
 }
 
-fn outcome_json(c: &Conversation, o: &GuardOutcome) -> serde_json::Value {
+pub(crate) fn parse_threshold(s: &str) -> Result<f32, String> {
+    let t: f32 = s
+        .parse()
+        .map_err(|_| format!("a threshold is a probability in [0, 1], got {s:?}"))?;
+    check_threshold(t)
+}
+
+fn is_flagged(o: &GuardOutcome, threshold: Option<f32>) -> bool {
+    flagged_at(&o.parsed, o.scores.as_ref(), threshold)
+}
+
+fn outcome_json(c: &Conversation, o: &GuardOutcome, threshold: Option<f32>) -> serde_json::Value {
     let (labels, parse, reasoning) = match &o.parsed {
         Ok(p) => (
             json!({"request": p.verdict.request, "completion": p.verdict.completion, "response": p.verdict.response}),
@@ -57,22 +73,29 @@ fn outcome_json(c: &Conversation, o: &GuardOutcome) -> serde_json::Value {
         ),
     };
     json!({
-        "prompt": c.prompt, "response": c.response, "labels": labels, "flagged": flagged(&o.parsed),
-        "parse": parse, "reasoning": reasoning, "text": o.text, "finish_reason": o.finish_reason,
+        "prompt": c.prompt, "response": c.response, "labels": labels, "scores": o.scores,
+        "flagged": is_flagged(o, threshold), "parse": parse, "reasoning": reasoning, "text": o.text, "finish_reason": o.finish_reason,
         "usage": o.usage,
     })
 }
 
-fn print_text(o: &GuardOutcome) {
+fn print_text(o: &GuardOutcome, threshold: Option<f32>) {
     println!("{}", o.text.trim_end());
     println!("\n────────────────────────────────────────");
-    let show =
-        |l: Option<guardreasoner_core::Label>| l.map_or("None".to_string(), |l| l.to_string());
+    let show = |task: guardreasoner_core::Task, l: Option<guardreasoner_core::Label>| {
+        let score = o.scores.and_then(|s| s.get(task));
+        match (l, score) {
+            (None, _) => "None".to_string(),
+            (Some(l), None) => l.to_string(),
+            (Some(l), Some(p)) => format!("{l:<11} (p {} = {p:.3})", task.positive()),
+        }
+    };
     match &o.parsed {
         Ok(p) => {
-            println!("Request:    {}", show(p.verdict.request));
-            println!("Completion: {}", show(p.verdict.completion));
-            println!("Response:   {}", show(p.verdict.response));
+            use guardreasoner_core::Task;
+            println!("Request:    {}", show(Task::Prompt, p.verdict.request));
+            println!("Completion: {}", show(Task::Refusal, p.verdict.completion));
+            println!("Response:   {}", show(Task::Response, p.verdict.response));
         }
         Err(e) => println!(
             "No verdict: the output could not be parsed ({}): {e}",
@@ -81,11 +104,11 @@ fn print_text(o: &GuardOutcome) {
     }
     println!(
         "{}",
-        match (&o.parsed, flagged(&o.parsed)) {
-            (Err(_), _) => "FLAGGED (fail closed: no valid verdict)",
-            (Ok(_), true) => "FLAGGED",
-            (Ok(_), false) => "not flagged",
-        }
+        match (&o.parsed, is_flagged(o, threshold)) {
+            (Err(_), _) => "FLAGGED (fail closed: no valid verdict)".to_string(),
+            (Ok(_), true) => "FLAGGED".to_string(),
+            (Ok(_), false) => "not flagged".to_string(),
+        } + &threshold.map_or(String::new(), |t| format!(" (threshold {t})"))
     );
     eprintln!(
         "({} prompt + {} generated tokens)",
@@ -125,9 +148,9 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
         let c = &conversations[0];
         let outcome = runtime.block_on(classify(&backend, c, &params))?;
         if args.json {
-            println!("{}", outcome_json(c, &outcome));
+            println!("{}", outcome_json(c, &outcome, args.threshold));
         } else {
-            print_text(&outcome);
+            print_text(&outcome, args.threshold);
         }
         return Ok(());
     }
@@ -151,7 +174,11 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
             let outcome = result?;
             failed += usize::from(outcome.parsed.is_err());
             tokens += outcome.usage.completion_tokens;
-            writeln!(stdout.lock(), "{}", outcome_json(c, &outcome))?;
+            writeln!(
+                stdout.lock(),
+                "{}",
+                outcome_json(c, &outcome, args.threshold)
+            )?;
             bar.inc(1);
             bar.set_message(format!(
                 "{:.1} tok/s",

@@ -33,12 +33,17 @@ pub struct ScoreArgs {
     /// Name of this run's row in the tables (default: the directory name).
     #[arg(long)]
     label: Option<String>,
+    /// Decide the harmful tasks by label score at this threshold (rows `eval` wrote with
+    /// scores) instead of by the written label. Choose it on a development split.
+    #[arg(long, value_parser = crate::classify::parse_threshold)]
+    threshold: Option<f32>,
 }
 
 pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     let options = ScoreOptions {
         policy: args.parse,
         wildguard_file: args.wildguard.clone(),
+        threshold: args.threshold,
     };
     let report = score_dir(&args.predictions, &options)?;
     let tables;

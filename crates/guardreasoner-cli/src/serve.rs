@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// Key/value cache storage.
     #[arg(long, env = "GUARDREASONER_KV_CACHE", value_enum, default_value_t = KvCacheArg::Auto)]
     kv_cache: KvCacheArg,
+    /// Flag a request or response whose harmful score reaches this probability instead of
+    /// following the label the model wrote (a request's `threshold` overrides it).
+    #[arg(long, env = "GUARDREASONER_THRESHOLD", value_parser = crate::classify::parse_threshold)]
+    threshold: Option<f32>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -59,6 +63,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
             max_new_tokens: args.max_new_tokens,
             guard_max_new_tokens: args.max_new_tokens,
+            flag_threshold: args.threshold,
             ..ServerConfig::default()
         };
         let options = RuntimeOptions {

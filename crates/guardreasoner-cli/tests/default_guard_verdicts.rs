@@ -126,6 +126,29 @@ fn the_default_guard_gets_the_obvious_cases_right() {
         );
         let flagged = *request == "harmful" || *harm == Some("harmful");
         assert_eq!(v["parse"]["status"], "ok", "{prompt:?}: {}", v["parse"]);
+        // Every answered task carries the model's probability of its positive label, on the
+        // side of 0.5 its label is (the obvious cases are not close calls).
+        for (field, positive) in [
+            ("request", "harmful"),
+            ("completion", "refusal"),
+            ("response", "harmful"),
+        ] {
+            let score = v["scores"][field].as_f64();
+            match labels[field].as_str() {
+                None => assert!(score.is_none(), "{prompt:?}: {field} None has no score"),
+                Some(label) => {
+                    let p = score.unwrap_or_else(|| panic!("{prompt:?}: no {field} score: {v}"));
+                    assert!((0.0..=1.0).contains(&p), "{prompt:?}: {field} score {p}");
+                    if i < CASES.len() {
+                        assert_eq!(
+                            p > 0.5,
+                            label == positive,
+                            "{prompt:?}: {field} {label} at {p}"
+                        );
+                    }
+                }
+            }
+        }
         let right = got == (Some(*request), *completion, *harm) && v["flagged"] == flagged;
         if i >= CASES.len() {
             if right {

@@ -5,8 +5,10 @@
 //! parses what it writes, [`benchmarks`] says what to score, [`score`] and [`report`] score it.
 
 pub mod benchmarks;
+pub mod calibration;
 pub mod hygiene;
 pub mod jsonl;
+pub mod label_scores;
 pub mod labels;
 pub mod metrics;
 pub mod prompt;
@@ -16,6 +18,7 @@ pub mod score;
 pub mod verdict;
 
 pub use benchmarks::{Benchmark, BENCHMARKS};
+pub use label_scores::LabelScores;
 pub use labels::{Label, Task};
 pub use prompt::{build_guard_prompt, build_input, Conversation, INSTRUCTION};
 pub use verdict::{flagged, parse_strict, ParseError, ParsePolicy, ParsedOutput, Verdict};

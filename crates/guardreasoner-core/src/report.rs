@@ -285,7 +285,62 @@ fn render_tables(
         rows.push(r);
     }
     write_grid(&mut out, &header, &rows, markdown);
+    write_label_scores(&mut out, report, markdown);
     out
+}
+
+/// The label-score table (ranking and calibration), where any benchmark's rows had scores.
+fn write_label_scores(out: &mut String, report: &ScoreReport, markdown: bool) {
+    let scored: Vec<&crate::score::BenchmarkScore> = report
+        .benchmarks
+        .iter()
+        .filter_map(|e| e.score())
+        .filter(|s| s.ranking.is_some())
+        .collect();
+    if scored.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{}Label scores (probability of the positive label at the answer)",
+        if markdown { "### " } else { "" }
+    );
+    if let Some(t) = scored.iter().find_map(|s| s.threshold) {
+        let _ = writeln!(
+            out,
+            "F1 above: harmful tasks decided by score at threshold {t} (not the written label)."
+        );
+    }
+    let header: Vec<String> = [
+        "Benchmark",
+        "Task",
+        "Scored",
+        "PR-AUC",
+        "ROC-AUC",
+        "ECE",
+        "F1-best threshold (this file: dev splits only)",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let rows: Vec<Vec<String>> = scored
+        .iter()
+        .map(|s| {
+            let r = s.ranking.as_ref().expect("filtered above");
+            vec![
+                s.benchmark.clone(),
+                s.task.to_string(),
+                r.scored.to_string(),
+                cell(r.pr_auc),
+                cell(r.roc_auc),
+                format!("{:.3}", r.ece),
+                r.best_threshold
+                    .map_or(String::new(), |(t, f1)| format!("{t:.3} (F1 {f1:.2})")),
+            ]
+        })
+        .collect();
+    write_grid(out, &header, &rows, markdown);
 }
 
 fn write_grid(out: &mut String, header: &[String], rows: &[Vec<String>], markdown: bool) {

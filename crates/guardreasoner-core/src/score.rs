@@ -1,7 +1,9 @@
 //! Scoring prediction files the way the paper does, and the fail-closed way.
 
 use crate::benchmarks::{gold_label, Benchmark, Gold, GoldFormat, BENCHMARKS};
+use crate::calibration::{ranking, Ranking};
 use crate::jsonl::{read_jsonl, read_records, DataError};
+use crate::label_scores::{label_at, LabelScores};
 use crate::labels::{Label, Task};
 use crate::metrics::{weighted_mean, Confusion};
 use crate::verdict::{paper_extract, parse_strict, ParsePolicy};
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 pub const PREDICTIONS_FILE: &str = "generated_predictions.jsonl";
 
 /// One row of an official `generated_predictions.jsonl`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionRow {
     /// The full model input (instruction and conversation).
     pub prompt: String,
@@ -21,6 +23,9 @@ pub struct PredictionRow {
     pub label: String,
     /// The generated text.
     pub predict: String,
+    /// Label scores, where the run that wrote the file had them (our `eval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<LabelScores>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,11 @@ pub struct BenchmarkScore {
     pub accuracy: f64,
     /// Parse failures over rows with a gold label.
     pub failure_rate: f64,
+    /// Where the harmful tasks were decided by score at this threshold instead of by the
+    /// written label ([`score_rows_at`]); `None`: the model's own labels.
+    pub threshold: Option<f32>,
+    /// Ranking and calibration of the label scores (strict policy, rows that have them).
+    pub ranking: Option<Ranking>,
 }
 
 /// Score rows of one benchmark. `wildguard` supplies gold labels by row where the benchmark
@@ -88,7 +98,22 @@ pub fn score_rows(
     policy: ParsePolicy,
     wildguard: Option<&[WildGuardRow]>,
 ) -> BenchmarkScore {
+    score_rows_at(rows, bench, policy, wildguard, None)
+}
+
+/// [`score_rows`], with the harmful tasks (prompt, response) decided by score at `threshold`
+/// where a row has a score (the strict policy; rows without one keep their label). Refusal is
+/// always scored by label.
+pub fn score_rows_at(
+    rows: &[PredictionRow],
+    bench: &Benchmark,
+    policy: ParsePolicy,
+    wildguard: Option<&[WildGuardRow]>,
+    threshold: Option<f32>,
+) -> BenchmarkScore {
     let task = bench.task;
+    let threshold = threshold.filter(|_| task != Task::Refusal && policy == ParsePolicy::Strict);
+    let mut scored: Vec<(bool, f32)> = Vec::new();
     let positive = task.positive();
     let mut failure_kinds: BTreeMap<String, usize> = BTreeMap::new();
     let (mut no_gold, mut failures, mut skipped) = (0, 0, 0);
@@ -112,7 +137,16 @@ pub fn score_rows(
         let predicted: Result<Label, &'static str> = match policy {
             ParsePolicy::Paper => paper_extract(&row.predict, task).ok_or("no_regex_match"),
             ParsePolicy::Strict => match parse_strict(&row.predict) {
-                Ok(p) => p.verdict.get(task).ok_or("none_for_task"),
+                Ok(p) => {
+                    let score = row.scores.and_then(|s| s.get(task));
+                    if let (Some(_), Some(score)) = (p.verdict.get(task), score) {
+                        scored.push((gold == positive, score));
+                    }
+                    match (p.verdict.get(task), threshold, score) {
+                        (Some(_), Some(t), Some(score)) => Ok(label_at(task, score, t)),
+                        (label, _, _) => label.ok_or("none_for_task"),
+                    }
+                }
                 Err(e) => Err(e.kind()),
             },
         };
@@ -169,6 +203,8 @@ pub fn score_rows(
             100.0 * failures as f64 / with_gold as f64
         },
         confusion,
+        threshold,
+        ranking: ranking(&scored),
     }
 }
 
@@ -264,6 +300,8 @@ pub struct ScoreOptions {
     pub policy: ParsePolicy,
     /// The official `wild_guard_test.json` (with `prompt_harm_label`, ...), if available.
     pub wildguard_file: Option<PathBuf>,
+    /// Decide the harmful tasks by score at this threshold ([`score_rows_at`]).
+    pub threshold: Option<f32>,
 }
 
 /// Load one prediction file.
@@ -302,11 +340,12 @@ pub fn score_dir(dir: &Path, options: &ScoreOptions) -> Result<ScoreReport, Scor
             continue;
         }
         let rows = load_predictions(&path)?;
-        entries.push(BenchmarkEntry::Scored(score_rows(
+        entries.push(BenchmarkEntry::Scored(score_rows_at(
             &rows,
             bench,
             options.policy,
             wildguard.as_deref(),
+            options.threshold,
         )));
     }
     Ok(build_report(dir.to_path_buf(), options.policy, entries))
@@ -367,6 +406,7 @@ mod tests {
             prompt: String::new(),
             label: label.into(),
             predict: predict.into(),
+            scores: None,
         }
     }
 
@@ -421,5 +461,45 @@ mod tests {
                 fn_: 1
             }
         );
+    }
+
+    #[test]
+    fn a_threshold_decides_harmful_tasks_by_score_and_scores_are_ranked() {
+        let bench = Benchmark::find("AegisSafetyTest")[0];
+        let scored = |label: &str, predict: &str, p: f32| PredictionRow {
+            scores: Some(LabelScores {
+                request: Some(p),
+                ..LabelScores::default()
+            }),
+            ..row(label, predict)
+        };
+        let rows = [
+            scored("harmful", H, 0.9),
+            scored("unharmful", H, 0.6),
+            scored("harmful", U, 0.4),
+            scored("unharmful", U, 0.1),
+            row("harmful", "garbage"),
+        ];
+        let own = score_rows(&rows, bench, ParsePolicy::Strict, None);
+        assert_eq!((own.confusion.tp, own.confusion.fp), (1, 1));
+        assert_eq!(own.threshold, None);
+        let r = own.ranking.as_ref().unwrap();
+        assert_eq!(r.scored, 4, "the unparsed row has no score");
+        assert!((r.roc_auc.unwrap() - 75.0).abs() < 1e-9);
+        let at = score_rows_at(&rows, bench, ParsePolicy::Strict, None, Some(0.7));
+        // 0.6 is now unharmful (tn), 0.4 stays unharmful (fn); the parse failure stays wrong.
+        assert_eq!(
+            at.confusion,
+            Confusion {
+                tp: 1,
+                fp: 0,
+                tn: 2,
+                fn_: 2
+            }
+        );
+        assert_eq!(at.threshold, Some(0.7));
+        // The paper policy has no scores to threshold.
+        let paper = score_rows_at(&rows, bench, ParsePolicy::Paper, None, Some(0.7));
+        assert_eq!(paper.threshold, None);
     }
 }

@@ -187,12 +187,7 @@ struct Block {
 /// Whether a conversation should be blocked: its request or response is harmful, or the
 /// guard's output could not be parsed at all (the guard fails closed).
 pub fn flagged(parsed: &Result<ParsedOutput, ParseError>) -> bool {
-    match parsed {
-        Ok(p) => {
-            p.verdict.request == Some(Label::Harmful) || p.verdict.response == Some(Label::Harmful)
-        }
-        Err(_) => true,
-    }
+    crate::label_scores::flagged_at(parsed, None, None)
 }
 
 /// Parse generated text under the strict, fail-closed policy.

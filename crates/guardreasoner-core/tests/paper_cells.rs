@@ -32,6 +32,7 @@ fn paper_report(size: &str, policy: ParsePolicy) -> guardreasoner_core::score::S
         &ScoreOptions {
             policy,
             wildguard_file: None,
+            threshold: None,
         },
     )
     .unwrap()

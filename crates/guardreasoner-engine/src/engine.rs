@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::llama::{ForwardScratch, KvCache, KvType, Llama, LogitsFor, SeqStep};
+use crate::probe::{self, ContinuationProbe};
 use crate::sampling::{Sampler, SamplingParams};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -61,6 +62,10 @@ pub struct Generation {
     /// Prompt tokens whose keys/values came from a registered prefix instead of being computed.
     pub reused_prompt_tokens: usize,
     pub timings: Timings,
+    /// For each probe the sequence was added with ([`DecodeBatch::add_probed`]): the
+    /// log-probability of each alternative, or `None` where the marker was not generated (or
+    /// the sequence was cancelled).
+    pub probe_logprobs: Vec<Option<Vec<f32>>>,
 }
 
 /// A prompt prefix whose keys/values are computed once and read (not copied) by every
@@ -258,6 +263,7 @@ impl Engine {
                     request.params.clone(),
                     index,
                     shared.clone(),
+                    Vec::new(),
                 )?);
             }
         }
@@ -304,10 +310,14 @@ struct Active {
     logprobs: Vec<f32>,
     added: Instant,
     first_token: Option<Instant>,
+    probes: Vec<ContinuationProbe>,
+    probe_logprobs: Vec<Option<Vec<f32>>>,
 }
 
 impl Active {
     fn finish(self, reason: FinishReason) -> Generation {
+        let mut probe_logprobs = self.probe_logprobs;
+        probe_logprobs.resize(self.probes.len(), None);
         let now = Instant::now();
         let first = self.first_token.unwrap_or(now);
         Generation {
@@ -320,6 +330,7 @@ impl Active {
                 prefill_s: first.duration_since(self.added).as_secs_f64(),
                 decode_s: now.duration_since(first).as_secs_f64(),
             },
+            probe_logprobs,
         }
     }
 }
@@ -364,7 +375,30 @@ impl<'e> DecodeBatch<'e> {
         params: SamplingParams,
         sample_index: usize,
     ) -> Result<SeqId> {
-        self.add_inner(prompt_ids, params, sample_index, None)
+        self.add_inner(prompt_ids, params, sample_index, None, Vec::new())
+    }
+
+    /// [`add`](Self::add), and once the sequence ends (stop or length), score each probe's
+    /// alternatives after the last place its marker was generated
+    /// ([`Generation::probe_logprobs`]).
+    pub fn add_probed(
+        &mut self,
+        prompt_ids: Vec<u32>,
+        params: SamplingParams,
+        sample_index: usize,
+        probes: Vec<ContinuationProbe>,
+    ) -> Result<SeqId> {
+        if let Some(&token) = probes
+            .iter()
+            .flat_map(|p| p.marker.iter().chain(p.alternatives.iter().flatten()))
+            .find(|&&t| t as usize >= self.engine.config().vocab_size)
+        {
+            return Err(crate::error::EngineError::TokenOutOfRange {
+                token,
+                vocab: self.engine.config().vocab_size,
+            });
+        }
+        self.add_inner(prompt_ids, params, sample_index, None, probes)
     }
 
     fn add_inner(
@@ -373,6 +407,7 @@ impl<'e> DecodeBatch<'e> {
         params: SamplingParams,
         index: usize,
         extra_prefix: Option<Arc<Prefix>>,
+        probes: Vec<ContinuationProbe>,
     ) -> Result<SeqId> {
         params.validate()?;
         self.engine.check_prompt(&prompt, params.max_new_tokens)?;
@@ -413,6 +448,8 @@ impl<'e> DecodeBatch<'e> {
             logprobs: Vec::new(),
             added: Instant::now(),
             first_token: None,
+            probes,
+            probe_logprobs: Vec::new(),
         });
         Ok(id)
     }
@@ -507,7 +544,20 @@ impl<'e> DecodeBatch<'e> {
             }
         }
         for &(i, o, reason) in finished.iter().rev() {
-            let seq = self.seqs.remove(i);
+            let mut seq = self.seqs.remove(i);
+            if !seq.probes.is_empty() {
+                let scratch = &mut self.scratch;
+                seq.probe_logprobs = engine.pool.install(|| {
+                    probe::score(
+                        &engine.model,
+                        &mut seq.cache,
+                        seq.prompt.len(),
+                        &seq.tokens,
+                        &seq.probes,
+                        scratch,
+                    )
+                })?;
+            }
             out[o].finished = Some(seq.finish(reason));
         }
         Ok(out)

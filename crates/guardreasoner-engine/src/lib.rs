@@ -33,6 +33,7 @@ pub mod kernels;
 pub mod layout;
 pub mod llama;
 pub mod matrix;
+mod probe;
 pub mod quant;
 pub mod sampling;
 
@@ -43,4 +44,5 @@ pub use engine::{
 };
 pub use error::{EngineError, Result};
 pub use llama::KvType;
+pub use probe::ContinuationProbe;
 pub use sampling::SamplingParams;

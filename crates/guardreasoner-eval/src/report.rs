@@ -53,6 +53,7 @@ pub fn score_outcome(
                 prompt: r.prompt,
                 label: r.label,
                 predict: r.predict,
+                scores: r.scores,
             })
             .collect();
         entries.push(BenchmarkEntry::Scored(score_rows(

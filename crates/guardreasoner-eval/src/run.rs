@@ -4,9 +4,12 @@
 use crate::data::{load_records, BenchmarkRecord, EvalTarget};
 use crate::error::EvalError;
 use crate::sample::stratified_sample;
-use guardreasoner_backend::{guard_request, Backend, BackendError, FinishReason, GuardParams};
+use guardreasoner_backend::{
+    guard_request, label_scores, Backend, BackendError, FinishReason, GuardParams,
+};
 use guardreasoner_core::jsonl::JsonlAppender;
 use guardreasoner_core::score::PREDICTIONS_FILE;
+use guardreasoner_core::{parse_strict, LabelScores};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ pub const RUN_SETTINGS_FILE: &str = "eval-settings.json";
 
 /// One row of `generated_predictions.jsonl` as `eval` writes it: the official `prompt`,
 /// `label` and `predict`, plus the row's index in the benchmark file and why generation ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalRow {
     /// The full guard prompt (instruction and conversation).
     pub prompt: String,
@@ -35,6 +38,9 @@ pub struct EvalRow {
     /// Generated tokens, where the backend reported them.
     #[serde(default)]
     pub completion_tokens: Option<u64>,
+    /// The probability of each answered task's positive label, where the backend scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<LabelScores>,
 }
 
 /// How to generate.
@@ -241,6 +247,10 @@ pub async fn generate_target(
                     .map(u64::from)
                     .or((usage.completion_tokens > 0).then_some(usage.completion_tokens));
                 let record = &records[index];
+                let scores = label_scores(
+                    &parse_strict(&choice.text),
+                    choice.probe_logprobs.as_deref(),
+                );
                 let row = EvalRow {
                     prompt: record.prompt.clone(),
                     label: record.output.clone(),
@@ -248,6 +258,7 @@ pub async fn generate_target(
                     index,
                     finish_reason: finish_reason_name(&choice.finish_reason),
                     completion_tokens,
+                    scores,
                 };
                 appender.append(&row)?;
                 generated += 1;

@@ -10,7 +10,8 @@ use guardreasoner_backend::{
 };
 use guardreasoner_core::Conversation;
 use guardreasoner_engine::{
-    Engine, EngineError, FinishReason as EngineFinish, KvType, LoadOptions, SamplingParams, SeqId,
+    ContinuationProbe, Engine, EngineError, FinishReason as EngineFinish, KvType, LoadOptions,
+    SamplingParams, SeqId,
 };
 use guardreasoner_tokenizer::{Tokenizer, TokenizerError};
 use std::collections::{HashMap, VecDeque};
@@ -89,6 +90,9 @@ pub enum Event {
         finish_reason: FinishReason,
         completion_tokens: usize,
         logprobs: Option<Vec<TokenLogprob>>,
+        /// Per probe of the request, the log-probability of each alternative (empty when the
+        /// request had none).
+        probe_logprobs: Vec<Option<Vec<f32>>>,
         reused_prompt_tokens: usize,
         prefill_s: f64,
         decode_s: f64,
@@ -110,6 +114,7 @@ struct Job {
     params: SamplingParams,
     stop: Vec<String>,
     logprobs: bool,
+    probes: Vec<ContinuationProbe>,
     events: UnboundedSender<Event>,
     submitted: Instant,
 }
@@ -245,6 +250,34 @@ impl LocalBackend {
         }
     }
 
+    /// A request's probes as token ids. Markers and alternatives are model text (never user
+    /// text), encoded as the model writes them: without BOS.
+    fn encode_probes(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<Vec<ContinuationProbe>, BackendError> {
+        let encode = |text: &str| {
+            self.shared
+                .tokenizer
+                .encode_untrusted(text)
+                .map_err(|e| BackendError::Validation(e.to_string()))
+        };
+        request
+            .probes
+            .iter()
+            .map(|p| {
+                Ok(ContinuationProbe {
+                    marker: encode(&p.marker)?,
+                    alternatives: p
+                        .alternatives
+                        .iter()
+                        .map(|a| encode(a))
+                        .collect::<Result<_, _>>()?,
+                })
+            })
+            .collect()
+    }
+
     /// Validate, tokenise and queue a request. Errors here happen before anything is queued.
     pub fn submit(&self, request: &GenerationRequest) -> Result<Submission, BackendError> {
         let metrics = &self.shared.metrics;
@@ -276,6 +309,10 @@ impl LocalBackend {
                 )),
             );
         }
+        let probes = match self.encode_probes(request) {
+            Ok(p) => p,
+            Err(e) => return fail("validation", e),
+        };
         let n = request.n as usize;
         if n > self.shared.options.max_batch {
             return fail(
@@ -322,6 +359,7 @@ impl LocalBackend {
             params,
             stop: request.stop.clone(),
             logprobs: request.logprobs,
+            probes,
             events: tx,
             submitted,
         };
@@ -384,6 +422,7 @@ pub async fn collect(
                 finish_reason,
                 completion_tokens: c,
                 logprobs,
+                probe_logprobs,
                 ..
             }) => {
                 completion_tokens += c as u64;
@@ -392,6 +431,7 @@ pub async fn collect(
                     finish_reason,
                     completion_tokens: Some(c as u32),
                     logprobs,
+                    probe_logprobs: (!probe_logprobs.is_empty()).then_some(probe_logprobs),
                 });
             }
             Some(Event::Text { .. }) => {}
@@ -463,6 +503,7 @@ struct JobState {
     stop: Vec<String>,
     max_stop: usize,
     logprobs: bool,
+    probes: Vec<ContinuationProbe>,
     submitted: Instant,
     remaining: std::cell::Cell<usize>,
 }
@@ -549,11 +590,17 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                 events: job.events,
                 stop: job.stop,
                 logprobs: job.logprobs,
+                probes: job.probes,
                 submitted: job.submitted,
                 remaining: std::cell::Cell::new(job.params.n),
             });
             for choice in 0..job.params.n {
-                match batch.add(job.prompt.clone(), job.params.clone(), choice) {
+                match batch.add_probed(
+                    job.prompt.clone(),
+                    job.params.clone(),
+                    choice,
+                    state.probes.clone(),
+                ) {
                     Ok(id) => {
                         active.insert(
                             id,
@@ -686,6 +733,11 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                             g.timings.decode_s,
                         )
                     });
+                // A choice cut by a stop string left the engine cancelled: nothing scored.
+                let probe_logprobs = match out.finished {
+                    Some(g) => g.probe_logprobs,
+                    None => vec![None; c.job.probes.len()],
+                };
                 metrics
                     .reused_prompt_tokens
                     .fetch_add(reused as u64, Relaxed);
@@ -695,6 +747,7 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                     text: c.text,
                     finish_reason: reason,
                     logprobs: c.job.logprobs.then_some(c.logprobs),
+                    probe_logprobs,
                     reused_prompt_tokens: reused,
                     prefill_s,
                     decode_s,

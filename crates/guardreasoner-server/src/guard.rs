@@ -5,15 +5,18 @@ use crate::AppState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
-use guardreasoner_backend::{guard_request, GuardParams};
-use guardreasoner_core::{parse_strict, Conversation, Label, ParsedOutput};
+use guardreasoner_backend::{guard_request, label_scores, GuardParams};
+use guardreasoner_core::label_scores::{check_threshold, flagged_at};
+use guardreasoner_core::{parse_strict, Conversation, Label, LabelScores, ParsedOutput};
 use guardreasoner_runtime::Event;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Our own route: a misspelt option is refused (400, naming it), never silently ignored.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GuardRequest {
     /// One conversation: the user's prompt ...
     prompt: Option<String>,
@@ -25,6 +28,8 @@ pub struct GuardRequest {
     #[serde(default = "yes")]
     include_reasoning: bool,
     max_new_tokens: Option<u32>,
+    /// Flag by score at this probability (overrides the server's `--threshold`).
+    threshold: Option<f32>,
 }
 
 fn yes() -> bool {
@@ -37,8 +42,12 @@ pub struct GuardResult {
     /// `request`/`response`: harmful|unharmful, `completion`: refusal|compliance; `null` when
     /// the model answered `None` or the output could not be parsed.
     pub labels: Labels,
-    /// True when the request or the response is harmful, or when the output could not be
-    /// parsed: the guard fails closed.
+    /// Per answered task, the probability of its positive label (`harmful`, `refusal`);
+    /// `null` when the output could not be parsed.
+    pub scores: Option<LabelScores>,
+    /// True when the request or the response is harmful (by label, or by score at the
+    /// threshold when one is set), or when the output could not be parsed: the guard fails
+    /// closed.
     pub flagged: bool,
     pub parse: ParseStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,6 +79,7 @@ async fn judge(
     conversations: Vec<Conversation>,
     include_reasoning: bool,
     max_new_tokens: u32,
+    threshold: Option<f32>,
 ) -> Result<Vec<GuardResult>, ApiError> {
     let backend = state.backend()?;
     let params = GuardParams {
@@ -89,6 +99,7 @@ async fn judge(
                     text,
                     finish_reason,
                     completion_tokens,
+                    probe_logprobs,
                     reused_prompt_tokens,
                     prefill_s,
                     decode_s,
@@ -98,6 +109,7 @@ async fn judge(
                         text,
                         finish_reason,
                         completion_tokens,
+                        probe_logprobs,
                         reused_prompt_tokens,
                         prefill_s,
                         decode_s,
@@ -108,11 +120,15 @@ async fn judge(
                 None => return Err(ApiError::Cancelled),
             }
         };
-        let (text, finish_reason, completion_tokens, reused, prefill_s, decode_s) = done;
+        let (text, finish_reason, completion_tokens, probe_logprobs, reused, prefill_s, decode_s) =
+            done;
         // Only the generated text is parsed, never the prompt the user controls.
         let parsed = parse_strict(&text);
+        let scores = label_scores(&parsed, Some(&probe_logprobs));
         results.push(result_of(
             parsed,
+            scores,
+            threshold,
             text,
             include_reasoning,
             finish_reason,
@@ -131,15 +147,18 @@ async fn judge(
     Ok(results)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn result_of(
     parsed: Result<ParsedOutput, guardreasoner_core::ParseError>,
+    scores: Option<LabelScores>,
+    threshold: Option<f32>,
     text: String,
     include_reasoning: bool,
     finish_reason: guardreasoner_backend::FinishReason,
     usage: Value,
     timings: Value,
 ) -> GuardResult {
-    let flagged = guardreasoner_core::flagged(&parsed);
+    let flagged = flagged_at(&parsed, scores.as_ref(), threshold);
     let (labels, parse, reasoning) = match parsed {
         Ok(p) => {
             let v = p.verdict;
@@ -164,6 +183,7 @@ fn result_of(
     };
     GuardResult {
         labels,
+        scores,
         flagged,
         parse,
         reasoning: if include_reasoning { reasoning } else { None },
@@ -222,7 +242,18 @@ pub async fn guard(
             state.config.max_new_tokens
         ))));
     }
-    let results = judge(&state, conversations, req.include_reasoning, max_new).await?;
+    let threshold = match req.threshold {
+        Some(t) => Some(check_threshold(t).map_err(|m| state.reject(ApiError::BadRequest(m)))?),
+        None => state.config.flag_threshold,
+    };
+    let results = judge(
+        &state,
+        conversations,
+        req.include_reasoning,
+        max_new,
+        threshold,
+    )
+    .await?;
     Ok(Json(
         json!({"model": state.config.served_model, "results": results}),
     ))
@@ -234,11 +265,12 @@ pub struct ModerationRequest {
     model: Option<String>,
 }
 
-/// OpenAI's moderation schema, mapped from the guard's labels. Each input is judged as a user
-/// prompt with no response. `flagged` is true when the request is harmful or the output could
-/// not be parsed (fail closed). The guard has no per-category labels: the OpenAI categories are
-/// all reported `false`, and two of our own are added, `harmful` (the request is harmful) and
-/// `guard_parse_failure`; scores are 1.0 or 0.0.
+/// OpenAI's moderation schema, mapped from the guard's verdict. Each input is judged as a user
+/// prompt with no response. `flagged` is true when the request is harmful (by label, or by
+/// score at the server's threshold) or the output could not be parsed (fail closed). The guard
+/// has no per-category labels: the OpenAI categories are all reported `false` with score 0,
+/// and two of our own are added: `harmful` (the request is harmful; its score is the
+/// model's probability of `harmful`) and `guard_parse_failure` (score 1.0 or 0.0).
 pub async fn moderations(
     State(state): State<Arc<AppState>>,
     payload: Result<Json<ModerationRequest>, JsonRejection>,
@@ -273,6 +305,7 @@ pub async fn moderations(
         conversations,
         false,
         state.config.guard_max_new_tokens,
+        state.config.flag_threshold,
     )
     .await?;
     const OPENAI_CATEGORIES: [&str; 13] = [
@@ -293,8 +326,12 @@ pub async fn moderations(
     let out: Vec<Value> = results
         .iter()
         .map(|r| {
-            let harmful = r.labels.request == Some(Label::Harmful);
             let failed = matches!(r.parse, ParseStatus::Error { .. });
+            let harmful = r.flagged && !failed;
+            let harmful_score =
+                r.scores
+                    .and_then(|s| s.request)
+                    .unwrap_or(if harmful { 1.0 } else { 0.0 });
             let mut categories = serde_json::Map::new();
             let mut scores = serde_json::Map::new();
             for c in OPENAI_CATEGORIES {
@@ -302,10 +339,13 @@ pub async fn moderations(
                 scores.insert(c.into(), json!(0.0));
             }
             categories.insert("harmful".into(), json!(harmful));
-            scores.insert("harmful".into(), json!(if harmful { 1.0 } else { 0.0 }));
+            scores.insert("harmful".into(), json!(harmful_score));
             categories.insert("guard_parse_failure".into(), json!(failed));
-            scores.insert("guard_parse_failure".into(), json!(if failed { 1.0 } else { 0.0 }));
-            json!({"flagged": harmful || failed, "categories": categories, "category_scores": scores})
+            scores.insert(
+                "guard_parse_failure".into(),
+                json!(if failed { 1.0 } else { 0.0 }),
+            );
+            json!({"flagged": r.flagged, "categories": categories, "category_scores": scores})
         })
         .collect();
     let id = format!("modr-{}", state.started.elapsed().as_nanos());

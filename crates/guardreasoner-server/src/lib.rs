@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub max_batch_items: usize,
     /// New tokens a guard verdict may use (the paper generates up to 2048).
     pub guard_max_new_tokens: u32,
+    /// Flag a request or response whose harmful score reaches this probability instead of
+    /// following the written label (a request's `threshold` overrides it).
+    pub flag_threshold: Option<f32>,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +51,7 @@ impl Default for ServerConfig {
             max_new_tokens: 2048,
             max_batch_items: 64,
             guard_max_new_tokens: 2048,
+            flag_threshold: None,
         }
     }
 }

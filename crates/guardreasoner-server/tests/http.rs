@@ -142,10 +142,12 @@ async fn every_endpoint_end_to_end() {
     );
     assert!(r["usage"]["completion_tokens"].as_u64().unwrap() <= 24);
     assert!(r["text"].is_string());
+    assert!(r.get("scores").is_some(), "{r}");
     if r["parse"]["status"] == "error" {
         // A base model rarely writes a valid answer block: that must fail closed.
         assert_eq!(r["flagged"], true, "{r}");
         assert!(r["labels"]["request"].is_null());
+        assert!(r["scores"].is_null(), "no verdict, no score: {r}");
     }
     let (status, g) = server
         .post(
@@ -412,6 +414,19 @@ async fn auth_and_every_error_path() {
             r#"{"prompt": "a", "conversations": [{"prompt": "b"}]}"#.into(),
             400,
             "either",
+        ),
+        // Our own route refuses a misspelt option by name instead of ignoring it.
+        (
+            "/v1/guard",
+            r#"{"prompt": "a", "max_tokens": 8}"#.into(),
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/guard",
+            r#"{"prompt": "a", "threshold": 1.5, "max_new_tokens": 8}"#.into(),
+            400,
+            "[0, 1]",
         ),
         ("/v1/moderations", r#"{"input": 3}"#.into(), 400, "input"),
     ];
