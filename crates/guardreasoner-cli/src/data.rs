@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use guardreasoner_core::hygiene::UnseenSets;
 use guardreasoner_core::jsonl::write_records_atomic;
 use guardreasoner_synth::distill::{distill, write_dev_benchmarks, DistillConfig};
-use guardreasoner_synth::labels::gold_from_labels;
+use guardreasoner_synth::labels::{gold_from_labels, prompt_benchmark_records};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -48,6 +48,11 @@ struct LabelsArgs {
     /// Output: a JSON array of instruction/input/`*_label` records.
     #[arg(long)]
     out: PathBuf,
+    /// Also write the development split's prompt-only records as a prompt benchmark file in
+    /// the official layout (plain labels), e.g. `DIR/0_8_toxic_chat.json` for
+    /// `eval --data-dir DIR --benchmarks ToxicChat` (a dev split, whatever the slot's name).
+    #[arg(long)]
+    dev_prompts: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -119,11 +124,24 @@ fn load_unseen(benchmarks_dir: &std::path::Path) -> anyhow::Result<UnseenSets> {
 fn run_labels(args: LabelsArgs) -> anyhow::Result<()> {
     check_dev_fraction(args.dev_fraction)?;
     let unseen = load_unseen(&args.benchmarks_dir)?;
-    let (records, r) = gold_from_labels(&args.labels, &unseen, args.dev_fraction)?;
+    let split = gold_from_labels(&args.labels, &unseen, args.dev_fraction)?;
+    let (records, r) = (&split.train, &split.report);
     if records.is_empty() {
         anyhow::bail!("no training inputs left after the hygiene and development-split filters");
     }
-    write_records_atomic(&args.out, &records, true)?;
+    write_records_atomic(&args.out, records, true)?;
+    if let Some(path) = &args.dev_prompts {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let bench = prompt_benchmark_records(&split.dev);
+        write_records_atomic(path, &bench, true)?;
+        eprintln!(
+            "development split: {} prompts -> {}",
+            bench.len(),
+            path.display()
+        );
+    }
     let labels: Vec<String> = r
         .by_prompt_label
         .iter()

@@ -74,15 +74,28 @@ fn parse_label(
     }
 }
 
-/// Reads the labelled files in order and returns the kept records, ordered by input hash.
+/// The labelled inputs, split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledInputs {
+    /// Training inputs, ordered by input hash.
+    pub train: Vec<GoldRecord>,
+    /// The development split's inputs (de-duplicated, ordered by input hash): what choices
+    /// are made on, never trained on.
+    pub dev: Vec<GoldRecord>,
+    pub report: LabelsReport,
+}
+
+/// Reads the labelled files in order and splits the kept records into training inputs and
+/// the development split.
 pub fn gold_from_labels(
     paths: &[PathBuf],
     unseen: &UnseenSets,
     dev_fraction: f64,
-) -> Result<(Vec<GoldRecord>, LabelsReport), SynthError> {
+) -> Result<LabelledInputs, SynthError> {
     let mut report = LabelsReport::default();
     let mut seen = HashSet::new();
     let mut kept: Vec<(String, GoldRecord)> = Vec::new();
+    let mut dev: Vec<(String, GoldRecord)> = Vec::new();
     for path in paths {
         let records: Vec<LabelledRecord> = read_records(path)?;
         for (i, r) in records.into_iter().enumerate() {
@@ -109,10 +122,7 @@ pub fn gold_from_labels(
                 report.unseen += 1;
                 continue;
             }
-            if in_dev_split(&conversation.prompt, dev_fraction) {
-                report.dev += 1;
-                continue;
-            }
+            let is_dev = in_dev_split(&conversation.prompt, dev_fraction);
             let input = conversation.input();
             let key = input_key(&input);
             if !seen.insert(key.clone()) {
@@ -136,12 +146,41 @@ pub fn gold_from_labels(
                     line,
                 )?,
             };
+            if is_dev {
+                report.dev += 1;
+                dev.push((key, record));
+                continue;
+            }
             let label = prompt_harm_label.map_or("None", |l| l.as_str());
             *report.by_prompt_label.entry(label.to_string()).or_default() += 1;
             kept.push((key, record));
         }
     }
     kept.sort_by(|a, b| a.0.cmp(&b.0));
+    dev.sort_by(|a, b| a.0.cmp(&b.0));
     report.kept = kept.len();
-    Ok((kept.into_iter().map(|(_, r)| r).collect(), report))
+    let strip = |v: Vec<(String, GoldRecord)>| v.into_iter().map(|(_, r)| r).collect();
+    Ok(LabelledInputs {
+        train: strip(kept),
+        dev: strip(dev),
+        report,
+    })
+}
+
+/// Prompt-only records as a prompt-task benchmark file in the official layout
+/// (`instruction`, `input`, `output` = the plain request label), for `eval --data-dir`.
+/// Records with a response are left out (their other labels have no such file).
+pub fn prompt_benchmark_records(records: &[GoldRecord]) -> Vec<serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| split_input(&r.input).is_some_and(|c| c.response.is_none()))
+        .filter_map(|r| {
+            let label = r.prompt_harm_label?;
+            Some(serde_json::json!({
+                "instruction": r.instruction,
+                "input": r.input,
+                "output": label.as_str(),
+            }))
+        })
+        .collect()
 }

@@ -7,7 +7,7 @@ use guardreasoner_core::prompt::split_input;
 use guardreasoner_core::Label;
 use guardreasoner_synth::distill::in_dev_split;
 use guardreasoner_synth::input::input_key;
-use guardreasoner_synth::labels::gold_from_labels;
+use guardreasoner_synth::labels::{gold_from_labels, prompt_benchmark_records};
 use std::path::PathBuf;
 
 fn shared() -> PathBuf {
@@ -22,7 +22,8 @@ fn train_labels_become_hygienic_hash_ordered_gold_inputs() {
         data.join("train-labels/toxicchat0124_train_human.json"),
         data.join("train-labels/guardreasonertrain_prompts_5k.json"),
     ];
-    let (records, report) = gold_from_labels(&files, &unseen, 0.1).unwrap();
+    let split = gold_from_labels(&files, &unseen, 0.1).unwrap();
+    let (records, report) = (&split.train, &split.report);
     assert_eq!(report.read, 2693 + 4516);
     assert_eq!(
         report.kept + report.unseen + report.dev + report.duplicate,
@@ -30,9 +31,21 @@ fn train_labels_become_hygienic_hash_ordered_gold_inputs() {
     );
     assert_eq!(records.len(), report.kept);
     assert!(report.dev > 500 && report.dev < 950, "{report:?}");
+    assert_eq!(split.dev.len(), report.dev);
+    for r in &split.dev {
+        let c = split_input(&r.input).unwrap();
+        assert!(in_dev_split(&c.prompt, 0.1) && !unseen.contains(&c.prompt));
+    }
+    // The dev split as a prompt benchmark file: every dev prompt, its plain label as `output`.
+    let bench = prompt_benchmark_records(&split.dev);
+    assert_eq!(bench.len(), split.dev.len());
+    assert!(bench
+        .iter()
+        .all(|b| b["output"] == "harmful" || b["output"] == "unharmful"));
+    assert_eq!(bench[0]["input"], split.dev[0].input);
     let keys: Vec<String> = records.iter().map(|r| input_key(&r.input)).collect();
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "ordered, no repeats");
-    for r in &records {
+    for r in records {
         let c = split_input(&r.input).unwrap();
         assert!(!unseen.contains(&c.prompt) && !in_dev_split(&c.prompt, 0.1));
         assert!(c.response.is_none());
@@ -46,8 +59,8 @@ fn train_labels_become_hygienic_hash_ordered_gold_inputs() {
         .filter(|r| r.prompt_harm_label == Some(Label::Harmful))
         .count();
     assert!(harmful > 50 && harmful < 250, "{harmful}");
-    let (again, _) = gold_from_labels(&files, &unseen, 0.1).unwrap();
-    assert_eq!(again, records);
+    let again = gold_from_labels(&files, &unseen, 0.1).unwrap();
+    assert_eq!(&again.train, records);
 }
 
 #[test]
@@ -75,7 +88,8 @@ fn a_test_prompt_in_disguise_and_a_bad_label_are_caught() {
         .to_string(),
     )
     .unwrap();
-    let (records, report) = gold_from_labels(std::slice::from_ref(&file), &unseen, 0.0).unwrap();
+    let split = gold_from_labels(std::slice::from_ref(&file), &unseen, 0.0).unwrap();
+    let (records, report) = (split.train, split.report);
     assert_eq!((report.unseen, report.duplicate, report.kept), (1, 1, 1));
     assert_eq!(records[0].prompt_harm_label, Some(Label::Unharmful));
 
