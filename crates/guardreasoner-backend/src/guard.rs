@@ -1,8 +1,10 @@
 //! The one place a conversation is classified through a backend.
 
 use crate::{
-    Backend, BackendError, ContinuationProbe, FinishReason, GenerationRequest, PromptInput, Usage,
+    Backend, BackendError, ConstrainedEnding, ContinuationProbe, FinishReason, GenerationRequest,
+    PromptInput, Usage,
 };
+use guardreasoner_core::answer_grammar::{answer_endings, ANSWER_HEADER, FORCED_SEPARATOR};
 use guardreasoner_core::label_scores::{answer_alternatives, answer_marker, ANSWER_ORDER};
 use guardreasoner_core::{
     build_guard_prompt, parse_strict, Conversation, LabelScores, ParseError, ParsedOutput,
@@ -16,6 +18,10 @@ pub struct GuardParams {
     pub temperature: f32,
     pub top_p: f32,
     pub seed: Option<u64>,
+    /// Most reasoning tokens before the answer is forced (`None`: what `max_new_tokens`
+    /// leaves room for). Where the backend can constrain decoding, the answer block always
+    /// follows the grammar ([`guardreasoner_core::answer_grammar`]).
+    pub max_reasoning_tokens: Option<u32>,
 }
 
 impl Default for GuardParams {
@@ -25,6 +31,7 @@ impl Default for GuardParams {
             temperature: 0.0,
             top_p: 1.0,
             seed: None,
+            max_reasoning_tokens: None,
         }
     }
 }
@@ -39,6 +46,9 @@ pub struct GuardOutcome {
     /// The probability of each answered task's positive label, where the backend scores
     /// ([`label_scores`]); `None` from a backend that cannot (a remote endpoint).
     pub scores: Option<LabelScores>,
+    /// Whether the answer was forced (the reasoning budget ran out, or the model would have
+    /// stopped without answering); `None` from a backend that cannot constrain decoding.
+    pub forced: Option<bool>,
     pub finish_reason: FinishReason,
     pub usage: Usage,
     pub retries: u32,
@@ -52,6 +62,12 @@ pub fn guard_request(conversation: &Conversation, params: &GuardParams) -> Gener
     request.top_p = params.top_p;
     request.seed = params.seed;
     request.probes = answer_probes();
+    request.ending = Some(ConstrainedEnding {
+        header: ANSWER_HEADER.into(),
+        separator: FORCED_SEPARATOR.into(),
+        endings: answer_endings(conversation.response.is_some()),
+        max_reasoning_tokens: params.max_reasoning_tokens,
+    });
     request
 }
 
@@ -107,6 +123,7 @@ pub async fn classify(
         text: choice.text,
         parsed,
         scores,
+        forced: choice.forced_ending,
         finish_reason: choice.finish_reason,
         usage: generation.usage,
         retries: generation.retries,

@@ -23,8 +23,8 @@ pub use openai::{
 pub use rate::{RateLimiter, RateLimits};
 pub use retry::{parse_retry_after, RetryPolicy};
 pub use types::{
-    ChatMessage, Choice, ContinuationProbe, FinishReason, Generation, GenerationRequest,
-    PromptInput, Role, TokenLogprob, Usage,
+    ChatMessage, Choice, ConstrainedEnding, ContinuationProbe, FinishReason, Generation,
+    GenerationRequest, PromptInput, Role, TokenLogprob, Usage,
 };
 
 use async_trait::async_trait;

@@ -476,6 +476,7 @@ pub fn parse_reply(bytes: &[u8], chat: bool, n: usize) -> Result<Generation, Str
             completion_tokens: logprobs.as_ref().map(|l| l.len() as u32),
             logprobs,
             probe_logprobs: None,
+            forced_ending: None,
         });
     }
     let usage = reply

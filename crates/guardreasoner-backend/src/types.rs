@@ -90,6 +90,22 @@ pub struct GenerationRequest {
     /// that cannot score them leave [`Choice::probe_logprobs`] empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<ContinuationProbe>,
+    /// How a choice must end ([`ConstrainedEnding`]). Backends that cannot constrain decoding
+    /// ignore it (the strict parser still judges what they return).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ending: Option<ConstrainedEnding>,
+}
+
+/// Once `header` is generated, only one of `endings` may follow, and then the choice ends. A
+/// choice that would end before writing `header`, or has generated `max_reasoning_tokens`,
+/// gets `separator + header` forced first ([`Choice::forced_ending`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConstrainedEnding {
+    pub header: String,
+    pub separator: String,
+    pub endings: Vec<String>,
+    /// Most tokens before the header is forced (`None`: what `max_new_tokens` leaves room for).
+    pub max_reasoning_tokens: Option<u32>,
 }
 
 /// Alternatives to score after the last place `marker` was generated: the log-probability of
@@ -113,6 +129,7 @@ impl GenerationRequest {
             stop: Vec::new(),
             logprobs: false,
             probes: Vec::new(),
+            ending: None,
         }
     }
 
@@ -146,6 +163,22 @@ impl GenerationRequest {
             .position(|p| p.marker.is_empty() || p.alternatives.iter().any(String::is_empty))
         {
             return invalid(format!("probe {i} has an empty marker or alternative"));
+        }
+        if let Some(e) = &self.ending {
+            if e.header.is_empty() || e.endings.is_empty() || e.endings.iter().any(String::is_empty)
+            {
+                return invalid("a constrained ending needs a header and non-empty endings".into());
+            }
+            match e.max_reasoning_tokens {
+                Some(0) => return invalid("max_reasoning_tokens must be at least 1".into()),
+                Some(n) if n >= self.max_new_tokens => {
+                    return invalid(format!(
+                        "max_reasoning_tokens ({n}) must be below max_new_tokens ({}), which also holds the answer",
+                        self.max_new_tokens
+                    ))
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -201,6 +234,10 @@ pub struct Choice {
     /// log-probability of each alternative, or `None` where its marker was not generated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_logprobs: Option<Vec<Option<Vec<f32>>>>,
+    /// Present when the request had a constrained ending and the backend applied it: whether
+    /// the header had to be forced (budget reached, or an early end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_ending: Option<bool>,
 }
 
 /// Token counts of one request, as the backend counted them.

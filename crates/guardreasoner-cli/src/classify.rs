@@ -46,6 +46,10 @@ pub struct ClassifyArgs {
     /// following the label the model wrote. Choose it on a development split.
     #[arg(long, env = "GUARDREASONER_THRESHOLD", value_parser = parse_threshold)]
     threshold: Option<f32>,
+    /// Most reasoning tokens before the answer is forced (default: what --max-new-tokens leaves
+    /// room for). The answer block always follows its grammar on the local engine.
+    #[arg(long, env = "GUARDREASONER_MAX_REASONING_TOKENS")]
+    max_reasoning_tokens: Option<u32>,
 }
 
 pub(crate) fn parse_threshold(s: &str) -> Result<f32, String> {
@@ -73,7 +77,7 @@ fn outcome_json(c: &Conversation, o: &GuardOutcome, threshold: Option<f32>) -> s
         ),
     };
     json!({
-        "prompt": c.prompt, "response": c.response, "labels": labels, "scores": o.scores,
+        "prompt": c.prompt, "response": c.response, "labels": labels, "scores": o.scores, "forced": o.forced,
         "flagged": is_flagged(o, threshold), "parse": parse, "reasoning": reasoning, "text": o.text, "finish_reason": o.finish_reason,
         "usage": o.usage,
     })
@@ -109,6 +113,11 @@ fn print_text(o: &GuardOutcome, threshold: Option<f32>) {
             (Ok(_), true) => "FLAGGED".to_string(),
             (Ok(_), false) => "not flagged".to_string(),
         } + &threshold.map_or(String::new(), |t| format!(" (threshold {t})"))
+            + if o.forced == Some(true) {
+                " (answer forced: the reasoning did not finish)"
+            } else {
+                ""
+            }
     );
     eprintln!(
         "({} prompt + {} generated tokens)",
@@ -138,6 +147,7 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
         LocalBackend::from_spec(args.model.as_deref(), options).context("cannot load the model")?;
     let params = GuardParams {
         max_new_tokens: args.max_new_tokens,
+        max_reasoning_tokens: args.max_reasoning_tokens,
         ..GuardParams::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// following the label the model wrote (a request's `threshold` overrides it).
     #[arg(long, env = "GUARDREASONER_THRESHOLD", value_parser = crate::classify::parse_threshold)]
     threshold: Option<f32>,
+    /// Reasoning tokens before a guard answer is forced (a request's `max_reasoning_tokens`
+    /// overrides it; default: what the token budget leaves room for).
+    #[arg(long, env = "GUARDREASONER_MAX_REASONING_TOKENS")]
+    max_reasoning_tokens: Option<u32>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -64,6 +68,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_new_tokens: args.max_new_tokens,
             guard_max_new_tokens: args.max_new_tokens,
             flag_threshold: args.threshold,
+            max_reasoning_tokens: args.max_reasoning_tokens,
             ..ServerConfig::default()
         };
         let options = RuntimeOptions {

@@ -4,6 +4,7 @@
 //! The pipeline reads top to bottom: [`prompt`] builds what the guard reads, [`verdict`]
 //! parses what it writes, [`benchmarks`] says what to score, [`score`] and [`report`] score it.
 
+pub mod answer_grammar;
 pub mod benchmarks;
 pub mod calibration;
 pub mod hygiene;

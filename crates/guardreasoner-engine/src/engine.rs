@@ -1,10 +1,12 @@
 //! The high-level API: load a model, generate for many prompts at once, or drive a
 //! [`DecodeBatch`] step by step (continuous batching).
 
+use crate::answer::{AnswerConstraint, Answering, Choice};
 use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::llama::{ForwardScratch, KvCache, KvType, Llama, LogitsFor, SeqStep};
 use crate::probe::{self, ContinuationProbe};
+use crate::sampling::Sampled;
 use crate::sampling::{Sampler, SamplingParams};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -66,6 +68,18 @@ pub struct Generation {
     /// log-probability of each alternative, or `None` where the marker was not generated (or
     /// the sequence was cancelled).
     pub probe_logprobs: Vec<Option<Vec<f32>>>,
+    /// Whether an [`AnswerConstraint`] had to force the answer (the reasoning budget ran out,
+    /// or the sequence would have ended without answering).
+    pub forced_answer: bool,
+}
+
+/// What a sequence is added with besides its prompt and sampling settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SequenceOptions {
+    /// Continuations to score once it ends ([`Generation::probe_logprobs`]).
+    pub probes: Vec<ContinuationProbe>,
+    /// How it must end ([`AnswerConstraint`]).
+    pub answer: Option<AnswerConstraint>,
 }
 
 /// A prompt prefix whose keys/values are computed once and read (not copied) by every
@@ -263,7 +277,7 @@ impl Engine {
                     request.params.clone(),
                     index,
                     shared.clone(),
-                    Vec::new(),
+                    SequenceOptions::default(),
                 )?);
             }
         }
@@ -312,12 +326,50 @@ struct Active {
     first_token: Option<Instant>,
     probes: Vec<ContinuationProbe>,
     probe_logprobs: Vec<Option<Vec<f32>>>,
+    answer: Option<Answering>,
 }
 
 impl Active {
+    /// The next token: sampled, sampled among what the answer constraint allows, or forced.
+    fn choose(&mut self, row: &[f32], eos: &[u32]) -> Sampled {
+        let choice = match &mut self.answer {
+            None => Choice::Free,
+            Some(a) => a.next(self.tokens.len()),
+        };
+        match choice {
+            Choice::Free => {
+                let pick = self.sampler.sample(row);
+                let ends = !self.params.ignore_eos && eos.contains(&pick.token);
+                // Ending before answering: the answer is forced instead.
+                let intercepted = ends && self.answer.as_mut().is_some_and(|a| a.intercept_end());
+                if intercepted {
+                    self.choose(row, eos)
+                } else {
+                    pick
+                }
+            }
+            Choice::Force(token) => Sampled {
+                token,
+                logprob: probe::log_softmax_at(row, token as usize) as f32,
+            },
+            Choice::Among(allowed) => {
+                let mut masked = vec![f32::NEG_INFINITY; row.len()];
+                for &t in &allowed {
+                    masked[t as usize] = row[t as usize];
+                }
+                let token = self.sampler.sample(&masked).token;
+                Sampled {
+                    token,
+                    logprob: probe::log_softmax_at(row, token as usize) as f32,
+                }
+            }
+        }
+    }
+
     fn finish(self, reason: FinishReason) -> Generation {
         let mut probe_logprobs = self.probe_logprobs;
         probe_logprobs.resize(self.probes.len(), None);
+        let forced_answer = self.answer.as_ref().is_some_and(|a| a.forced);
         let now = Instant::now();
         let first = self.first_token.unwrap_or(now);
         Generation {
@@ -331,6 +383,7 @@ impl Active {
                 decode_s: now.duration_since(first).as_secs_f64(),
             },
             probe_logprobs,
+            forced_answer,
         }
     }
 }
@@ -375,30 +428,61 @@ impl<'e> DecodeBatch<'e> {
         params: SamplingParams,
         sample_index: usize,
     ) -> Result<SeqId> {
-        self.add_inner(prompt_ids, params, sample_index, None, Vec::new())
+        self.add_inner(
+            prompt_ids,
+            params,
+            sample_index,
+            None,
+            SequenceOptions::default(),
+        )
     }
 
-    /// [`add`](Self::add), and once the sequence ends (stop or length), score each probe's
-    /// alternatives after the last place its marker was generated
-    /// ([`Generation::probe_logprobs`]).
-    pub fn add_probed(
+    /// [`add`](Self::add) with [`SequenceOptions`]: probes scored once the sequence ends (stop
+    /// or length) after the last place each marker was generated, and an answer constraint.
+    pub fn add_with(
         &mut self,
         prompt_ids: Vec<u32>,
         params: SamplingParams,
         sample_index: usize,
-        probes: Vec<ContinuationProbe>,
+        options: SequenceOptions,
     ) -> Result<SeqId> {
-        if let Some(&token) = probes
+        let vocab = self.engine.config().vocab_size;
+        let probe_tokens = options
+            .probes
             .iter()
-            .flat_map(|p| p.marker.iter().chain(p.alternatives.iter().flatten()))
-            .find(|&&t| t as usize >= self.engine.config().vocab_size)
+            .flat_map(|p| p.marker.iter().chain(p.alternatives.iter().flatten()));
+        let answer_tokens = options.answer.iter().flat_map(|a| {
+            a.trigger
+                .iter()
+                .chain(&a.forced)
+                .chain(a.endings.iter().flatten())
+        });
+        if let Some(&token) = probe_tokens
+            .chain(answer_tokens)
+            .find(|&&t| t as usize >= vocab)
         {
-            return Err(crate::error::EngineError::TokenOutOfRange {
-                token,
-                vocab: self.engine.config().vocab_size,
-            });
+            return Err(crate::error::EngineError::TokenOutOfRange { token, vocab });
         }
-        self.add_inner(prompt_ids, params, sample_index, None, probes)
+        if let Some(a) = &options.answer {
+            if a.endings.is_empty() || a.endings.iter().any(Vec::is_empty) || a.trigger.is_empty() {
+                return Err(crate::error::EngineError::InvalidParams(
+                    "an answer constraint needs a trigger and non-empty endings".into(),
+                ));
+            }
+            if !a.forced.ends_with(&a.trigger) {
+                return Err(crate::error::EngineError::InvalidParams(
+                    "an answer constraint's forced tokens must end with its trigger".into(),
+                ));
+            }
+            if a.reserve() >= params.max_new_tokens {
+                return Err(crate::error::EngineError::InvalidParams(format!(
+                    "max_new_tokens {} leaves no room to reason before the {}-token answer",
+                    params.max_new_tokens,
+                    a.reserve()
+                )));
+            }
+        }
+        self.add_inner(prompt_ids, params, sample_index, None, options)
     }
 
     fn add_inner(
@@ -407,7 +491,7 @@ impl<'e> DecodeBatch<'e> {
         params: SamplingParams,
         index: usize,
         extra_prefix: Option<Arc<Prefix>>,
-        probes: Vec<ContinuationProbe>,
+        options: SequenceOptions,
     ) -> Result<SeqId> {
         params.validate()?;
         self.engine.check_prompt(&prompt, params.max_new_tokens)?;
@@ -436,6 +520,7 @@ impl<'e> DecodeBatch<'e> {
         };
         let id = SeqId(self.next_id);
         self.next_id += 1;
+        let params_max_new = params.max_new_tokens;
         self.seqs.push(Active {
             id,
             sampler: Sampler::new(&params, index),
@@ -448,7 +533,8 @@ impl<'e> DecodeBatch<'e> {
             logprobs: Vec::new(),
             added: Instant::now(),
             first_token: None,
-            probes,
+            answer: options.answer.map(|a| Answering::new(a, params_max_new)),
+            probes: options.probes,
             probe_logprobs: Vec::new(),
         });
         Ok(id)
@@ -520,11 +606,16 @@ impl<'e> DecodeBatch<'e> {
                 continue;
             }
             let Some(row) = rows.next() else { break };
-            let pick = s.sampler.sample(row);
+            let pick = s.choose(row, &engine.eos);
             s.first_token.get_or_insert_with(Instant::now);
             s.tokens.push(pick.token);
             s.logprobs.push(pick.logprob);
-            let stop = (!s.params.ignore_eos && engine.eos.contains(&pick.token))
+            let answered = match &mut s.answer {
+                Some(a) => a.emitted(pick.token, &s.tokens),
+                None => false,
+            };
+            let stop = answered
+                || (!s.params.ignore_eos && engine.eos.contains(&pick.token))
                 || s.params.stop_token_ids.contains(&pick.token);
             let reason = if stop {
                 Some(FinishReason::Stop)

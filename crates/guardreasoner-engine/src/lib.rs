@@ -25,6 +25,7 @@
 //! Threads: a private rayon pool per [`Engine`] (default: one per physical core). The engine
 //! works on token ids; tokenisation is the tokenizer crate's job.
 
+mod answer;
 pub mod bench;
 pub mod config;
 mod engine;
@@ -37,10 +38,11 @@ mod probe;
 pub mod quant;
 pub mod sampling;
 
+pub use answer::AnswerConstraint;
 pub use config::Config;
 pub use engine::{
     DecodeBatch, Engine, FinishReason, Generation, GenerationRequest, LoadOptions, SeqId,
-    StepOutput, Timings,
+    SequenceOptions, StepOutput, Timings,
 };
 pub use error::{EngineError, Result};
 pub use llama::KvType;

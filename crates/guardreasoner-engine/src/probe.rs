@@ -90,7 +90,7 @@ pub(crate) fn score(
     Ok(out)
 }
 
-fn log_softmax_at(row: &[f32], token: usize) -> f64 {
+pub(crate) fn log_softmax_at(row: &[f32], token: usize) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
     row[token] as f64 - max - z.ln()

@@ -6,7 +6,9 @@
 mod common;
 
 use common::*;
-use guardreasoner_engine::{ContinuationProbe, Engine, GenerationRequest, SamplingParams};
+use guardreasoner_engine::{
+    ContinuationProbe, Engine, GenerationRequest, SamplingParams, SequenceOptions,
+};
 
 fn greedy(n: usize) -> SamplingParams {
     SamplingParams {
@@ -67,11 +69,14 @@ fn probe_logprobs_equal_a_fresh_forward_over_the_same_tokens() {
     };
     let mut batch = engine.batch();
     let id = batch
-        .add_probed(
+        .add_with(
             prompt.clone(),
             greedy(24),
             0,
-            vec![early.clone(), absent, late.clone()],
+            SequenceOptions {
+                probes: vec![early.clone(), absent, late.clone()],
+                answer: None,
+            },
         )
         .unwrap();
     let mut done = None;
@@ -124,14 +129,17 @@ fn probe_tokens_outside_the_vocabulary_are_refused() {
     let engine = Engine::load(&model).unwrap();
     let mut batch = engine.batch();
     let err = batch
-        .add_probed(
+        .add_with(
             vec![1, 2, 3],
             greedy(4),
             0,
-            vec![ContinuationProbe {
-                marker: vec![1],
-                alternatives: vec![vec![u32::MAX]],
-            }],
+            SequenceOptions {
+                probes: vec![ContinuationProbe {
+                    marker: vec![1],
+                    alternatives: vec![vec![u32::MAX]],
+                }],
+                answer: None,
+            },
         )
         .unwrap_err();
     assert!(err.to_string().contains(&u32::MAX.to_string()), "{err}");

@@ -41,6 +41,10 @@ pub struct EvalRow {
     /// The probability of each answered task's positive label, where the backend scores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scores: Option<LabelScores>,
+    /// Whether the answer was forced (reasoning budget or an early end), where the backend
+    /// constrains decoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced: Option<bool>,
 }
 
 /// How to generate.
@@ -259,6 +263,7 @@ pub async fn generate_target(
                     finish_reason: finish_reason_name(&choice.finish_reason),
                     completion_tokens,
                     scores,
+                    forced: choice.forced_ending,
                 };
                 appender.append(&row)?;
                 generated += 1;

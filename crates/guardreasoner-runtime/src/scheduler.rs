@@ -10,8 +10,8 @@ use guardreasoner_backend::{
 };
 use guardreasoner_core::Conversation;
 use guardreasoner_engine::{
-    ContinuationProbe, Engine, EngineError, FinishReason as EngineFinish, KvType, LoadOptions,
-    SamplingParams, SeqId,
+    AnswerConstraint, ContinuationProbe, Engine, EngineError, FinishReason as EngineFinish, KvType,
+    LoadOptions, SamplingParams, SeqId, SequenceOptions,
 };
 use guardreasoner_tokenizer::{Tokenizer, TokenizerError};
 use std::collections::{HashMap, VecDeque};
@@ -93,6 +93,8 @@ pub enum Event {
         /// Per probe of the request, the log-probability of each alternative (empty when the
         /// request had none).
         probe_logprobs: Vec<Option<Vec<f32>>>,
+        /// With a constrained ending: whether the answer header had to be forced.
+        forced_ending: Option<bool>,
         reused_prompt_tokens: usize,
         prefill_s: f64,
         decode_s: f64,
@@ -114,7 +116,7 @@ struct Job {
     params: SamplingParams,
     stop: Vec<String>,
     logprobs: bool,
-    probes: Vec<ContinuationProbe>,
+    options: SequenceOptions,
     events: UnboundedSender<Event>,
     submitted: Instant,
 }
@@ -250,19 +252,42 @@ impl LocalBackend {
         }
     }
 
-    /// A request's probes as token ids. Markers and alternatives are model text (never user
-    /// text), encoded as the model writes them: without BOS.
-    fn encode_probes(
-        &self,
-        request: &GenerationRequest,
-    ) -> Result<Vec<ContinuationProbe>, BackendError> {
+    /// A request's probes and constrained ending as token ids. They are model text (never
+    /// user text), encoded as the model writes them: without BOS.
+    fn encode_options(&self, request: &GenerationRequest) -> Result<SequenceOptions, BackendError> {
         let encode = |text: &str| {
             self.shared
                 .tokenizer
                 .encode_untrusted(text)
                 .map_err(|e| BackendError::Validation(e.to_string()))
         };
-        request
+        let answer = match &request.ending {
+            None => None,
+            Some(e) => {
+                let trigger = encode(&e.header)?;
+                let mut forced = encode(&e.separator)?;
+                forced.extend_from_slice(&trigger);
+                let constraint = AnswerConstraint {
+                    trigger,
+                    forced,
+                    endings: e
+                        .endings
+                        .iter()
+                        .map(|t| encode(t))
+                        .collect::<Result<_, _>>()?,
+                    budget: e.max_reasoning_tokens.map(|n| n as usize),
+                };
+                if constraint.reserve() >= request.max_new_tokens as usize {
+                    return Err(BackendError::Validation(format!(
+                        "max_new_tokens ({}) must leave room for the {}-token answer",
+                        request.max_new_tokens,
+                        constraint.reserve()
+                    )));
+                }
+                Some(constraint)
+            }
+        };
+        let probes = request
             .probes
             .iter()
             .map(|p| {
@@ -275,7 +300,8 @@ impl LocalBackend {
                         .collect::<Result<_, _>>()?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        Ok(SequenceOptions { probes, answer })
     }
 
     /// Validate, tokenise and queue a request. Errors here happen before anything is queued.
@@ -309,8 +335,8 @@ impl LocalBackend {
                 )),
             );
         }
-        let probes = match self.encode_probes(request) {
-            Ok(p) => p,
+        let options = match self.encode_options(request) {
+            Ok(o) => o,
             Err(e) => return fail("validation", e),
         };
         let n = request.n as usize;
@@ -359,7 +385,7 @@ impl LocalBackend {
             params,
             stop: request.stop.clone(),
             logprobs: request.logprobs,
-            probes,
+            options,
             events: tx,
             submitted,
         };
@@ -423,6 +449,7 @@ pub async fn collect(
                 completion_tokens: c,
                 logprobs,
                 probe_logprobs,
+                forced_ending,
                 ..
             }) => {
                 completion_tokens += c as u64;
@@ -432,6 +459,7 @@ pub async fn collect(
                     completion_tokens: Some(c as u32),
                     logprobs,
                     probe_logprobs: (!probe_logprobs.is_empty()).then_some(probe_logprobs),
+                    forced_ending,
                 });
             }
             Some(Event::Text { .. }) => {}
@@ -503,7 +531,7 @@ struct JobState {
     stop: Vec<String>,
     max_stop: usize,
     logprobs: bool,
-    probes: Vec<ContinuationProbe>,
+    options: SequenceOptions,
     submitted: Instant,
     remaining: std::cell::Cell<usize>,
 }
@@ -590,16 +618,16 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                 events: job.events,
                 stop: job.stop,
                 logprobs: job.logprobs,
-                probes: job.probes,
+                options: job.options,
                 submitted: job.submitted,
                 remaining: std::cell::Cell::new(job.params.n),
             });
             for choice in 0..job.params.n {
-                match batch.add_probed(
+                match batch.add_with(
                     job.prompt.clone(),
                     job.params.clone(),
                     choice,
-                    state.probes.clone(),
+                    state.options.clone(),
                 ) {
                     Ok(id) => {
                         active.insert(
@@ -734,9 +762,10 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                         )
                     });
                 // A choice cut by a stop string left the engine cancelled: nothing scored.
-                let probe_logprobs = match out.finished {
-                    Some(g) => g.probe_logprobs,
-                    None => vec![None; c.job.probes.len()],
+                let constrained = c.job.options.answer.is_some();
+                let (probe_logprobs, forced_ending) = match out.finished {
+                    Some(g) => (g.probe_logprobs, constrained.then_some(g.forced_answer)),
+                    None => (vec![None; c.job.options.probes.len()], None),
                 };
                 metrics
                     .reused_prompt_tokens
@@ -748,6 +777,7 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                     finish_reason: reason,
                     logprobs: c.job.logprobs.then_some(c.logprobs),
                     probe_logprobs,
+                    forced_ending,
                     reused_prompt_tokens: reused,
                     prefill_s,
                     decode_s,

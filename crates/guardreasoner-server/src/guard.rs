@@ -30,6 +30,8 @@ pub struct GuardRequest {
     max_new_tokens: Option<u32>,
     /// Flag by score at this probability (overrides the server's `--threshold`).
     threshold: Option<f32>,
+    /// Most reasoning tokens before the answer is forced (overrides the server's default).
+    max_reasoning_tokens: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -45,6 +47,9 @@ pub struct GuardResult {
     /// Per answered task, the probability of its positive label (`harmful`, `refusal`);
     /// `null` when the output could not be parsed.
     pub scores: Option<LabelScores>,
+    /// Whether the answer was forced (the reasoning budget ran out or the model stopped
+    /// without answering): the labels then rest on unfinished reasoning.
+    pub forced: bool,
     /// True when the request or the response is harmful (by label, or by score at the
     /// threshold when one is set), or when the output could not be parsed: the guard fails
     /// closed.
@@ -79,11 +84,13 @@ async fn judge(
     conversations: Vec<Conversation>,
     include_reasoning: bool,
     max_new_tokens: u32,
+    max_reasoning_tokens: Option<u32>,
     threshold: Option<f32>,
 ) -> Result<Vec<GuardResult>, ApiError> {
     let backend = state.backend()?;
     let params = GuardParams {
         max_new_tokens,
+        max_reasoning_tokens,
         ..GuardParams::default()
     };
     let mut submissions = Vec::with_capacity(conversations.len());
@@ -100,6 +107,7 @@ async fn judge(
                     finish_reason,
                     completion_tokens,
                     probe_logprobs,
+                    forced_ending,
                     reused_prompt_tokens,
                     prefill_s,
                     decode_s,
@@ -109,7 +117,7 @@ async fn judge(
                         text,
                         finish_reason,
                         completion_tokens,
-                        probe_logprobs,
+                        (probe_logprobs, forced_ending == Some(true)),
                         reused_prompt_tokens,
                         prefill_s,
                         decode_s,
@@ -120,14 +128,22 @@ async fn judge(
                 None => return Err(ApiError::Cancelled),
             }
         };
-        let (text, finish_reason, completion_tokens, probe_logprobs, reused, prefill_s, decode_s) =
-            done;
+        let (
+            text,
+            finish_reason,
+            completion_tokens,
+            (probe_logprobs, forced),
+            reused,
+            prefill_s,
+            decode_s,
+        ) = done;
         // Only the generated text is parsed, never the prompt the user controls.
         let parsed = parse_strict(&text);
         let scores = label_scores(&parsed, Some(&probe_logprobs));
         results.push(result_of(
             parsed,
             scores,
+            forced,
             threshold,
             text,
             include_reasoning,
@@ -151,6 +167,7 @@ async fn judge(
 fn result_of(
     parsed: Result<ParsedOutput, guardreasoner_core::ParseError>,
     scores: Option<LabelScores>,
+    forced: bool,
     threshold: Option<f32>,
     text: String,
     include_reasoning: bool,
@@ -184,6 +201,7 @@ fn result_of(
     GuardResult {
         labels,
         scores,
+        forced,
         flagged,
         parse,
         reasoning: if include_reasoning { reasoning } else { None },
@@ -246,11 +264,23 @@ pub async fn guard(
         Some(t) => Some(check_threshold(t).map_err(|m| state.reject(ApiError::BadRequest(m)))?),
         None => state.config.flag_threshold,
     };
+    let max_reasoning = req
+        .max_reasoning_tokens
+        .or(state.config.max_reasoning_tokens);
+    if let Some(n) = max_reasoning {
+        if n == 0 || n >= max_new {
+            return Err(state.reject(ApiError::BadRequest(format!(
+                "max_reasoning_tokens must be between 1 and max_new_tokens - 1 ({})",
+                max_new - 1
+            ))));
+        }
+    }
     let results = judge(
         &state,
         conversations,
         req.include_reasoning,
         max_new,
+        max_reasoning,
         threshold,
     )
     .await?;
@@ -305,6 +335,7 @@ pub async fn moderations(
         conversations,
         false,
         state.config.guard_max_new_tokens,
+        state.config.max_reasoning_tokens,
         state.config.flag_threshold,
     )
     .await?;

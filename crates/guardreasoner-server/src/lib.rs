@@ -40,6 +40,8 @@ pub struct ServerConfig {
     /// Flag a request or response whose harmful score reaches this probability instead of
     /// following the written label (a request's `threshold` overrides it).
     pub flag_threshold: Option<f32>,
+    /// Reasoning tokens before a guard answer is forced (`None`: what the token budget leaves).
+    pub max_reasoning_tokens: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             max_batch_items: 64,
             guard_max_new_tokens: 2048,
             flag_threshold: None,
+            max_reasoning_tokens: None,
         }
     }
 }
