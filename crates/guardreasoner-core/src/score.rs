@@ -87,7 +87,7 @@ pub struct BenchmarkScore {
     /// written label ([`score_rows_at`]); `None`: the model's own labels.
     pub threshold: Option<f32>,
     /// Ranking and calibration of the label scores (strict policy, rows that have them).
-    pub ranking: Option<Ranking>,
+    pub ranking: Option<Box<Ranking>>,
 }
 
 /// Score rows of one benchmark. `wildguard` supplies gold labels by row where the benchmark
@@ -204,7 +204,7 @@ pub fn score_rows_at(
         },
         confusion,
         threshold,
-        ranking: ranking(&scored),
+        ranking: ranking(&scored).map(Box::new),
     }
 }
 
