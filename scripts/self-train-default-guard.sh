@@ -8,7 +8,9 @@
 #      inputs (hash order: a fair mix of sources and labels);
 #   3. distil again: the released traces as before plus the samples that parse strictly and
 #      end in the gold labels (same dev split);
-#   4. R-SFT continued from the shipped adapter (--init-adapter) on that mixture;
+#   4. R-SFT continued from the shipped adapter (--init-adapter) on that mixture, the kept
+#      samples oversampled SELF_REPEAT times (they are the benign, ToxicChat-like part the
+#      released traces lack; a short continued run would otherwise see few of them);
 #   5. the dev split, to compare with the shipped guard's (scripts/eval-default-guard.sh).
 # Every stage resumes: run it again after a crash. Needs scripts/train-default-guard.sh's
 # stage 1 only for the dev split's benchmark files (written again here).
@@ -22,6 +24,7 @@ PRED=$SHARED/data/reference-predictions
 MINE_INPUTS=${MINE_INPUTS:-1000}
 N_SAMPLES=${N_SAMPLES:-2}
 STEPS=${STEPS:-60}
+SELF_REPEAT=${SELF_REPEAT:-2}
 mkdir -p "$WORK"
 [ -x "$BIN" ] || cargo build --release -p guardreasoner-cli
 stage() { echo "== $1 ($(date -u +%H:%M:%S) UTC)"; STAGE_START=$(date +%s); }
@@ -49,12 +52,23 @@ stage "3. distil with the kept samples"
   --benchmarks-dir "$SHARED/data/benchmarks" \
   --max-traces 1 --max-traces-unharmful 3 \
   --dev-fraction 0.1 --dev-dir "$WORK/dev" --out "$WORK/distill.json"
+# The mixture: released traces once, the model's own kept samples SELF_REPEAT times.
+${GUARDREASONER_PYTHON:-python3} - "$WORK/distill.json" "$WORK/released.json" "$WORK/self.json" <<'PY'
+import json, sys
+records = json.load(open(sys.argv[1]))
+own = [r for r in records if r["source"].startswith("self/")]
+json.dump([r for r in records if not r["source"].startswith("self/")], open(sys.argv[2], "w"))
+json.dump(own, open(sys.argv[3], "w"))
+print(f"mixture: {len(records) - len(own)} released records, {len(own)} own samples")
+PY
+DATA=(--data "$WORK/released.json")
+for _ in $(seq "$SELF_REPEAT"); do DATA+=(--data "$WORK/self.json"); done
 done_stage "3. distil"
 
-stage "4. R-SFT from the shipped adapter ($STEPS steps of 8)"
+stage "4. R-SFT from the shipped adapter ($STEPS steps of 8, own samples x$SELF_REPEAT)"
 RESUME=()
 ls -d "$WORK"/sft/checkpoint-* >/dev/null 2>&1 && RESUME=(--resume)
-"$BIN" train sft --model smollm2-base --data "$WORK/distill.json" --output "$WORK/sft" \
+"$BIN" train sft --model smollm2-base "${DATA[@]}" --output "$WORK/sft" \
   --init-adapter crates/guardreasoner-hub/guard \
   --preset none --grad-accum 8 --learning-rate 2e-4 --warmup-ratio 0.05 \
   --max-steps "$STEPS" --save-steps 10 --cutoff-len 768 \
