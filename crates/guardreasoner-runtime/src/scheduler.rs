@@ -277,14 +277,20 @@ impl LocalBackend {
                         .collect::<Result<_, _>>()?,
                     budget: e.max_reasoning_tokens.map(|n| n as usize),
                 };
-                if constraint.reserve() >= request.max_new_tokens as usize {
-                    return Err(BackendError::Validation(format!(
-                        "max_new_tokens ({}) must leave room for the {}-token answer",
-                        request.max_new_tokens,
-                        constraint.reserve()
-                    )));
+                let fits = constraint.reserve() < request.max_new_tokens as usize;
+                match (fits, e.max_reasoning_tokens) {
+                    (true, _) => Some(constraint),
+                    // A token budget too small for any answer: generated unconstrained (the
+                    // strict parser fails it closed, and the choice says nothing was forced).
+                    (false, None) => None,
+                    (false, Some(_)) => {
+                        return Err(BackendError::Validation(format!(
+                            "max_new_tokens ({}) must leave room for the {}-token answer after max_reasoning_tokens",
+                            request.max_new_tokens,
+                            constraint.reserve()
+                        )))
+                    }
                 }
-                Some(constraint)
             }
         };
         let probes = request

@@ -63,14 +63,23 @@ async fn every_answer_parses_and_a_short_budget_forces_it() {
             assert!(scores.covers(&parsed.verdict), "{scores:?}");
         }
     }
-    // A budget that leaves no room for the answer is refused before anything is queued.
+    // A reasoning budget that leaves no room for the answer is refused before anything is
+    // queued; a token budget too small for any answer is generated unconstrained.
     let tight = GuardParams {
         max_new_tokens: 10,
+        max_reasoning_tokens: Some(4),
         ..GuardParams::default()
     };
     let err = classify(&backend, &conversations[0], &tight)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("room"), "{err}");
+    let small = GuardParams {
+        max_new_tokens: 10,
+        ..GuardParams::default()
+    };
+    let out = classify(&backend, &conversations[0], &small).await.unwrap();
+    assert_eq!(out.forced, None, "not constrained");
+    assert!(out.usage.completion_tokens <= 10);
     backend.shutdown();
 }
