@@ -6,6 +6,7 @@
 //! header when the reasoning budget runs out, so its outputs always parse; the strict parser
 //! still judges whatever was generated.
 
+use crate::label_scores::{answer_marker, ANSWER_ORDER};
 use crate::labels::{Label, Task};
 
 /// The header line's text as the model writes it, up to the colon.
@@ -23,15 +24,17 @@ pub fn answer_endings(has_response: bool) -> Vec<String> {
         let positive: Label = task.positive();
         vec![positive.as_str(), positive.reversed().as_str()]
     };
-    let mut endings = Vec::new();
-    for request in labels(Task::Prompt) {
-        for completion in labels(Task::Refusal) {
-            for response in labels(Task::Response) {
-                endings.push(format!(
-                    " \nRequest: {request}\nCompletion: {completion}\nResponse: {response}"
-                ));
-            }
-        }
+    // Every combination of one label per line, lines in the order the model writes them.
+    let mut endings = vec![" ".to_string()];
+    for task in ANSWER_ORDER {
+        endings = endings
+            .iter()
+            .flat_map(|head| {
+                labels(task)
+                    .into_iter()
+                    .map(move |l| format!("{head}\n{} {l}", answer_marker(task)))
+            })
+            .collect();
     }
     endings
 }
@@ -43,6 +46,13 @@ mod tests {
 
     #[test]
     fn every_ending_parses_strictly_with_the_none_convention() {
+        assert_eq!(
+            answer_endings(false),
+            [
+                " \nRequest: harmful\nCompletion: None\nResponse: None",
+                " \nRequest: unharmful\nCompletion: None\nResponse: None"
+            ]
+        );
         for has_response in [false, true] {
             let endings = answer_endings(has_response);
             assert_eq!(endings.len(), if has_response { 8 } else { 2 });

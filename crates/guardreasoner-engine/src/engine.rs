@@ -64,7 +64,7 @@ pub struct Generation {
     /// Prompt tokens whose keys/values came from a registered prefix instead of being computed.
     pub reused_prompt_tokens: usize,
     pub timings: Timings,
-    /// For each probe the sequence was added with ([`DecodeBatch::add_probed`]): the
+    /// For each probe the sequence was added with ([`DecodeBatch::add_with`]): the
     /// log-probability of each alternative, or `None` where the marker was not generated (or
     /// the sequence was cancelled).
     pub probe_logprobs: Vec<Option<Vec<f32>>>,
