@@ -11,7 +11,10 @@
 #   4. R-SFT continued from the shipped adapter (--init-adapter) on that mixture, the kept
 #      samples oversampled SELF_REPEAT times (they are the benign, ToxicChat-like part the
 #      released traces lack; a short continued run would otherwise see few of them);
-#   5. the dev split, to compare with the shipped guard's (scripts/eval-default-guard.sh).
+#   5. the dev split, to compare with the shipped guard's (scripts/eval-default-guard.sh);
+#   6. the train-labels dev split (held-out ToxicChat-train and GuardReasonerTrain prompts, the
+#      closest to the unseen prompt sets), a stratified sample of LABELS_DEV_LIMIT, the shipped
+#      guard first (once) for the comparison.
 # Every stage resumes: run it again after a crash. Needs scripts/train-default-guard.sh's
 # stage 1 only for the dev split's benchmark files (written again here).
 # Usage: scripts/self-train-default-guard.sh [WORKDIR]   (default: runs/self-train)
@@ -25,6 +28,7 @@ MINE_INPUTS=${MINE_INPUTS:-1000}
 N_SAMPLES=${N_SAMPLES:-2}
 STEPS=${STEPS:-60}
 SELF_REPEAT=${SELF_REPEAT:-2}
+LABELS_DEV_LIMIT=${LABELS_DEV_LIMIT:-300}
 mkdir -p "$WORK"
 [ -x "$BIN" ] || cargo build --release -p guardreasoner-cli
 stage() { echo "== $1 ($(date -u +%H:%M:%S) UTC)"; STAGE_START=$(date +%s); }
@@ -33,7 +37,8 @@ done_stage() { echo "== $1 took $(( $(date +%s) - STAGE_START )) s"; }
 stage "1. labels"
 "$BIN" data labels --labels "$SHARED/data/train-labels/toxicchat0124_train_human.json" \
   --labels "$SHARED/data/train-labels/guardreasonertrain_prompts_5k.json" \
-  --benchmarks-dir "$SHARED/data/benchmarks" --dev-fraction 0.1 --out "$WORK/gold.json"
+  --benchmarks-dir "$SHARED/data/benchmarks" --dev-fraction 0.1 --out "$WORK/gold.json" \
+  --dev-prompts "$WORK/labels-dev/0_8_toxic_chat.json"
 done_stage "1. labels"
 
 stage "2. sample ($MINE_INPUTS inputs x $N_SAMPLES, T 0.7, top-p 0.95, 512 tokens)"
@@ -82,3 +87,12 @@ stage "5. dev split"
   --benchmarks AegisSafetyTest,HarmBenchPrompt,SimpleSafetyTests,HarmBenchResponse,XSTestResponseHarmful,XSTestResponseRefusal \
   --max-new-tokens 1024 --label r-sft-2-dev --out "$WORK/eval-dev"
 done_stage "5. dev split"
+
+stage "6. train-labels dev split ($LABELS_DEV_LIMIT prompts, stratified, seed 1)"
+labels_dev() {
+  "$BIN" eval --model "$1" --data-dir "$WORK/labels-dev" --benchmarks ToxicChat \
+    --limit "$LABELS_DEV_LIMIT" --seed 1 --max-new-tokens 1024 --label "$2" --out "$3"
+}
+labels_dev default r-sft-1-labels-dev "$WORK/eval-labels-dev-shipped"
+labels_dev "$WORK/rsft/model.gguf" r-sft-2-labels-dev "$WORK/eval-labels-dev"
+done_stage "6. train-labels dev split"
