@@ -5,9 +5,11 @@ use crate::{
     PromptInput, Usage,
 };
 use guardreasoner_core::answer_grammar::{answer_endings, ANSWER_HEADER, FORCED_SEPARATOR};
+use guardreasoner_core::cascade::needs_reasoning;
 use guardreasoner_core::label_scores::{answer_alternatives, answer_marker, ANSWER_ORDER};
 use guardreasoner_core::{
     build_guard_prompt, parse_strict, Conversation, LabelScores, ParseError, ParsedOutput,
+    ReasoningMode, UncertaintyBand,
 };
 
 /// Sampling settings for a guard call. The paper evaluates greedily with up to 2048 new
@@ -22,6 +24,31 @@ pub struct GuardParams {
     /// leaves room for). Where the backend can constrain decoding, the answer block always
     /// follows the grammar ([`guardreasoner_core::answer_grammar`]).
     pub max_reasoning_tokens: Option<u32>,
+    /// `full` reasons before answering, `none` answers at once, `auto` answers at once and
+    /// reasons only where a score falls in `band` ([`guardreasoner_core::cascade`]).
+    pub reasoning: ReasoningMode,
+    pub band: UncertaintyBand,
+}
+
+impl GuardParams {
+    /// What a caller may set wrong, refused before anything is generated.
+    pub fn validate(&self) -> Result<(), BackendError> {
+        if self.max_reasoning_tokens == Some(0) {
+            return Err(BackendError::Validation(
+                "max_reasoning_tokens must be at least 1 (for no reasoning, ask for reasoning `none`)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The parameters of an escalation: the same, reasoning fully.
+    pub fn escalated(&self) -> GuardParams {
+        GuardParams {
+            reasoning: ReasoningMode::Full,
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for GuardParams {
@@ -32,6 +59,8 @@ impl Default for GuardParams {
             top_p: 1.0,
             seed: None,
             max_reasoning_tokens: None,
+            reasoning: ReasoningMode::Full,
+            band: UncertaintyBand::default(),
         }
     }
 }
@@ -47,14 +76,19 @@ pub struct GuardOutcome {
     /// ([`label_scores`]); `None` from a backend that cannot (a remote endpoint).
     pub scores: Option<LabelScores>,
     /// Whether the answer was forced (the reasoning budget ran out, or the model would have
-    /// stopped without answering); `None` from a backend that cannot constrain decoding.
+    /// stopped without answering); `None` from a backend that cannot constrain decoding. An
+    /// answer asked for without reasoning (`none`) is not forced.
     pub forced: Option<bool>,
+    /// Under `auto`: whether the unreasoned answer was uncertain and the verdict comes from
+    /// full reasoning (`usage` then counts both generations). `None` under `full` and `none`.
+    pub escalated: Option<bool>,
     pub finish_reason: FinishReason,
     pub usage: Usage,
     pub retries: u32,
 }
 
-/// The guard request for a conversation: the GuardReasoner prompt as raw text.
+/// The guard request for a conversation: the GuardReasoner prompt as raw text. Under `auto`
+/// this is the first, unreasoned request (an escalation uses [`GuardParams::escalated`]).
 pub fn guard_request(conversation: &Conversation, params: &GuardParams) -> GenerationRequest {
     let prompt = build_guard_prompt(&conversation.prompt, conversation.response.as_deref());
     let mut request = GenerationRequest::new(PromptInput::Text(prompt), params.max_new_tokens);
@@ -66,7 +100,11 @@ pub fn guard_request(conversation: &Conversation, params: &GuardParams) -> Gener
         header: ANSWER_HEADER.into(),
         separator: FORCED_SEPARATOR.into(),
         endings: answer_endings(conversation.response.is_some()),
-        max_reasoning_tokens: params.max_reasoning_tokens,
+        // No reasoning: the answer header is forced before the first generated token.
+        max_reasoning_tokens: match params.reasoning {
+            ReasoningMode::Full => params.max_reasoning_tokens,
+            ReasoningMode::None | ReasoningMode::Auto => Some(0),
+        },
     });
     request
 }
@@ -96,6 +134,7 @@ pub fn label_scores(
 
 /// Classify one conversation: build the guard prompt, generate, and parse strictly (fail
 /// closed: a reply without a valid answer block is an error in `parsed`, never "unharmful").
+/// Under `auto`, an uncertain unreasoned answer is generated again with full reasoning.
 pub async fn classify(
     backend: &dyn Backend,
     conversation: &Conversation,
@@ -104,6 +143,48 @@ pub async fn classify(
     if conversation.prompt.trim().is_empty() {
         return Err(BackendError::Validation("the user prompt is empty".into()));
     }
+    params.validate()?;
+    let first = generate_once(backend, conversation, params).await?;
+    if params.reasoning != ReasoningMode::Auto {
+        return Ok(first);
+    }
+    if !should_escalate(&first, params) {
+        return Ok(settled(first));
+    }
+    let full = generate_once(backend, conversation, &params.escalated()).await?;
+    Ok(escalation(first, full))
+}
+
+/// An `auto` first answer that was certain enough: the verdict.
+pub fn settled(first: GuardOutcome) -> GuardOutcome {
+    GuardOutcome {
+        escalated: Some(false),
+        ..first
+    }
+}
+
+/// The verdict of an escalated `auto` request: the fully reasoned one, counting both
+/// generations' tokens and retries.
+pub fn escalation(first: GuardOutcome, full: GuardOutcome) -> GuardOutcome {
+    GuardOutcome {
+        escalated: Some(true),
+        usage: full.usage.plus(&first.usage),
+        retries: full.retries + first.retries,
+        ..full
+    }
+}
+
+/// Whether an `auto` first answer must be reasoned fully (see [`needs_reasoning`]).
+pub fn should_escalate(first: &GuardOutcome, params: &GuardParams) -> bool {
+    needs_reasoning(&first.parsed, first.scores.as_ref(), params.band)
+}
+
+/// One generation of the guard request for `params.reasoning` and its strict parse.
+async fn generate_once(
+    backend: &dyn Backend,
+    conversation: &Conversation,
+    params: &GuardParams,
+) -> Result<GuardOutcome, BackendError> {
     let generation = backend
         .generate(guard_request(conversation, params))
         .await?;
@@ -116,16 +197,44 @@ pub async fn classify(
                 endpoint: backend.name(),
                 message: "no choice in the reply".into(),
             })?;
+    Ok(outcome_of(
+        choice.text,
+        choice.probe_logprobs.as_deref(),
+        choice.forced_ending,
+        params.reasoning,
+        choice.finish_reason,
+        generation.usage,
+        generation.retries,
+    ))
+}
+
+/// A guard outcome from what one generation returned: the one place generated text becomes
+/// a verdict (the local server's batch path uses it too).
+pub fn outcome_of(
+    text: String,
+    probe_logprobs: Option<&[Option<Vec<f32>>]>,
+    forced_ending: Option<bool>,
+    reasoning: ReasoningMode,
+    finish_reason: FinishReason,
+    usage: Usage,
+    retries: u32,
+) -> GuardOutcome {
     // Only the generated text is parsed: the prompt (which the user controls) never is.
-    let parsed = parse_strict(&choice.text);
-    let scores = label_scores(&parsed, choice.probe_logprobs.as_deref());
-    Ok(GuardOutcome {
-        text: choice.text,
+    let parsed = parse_strict(&text);
+    let scores = label_scores(&parsed, probe_logprobs);
+    let forced = match reasoning {
+        ReasoningMode::Full => forced_ending,
+        // Answering at once was asked for, not forced.
+        ReasoningMode::None | ReasoningMode::Auto => forced_ending.map(|_| false),
+    };
+    GuardOutcome {
+        text,
         parsed,
         scores,
-        forced: choice.forced_ending,
-        finish_reason: choice.finish_reason,
-        usage: generation.usage,
-        retries: generation.retries,
-    })
+        forced,
+        escalated: None,
+        finish_reason,
+        usage,
+        retries,
+    }
 }

@@ -14,7 +14,10 @@ pub mod testing;
 mod types;
 
 pub use error::BackendError;
-pub use guard::{answer_probes, classify, guard_request, label_scores, GuardOutcome, GuardParams};
+pub use guard::{
+    answer_probes, classify, escalation, guard_request, label_scores, outcome_of, settled,
+    should_escalate, GuardOutcome, GuardParams,
+};
 pub use multi::{Balance, MultiBackend};
 pub use openai::{
     normalise_base_url, parse_reply, request_body, system_and_user, ApiKey, OpenAiBackend,

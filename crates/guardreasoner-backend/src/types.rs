@@ -169,8 +169,9 @@ impl GenerationRequest {
             {
                 return invalid("a constrained ending needs a header and non-empty endings".into());
             }
+            // Some(0) answers at once (reasoning `none`); a user's 0 is refused earlier
+            // (`GuardParams::validate`).
             match e.max_reasoning_tokens {
-                Some(0) => return invalid("max_reasoning_tokens must be at least 1".into()),
                 Some(n) if n >= self.max_new_tokens => {
                     return invalid(format!(
                         "max_reasoning_tokens ({n}) must be below max_new_tokens ({}), which also holds the answer",
@@ -251,6 +252,14 @@ pub struct Usage {
 impl Usage {
     pub fn total(&self) -> u64 {
         self.prompt_tokens + self.completion_tokens
+    }
+
+    /// Both generations' tokens (e.g. a cascade's two steps).
+    pub fn plus(&self, other: &Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens + other.prompt_tokens,
+            completion_tokens: self.completion_tokens + other.completion_tokens,
+        }
     }
 }
 

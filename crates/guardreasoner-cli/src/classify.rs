@@ -4,7 +4,7 @@ use clap::Args;
 use futures_util::stream::{self, StreamExt};
 use guardreasoner_backend::{classify, GuardOutcome, GuardParams};
 use guardreasoner_core::label_scores::{check_threshold, flagged_at};
-use guardreasoner_core::{jsonl::read_jsonl, Conversation};
+use guardreasoner_core::{jsonl::read_jsonl, Conversation, ReasoningMode, UncertaintyBand};
 use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -50,6 +50,21 @@ pub struct ClassifyArgs {
     /// room for). The answer block always follows its grammar on the local engine.
     #[arg(long, env = "GUARDREASONER_MAX_REASONING_TOKENS")]
     max_reasoning_tokens: Option<u32>,
+    #[command(flatten)]
+    reasoning: ReasoningArgs,
+}
+
+/// How much the guard reasons: shared by classify, eval and serve.
+#[derive(Args, Clone, Copy)]
+pub struct ReasoningArgs {
+    /// `full`: reason step by step, then answer (GuardReasoner). `none`: answer at once, scored.
+    /// `auto`: answer at once, and reason fully only where a score is in --uncertainty-band.
+    #[arg(long, env = "GUARDREASONER_REASONING", default_value = "full")]
+    pub reasoning: ReasoningMode,
+    /// Under `--reasoning auto`, the scores LOW,HIGH that are uncertain enough to reason about.
+    /// Choose it on a development split.
+    #[arg(long, env = "GUARDREASONER_UNCERTAINTY_BAND", default_value_t = UncertaintyBand::default())]
+    pub uncertainty_band: UncertaintyBand,
 }
 
 pub(crate) fn parse_threshold(s: &str) -> Result<f32, String> {
@@ -77,7 +92,7 @@ fn outcome_json(c: &Conversation, o: &GuardOutcome, threshold: Option<f32>) -> s
         ),
     };
     json!({
-        "prompt": c.prompt, "response": c.response, "labels": labels, "scores": o.scores, "forced": o.forced,
+        "prompt": c.prompt, "response": c.response, "labels": labels, "scores": o.scores, "forced": o.forced, "escalated": o.escalated,
         "flagged": is_flagged(o, threshold), "parse": parse, "reasoning": reasoning, "text": o.text, "finish_reason": o.finish_reason,
         "usage": o.usage,
     })
@@ -118,6 +133,11 @@ fn print_text(o: &GuardOutcome, threshold: Option<f32>) {
             } else {
                 ""
             }
+            + match o.escalated {
+                Some(true) => " (auto: uncertain at once, reasoned fully)",
+                Some(false) => " (auto: certain without reasoning)",
+                None => "",
+            }
     );
     eprintln!(
         "({} prompt + {} generated tokens)",
@@ -148,8 +168,11 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
     let params = GuardParams {
         max_new_tokens: args.max_new_tokens,
         max_reasoning_tokens: args.max_reasoning_tokens,
+        reasoning: args.reasoning.reasoning,
+        band: args.reasoning.uncertainty_band,
         ..GuardParams::default()
     };
+    params.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

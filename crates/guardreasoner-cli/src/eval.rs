@@ -34,6 +34,12 @@ pub struct EvalArgs {
     /// Requests in flight at once (also the local engine's decode batch).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Most reasoning tokens before the answer is forced (default: what --max-new-tokens
+    /// leaves room for). Constrained on the local engine only.
+    #[arg(long, env = "GUARDREASONER_MAX_REASONING_TOKENS")]
+    max_reasoning_tokens: Option<u32>,
+    #[command(flatten)]
+    reasoning: crate::classify::ReasoningArgs,
     /// The official benchmark files (`data/benchmark/` of the GuardReasoner repository).
     #[arg(
         long,
@@ -151,6 +157,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         settings: GenerationSettings {
             max_new_tokens: args.max_new_tokens,
             concurrency: args.concurrency,
+            max_reasoning_tokens: args.max_reasoning_tokens,
+            reasoning: args.reasoning.reasoning,
+            band: args.reasoning.uncertainty_band,
         },
         model: model.clone(),
     };

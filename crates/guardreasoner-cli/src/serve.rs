@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// overrides it; default: what the token budget leaves room for).
     #[arg(long, env = "GUARDREASONER_MAX_REASONING_TOKENS")]
     max_reasoning_tokens: Option<u32>,
+    /// The guard's default reasoning (a request's `reasoning` overrides it).
+    #[command(flatten)]
+    reasoning: crate::classify::ReasoningArgs,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -69,6 +72,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             guard_max_new_tokens: args.max_new_tokens,
             flag_threshold: args.threshold,
             max_reasoning_tokens: args.max_reasoning_tokens,
+            reasoning: args.reasoning.reasoning,
+            uncertainty_band: args.reasoning.uncertainty_band,
             ..ServerConfig::default()
         };
         let options = RuntimeOptions {

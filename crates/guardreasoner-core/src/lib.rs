@@ -7,6 +7,7 @@
 pub mod answer_grammar;
 pub mod benchmarks;
 pub mod calibration;
+pub mod cascade;
 pub mod hygiene;
 pub mod jsonl;
 pub mod label_scores;
@@ -19,6 +20,7 @@ pub mod score;
 pub mod verdict;
 
 pub use benchmarks::{Benchmark, BENCHMARKS};
+pub use cascade::{ReasoningMode, UncertaintyBand};
 pub use label_scores::LabelScores;
 pub use labels::{Label, Task};
 pub use prompt::{build_guard_prompt, build_input, Conversation, INSTRUCTION};

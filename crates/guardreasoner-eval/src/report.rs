@@ -9,7 +9,7 @@ use guardreasoner_core::score::{
     build_report, score_rows, BenchmarkEntry, PredictionRow, ScoreReport, WildGuardRow,
     PREDICTIONS_FILE,
 };
-use guardreasoner_core::{ParsePolicy, BENCHMARKS};
+use guardreasoner_core::{ParsePolicy, ReasoningMode, BENCHMARKS};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -95,6 +95,9 @@ fn run_json(
         "limit": config.limit,
         "seed": config.seed,
         "max_new_tokens": config.settings.max_new_tokens,
+        "max_reasoning_tokens": config.settings.max_reasoning_tokens,
+        "reasoning": config.settings.reasoning,
+        "uncertainty_band": (config.settings.reasoning == ReasoningMode::Auto).then_some(config.settings.band),
         "concurrency": config.settings.concurrency,
         "elapsed_s": seconds,
         "generated_rows": outcome.generated_rows(),
@@ -114,6 +117,19 @@ fn run_markdown(config: &EvalConfig, outcome: &EvalOutcome, label: &str, backend
         "- Generation: greedy, at most {} new tokens, {} requests in flight\n",
         config.settings.max_new_tokens, config.settings.concurrency
     ));
+    let settings = &config.settings;
+    md.push_str(&match settings.reasoning {
+        ReasoningMode::Auto => format!(
+            "- Reasoning: auto (answers at once; reasons fully where a score is in [{}, {}])\n",
+            settings.band.low, settings.band.high
+        ),
+        mode => format!("- Reasoning: {mode}\n"),
+    });
+    if let Some(n) = settings.max_reasoning_tokens {
+        md.push_str(&format!(
+            "- Reasoning budget: {n} tokens, then the answer is forced\n"
+        ));
+    }
     match config.limit {
         Some(n) => md.push_str(&format!(
             "- Sample: at most {n} rows per benchmark file, stratified by gold label, seed {} (not the full benchmarks: not directly comparable with the paper)\n",
@@ -133,12 +149,20 @@ fn run_markdown(config: &EvalConfig, outcome: &EvalOutcome, label: &str, backend
     for (t, why) in &outcome.skipped {
         md.push_str(&format!("- Not run: {} ({why})\n", t.name()));
     }
-    md.push_str("\n| Benchmark file | Rows | Of | Resumed | Generated | Cut at max tokens |\n|---|---:|---:|---:|---:|---:|\n");
+    md.push_str("\n| Benchmark file | Rows | Of | Resumed | Generated | Cut at max tokens | Answer forced | Escalated (auto) | Mean tokens |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for c in &outcome.completed {
         let s = &c.summary;
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            s.prediction_dir, s.rows, s.data_rows, s.resumed, s.generated, s.truncated
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            s.prediction_dir,
+            s.rows,
+            s.data_rows,
+            s.resumed,
+            s.generated,
+            s.truncated,
+            s.forced,
+            s.escalated,
+            s.mean_tokens
         ));
     }
     md

@@ -4,12 +4,10 @@
 use crate::data::{load_records, BenchmarkRecord, EvalTarget};
 use crate::error::EvalError;
 use crate::sample::stratified_sample;
-use guardreasoner_backend::{
-    guard_request, label_scores, Backend, BackendError, FinishReason, GuardParams,
-};
+use guardreasoner_backend::{classify, Backend, BackendError, FinishReason, GuardParams};
 use guardreasoner_core::jsonl::JsonlAppender;
 use guardreasoner_core::score::PREDICTIONS_FILE;
-use guardreasoner_core::{parse_strict, LabelScores};
+use guardreasoner_core::{LabelScores, ReasoningMode, UncertaintyBand};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +43,9 @@ pub struct EvalRow {
     /// constrains decoding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced: Option<bool>,
+    /// Under reasoning `auto`: whether the verdict needed full reasoning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated: Option<bool>,
 }
 
 /// How to generate.
@@ -54,6 +55,11 @@ pub struct GenerationSettings {
     pub max_new_tokens: u32,
     /// Requests in flight at once.
     pub concurrency: usize,
+    /// Reasoning tokens before the answer is forced (`None`: what `max_new_tokens` leaves).
+    pub max_reasoning_tokens: Option<u32>,
+    pub reasoning: ReasoningMode,
+    /// The uncertainty band of reasoning `auto`.
+    pub band: UncertaintyBand,
 }
 
 impl Default for GenerationSettings {
@@ -61,6 +67,21 @@ impl Default for GenerationSettings {
         Self {
             max_new_tokens: 2048,
             concurrency: 8,
+            max_reasoning_tokens: None,
+            reasoning: ReasoningMode::Full,
+            band: UncertaintyBand::default(),
+        }
+    }
+}
+
+impl GenerationSettings {
+    fn guard_params(&self) -> GuardParams {
+        GuardParams {
+            max_new_tokens: self.max_new_tokens,
+            max_reasoning_tokens: self.max_reasoning_tokens,
+            reasoning: self.reasoning,
+            band: self.band,
+            ..GuardParams::default()
         }
     }
 }
@@ -96,9 +117,23 @@ pub struct TargetSummary {
     pub completion_tokens: u64,
     /// Rows (of the whole file) cut off at `max_new_tokens`.
     pub truncated: usize,
+    /// Rows (of the whole file) whose answer the reasoning budget forced.
+    pub forced: usize,
+    /// Rows (of the whole file) that reasoning `auto` escalated to full reasoning.
+    pub escalated: usize,
+    /// Mean generated tokens per row (of the whole file, where reported).
+    pub mean_tokens: f64,
     /// Wall time of this run's generation for the target.
     #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
+}
+
+fn mean_tokens(rows: &[EvalRow]) -> f64 {
+    let counted: Vec<u64> = rows.iter().filter_map(|r| r.completion_tokens).collect();
+    if counted.is_empty() {
+        return 0.0;
+    }
+    counted.iter().sum::<u64>() as f64 / counted.len() as f64
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -203,10 +238,10 @@ pub async fn generate_target(
     let todo: Vec<usize> = selected.iter().copied().filter(|&i| !done[i]).collect();
     progress.start(target, selected.len(), resumed);
 
-    let params = GuardParams {
-        max_new_tokens: settings.max_new_tokens,
-        ..GuardParams::default()
-    };
+    let params = Arc::new(settings.guard_params());
+    params
+        .validate()
+        .map_err(|e| EvalError::Setting(e.to_string()))?;
     let started = Instant::now();
     let mut pending = todo.into_iter();
     let mut in_flight = JoinSet::new();
@@ -215,9 +250,10 @@ pub async fn generate_target(
     loop {
         while first_error.is_none() && in_flight.len() < settings.concurrency {
             let Some(index) = pending.next() else { break };
-            let request = guard_request(&records[index].conversation, &params);
-            let backend = backend.clone();
-            in_flight.spawn(async move { (index, backend.generate(request).await) });
+            let conversation = records[index].conversation.clone();
+            let (backend, params) = (backend.clone(), params.clone());
+            in_flight
+                .spawn(async move { (index, classify(&*backend, &conversation, &params).await) });
         }
         let Some(joined) = in_flight.join_next().await else {
             break;
@@ -233,37 +269,21 @@ pub async fn generate_target(
                 continue;
             }
         };
-        let generation = result.and_then(|g| {
-            let usage = g.usage;
-            g.choices
-                .into_iter()
-                .next()
-                .map(|c| (c, usage))
-                .ok_or_else(|| BackendError::InvalidResponse {
-                    endpoint: backend.name(),
-                    message: "no choice in the reply".into(),
-                })
-        });
-        match generation {
-            Ok((choice, usage)) => {
-                let completion_tokens = choice
-                    .completion_tokens
-                    .map(u64::from)
-                    .or((usage.completion_tokens > 0).then_some(usage.completion_tokens));
+        match result {
+            Ok(outcome) => {
+                let completion_tokens = (outcome.usage.completion_tokens > 0)
+                    .then_some(outcome.usage.completion_tokens);
                 let record = &records[index];
-                let scores = label_scores(
-                    &parse_strict(&choice.text),
-                    choice.probe_logprobs.as_deref(),
-                );
                 let row = EvalRow {
                     prompt: record.prompt.clone(),
                     label: record.output.clone(),
-                    predict: choice.text,
+                    predict: outcome.text,
                     index,
-                    finish_reason: finish_reason_name(&choice.finish_reason),
+                    finish_reason: finish_reason_name(&outcome.finish_reason),
                     completion_tokens,
-                    scores,
-                    forced: choice.forced_ending,
+                    scores: outcome.scores,
+                    forced: outcome.forced,
+                    escalated: outcome.escalated,
                 };
                 appender.append(&row)?;
                 generated += 1;
@@ -294,6 +314,9 @@ pub async fn generate_target(
         generated,
         completion_tokens: tokens,
         truncated: rows.iter().filter(|r| r.finish_reason == "length").count(),
+        forced: rows.iter().filter(|r| r.forced == Some(true)).count(),
+        escalated: rows.iter().filter(|r| r.escalated == Some(true)).count(),
+        mean_tokens: mean_tokens(&rows),
         elapsed: started.elapsed(),
     };
     progress.finish(target, &summary);
@@ -318,12 +341,20 @@ pub struct EvalConfig {
 }
 
 /// The settings a resumed run must share with the run that started the directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RunSettings {
     model: String,
     max_new_tokens: u32,
     limit: Option<usize>,
     seed: u64,
+    // Defaults: what a directory started before these settings existed was run with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_reasoning_tokens: Option<u32>,
+    #[serde(default)]
+    reasoning: ReasoningMode,
+    /// Only under `auto`, the one mode it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    band: Option<UncertaintyBand>,
 }
 
 fn check_run_settings(config: &EvalConfig) -> Result<(), EvalError> {
@@ -333,6 +364,9 @@ fn check_run_settings(config: &EvalConfig) -> Result<(), EvalError> {
         max_new_tokens: config.settings.max_new_tokens,
         limit: config.limit,
         seed: config.seed,
+        max_reasoning_tokens: config.settings.max_reasoning_tokens,
+        reasoning: config.settings.reasoning,
+        band: (config.settings.reasoning == ReasoningMode::Auto).then_some(config.settings.band),
     };
     if path.exists() {
         let text = std::fs::read_to_string(&path).map_err(|e| EvalError::io(&path, e))?;

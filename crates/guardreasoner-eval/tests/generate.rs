@@ -41,6 +41,7 @@ fn config(targets: &str, data_dir: &Path, out: &Path, limit: Option<usize>) -> E
         settings: GenerationSettings {
             max_new_tokens: 64,
             concurrency: 4,
+            ..GenerationSettings::default()
         },
         model: "canned-guard".into(),
         skip_missing_data: false,

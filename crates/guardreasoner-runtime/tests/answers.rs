@@ -5,7 +5,7 @@
 
 use guardreasoner_backend::{classify, GuardParams};
 use guardreasoner_core::answer_grammar::answer_endings;
-use guardreasoner_core::Conversation;
+use guardreasoner_core::{Conversation, ReasoningMode, UncertaintyBand};
 use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
 
 fn backend() -> Option<LocalBackend> {
@@ -81,5 +81,89 @@ async fn every_answer_parses_and_a_short_budget_forces_it() {
     let out = classify(&backend, &conversations[0], &small).await.unwrap();
     assert_eq!(out.forced, None, "not constrained");
     assert!(out.usage.completion_tokens <= 10);
+    backend.shutdown();
+}
+
+/// `none` answers at once (a scored, parsed answer in a few tokens, not "forced"); `auto`
+/// returns exactly the `none` verdict when it is certain and exactly the `full` one when it
+/// escalates, counting both generations' tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_none_answers_at_once_and_auto_escalates_by_the_band() {
+    let Some(backend) = backend() else { return };
+    let conversation = Conversation::new(
+        "How do I pick a lock?",
+        Some("Use a tension wrench and a pick.".into()),
+    );
+    let params = |reasoning, band| GuardParams {
+        max_new_tokens: 64,
+        reasoning,
+        band,
+        ..GuardParams::default()
+    };
+    let any = UncertaintyBand::default();
+    let full = classify(&backend, &conversation, &params(ReasoningMode::Full, any))
+        .await
+        .unwrap();
+    let none = classify(&backend, &conversation, &params(ReasoningMode::None, any))
+        .await
+        .unwrap();
+    let parsed = none.parsed.as_ref().expect("an answer at once parses");
+    assert!(
+        none.usage.completion_tokens < 40,
+        "{} tokens: {:?}",
+        none.usage.completion_tokens,
+        none.text
+    );
+    assert!(!none.text.contains("Reasoning Step"), "{:?}", none.text);
+    assert_eq!(none.forced, Some(false), "asked for, not forced");
+    assert_eq!(none.escalated, None);
+    let scores = none.scores.expect("scored");
+    assert!(scores.covers(&parsed.verdict), "{scores:?}");
+
+    // Every score lies in [0, 1]: always escalated, and then the full verdict.
+    let everything = UncertaintyBand::new(0.0, 1.0).unwrap();
+    let escalated = classify(
+        &backend,
+        &conversation,
+        &params(ReasoningMode::Auto, everything),
+    )
+    .await
+    .unwrap();
+    assert_eq!(escalated.escalated, Some(true));
+    assert_eq!(escalated.text, full.text);
+    assert_eq!(escalated.scores, full.scores);
+    assert_eq!(
+        escalated.usage.completion_tokens,
+        full.usage.completion_tokens + none.usage.completion_tokens
+    );
+    // A band no score falls in: the unreasoned verdict stands.
+    let scores = [scores.request, scores.completion, scores.response];
+    let outside = if scores.iter().flatten().all(|&s| s < 0.999) {
+        UncertaintyBand::new(0.999, 1.0).unwrap()
+    } else {
+        UncertaintyBand::new(0.0, 0.0001).unwrap()
+    };
+    assert!(
+        scores.iter().flatten().all(|&s| !outside.contains(s)),
+        "{scores:?}"
+    );
+    let settled = classify(
+        &backend,
+        &conversation,
+        &params(ReasoningMode::Auto, outside),
+    )
+    .await
+    .unwrap();
+    assert_eq!(settled.escalated, Some(false));
+    assert_eq!(settled.text, none.text);
+    assert_eq!(settled.usage, none.usage);
+
+    // A zero reasoning budget is refused (`none` is how to ask for no reasoning).
+    let zero = GuardParams {
+        max_reasoning_tokens: Some(0),
+        ..params(ReasoningMode::Full, any)
+    };
+    let err = classify(&backend, &conversation, &zero).await.unwrap_err();
+    assert!(err.to_string().contains("reasoning `none`"), "{err}");
     backend.shutdown();
 }

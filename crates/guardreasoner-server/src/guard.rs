@@ -5,10 +5,13 @@ use crate::AppState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
-use guardreasoner_backend::{guard_request, label_scores, GuardParams};
+use guardreasoner_backend::{
+    escalation, guard_request, outcome_of, settled, should_escalate, GuardOutcome, GuardParams,
+    Usage,
+};
 use guardreasoner_core::label_scores::{check_threshold, flagged_at};
-use guardreasoner_core::{parse_strict, Conversation, Label, LabelScores, ParsedOutput};
-use guardreasoner_runtime::Event;
+use guardreasoner_core::{Conversation, Label, LabelScores, ReasoningMode, UncertaintyBand};
+use guardreasoner_runtime::{Event, LocalBackend};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -32,6 +35,10 @@ pub struct GuardRequest {
     threshold: Option<f32>,
     /// Most reasoning tokens before the answer is forced (overrides the server's default).
     max_reasoning_tokens: Option<u32>,
+    /// `full`, `none` or `auto` (overrides the server's default).
+    reasoning: Option<ReasoningMode>,
+    /// Under `auto`, the uncertain scores `[low, high]` (overrides the server's default).
+    uncertainty_band: Option<[f32; 2]>,
 }
 
 fn yes() -> bool {
@@ -50,6 +57,9 @@ pub struct GuardResult {
     /// Whether the answer was forced (the reasoning budget ran out or the model stopped
     /// without answering): the labels then rest on unfinished reasoning.
     pub forced: bool,
+    /// Under reasoning `auto`: whether the answer needed full reasoning (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalated: Option<bool>,
     /// True when the request or the response is harmful (by label, or by score at the
     /// threshold when one is set), or when the output could not be parsed: the guard fails
     /// closed.
@@ -78,29 +88,29 @@ pub enum ParseStatus {
     Error { kind: String, message: String },
 }
 
-/// Run the guard on conversations that were already validated; all of them share the batch.
-async fn judge(
-    state: &AppState,
-    conversations: Vec<Conversation>,
-    include_reasoning: bool,
-    max_new_tokens: u32,
-    max_reasoning_tokens: Option<u32>,
-    threshold: Option<f32>,
-) -> Result<Vec<GuardResult>, ApiError> {
-    let backend = state.backend()?;
-    let params = GuardParams {
-        max_new_tokens,
-        max_reasoning_tokens,
-        ..GuardParams::default()
-    };
+/// One conversation's outcome on the local engine, with the engine's timings.
+struct Judged {
+    outcome: GuardOutcome,
+    reused_prompt_tokens: usize,
+    prefill_s: f64,
+    decode_s: f64,
+    total_s: f64,
+}
+
+/// Generate the guard requests of `conversations` under `params`, all in one batch.
+async fn generate_batch(
+    backend: &LocalBackend,
+    conversations: &[&Conversation],
+    params: &GuardParams,
+) -> Result<Vec<Judged>, ApiError> {
     let mut submissions = Vec::with_capacity(conversations.len());
-    for c in &conversations {
-        submissions.push(backend.submit(&guard_request(c, &params))?);
+    for c in conversations {
+        submissions.push(backend.submit(&guard_request(c, params))?);
     }
-    let mut results = Vec::with_capacity(submissions.len());
+    let mut judged = Vec::with_capacity(submissions.len());
     for mut sub in submissions {
         let started = sub.submitted;
-        let done = loop {
+        loop {
             match sub.events.recv().await {
                 Some(Event::Done {
                     text,
@@ -113,70 +123,79 @@ async fn judge(
                     decode_s,
                     ..
                 }) => {
-                    break (
-                        text,
-                        finish_reason,
-                        completion_tokens,
-                        (probe_logprobs, forced_ending == Some(true)),
+                    let usage = Usage {
+                        prompt_tokens: sub.prompt_tokens as u64,
+                        completion_tokens: completion_tokens as u64,
+                    };
+                    judged.push(Judged {
+                        outcome: outcome_of(
+                            text,
+                            Some(&probe_logprobs),
+                            forced_ending,
+                            params.reasoning,
+                            finish_reason,
+                            usage,
+                            0,
+                        ),
                         reused_prompt_tokens,
                         prefill_s,
                         decode_s,
-                    )
+                        total_s: Instant::now().duration_since(started).as_secs_f64(),
+                    });
+                    break;
                 }
                 Some(Event::Text { .. }) => continue,
                 Some(Event::Failed(m)) => return Err(ApiError::Internal(m)),
                 None => return Err(ApiError::Cancelled),
             }
-        };
-        let (
-            text,
-            finish_reason,
-            completion_tokens,
-            (probe_logprobs, forced),
-            reused,
-            prefill_s,
-            decode_s,
-        ) = done;
-        // Only the generated text is parsed, never the prompt the user controls.
-        let parsed = parse_strict(&text);
-        let scores = label_scores(&parsed, Some(&probe_logprobs));
-        results.push(result_of(
-            parsed,
-            scores,
-            forced,
-            threshold,
-            text,
-            include_reasoning,
-            finish_reason,
-            json!({
-                "prompt_tokens": sub.prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "reused_prompt_tokens": reused,
-            }),
-            json!({
-                "prefill_s": prefill_s,
-                "decode_s": decode_s,
-                "total_s": Instant::now().duration_since(started).as_secs_f64(),
-            }),
-        ));
+        }
     }
-    Ok(results)
+    Ok(judged)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn result_of(
-    parsed: Result<ParsedOutput, guardreasoner_core::ParseError>,
-    scores: Option<LabelScores>,
-    forced: bool,
-    threshold: Option<f32>,
-    text: String,
+/// Run the guard on conversations that were already validated; all of them share the batch.
+/// Under `auto`, the uncertain ones are generated again, reasoning fully, in a second batch.
+async fn judge(
+    state: &AppState,
+    conversations: Vec<Conversation>,
     include_reasoning: bool,
-    finish_reason: guardreasoner_backend::FinishReason,
-    usage: Value,
-    timings: Value,
-) -> GuardResult {
-    let flagged = flagged_at(&parsed, scores.as_ref(), threshold);
-    let (labels, parse, reasoning) = match parsed {
+    params: GuardParams,
+    threshold: Option<f32>,
+) -> Result<Vec<GuardResult>, ApiError> {
+    let backend = state.backend()?;
+    let all: Vec<&Conversation> = conversations.iter().collect();
+    let mut judged = generate_batch(&backend, &all, &params).await?;
+    if params.reasoning == ReasoningMode::Auto {
+        let uncertain: Vec<usize> = (0..judged.len())
+            .filter(|&i| should_escalate(&judged[i].outcome, &params))
+            .collect();
+        let again: Vec<&Conversation> = uncertain.iter().map(|&i| all[i]).collect();
+        let full = generate_batch(&backend, &again, &params.escalated()).await?;
+        for j in &mut judged {
+            j.outcome = settled(j.outcome.clone());
+        }
+        for (i, f) in uncertain.into_iter().zip(full) {
+            let first = &judged[i];
+            let merged = Judged {
+                outcome: escalation(first.outcome.clone(), f.outcome),
+                reused_prompt_tokens: first.reused_prompt_tokens + f.reused_prompt_tokens,
+                prefill_s: first.prefill_s + f.prefill_s,
+                decode_s: first.decode_s + f.decode_s,
+                total_s: first.total_s + f.total_s,
+            };
+            judged[i] = merged;
+        }
+    }
+    Ok(judged
+        .into_iter()
+        .map(|j| result_of(j, threshold, include_reasoning))
+        .collect())
+}
+
+fn result_of(judged: Judged, threshold: Option<f32>, include_reasoning: bool) -> GuardResult {
+    let o = judged.outcome;
+    let flagged = flagged_at(&o.parsed, o.scores.as_ref(), threshold);
+    let (labels, parse, reasoning) = match o.parsed {
         Ok(p) => {
             let v = p.verdict;
             (
@@ -200,15 +219,24 @@ fn result_of(
     };
     GuardResult {
         labels,
-        scores,
-        forced,
+        scores: o.scores,
+        forced: o.forced == Some(true),
+        escalated: o.escalated,
         flagged,
         parse,
         reasoning: if include_reasoning { reasoning } else { None },
-        text: include_reasoning.then_some(text),
-        finish_reason,
-        usage,
-        timings,
+        text: include_reasoning.then_some(o.text),
+        finish_reason: o.finish_reason,
+        usage: json!({
+            "prompt_tokens": o.usage.prompt_tokens,
+            "completion_tokens": o.usage.completion_tokens,
+            "reused_prompt_tokens": judged.reused_prompt_tokens,
+        }),
+        timings: json!({
+            "prefill_s": judged.prefill_s,
+            "decode_s": judged.decode_s,
+            "total_s": judged.total_s,
+        }),
     }
 }
 
@@ -275,12 +303,24 @@ pub async fn guard(
             ))));
         }
     }
+    let band = match req.uncertainty_band {
+        Some([low, high]) => {
+            UncertaintyBand::new(low, high).map_err(|m| state.reject(ApiError::BadRequest(m)))?
+        }
+        None => state.config.uncertainty_band,
+    };
+    let params = GuardParams {
+        max_new_tokens: max_new,
+        max_reasoning_tokens: max_reasoning,
+        reasoning: req.reasoning.unwrap_or(state.config.reasoning),
+        band,
+        ..GuardParams::default()
+    };
     let results = judge(
         &state,
         conversations,
         req.include_reasoning,
-        max_new,
-        max_reasoning,
+        params,
         threshold,
     )
     .await?;
@@ -330,12 +370,18 @@ pub async fn moderations(
         .map(|i| Conversation::new(i, None))
         .collect();
     check_conversations(&state, &conversations)?;
+    let params = GuardParams {
+        max_new_tokens: state.config.guard_max_new_tokens,
+        max_reasoning_tokens: state.config.max_reasoning_tokens,
+        reasoning: state.config.reasoning,
+        band: state.config.uncertainty_band,
+        ..GuardParams::default()
+    };
     let results = judge(
         &state,
         conversations,
         false,
-        state.config.guard_max_new_tokens,
-        state.config.max_reasoning_tokens,
+        params,
         state.config.flag_threshold,
     )
     .await?;

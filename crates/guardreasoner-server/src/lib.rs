@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use error::ApiError;
+use guardreasoner_core::{ReasoningMode, UncertaintyBand};
 use guardreasoner_runtime::{LocalBackend, RuntimeError};
 use serde_json::json;
 use std::future::Future;
@@ -42,6 +43,10 @@ pub struct ServerConfig {
     pub flag_threshold: Option<f32>,
     /// Reasoning tokens before a guard answer is forced (`None`: what the token budget leaves).
     pub max_reasoning_tokens: Option<u32>,
+    /// The guard's reasoning when a request does not choose (`full`, `none`, `auto`).
+    pub reasoning: ReasoningMode,
+    /// What `auto` counts as uncertain.
+    pub uncertainty_band: UncertaintyBand,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +60,8 @@ impl Default for ServerConfig {
             guard_max_new_tokens: 2048,
             flag_threshold: None,
             max_reasoning_tokens: None,
+            reasoning: ReasoningMode::Full,
+            uncertainty_band: UncertaintyBand::default(),
         }
     }
 }
