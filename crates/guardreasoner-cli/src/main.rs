@@ -1,6 +1,7 @@
 //! `guardreasoner`: reasoning-based LLM safeguards (GuardReasoner, Liu et al. 2025).
 
 mod bench;
+mod cascade;
 mod classify;
 mod data;
 mod eval;
@@ -45,6 +46,9 @@ enum Command {
     /// Score official-layout prediction files (`<dir>/<Benchmark>/generated_predictions.jsonl`)
     /// and print the paper's tables.
     Score(score::ScoreArgs),
+    /// Choose `--reasoning auto`'s uncertainty band on a development split: F1 and generated
+    /// tokens per band, from an `eval --reasoning none` run and a `full` one over the same rows.
+    Cascade(cascade::CascadeArgs),
     /// Benchmarks (`bench engine`: the inference engine on the guard workload).
     Bench(bench::BenchArgs),
     /// Training data without a teacher: `data distill` (R-SFT records from released predictions).
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Loadgen(args) => loadgen::run(args),
         Command::Model(args) => model::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Cascade(args) => cascade::run(args),
         Command::Score(args) => score::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Data(args) => data::run(args),

@@ -7,6 +7,7 @@
 //! [`generate_target`]; [`write_report`] scores (strict and paper policy) and writes
 //! `report.md`, `report.json` and `f1.svg`.
 
+pub mod cascade;
 pub mod chart;
 mod data;
 mod error;

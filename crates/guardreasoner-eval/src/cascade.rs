@@ -1,0 +1,151 @@
+//! Choosing `--reasoning auto`'s uncertainty band without generating again: given an eval
+//! run with `--reasoning none` and one with `full` over the same rows (a development split),
+//! the `auto` verdict of every row at any band is known exactly (greedy decoding: `auto`
+//! returns the `none` generation when certain and the `full` one when it escalates), so each
+//! band's F1 and generated tokens are computed from the two files.
+
+use crate::error::EvalError;
+use crate::run::EvalRow;
+use guardreasoner_core::cascade::needs_reasoning;
+use guardreasoner_core::jsonl::read_jsonl;
+use guardreasoner_core::score::{score_rows, PredictionRow, PREDICTIONS_FILE};
+use guardreasoner_core::{parse_strict, ParsePolicy, UncertaintyBand, BENCHMARKS};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// How `auto` does on one benchmark at one band (`None`: the `full` or `none` run alone).
+#[derive(Debug, Clone, Serialize)]
+pub struct CascadePoint {
+    pub benchmark: String,
+    /// `full`, `none` or `auto`.
+    pub mode: &'static str,
+    pub band: Option<UncertaintyBand>,
+    pub rows: usize,
+    /// Rows `auto` reasoned fully.
+    pub escalated: usize,
+    /// Generated tokens per row (an escalated row counts both generations).
+    pub mean_tokens: f64,
+    /// Strict F1 (%) at the model's labels.
+    pub f1: f64,
+    pub parse_failures: usize,
+}
+
+fn to_prediction(row: &EvalRow) -> PredictionRow {
+    PredictionRow {
+        prompt: row.prompt.clone(),
+        label: row.label.clone(),
+        predict: row.predict.clone(),
+        scores: row.scores,
+    }
+}
+
+fn point(
+    bench: &guardreasoner_core::Benchmark,
+    mode: &'static str,
+    band: Option<UncertaintyBand>,
+    rows: &[(&EvalRow, u64)],
+    escalated: usize,
+) -> CascadePoint {
+    let predictions: Vec<PredictionRow> = rows.iter().map(|(r, _)| to_prediction(r)).collect();
+    let score = score_rows(&predictions, bench, ParsePolicy::Strict, None);
+    let tokens: u64 = rows.iter().map(|(_, t)| t).sum();
+    CascadePoint {
+        benchmark: bench.name.to_string(),
+        mode,
+        band,
+        rows: rows.len(),
+        escalated,
+        mean_tokens: tokens as f64 / rows.len().max(1) as f64,
+        f1: score.f1,
+        parse_failures: score.parse_failures,
+    }
+}
+
+/// Every benchmark both directories hold (WildGuardTest aside: its gold labels need the data
+/// file), scored as `full`, `none` and `auto` at each band, on the rows both runs generated.
+pub fn sweep(
+    none_dir: &Path,
+    full_dir: &Path,
+    bands: &[UncertaintyBand],
+) -> Result<Vec<CascadePoint>, EvalError> {
+    let mut points = Vec::new();
+    for bench in BENCHMARKS.iter().filter(|b| b.name != "WildGuardTest") {
+        let (none_path, full_path) = (
+            none_dir.join(bench.prediction_dir).join(PREDICTIONS_FILE),
+            full_dir.join(bench.prediction_dir).join(PREDICTIONS_FILE),
+        );
+        if !none_path.exists() || !full_path.exists() {
+            continue;
+        }
+        let none: Vec<EvalRow> = read_jsonl(&none_path)?;
+        let full: Vec<EvalRow> = read_jsonl(&full_path)?;
+        let full_by_index: HashMap<usize, &EvalRow> = full.iter().map(|r| (r.index, r)).collect();
+        let mut pairs = Vec::new();
+        for n in &none {
+            let Some(&f) = full_by_index.get(&n.index) else {
+                continue;
+            };
+            if f.prompt != n.prompt {
+                return Err(EvalError::ResumeMismatch {
+                    path: full_path.clone(),
+                    message: format!(
+                        "row {} has another prompt than in {}",
+                        n.index,
+                        none_path.display()
+                    ),
+                });
+            }
+            pairs.push((n, f));
+        }
+        if pairs.is_empty() {
+            continue;
+        }
+        let tokens = |r: &EvalRow| r.completion_tokens.unwrap_or(0);
+        let full_rows: Vec<(&EvalRow, u64)> = pairs.iter().map(|&(_, f)| (f, tokens(f))).collect();
+        let none_rows: Vec<(&EvalRow, u64)> = pairs.iter().map(|&(n, _)| (n, tokens(n))).collect();
+        points.push(point(bench, "full", None, &full_rows, 0));
+        points.push(point(bench, "none", None, &none_rows, 0));
+        for &band in bands {
+            let mut escalated = 0;
+            let rows: Vec<(&EvalRow, u64)> = pairs
+                .iter()
+                .map(|&(n, f)| {
+                    if needs_reasoning(&parse_strict(&n.predict), n.scores.as_ref(), band) {
+                        escalated += 1;
+                        (f, tokens(n) + tokens(f))
+                    } else {
+                        (n, tokens(n))
+                    }
+                })
+                .collect();
+            points.push(point(bench, "auto", Some(band), &rows, escalated));
+        }
+    }
+    Ok(points)
+}
+
+/// The sweep as a Markdown table.
+pub fn markdown(points: &[CascadePoint]) -> String {
+    let mut md = String::from(
+        "| Benchmark | Reasoning | Band | Rows | Escalated | Mean tokens | F1 (strict) | Parse failures |\n|---|---|---|---:|---:|---:|---:|---:|\n",
+    );
+    for p in points {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} ({:.0}%) | {:.1} | {:.2} | {} |\n",
+            p.benchmark,
+            p.mode,
+            p.band.map_or("—".to_string(), |b| format!(
+                "[{:.2}, {:.2}]",
+                b.low, b.high
+            )),
+            p.rows,
+            p.escalated,
+            100.0 * p.escalated as f64 / p.rows.max(1) as f64,
+            p.mean_tokens,
+            p.f1,
+            p.parse_failures
+        ));
+    }
+    md
+}
