@@ -149,3 +149,71 @@ pub fn markdown(points: &[CascadePoint]) -> String {
     }
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guardreasoner_core::jsonl::write_records_atomic;
+    use guardreasoner_core::LabelScores;
+
+    fn row(index: usize, gold: &str, said: &str, score: f32, tokens: u64) -> EvalRow {
+        EvalRow {
+            prompt: format!("conversation {index}"),
+            label: gold.into(),
+            predict: format!("Answers: \nRequest: {said}\nCompletion: None\nResponse: None"),
+            index,
+            finish_reason: "stop".into(),
+            completion_tokens: Some(tokens),
+            scores: Some(LabelScores {
+                request: Some(score),
+                completion: None,
+                response: None,
+            }),
+            forced: Some(false),
+            escalated: None,
+        }
+    }
+
+    fn write(dir: &Path, rows: &[EvalRow]) {
+        let path = dir.join("ToxicChat").join(PREDICTIONS_FILE);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        write_records_atomic(&path, rows, false).unwrap();
+    }
+
+    #[test]
+    fn auto_takes_the_full_verdict_exactly_where_the_band_holds_the_score() {
+        let (none, full) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let gold = ["harmful", "unharmful", "harmful", "unharmful"];
+        // Unreasoned: right and sure, wrong and unsure, wrong and unsure, right and sure.
+        write(
+            none.path(),
+            &[
+                row(0, gold[0], "harmful", 0.95, 20),
+                row(1, gold[1], "harmful", 0.6, 20),
+                row(2, gold[2], "unharmful", 0.3, 20),
+                row(3, gold[3], "unharmful", 0.02, 20),
+            ],
+        );
+        // Reasoned: all right.
+        let full_rows: Vec<EvalRow> = (0..4).map(|i| row(i, gold[i], gold[i], 0.5, 200)).collect();
+        write(full.path(), &full_rows);
+        let wide = UncertaintyBand::new(0.1, 0.9).unwrap();
+        let narrow = UncertaintyBand::new(0.45, 0.55).unwrap();
+        let points = sweep(none.path(), full.path(), &[wide, narrow]).unwrap();
+        let summary: Vec<(&str, usize, f64, f64)> = points
+            .iter()
+            .map(|p| (p.mode, p.escalated, p.mean_tokens, p.f1))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("full", 0, 200.0, 100.0),
+                ("none", 0, 20.0, 50.0),
+                ("auto", 2, 120.0, 100.0),
+                ("auto", 0, 20.0, 50.0),
+            ]
+        );
+        assert!(markdown(&points)
+            .contains("| ToxicChat | auto | [0.10, 0.90] | 4 | 2 (50%) | 120.0 | 100.00 | 0 |"));
+    }
+}

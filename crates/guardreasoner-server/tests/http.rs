@@ -159,6 +159,45 @@ async fn every_endpoint_end_to_end() {
     assert_eq!(g["results"].as_array().unwrap().len(), 2);
     assert!(g["results"][0].get("text").is_none());
 
+    // The cascade over a batch: `none` answers at once, `auto` with a band holding every
+    // score escalates each conversation to exactly its `full` verdict.
+    let batch = json!([{"prompt": "hello"}, {"prompt": "bye", "response": "ok"}]);
+    let guard = |extra: Value| {
+        let mut body = json!({"conversations": batch, "max_new_tokens": 48});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let (_, none) = server
+        .post("/v1/guard", guard(json!({"reasoning": "none"})))
+        .await;
+    let (_, full) = server.post("/v1/guard", guard(json!({}))).await;
+    let (status, auto) = server
+        .post(
+            "/v1/guard",
+            guard(json!({"reasoning": "auto", "uncertainty_band": [0.0, 1.0]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{auto}");
+    for i in 0..2 {
+        let (n, f, a) = (
+            &none["results"][i],
+            &full["results"][i],
+            &auto["results"][i],
+        );
+        assert_eq!(n["parse"]["status"], "ok", "{n}");
+        assert_eq!(n["forced"], false, "{n}");
+        assert!(n.get("escalated").is_none(), "{n}");
+        assert_eq!(a["escalated"], true, "{a}");
+        assert_eq!(a["text"], f["text"]);
+        assert_eq!(
+            a["usage"]["completion_tokens"].as_u64().unwrap(),
+            f["usage"]["completion_tokens"].as_u64().unwrap()
+                + n["usage"]["completion_tokens"].as_u64().unwrap()
+        );
+    }
+
     // Moderations in OpenAI's schema.
     let (status, m) = server
         .post("/v1/moderations", json!({"input": ["a", "b"]}))
@@ -427,6 +466,24 @@ async fn auth_and_every_error_path() {
             r#"{"prompt": "a", "threshold": 1.5, "max_new_tokens": 8}"#.into(),
             400,
             "[0, 1]",
+        ),
+        (
+            "/v1/guard",
+            r#"{"prompt": "a", "reasoning": "medium"}"#.into(),
+            400,
+            "medium",
+        ),
+        (
+            "/v1/guard",
+            r#"{"prompt": "a", "reasoning": "auto", "uncertainty_band": [0.9, 0.1]}"#.into(),
+            400,
+            "LOW,HIGH",
+        ),
+        (
+            "/v1/guard",
+            r#"{"prompt": "a", "max_reasoning_tokens": 0, "max_new_tokens": 8}"#.into(),
+            400,
+            "max_reasoning_tokens",
         ),
         ("/v1/moderations", r#"{"input": 3}"#.into(), 400, "input"),
     ];
