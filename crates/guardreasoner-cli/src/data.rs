@@ -6,7 +6,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use guardreasoner_core::hygiene::UnseenSets;
 use guardreasoner_core::jsonl::write_records_atomic;
-use guardreasoner_synth::distill::{distill, write_dev_benchmarks, DistillConfig};
+use guardreasoner_synth::distill::{
+    direct_answer_record, distill, write_dev_benchmarks, DistillConfig,
+};
 use guardreasoner_synth::labels::{gold_from_labels, prompt_benchmark_records};
 use std::path::PathBuf;
 
@@ -27,6 +29,20 @@ enum DataCommand {
     /// the unseen test sets' conversations and the development split's prompts removed,
     /// de-duplicated, ordered by input hash (so any prefix is a fair sample).
     Labels(LabelsArgs),
+    /// Direct-answer variants of R-SFT records: the same conversations with the forced
+    /// answer header as an untrained `prefix` and the record's own answer as `output`, so the
+    /// guard learns to answer under `--reasoning none` (mix them into `train sft`).
+    Direct(DirectArgs),
+}
+
+#[derive(Args)]
+struct DirectArgs {
+    /// R-SFT records (e.g. `data distill`'s output).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output: a JSON array of direct-answer records.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -101,7 +117,27 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
     match args.command {
         DataCommand::Distill(a) => run_distill(a),
         DataCommand::Labels(a) => run_labels(a),
+        DataCommand::Direct(a) => run_direct(a),
     }
+}
+
+fn run_direct(args: DirectArgs) -> anyhow::Result<()> {
+    let records: Vec<serde_json::Value> = guardreasoner_core::jsonl::read_records(&args.data)?;
+    let direct = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            direct_answer_record(r)
+                .map_err(|e| anyhow::anyhow!("{}: record {}: {e}", args.data.display(), i + 1))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    write_records_atomic(&args.out, &direct, true)?;
+    eprintln!(
+        "wrote {} direct-answer records to {}",
+        direct.len(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn check_dev_fraction(fraction: f64) -> anyhow::Result<()> {

@@ -8,12 +8,31 @@
 
 use crate::label_scores::{answer_marker, ANSWER_ORDER};
 use crate::labels::{Label, Task};
+use crate::Verdict;
 
 /// The header line's text as the model writes it, up to the colon.
 pub const ANSWER_HEADER: &str = "Answers:";
 
 /// Written before a forced header: the separator the trained guard puts there.
 pub const FORCED_SEPARATOR: &str = "\n\n---\n\n";
+
+/// What the engine forces when the guard must answer without (more) reasoning: the
+/// separator, then the header, as one text (encoded in one piece, as training sees it).
+pub fn forced_prefix() -> String {
+    format!("{FORCED_SEPARATOR}{ANSWER_HEADER}")
+}
+
+/// The ending (one of [`answer_endings`]) that writes `verdict`; `None` when it has no
+/// request label, which every ending needs.
+pub fn ending_of(verdict: &Verdict) -> Option<String> {
+    verdict.request?;
+    let mut ending = " ".to_string();
+    for task in ANSWER_ORDER {
+        let label = verdict.get(task).map_or("None", Label::as_str);
+        ending.push_str(&format!("\n{} {label}", answer_marker(task)));
+    }
+    Some(ending)
+}
 
 /// The endings (everything after [`ANSWER_HEADER`]) the answer block may take.
 pub fn answer_endings(has_response: bool) -> Vec<String> {
@@ -64,6 +83,8 @@ mod tests {
                 assert!(v.request.is_some());
                 assert_eq!(v.completion.is_some(), has_response, "{e:?}");
                 assert_eq!(v.response.is_some(), has_response, "{e:?}");
+                // Each ending is the one that writes its own verdict.
+                assert_eq!(ending_of(&v).as_deref(), Some(e.as_str()));
             }
         }
     }

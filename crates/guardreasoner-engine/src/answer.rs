@@ -10,8 +10,8 @@
 pub struct AnswerConstraint {
     /// Generated tokens after which only `endings` may follow.
     pub trigger: Vec<u32>,
-    /// Tokens forced when the sequence must answer without having started to (they end with
-    /// `trigger`, e.g. a separator and the header).
+    /// Tokens forced when the sequence must answer without having started to (e.g. a
+    /// separator and the header); the endings follow them.
     pub forced: Vec<u32>,
     /// The allowed continuations after the trigger; the sequence stops when one is complete.
     pub endings: Vec<Vec<u32>>,

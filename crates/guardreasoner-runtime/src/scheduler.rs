@@ -265,8 +265,9 @@ impl LocalBackend {
             None => None,
             Some(e) => {
                 let trigger = encode(&e.header)?;
-                let mut forced = encode(&e.separator)?;
-                forced.extend_from_slice(&trigger);
+                // One piece, as the trained guard's outputs encode it (and as direct-answer
+                // training records present it: `answer_grammar::forced_prefix`).
+                let forced = encode(&format!("{}{}", e.separator, e.header))?;
                 let constraint = AnswerConstraint {
                     trigger,
                     forced,

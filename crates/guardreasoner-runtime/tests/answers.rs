@@ -4,7 +4,7 @@
 //! nothing of that; label scores come with every parsed answer.
 
 use guardreasoner_backend::{classify, GuardParams};
-use guardreasoner_core::answer_grammar::answer_endings;
+use guardreasoner_core::answer_grammar::{answer_endings, forced_prefix};
 use guardreasoner_core::{Conversation, ReasoningMode, UncertaintyBand};
 use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
 
@@ -115,6 +115,13 @@ async fn reasoning_none_answers_at_once_and_auto_escalates_by_the_band() {
         none.text
     );
     assert!(!none.text.contains("Reasoning Step"), "{:?}", none.text);
+    // Exactly what direct-answer training records condition on: the forced prefix, then an
+    // ending of the grammar.
+    let rest = none
+        .text
+        .strip_prefix(forced_prefix().as_str())
+        .unwrap_or_else(|| panic!("{:?}", none.text));
+    assert!(answer_endings(true).iter().any(|e| e == rest), "{rest:?}");
     assert_eq!(none.forced, Some(false), "asked for, not forced");
     assert_eq!(none.escalated, None);
     let scores = none.scores.expect("scored");

@@ -531,3 +531,27 @@ pub fn write_dev_benchmarks(
     }
     Ok(written)
 }
+
+/// The direct-answer variant of an R-SFT record (`instruction`, `input`, `output`, other
+/// fields kept): the same conversation, the engine's forced answer header as an untrained
+/// `prefix`, and as `output` the answer ending of the record's own (strictly parsed) verdict.
+/// Mixed into R-SFT, it teaches the guard to answer when `--reasoning none` forces it to,
+/// without teaching it to skip reasoning (the header is never a target). `source` gets a
+/// `direct/` prefix where present.
+pub fn direct_answer_record(record: &serde_json::Value) -> Result<serde_json::Value, String> {
+    use guardreasoner_core::answer_grammar::{ending_of, forced_prefix};
+    let output = record
+        .get("output")
+        .and_then(|o| o.as_str())
+        .ok_or("no string `output`")?;
+    let parsed = guardreasoner_core::parse_strict(output).map_err(|e| e.to_string())?;
+    let ending = ending_of(&parsed.verdict).ok_or("the answer has no request label")?;
+    let mut direct = record.clone();
+    let fields = direct.as_object_mut().ok_or("not a JSON object")?;
+    fields.insert("prefix".into(), forced_prefix().into());
+    fields.insert("output".into(), ending.into());
+    if let Some(serde_json::Value::String(source)) = fields.get_mut("source") {
+        *source = format!("direct/{source}");
+    }
+    Ok(direct)
+}

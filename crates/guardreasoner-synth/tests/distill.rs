@@ -201,3 +201,35 @@ fn self_samples_keep_only_outputs_that_end_in_the_gold_labels() {
     let err = distill(&cfg, &unseen).unwrap_err().to_string();
     assert!(err.contains("other inputs"), "{err}");
 }
+
+/// Direct-answer variants of every kept record: same conversation, the forced header as the
+/// prefix, and an output that, after the prefix, parses to the record's own verdict.
+#[test]
+fn direct_answer_records_answer_what_the_trace_answers() {
+    use guardreasoner_core::answer_grammar::{answer_endings, forced_prefix};
+    use guardreasoner_synth::distill::direct_answer_record;
+    let cfg = config(0.1);
+    let unseen = UnseenSets::load(&cfg.benchmarks_dir).expect("unseen sets");
+    let out = distill(&cfg, &unseen).expect("distill");
+    for row in &out.train {
+        let record = serde_json::to_value(row).unwrap();
+        let direct = direct_answer_record(&record).unwrap();
+        assert_eq!(direct["input"], record["input"]);
+        assert_eq!(direct["instruction"], record["instruction"]);
+        assert_eq!(direct["prefix"], forced_prefix().as_str());
+        assert!(direct["source"].as_str().unwrap().starts_with("direct/"));
+        let output = direct["output"].as_str().unwrap();
+        let has_response = split_input(&row.input).unwrap().response.is_some();
+        assert!(
+            answer_endings(has_response).iter().any(|e| e == output),
+            "{output:?}"
+        );
+        let answered = parse_strict(&format!("{}{output}", forced_prefix())).unwrap();
+        assert_eq!(answered.verdict, parse_strict(&row.output).unwrap().verdict);
+    }
+    let err = direct_answer_record(
+        &serde_json::json!({"instruction": "i", "input": "x", "output": "no answer"}),
+    )
+    .unwrap_err();
+    assert!(!err.is_empty());
+}

@@ -2,7 +2,9 @@
 //!
 //! The model sees exactly what inference feeds it, `instruction + "\n" + input`
 //! ([`guardreasoner_core::prompt::join_instruction_input`], no BOS), and learns `output` + EOS;
-//! the loss covers the output tokens only.
+//! the loss covers the output tokens only. A record may also carry a `prefix`: assistant text
+//! given before the output and not learned (the forced answer header of a direct-answer
+//! record, so the guard learns to answer when the engine forces it to).
 
 use crate::TrainError;
 use guardreasoner_core::prompt::join_instruction_input;
@@ -24,6 +26,9 @@ pub struct TrainRecord {
     pub instruction: String,
     pub input: String,
     pub output: String,
+    /// Assistant text before `output`, seen but not learned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// A data file and how many records to take from it (the first `limit`, in file order).
@@ -96,6 +101,10 @@ pub fn load_records(sources: &[DataSource]) -> Result<Vec<TrainRecord>, TrainErr
                 instruction: field(v, "instruction", &source.path, i)?,
                 input: field(v, "input", &source.path, i)?,
                 output: field(v, "output", &source.path, i)?,
+                prefix: match v.get("prefix") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(_) => Some(field(v, "prefix", &source.path, i)?),
+                },
             };
             if record.output.trim().is_empty() {
                 return Err(TrainError::Data(format!(
@@ -199,12 +208,30 @@ pub fn tokenize(
                 i + 1
             )));
         }
-        if prompt.len() + target.len() > cutoff {
-            let (s, t) = fit_lengths(prompt.len(), target.len(), cutoff);
-            prompt.truncate(s.max(1));
-            target.truncate(t.min(cutoff - prompt.len()).max(1));
+        // The prefix is never cut: it is what the output is conditioned on.
+        let prefix = match &r.prefix {
+            Some(p) => encoder
+                .encode(p)
+                .map_err(|e| TrainError::Data(format!("record {}: prefix: {e}", i + 1)))?,
+            None => Vec::new(),
+        };
+        let source = prompt.len() + prefix.len();
+        if source + target.len() > cutoff {
+            let (s, t) = fit_lengths(source, target.len(), cutoff);
+            let s = s.saturating_sub(prefix.len()).max(1);
+            prompt.truncate(s);
+            let room = cutoff.saturating_sub(prompt.len() + prefix.len());
+            if room == 0 {
+                return Err(TrainError::Data(format!(
+                    "record {}: its prefix ({} tokens) leaves no room for the output within the cutoff {cutoff}",
+                    i + 1,
+                    prefix.len()
+                )));
+            }
+            target.truncate(t.min(room).max(1));
             truncated += 1;
         }
+        prompt.extend_from_slice(&prefix);
         examples.push(Example { prompt, target });
     }
     Ok(Tokenized {

@@ -75,6 +75,14 @@ pub fn write_llamafactory(out: &Path, datasets: &[ExportDataset]) -> Result<(), 
     for d in datasets {
         let (name, text, entry) = match d {
             ExportDataset::Sft { name, records } => {
+                if let Some(i) = records.iter().position(|r| r.prefix.is_some()) {
+                    // LLaMA-Factory's alpaca columns have no untrained assistant prefix: it
+                    // would learn the output without what it is conditioned on.
+                    return Err(TrainError::Data(format!(
+                        "dataset {name}: record {} has a `prefix` (a direct-answer record), which LLaMA-Factory's format cannot carry; leave those records out",
+                        i + 1
+                    )));
+                }
                 sft_names.push(name.clone());
                 (
                     name,

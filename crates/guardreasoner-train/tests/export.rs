@@ -11,6 +11,7 @@ fn writes_datasets_info_and_configs() {
         instruction: "I".into(),
         input: "x".into(),
         output: "o".into(),
+        prefix: None,
     }];
     let pairs = vec![PreferenceRecord {
         instruction: "I".into(),

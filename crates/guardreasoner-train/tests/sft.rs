@@ -297,3 +297,56 @@ fn bad_records_are_clear_errors() {
     .unwrap_err();
     assert!(err.to_string().contains("must be a string"), "{err}");
 }
+
+/// A direct-answer record's prefix sits at the end of the prompt side (seen, not learned) and
+/// survives truncation whole; a prefix that leaves no room for the output is refused.
+#[test]
+fn a_prefix_is_conditioned_on_never_learned_never_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("direct.jsonl");
+    std::fs::write(
+        &p,
+        "{\"instruction\":\"Judge.\",\"input\":\"a long conversation\",\"prefix\":\"\\n---\\nAnswers:\",\"output\":\" ok\"}\n",
+    )
+    .unwrap();
+    let records = load_records(&[DataSource {
+        path: p.clone(),
+        limit: None,
+    }])
+    .unwrap();
+    assert_eq!(records[0].prefix.as_deref(), Some("\n---\nAnswers:"));
+    let whole = tokenize(&records, &common::encoder(), 1024).unwrap();
+    let e = &whole.examples[0];
+    let text = "Judge.\na long conversation\n---\nAnswers:";
+    assert_eq!(e.prompt, text.bytes().map(u32::from).collect::<Vec<_>>());
+    assert_eq!(
+        e.target,
+        [b' ' as u32, b'o' as u32, b'k' as u32, common::EOS]
+    );
+    // Cut to 24 tokens: the prompt's tail goes, the prefix and the output stay.
+    let cut = tokenize(&records, &common::encoder(), 24).unwrap();
+    let e = &cut.examples[0];
+    assert_eq!(cut.truncated, 1);
+    assert_eq!(e.len(), 24);
+    assert!(e
+        .prompt
+        .ends_with(&"\n---\nAnswers:".bytes().map(u32::from).collect::<Vec<_>>()));
+    assert_eq!(e.target.len(), 4);
+    let err = tokenize(&records, &common::encoder(), 12).unwrap_err();
+    assert!(err.to_string().contains("prefix"), "{err}");
+    // A prefix that is not a string is a clear error.
+    std::fs::write(
+        &p,
+        "[{\"instruction\":\"i\",\"input\":\"x\",\"output\":\"o\",\"prefix\":1}]",
+    )
+    .unwrap();
+    let err = load_records(&[DataSource {
+        path: p,
+        limit: None,
+    }])
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("`prefix` must be a string"),
+        "{err}"
+    );
+}

@@ -40,16 +40,19 @@ pub fn records() -> Vec<TrainRecord> {
             instruction: "Judge.".into(),
             input: "hi".into(),
             output: "Request: unharmful".into(),
+            prefix: None,
         },
         TrainRecord {
             instruction: "Judge.".into(),
             input: "kill".into(),
             output: "Request: harmful".into(),
+            prefix: None,
         },
         TrainRecord {
             instruction: "Judge.".into(),
             input: "no".into(),
             output: "Completion: refusal".into(),
+            prefix: None,
         },
     ]
 }
