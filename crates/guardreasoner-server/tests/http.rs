@@ -475,7 +475,7 @@ async fn auth_and_every_error_path() {
         ),
         (
             "/v1/guard",
-            r#"{"prompt": "a", "reasoning": "auto", "uncertainty_band": [0.9, 0.1]}"#.into(),
+            r#"{"prompt": "a", "reasoning": "auto", "uncertainty_band": [0.9, 0.1], "max_new_tokens": 8}"#.into(),
             400,
             "LOW,HIGH",
         ),
