@@ -164,13 +164,13 @@ async fn judge(
 ) -> Result<Vec<GuardResult>, ApiError> {
     let backend = state.backend()?;
     let all: Vec<&Conversation> = conversations.iter().collect();
-    let mut judged = generate_batch(&backend, &all, &params).await?;
+    let mut judged = generate_batch(backend, &all, &params).await?;
     if params.reasoning == ReasoningMode::Auto {
         let uncertain: Vec<usize> = (0..judged.len())
             .filter(|&i| should_escalate(&judged[i].outcome, &params))
             .collect();
         let again: Vec<&Conversation> = uncertain.iter().map(|&i| all[i]).collect();
-        let full = generate_batch(&backend, &again, &params.escalated()).await?;
+        let full = generate_batch(backend, &again, &params.escalated()).await?;
         for j in &mut judged {
             j.outcome = settled(j.outcome.clone());
         }
