@@ -31,15 +31,6 @@ pub struct CascadePoint {
     pub parse_failures: usize,
 }
 
-fn to_prediction(row: &EvalRow) -> PredictionRow {
-    PredictionRow {
-        prompt: row.prompt.clone(),
-        label: row.label.clone(),
-        predict: row.predict.clone(),
-        scores: row.scores,
-    }
-}
-
 fn point(
     bench: &guardreasoner_core::Benchmark,
     mode: &'static str,
@@ -47,7 +38,10 @@ fn point(
     rows: &[(&EvalRow, u64)],
     escalated: usize,
 ) -> CascadePoint {
-    let predictions: Vec<PredictionRow> = rows.iter().map(|(r, _)| to_prediction(r)).collect();
+    let predictions: Vec<PredictionRow> = rows
+        .iter()
+        .map(|(r, _)| PredictionRow::from((*r).clone()))
+        .collect();
     let score = score_rows(&predictions, bench, ParsePolicy::Strict, None);
     let tokens: u64 = rows.iter().map(|(_, t)| t).sum();
     CascadePoint {
@@ -106,12 +100,18 @@ pub fn sweep(
         let none_rows: Vec<(&EvalRow, u64)> = pairs.iter().map(|&(n, _)| (n, tokens(n))).collect();
         points.push(point(bench, "full", None, &full_rows, 0));
         points.push(point(bench, "none", None, &none_rows, 0));
+        // Parsed once; each band only compares scores.
+        let unreasoned: Vec<_> = pairs
+            .iter()
+            .map(|(n, _)| parse_strict(&n.predict))
+            .collect();
         for &band in bands {
             let mut escalated = 0;
             let rows: Vec<(&EvalRow, u64)> = pairs
                 .iter()
-                .map(|&(n, f)| {
-                    if needs_reasoning(&parse_strict(&n.predict), n.scores.as_ref(), band) {
+                .zip(&unreasoned)
+                .map(|(&(n, f), parsed)| {
+                    if needs_reasoning(parsed, n.scores.as_ref(), band) {
                         escalated += 1;
                         (f, tokens(n) + tokens(f))
                     } else {

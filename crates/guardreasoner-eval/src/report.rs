@@ -47,15 +47,7 @@ pub fn score_outcome(
                 })?;
             wildguard.push(record.wildguard.clone());
         }
-        let rows: Vec<PredictionRow> = rows
-            .into_iter()
-            .map(|r| PredictionRow {
-                prompt: r.prompt,
-                label: r.label,
-                predict: r.predict,
-                scores: r.scores,
-            })
-            .collect();
+        let rows: Vec<PredictionRow> = rows.into_iter().map(PredictionRow::from).collect();
         entries.push(BenchmarkEntry::Scored(score_rows(
             &rows,
             bench,

@@ -6,7 +6,7 @@ use crate::error::EvalError;
 use crate::sample::stratified_sample;
 use guardreasoner_backend::{classify, Backend, BackendError, FinishReason, GuardParams};
 use guardreasoner_core::jsonl::JsonlAppender;
-use guardreasoner_core::score::PREDICTIONS_FILE;
+use guardreasoner_core::score::{PredictionRow, PREDICTIONS_FILE};
 use guardreasoner_core::{LabelScores, ReasoningMode, UncertaintyBand};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -46,6 +46,18 @@ pub struct EvalRow {
     /// Under reasoning `auto`: whether the verdict needed full reasoning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalated: Option<bool>,
+}
+
+impl From<EvalRow> for PredictionRow {
+    /// What the scorer reads of a row.
+    fn from(row: EvalRow) -> PredictionRow {
+        PredictionRow {
+            prompt: row.prompt,
+            label: row.label,
+            predict: row.predict,
+            scores: row.scores,
+        }
+    }
 }
 
 /// How to generate.

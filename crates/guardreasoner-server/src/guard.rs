@@ -170,21 +170,28 @@ async fn judge(
             .filter(|&i| should_escalate(&judged[i].outcome, &params))
             .collect();
         let again: Vec<&Conversation> = uncertain.iter().map(|&i| all[i]).collect();
-        let full = generate_batch(backend, &again, &params.escalated()).await?;
-        for j in &mut judged {
-            j.outcome = settled(j.outcome.clone());
+        let mut full: Vec<Option<Judged>> = judged.iter().map(|_| None).collect();
+        let reasoned = generate_batch(backend, &again, &params.escalated()).await?;
+        for (i, f) in uncertain.into_iter().zip(reasoned) {
+            full[i] = Some(f);
         }
-        for (i, f) in uncertain.into_iter().zip(full) {
-            let first = &judged[i];
-            let merged = Judged {
-                outcome: escalation(first.outcome.clone(), f.outcome),
-                reused_prompt_tokens: first.reused_prompt_tokens + f.reused_prompt_tokens,
-                prefill_s: first.prefill_s + f.prefill_s,
-                decode_s: first.decode_s + f.decode_s,
-                total_s: first.total_s + f.total_s,
-            };
-            judged[i] = merged;
-        }
+        judged = judged
+            .into_iter()
+            .zip(full)
+            .map(|(first, full)| match full {
+                None => Judged {
+                    outcome: settled(first.outcome),
+                    ..first
+                },
+                Some(f) => Judged {
+                    outcome: escalation(first.outcome, f.outcome),
+                    reused_prompt_tokens: first.reused_prompt_tokens + f.reused_prompt_tokens,
+                    prefill_s: first.prefill_s + f.prefill_s,
+                    decode_s: first.decode_s + f.decode_s,
+                    total_s: first.total_s + f.total_s,
+                },
+            })
+            .collect();
     }
     Ok(judged
         .into_iter()
