@@ -29,15 +29,16 @@ enum DataCommand {
     /// the unseen test sets' conversations and the development split's prompts removed,
     /// de-duplicated, ordered by input hash (so any prefix is a fair sample).
     Labels(LabelsArgs),
-    /// Direct-answer variants of R-SFT records: the same conversations with the forced
-    /// answer header as an untrained `prefix` and the record's own answer as `output`, so the
+    /// Direct-answer variants of R-SFT records or labelled inputs: the same conversations with
+    /// the forced answer header as an untrained `prefix` and, as `output`, the record's own
+    /// answer (or its gold labels where it has no `output`, e.g. `data labels`' output), so the
     /// guard learns to answer under `--reasoning none` (mix them into `train sft`).
     Direct(DirectArgs),
 }
 
 #[derive(Args)]
 struct DirectArgs {
-    /// R-SFT records (e.g. `data distill`'s output).
+    /// R-SFT records (e.g. `data distill`'s output) or labelled inputs (`data labels`' output).
     #[arg(long)]
     data: PathBuf,
     /// Output: a JSON array of direct-answer records.

@@ -532,26 +532,51 @@ pub fn write_dev_benchmarks(
     Ok(written)
 }
 
-/// The direct-answer variant of an R-SFT record (`instruction`, `input`, `output`, other
-/// fields kept): the same conversation, the engine's forced answer header as an untrained
-/// `prefix`, and as `output` the answer ending of the record's own (strictly parsed) verdict.
-/// Mixed into R-SFT, it teaches the guard to answer when `--reasoning none` forces it to,
-/// without teaching it to skip reasoning (the header is never a target). `source` gets a
-/// `direct/` prefix where present.
+/// The direct-answer variant of a training record, the same conversation with the engine's
+/// forced answer header as an untrained `prefix` and an answer ending as `output` (other
+/// fields kept). The answer is the record's own `output` (strictly parsed) where it has one,
+/// else its gold `*_label` fields (labelled prompts without reasoning, `data labels`' output),
+/// which must then cover every task the conversation poses. Mixed into R-SFT, it teaches the
+/// guard to answer when `--reasoning none` forces it to, without teaching it to skip reasoning
+/// (the header is never a target). `source` gets a `direct/` prefix (`direct/labels` where
+/// there was none).
 pub fn direct_answer_record(record: &serde_json::Value) -> Result<serde_json::Value, String> {
     use guardreasoner_core::answer_grammar::{ending_of, forced_prefix};
-    let output = record
-        .get("output")
-        .and_then(|o| o.as_str())
-        .ok_or("no string `output`")?;
-    let parsed = guardreasoner_core::parse_strict(output).map_err(|e| e.to_string())?;
-    let ending = ending_of(&parsed.verdict).ok_or("the answer has no request label")?;
+    let verdict = match record.get("output") {
+        Some(output) => {
+            let output = output.as_str().ok_or("`output` is not a string")?;
+            guardreasoner_core::parse_strict(output)
+                .map_err(|e| e.to_string())?
+                .verdict
+        }
+        None => gold_verdict(record)?,
+    };
+    let ending = ending_of(&verdict).ok_or("the answer has no request label")?;
     let mut direct = record.clone();
     let fields = direct.as_object_mut().ok_or("not a JSON object")?;
     fields.insert("prefix".into(), forced_prefix().into());
     fields.insert("output".into(), ending.into());
-    if let Some(serde_json::Value::String(source)) = fields.get_mut("source") {
-        *source = format!("direct/{source}");
-    }
+    let source = match fields.get("source") {
+        Some(serde_json::Value::String(source)) => format!("direct/{source}"),
+        _ => "direct/labels".to_string(),
+    };
+    fields.insert("source".into(), source.into());
     Ok(direct)
+}
+
+/// The verdict a labelled record's gold labels write: every task its conversation poses
+/// must be labelled (a response without its refusal or harm label has no whole answer).
+fn gold_verdict(record: &serde_json::Value) -> Result<guardreasoner_core::Verdict, String> {
+    let gold: GoldRecord = serde_json::from_value(record.clone())
+        .map_err(|e| format!("neither an `output` nor gold labels: {e}"))?;
+    let label = |task: Task| {
+        gold.gold(task)
+            .ok_or_else(|| format!("no gold label for the {} task", task.title()))
+    };
+    let responded = gold.has_response();
+    Ok(guardreasoner_core::Verdict {
+        request: Some(label(Task::Prompt)?),
+        completion: responded.then(|| label(Task::Refusal)).transpose()?,
+        response: responded.then(|| label(Task::Response)).transpose()?,
+    })
 }

@@ -103,3 +103,39 @@ fn a_test_prompt_in_disguise_and_a_bad_label_are_caught() {
         .to_string();
     assert!(err.contains("not a label"), "{err}");
 }
+
+/// Labelled prompts become direct-answer records that answer their gold labels; a labelled
+/// conversation with a response but no response labels has no whole answer and is refused.
+#[test]
+fn labelled_prompts_become_direct_answers_of_their_gold_labels() {
+    use guardreasoner_core::answer_grammar::forced_prefix;
+    use guardreasoner_core::parse_strict;
+    use guardreasoner_synth::distill::direct_answer_record;
+    let data = shared();
+    let unseen = UnseenSets::load(&data.join("benchmarks")).unwrap();
+    let files = [data.join("train-labels/toxicchat0124_train_human.json")];
+    let split = gold_from_labels(&files, &unseen, 0.1).unwrap();
+    let mut harmful = 0;
+    for gold in split.train.iter().take(200) {
+        let record = serde_json::to_value(gold).unwrap();
+        let direct = direct_answer_record(&record).unwrap();
+        assert_eq!(direct["input"], record["input"]);
+        assert_eq!(direct["prefix"], forced_prefix().as_str());
+        assert_eq!(direct["source"], "direct/labels");
+        let output = direct["output"].as_str().unwrap();
+        let verdict = parse_strict(&format!("{}{output}", forced_prefix()))
+            .unwrap()
+            .verdict;
+        assert_eq!(verdict.request, gold.prompt_harm_label);
+        assert_eq!((verdict.completion, verdict.response), (None, None));
+        harmful += usize::from(verdict.request == Some(Label::Harmful));
+    }
+    assert!(harmful > 0 && harmful < 200, "{harmful}");
+    let with_response = serde_json::json!({
+        "instruction": guardreasoner_core::INSTRUCTION,
+        "input": guardreasoner_core::build_input("hi", Some("hello")),
+        "prompt_harm_label": "unharmful",
+    });
+    let err = direct_answer_record(&with_response).unwrap_err();
+    assert!(err.contains("no gold label"), "{err}");
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Candidate r-sft-3: R-SFT continued from the shipped adapter on a mixture that adds direct
+# answers (no reasoning) to the released reasoning traces, so the guard can answer under
+# `--reasoning none`/`auto` and so the labelled prompts (ToxicChat train, GuardReasonerTrain
+# prompts; mostly benign, like the unseen prompt sets) reach training without any reasoning
+# having to be sampled for them first.
+#   1. labels: ../shared/data/train-labels into gold inputs, minus the unseen test sets and
+#      the development split (the same 10% rule as distil), plus that split as an eval file;
+#   2. distil: the released traces (as scripts/train-default-guard.sh) and the seen dev split;
+#   3. direct: direct-answer variants of the labelled inputs (their gold labels) and of the
+#      released traces (their own answers), the traces shuffled (seed 1) first;
+#   4. R-SFT from the shipped adapter on LABELS_DIRECT + RELEASED_DIRECT + RELEASED records
+#      (each file's first N: the labelled inputs are in hash order, a fair sample);
+#   5. the train-labels dev split under full and none reasoning, and the cascade sweep;
+#   6. the seen dev split (full reasoning).
+# Every stage resumes: run it again after a crash.
+# Usage: scripts/direct-train-default-guard.sh [WORKDIR]   (default: runs/direct)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-runs/direct}
+BIN=${GUARDREASONER_BIN:-target/release/guardreasoner}
+SHARED=${GUARDREASONER_SHARED:-../shared}
+PRED=$SHARED/data/reference-predictions
+LABELS_DIRECT=${LABELS_DIRECT:-800}
+RELEASED_DIRECT=${RELEASED_DIRECT:-240}
+RELEASED=${RELEASED:-240}
+STEPS=${STEPS:-160}
+LR=${LR:-3e-4}
+LABELS_DEV_LIMIT=${LABELS_DEV_LIMIT:-300}
+mkdir -p "$WORK"
+[ -x "$BIN" ] || cargo build --release -p guardreasoner-cli
+stage() { echo "== $1 ($(date -u +%H:%M:%S) UTC)"; STAGE_START=$(date +%s); }
+done_stage() { echo "== $1 took $(( $(date +%s) - STAGE_START )) s"; }
+
+stage "1. labels"
+"$BIN" data labels --labels "$SHARED/data/train-labels/toxicchat0124_train_human.json" \
+  --labels "$SHARED/data/train-labels/guardreasonertrain_prompts_5k.json" \
+  --benchmarks-dir "$SHARED/data/benchmarks" --dev-fraction 0.1 --out "$WORK/gold.json" \
+  --dev-prompts "$WORK/labels-dev/0_8_toxic_chat.json"
+done_stage "1. labels"
+
+stage "2. distil"
+"$BIN" data distill \
+  --predictions "$PRED/paper-v1/8B" --predictions "$PRED/paper-v1/3B" \
+  --predictions "$PRED/rerun/8B" --predictions "$PRED/rerun/3B" \
+  --predictions "$PRED/paper-v1/1B" --predictions "$PRED/rerun/1B" \
+  --extra "$SHARED/data/train-reasoning/guardreasonertrain_samples.json" \
+  --benchmarks-dir "$SHARED/data/benchmarks" \
+  --max-traces 1 --max-traces-unharmful 3 \
+  --dev-fraction 0.1 --dev-dir "$WORK/dev" --out "$WORK/released.json"
+done_stage "2. distil"
+
+stage "3. direct answers"
+"$BIN" data direct --data "$WORK/gold.json" --out "$WORK/labels-direct.json"
+# distil writes by source and benchmark; a fixed shuffle makes each file's first N a fair sample.
+${GUARDREASONER_PYTHON:-python3} - "$WORK/released.json" "$WORK/released-shuffled.json" <<'PY'
+import json, random, sys
+records = json.load(open(sys.argv[1]))
+random.Random(1).shuffle(records)
+json.dump(records, open(sys.argv[2], "w"))
+PY
+"$BIN" data direct --data "$WORK/released-shuffled.json" --out "$WORK/released-direct.json"
+done_stage "3. direct answers"
+
+stage "4. R-SFT from the shipped adapter ($STEPS steps of 8: $LABELS_DIRECT + $RELEASED_DIRECT direct, $RELEASED reasoning)"
+RESUME=()
+ls -d "$WORK"/sft/checkpoint-* >/dev/null 2>&1 && RESUME=(--resume)
+"$BIN" train sft --model smollm2-base \
+  --data "$WORK/labels-direct.json:$LABELS_DIRECT" \
+  --data "$WORK/released-direct.json:$RELEASED_DIRECT" \
+  --data "$WORK/released-shuffled.json:$RELEASED" \
+  --output "$WORK/sft" --init-adapter crates/guardreasoner-hub/guard \
+  --preset none --grad-accum 8 --learning-rate "$LR" --warmup-ratio 0.05 \
+  --max-steps "$STEPS" --save-steps 20 --cutoff-len 768 \
+  --lora-rank 32 --lora-alpha 32 "${RESUME[@]}"
+done_stage "4. R-SFT"
+
+stage "5. train-labels dev split ($LABELS_DEV_LIMIT prompts, stratified, seed 1): full, none, cascade"
+[ -f "$WORK/rsft/model.gguf" ] || "$BIN" model merge --base "$WORK/sft/base" \
+  --adapter "$WORK/sft/adapter" --output "$WORK/rsft" --gguf f16
+labels_dev() {
+  "$BIN" eval --model "$WORK/rsft/model.gguf" --data-dir "$WORK/labels-dev" --benchmarks ToxicChat \
+    --limit "$LABELS_DEV_LIMIT" --seed 1 --max-new-tokens 1024 --reasoning "$1" \
+    --label "r-sft-3-labels-dev-$1" --out "$WORK/eval-labels-dev-$1"
+}
+labels_dev none
+labels_dev full
+"$BIN" cascade --none "$WORK/eval-labels-dev-none" --full "$WORK/eval-labels-dev-full" \
+  --band 0.05,0.95 --band 0.1,0.9 --band 0.2,0.8 --band 0.3,0.7 | tee "$WORK/cascade-labels-dev.md"
+done_stage "5. train-labels dev split"
+
+stage "6. seen dev split (full reasoning)"
+"$BIN" eval --model "$WORK/rsft/model.gguf" --data-dir "$WORK/dev" \
+  --benchmarks AegisSafetyTest,HarmBenchPrompt,SimpleSafetyTests,HarmBenchResponse,XSTestResponseHarmful,XSTestResponseRefusal \
+  --max-new-tokens 1024 --label r-sft-3-dev --out "$WORK/eval-dev"
+done_stage "6. seen dev split"
