@@ -1,7 +1,7 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use guardreasoner_core::UncertaintyBand;
-use guardreasoner_eval::cascade::{markdown, sweep};
+use guardreasoner_eval::cascade::{markdown, sweep, tokens_chart};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -19,6 +19,9 @@ pub struct CascadeArgs {
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
+    /// Also draw F1 against generated tokens to `<CHART>.svg` and `<CHART>.png`.
+    #[arg(long, value_name = "STEM")]
+    chart: Option<PathBuf>,
 }
 
 const DEFAULT_HALF_WIDTHS: [f32; 6] = [0.05, 0.15, 0.25, 0.35, 0.45, 0.49];
@@ -45,6 +48,15 @@ pub fn run(args: CascadeArgs) -> anyhow::Result<()> {
             args.none.display(),
             args.full.display()
         );
+    }
+    if let Some(stem) = &args.chart {
+        let chart = tokens_chart(
+            &points,
+            "F1 against generated tokens: none, auto bands, full",
+        );
+        for file in guardreasoner_plot::Chart::from(chart).write(stem)? {
+            eprintln!("wrote {}", file.display());
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&points)?);

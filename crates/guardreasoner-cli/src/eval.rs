@@ -58,7 +58,8 @@ pub struct EvalArgs {
     #[arg(long)]
     label: Option<String>,
     /// Output directory: `<out>/<Benchmark>/generated_predictions.jsonl`, `report.md`,
-    /// `report.json`, `f1.svg`. Running again with the same directory resumes.
+    /// `report.json`, charts (`f1`, `pr`, `reliability`: .svg and .png). Running again with the
+    /// same directory resumes.
     #[arg(long)]
     out: PathBuf,
 }

@@ -41,7 +41,7 @@ struct CommonArgs {
     /// tokenizer.json), or a Hub id.
     #[arg(long, default_value = guardreasoner_hub::BASE_SPEC)]
     model: String,
-    /// Output directory (checkpoints, train_log.jsonl, loss_curve.svg, the final model).
+    /// Output directory (checkpoints, train_log.jsonl, loss_curve.svg/.png, the final model).
     #[arg(long)]
     output: PathBuf,
     /// Hyperparameter preset: `paper` (the paper's values for this stage) or `none`.

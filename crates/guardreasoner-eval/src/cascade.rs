@@ -125,6 +125,38 @@ pub fn sweep(
     Ok(points)
 }
 
+/// F1 against mean generated tokens per verdict, one line per benchmark through `none`, the
+/// `auto` bands and `full` (fewest tokens first): the cost of each point of F1.
+pub fn tokens_chart(points: &[CascadePoint], title: &str) -> guardreasoner_plot::LineChart {
+    let mut benchmarks: Vec<&str> = points.iter().map(|p| p.benchmark.as_str()).collect();
+    benchmarks.dedup();
+    let lines = benchmarks
+        .into_iter()
+        .map(|name| {
+            let mut xy: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| p.benchmark == name)
+                .map(|p| (p.mean_tokens, p.f1))
+                .collect();
+            xy.sort_by(|a, b| a.0.total_cmp(&b.0));
+            guardreasoner_plot::Line {
+                name: name.to_string(),
+                points: xy,
+                markers: true,
+            }
+        })
+        .collect();
+    guardreasoner_plot::LineChart {
+        title: title.to_string(),
+        x_label: "generated tokens per verdict (mean)".to_string(),
+        y_label: "F1 (%)".to_string(),
+        x_range: None,
+        y_range: None,
+        lines,
+        diagonal: false,
+    }
+}
+
 /// The sweep as a Markdown table.
 pub fn markdown(points: &[CascadePoint]) -> String {
     let mut md = String::from(
@@ -215,5 +247,11 @@ mod tests {
         );
         assert!(markdown(&points)
             .contains("| ToxicChat | auto | [0.10, 0.90] | 4 | 2 (50%) | 120.0 | 100.00 | 0 |"));
+        // The chart: one line, fewest tokens first, every point of the sweep.
+        let chart = tokens_chart(&points, "t");
+        assert_eq!(chart.lines.len(), 1);
+        let xs: Vec<f64> = chart.lines[0].points.iter().map(|p| p.0).collect();
+        assert_eq!(xs, [20.0, 20.0, 120.0, 200.0]);
+        guardreasoner_plot::Chart::from(chart).png().unwrap();
     }
 }

@@ -13,6 +13,9 @@ pub enum EvalError {
     /// `--benchmarks` was empty.
     #[error("no benchmark selected (use `all` or a comma-separated list of names)")]
     NoBenchmarks,
+    /// A chart of the report could not be drawn or written.
+    #[error("report chart: {0}")]
+    Chart(#[from] guardreasoner_plot::PlotError),
     /// A benchmark data file could not be read or parsed.
     #[error("benchmark data: {0}")]
     Data(#[from] DataError),

@@ -5,7 +5,7 @@
 //! The flow: [`select_targets`] picks benchmark files, [`run_eval`] loads and checks them,
 //! draws the `--limit` sample ([`stratified_sample`]) and generates each file with
 //! [`generate_target`]; [`write_report`] scores (strict and paper policy) and writes
-//! `report.md`, `report.json` and `f1.svg`.
+//! `report.md`, `report.json` and charts (SVG and PNG).
 
 pub mod cascade;
 pub mod chart;

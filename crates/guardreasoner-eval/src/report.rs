@@ -1,6 +1,7 @@
-//! Scoring a finished run and writing `report.md`, `report.json` and `f1.svg`.
+//! Scoring a finished run and writing `report.md`, `report.json` and its charts (`f1`, and
+//! `pr` and `reliability` where rows carry label scores; each `.svg` and `.png`).
 
-use crate::chart::{chart_data, render_svg};
+use crate::chart::{f1_chart, pr_chart, reliability_chart};
 use crate::error::EvalError;
 use crate::run::{by_dir, EvalConfig, EvalOutcome, EvalRow};
 use guardreasoner_core::jsonl::read_jsonl;
@@ -65,7 +66,7 @@ pub struct WrittenReport {
     pub paper: ScoreReport,
     /// The strict tables as plain text, for the terminal.
     pub table: String,
-    /// `report.md`, `report.json`, `f1.svg`.
+    /// `report.md`, `report.json`, then each chart's SVG and PNG.
     pub files: Vec<PathBuf>,
 }
 
@@ -161,7 +162,8 @@ fn run_markdown(config: &EvalConfig, outcome: &EvalOutcome, label: &str, backend
 }
 
 /// Score the run under the strict and the paper policy and write `report.md`, `report.json`
-/// and `f1.svg` into the output directory. `tables` adds the paper's baselines.
+/// and the charts (`f1`, and `pr` and `reliability` where rows have label scores; SVG and
+/// PNG) into the output directory. `tables` adds the paper's baselines.
 pub fn write_report(
     config: &EvalConfig,
     outcome: &EvalOutcome,
@@ -187,7 +189,6 @@ pub fn write_report(
     md.push_str(&render(&strict, Format::Markdown, label, compare));
     md.push_str("\n## F1, the paper's parsing (official evaluate.py rule)\n\n");
     md.push_str(&render(&paper, Format::Markdown, label, compare));
-    md.push_str("\n## Chart\n\n![F1 per benchmark](f1.svg)\n");
 
     let parse =
         |text: String| serde_json::from_str::<serde_json::Value>(&text).expect("render emits JSON");
@@ -196,21 +197,32 @@ pub fn write_report(
         "strict": parse(render(&strict, Format::Json, label, compare)),
         "paper": parse(render(&paper, Format::Json, label, compare)),
     });
-    let data = chart_data(&strict, label, tables);
-    let svg = render_svg(&data, "F1 per benchmark (strict parsing)");
+    let mut charts: Vec<(&str, &str, guardreasoner_plot::Chart)> = vec![(
+        "f1",
+        "F1 per benchmark",
+        f1_chart(&strict, label, tables, "F1 per benchmark (strict parsing)").into(),
+    )];
+    if let Some(c) = pr_chart(&strict, "Precision-recall of the label scores") {
+        charts.push(("pr", "Precision-recall", c.into()));
+    }
+    if let Some(c) = reliability_chart(&strict, "Reliability of the label scores") {
+        charts.push(("reliability", "Reliability diagram", c.into()));
+    }
+    md.push_str("\n## Charts\n");
+    for (stem, alt, _) in &charts {
+        md.push_str(&format!("\n![{alt}]({stem}.svg) ([PNG]({stem}.png))\n"));
+    }
 
-    let files = vec![
-        out.join("report.md"),
-        out.join("report.json"),
-        out.join("f1.svg"),
-    ];
+    let mut files = vec![out.join("report.md"), out.join("report.json")];
     let contents = [
         md,
         serde_json::to_string_pretty(&report_json).expect("report serialises") + "\n",
-        svg,
     ];
     for (path, text) in files.iter().zip(contents) {
         std::fs::write(path, text).map_err(|e| EvalError::io(path, e))?;
+    }
+    for (stem, _, chart) in &charts {
+        files.extend(chart.write(&out.join(stem))?);
     }
     Ok(WrittenReport {
         table: render(&strict, Format::Table, label, compare),

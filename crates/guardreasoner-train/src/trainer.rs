@@ -352,6 +352,8 @@ pub struct TrainSummary {
 
 /// File names inside the output directory.
 pub const LOG_FILE: &str = "train_log.jsonl";
+/// The loss curve, `loss_curve.svg` and `loss_curve.png`.
+pub const CURVE_STEM: &str = "loss_curve";
 pub const CURVE_FILE: &str = "loss_curve.svg";
 
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
@@ -621,7 +623,7 @@ fn run(
     if options.progress {
         eprintln!();
     }
-    write_loss_curve(&log, &out_dir.join(CURVE_FILE))?;
+    write_loss_curve(&log, &out_dir.join(CURVE_STEM))?;
     Ok(TrainSummary {
         step,
         total_steps,
@@ -781,49 +783,34 @@ fn load_checkpoint(
     Ok(())
 }
 
-/// Writes the loss per step as a small standalone SVG line chart.
-pub fn write_loss_curve(log: &[LogRecord], path: &Path) -> Result<(), TrainError> {
-    let (w, h, pad) = (640.0, 360.0, 48.0);
+/// Writes the loss per step as a line chart, `<stem>.svg` and `<stem>.png`.
+pub fn write_loss_curve(log: &[LogRecord], stem: &Path) -> Result<(), TrainError> {
     let points: Vec<(f64, f64)> = log
         .iter()
         .filter(|r| r.loss.is_finite())
         .map(|r| (r.step as f64, r.loss))
         .collect();
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"20\" font-family=\"sans-serif\" font-size=\"14\" text-anchor=\"middle\">training loss</text>\n",
-        w / 2.0
-    );
-    if !points.is_empty() {
-        let (x0, x1) = (
-            points[0].0,
-            points[points.len() - 1].0.max(points[0].0 + 1.0),
-        );
-        let lo = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-        let hi = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-        let span = (hi - lo).max(1e-12);
-        let sx = |x: f64| pad + (x - x0) / (x1 - x0) * (w - 2.0 * pad);
-        let sy = |y: f64| h - pad - (y - lo) / span * (h - 2.0 * pad);
-        let coords: Vec<String> = points
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-            .collect();
-        svg.push_str(&format!(
-            "<line x1=\"{pad}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n\
-             <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{b}\" stroke=\"black\"/>\n\
-             <polyline fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\" points=\"{}\"/>\n\
-             <text x=\"{pad}\" y=\"{}\" font-family=\"sans-serif\" font-size=\"11\">step {x0}</text>\n\
-             <text x=\"{r}\" y=\"{}\" font-family=\"sans-serif\" font-size=\"11\" text-anchor=\"end\">step {x1}</text>\n\
-             <text x=\"4\" y=\"{pad}\" font-family=\"sans-serif\" font-size=\"11\">{hi:.4}</text>\n\
-             <text x=\"4\" y=\"{b}\" font-family=\"sans-serif\" font-size=\"11\">{lo:.4}</text>\n",
-            coords.join(" "),
-            h - pad + 16.0,
-            h - pad + 16.0,
-            b = h - pad,
-            r = w - pad,
-        ));
+    if points.is_empty() {
+        return Ok(());
     }
-    svg.push_str("</svg>\n");
-    std::fs::write(path, svg).map_err(|e| TrainError::io(path, e))
+    let chart = guardreasoner_plot::LineChart {
+        title: "training loss (mean over each step's output tokens)".to_string(),
+        x_label: "optimiser step".to_string(),
+        y_label: "loss".to_string(),
+        x_range: None,
+        y_range: None,
+        lines: vec![guardreasoner_plot::Line {
+            name: "loss".to_string(),
+            points,
+            markers: false,
+        }],
+        diagonal: false,
+    };
+    guardreasoner_plot::Chart::from(chart)
+        .write(stem)
+        .map(|_| ())
+        .map_err(|e| TrainError::Format {
+            path: stem.to_path_buf(),
+            message: e.to_string(),
+        })
 }

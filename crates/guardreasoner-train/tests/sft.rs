@@ -69,6 +69,8 @@ fn tiny_model_overfits_until_greedy_reproduces_targets() {
         .all(|r| r.grad_norm.is_finite() && r.tokens_per_s > 0.0));
     let svg = std::fs::read_to_string(out.path().join(CURVE_FILE)).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    let png = std::fs::read(out.path().join(CURVE_FILE).with_extension("png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
 }
 
 fn resume_matches_straight_run(mode: TrainMode) {
