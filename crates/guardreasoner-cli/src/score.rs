@@ -1,5 +1,6 @@
 use anyhow::{bail, Context};
 use clap::Args;
+use guardreasoner_core::calibration::Calibration;
 use guardreasoner_core::report::{self, Comparison, Format, PaperTables, DEFAULT_COMPARE};
 use guardreasoner_core::score::{score_dir, ScoreOptions};
 use guardreasoner_core::ParsePolicy;
@@ -37,15 +38,52 @@ pub struct ScoreArgs {
     /// scores) instead of by the written label. Choose it on a development split.
     #[arg(long, value_parser = crate::classify::parse_threshold)]
     threshold: Option<f32>,
+    /// Map the label scores through this calibration (`--fit-calibration` on a development
+    /// split) before scoring.
+    #[arg(long, conflicts_with = "fit_calibration")]
+    calibration: Option<PathBuf>,
+    /// Fit a Platt map per task on these rows' label scores and write it here (JSON). Only on
+    /// a development split: a map fitted on a test file says nothing about calibration.
+    #[arg(long, value_name = "OUT")]
+    fit_calibration: Option<PathBuf>,
 }
 
 pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
+    let calibration = args
+        .calibration
+        .as_deref()
+        .map(|path| -> anyhow::Result<Calibration> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the calibration {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a calibration file", path.display()))
+        })
+        .transpose()?;
     let options = ScoreOptions {
         policy: args.parse,
         wildguard_file: args.wildguard.clone(),
         threshold: args.threshold,
+        calibration,
     };
     let report = score_dir(&args.predictions, &options)?;
+    if let Some(out) = &args.fit_calibration {
+        let fitted = report.fit_calibration(args.predictions.display().to_string());
+        if fitted.request.is_none() && fitted.completion.is_none() && fitted.response.is_none() {
+            bail!(
+                "{}: no task has scored rows of both classes to fit a calibration on",
+                args.predictions.display()
+            );
+        }
+        std::fs::write(out, serde_json::to_string_pretty(&fitted)? + "\n")
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!(
+            "fitted on {} / {} / {} scored rows (request / completion / response): {}",
+            fitted.rows[0],
+            fitted.rows[1],
+            fitted.rows[2],
+            out.display()
+        );
+    }
     let tables;
     let comparison = match &args.compare {
         None => None,

@@ -154,3 +154,75 @@ fn bad_flags_are_rejected() {
     assert!(!o.status.success());
     assert!(text(&o).1.contains("Nobody 9B"));
 }
+
+/// `--fit-calibration` on a (dev) directory whose scores are overconfident writes Platt maps;
+/// `--calibration` applies them: the calibration error falls, the ranking stays, and a file
+/// that is not a calibration is a clear error.
+#[test]
+fn a_calibration_fitted_on_dev_rows_repairs_overconfident_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = dir.path().join("dev/ToxicChat");
+    std::fs::create_dir_all(&bench).unwrap();
+    let answer =
+        |label: &str| format!("Answers: \nRequest: {label}\nCompletion: None\nResponse: None\n");
+    let mut rows = String::new();
+    for i in 0..100 {
+        for (p, harmful) in [(0.95, i < 70), (0.05, i < 30)] {
+            let predicted = if p > 0.5 { "harmful" } else { "unharmful" };
+            let row = serde_json::json!({
+                "prompt": "", "label": if harmful { "harmful" } else { "unharmful" },
+                "predict": answer(predicted), "scores": {"request": p},
+            });
+            rows.push_str(&format!("{row}\n"));
+        }
+    }
+    std::fs::write(bench.join("generated_predictions.jsonl"), rows).unwrap();
+    let predictions = dir.path().join("dev");
+    let cal = dir.path().join("calibration.json");
+    let ece = |extra: &[&str]| -> (f64, f64) {
+        let mut args = vec![
+            "--predictions",
+            predictions.to_str().unwrap(),
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let o = score(&args);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let entry = v["benchmarks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["benchmark"] == "ToxicChat" && e.get("ranking").is_some())
+            .unwrap_or_else(|| panic!("no scored ToxicChat in {out}"))
+            .clone();
+        let r = &entry["ranking"];
+        (r["ece"].as_f64().unwrap(), r["roc_auc"].as_f64().unwrap())
+    };
+    let (raw_ece, raw_auc) = ece(&["--fit-calibration", cal.to_str().unwrap()]);
+    let fitted: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cal).unwrap()).unwrap();
+    assert!(fitted["request"]["a"].as_f64().unwrap() < 1.0, "{fitted}");
+    assert_eq!(fitted["rows"][0], 200);
+    let (ece_after, auc_after) = ece(&["--calibration", cal.to_str().unwrap()]);
+    assert!(
+        raw_ece > 0.2 && ece_after < 0.02,
+        "ECE {raw_ece} -> {ece_after}"
+    );
+    assert_eq!(raw_auc, auc_after);
+
+    std::fs::write(&cal, "{\"request\": 3}").unwrap();
+    let o = score(&[
+        "--predictions",
+        predictions.to_str().unwrap(),
+        "--calibration",
+        cal.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert!(
+        !o.status.success() && err.contains("not a calibration file"),
+        "{err}"
+    );
+}

@@ -1,8 +1,12 @@
 //! How well label scores rank and how well they are calibrated: PR-AUC (average precision),
 //! ROC-AUC, expected calibration error with its reliability diagram, and the F1-maximising
-//! threshold (to be chosen on a development split, never on a test file).
+//! threshold (to be chosen on a development split, never on a test file). And the cure for
+//! a guard whose scores are overconfident: Platt scaling per task, fitted on a development
+//! split ([`Calibration::fit`]) and applied to every score after ([`Calibration::apply`]).
 
-use serde::Serialize;
+use crate::label_scores::LabelScores;
+use crate::labels::Task;
+use serde::{Deserialize, Serialize};
 
 /// One bin of a reliability diagram.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -36,6 +40,9 @@ pub struct Ranking {
     /// The precision-recall curve, one point per distinct score: (recall, precision, threshold).
     #[serde(skip)]
     pub pr_curve: Vec<(f64, f64, f64)>,
+    /// The `(gold is positive, score)` pairs ranked, for fitting a [`Calibration`].
+    #[serde(skip)]
+    pub pairs: Vec<(bool, f32)>,
 }
 
 /// Rank and calibration figures of `(gold is positive, score)` pairs; `None` when empty.
@@ -91,6 +98,7 @@ pub fn ranking(pairs: &[(bool, f32)]) -> Option<Ranking> {
         reliability,
         best_threshold: best,
         pr_curve: curve,
+        pairs: pairs.to_vec(),
     })
 }
 
@@ -152,6 +160,171 @@ pub fn expected_calibration_error(
     (ece, reliability)
 }
 
+/// Platt scaling: a calibrated score `sigmoid(a * logit(p) + b)`. `a < 1` softens an
+/// overconfident model; `b` moves the base rate. Monotone for `a > 0`, so rankings (PR-AUC,
+/// ROC-AUC) are unchanged and only calibration and score thresholds move.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Platt {
+    pub a: f64,
+    pub b: f64,
+}
+
+/// Scores are clamped this far from 0 and 1 before the logit (a saturated f32 score would
+/// otherwise be infinite).
+const SCORE_EPS: f64 = 1e-6;
+
+fn logit(p: f32) -> f64 {
+    let p = (p as f64).clamp(SCORE_EPS, 1.0 - SCORE_EPS);
+    (p / (1.0 - p)).ln()
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// `ln(1 + e^z)` without overflow.
+fn softplus(z: f64) -> f64 {
+    if z > 0.0 {
+        z + (-z).exp().ln_1p()
+    } else {
+        z.exp().ln_1p()
+    }
+}
+
+impl Platt {
+    pub const IDENTITY: Platt = Platt { a: 1.0, b: 0.0 };
+
+    pub fn apply(&self, p: f32) -> f32 {
+        sigmoid(self.a * logit(p) + self.b) as f32
+    }
+
+    /// Maximum-likelihood fit on `(gold is positive, score)` pairs by Newton's method with a
+    /// line search, on Platt's smoothed targets (so a separable split does not drive `a` to
+    /// infinity). `None` unless both classes are present.
+    pub fn fit(pairs: &[(bool, f32)]) -> Option<Platt> {
+        let positives = pairs.iter().filter(|p| p.0).count() as f64;
+        let negatives = pairs.len() as f64 - positives;
+        if positives == 0.0 || negatives == 0.0 {
+            return None;
+        }
+        let (hi, lo) = (
+            (positives + 1.0) / (positives + 2.0),
+            1.0 / (negatives + 2.0),
+        );
+        let data: Vec<(f64, f64)> = pairs
+            .iter()
+            .map(|&(gold, p)| (logit(p), if gold { hi } else { lo }))
+            .collect();
+        let loss = |a: f64, b: f64| -> f64 {
+            data.iter()
+                .map(|&(x, t)| {
+                    let z = a * x + b;
+                    softplus(z) - t * z
+                })
+                .sum()
+        };
+        let (mut a, mut b) = (1.0, 0.0);
+        let mut current = loss(a, b);
+        for _ in 0..100 {
+            let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-9, 0.0, 1e-9);
+            for &(x, t) in &data {
+                let s = sigmoid(a * x + b);
+                let (d, w) = (s - t, s * (1.0 - s));
+                ga += d * x;
+                gb += d;
+                haa += w * x * x;
+                hab += w * x;
+                hbb += w;
+            }
+            let det = haa * hbb - hab * hab;
+            if det.abs() < 1e-18 {
+                break;
+            }
+            let (da, db) = (-(hbb * ga - hab * gb) / det, -(haa * gb - hab * ga) / det);
+            let mut step = 1.0;
+            let mut improved = false;
+            while step > 1e-8 {
+                let (na, nb) = (a + step * da, b + step * db);
+                let next = loss(na, nb);
+                if next < current - 1e-12 {
+                    (a, b, current, improved) = (na, nb, next, true);
+                    break;
+                }
+                step /= 2.0;
+            }
+            if !improved || (step * da).abs().max((step * db).abs()) < 1e-10 {
+                break;
+            }
+        }
+        Some(Platt { a, b })
+    }
+}
+
+/// One Platt map per task (`None`: that task's scores are left as they are), with where it
+/// was fitted: a development split, never a test file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Calibration {
+    /// What the maps were fitted on (a directory, a split's name).
+    #[serde(default)]
+    pub fitted_on: String,
+    #[serde(default)]
+    pub request: Option<Platt>,
+    #[serde(default)]
+    pub completion: Option<Platt>,
+    #[serde(default)]
+    pub response: Option<Platt>,
+    /// Scored rows each map was fitted on: request, completion, response.
+    #[serde(default)]
+    pub rows: [usize; 3],
+}
+
+impl Calibration {
+    pub fn get(&self, task: Task) -> Option<Platt> {
+        match task {
+            Task::Prompt => self.request,
+            Task::Refusal => self.completion,
+            Task::Response => self.response,
+        }
+    }
+
+    /// Fits a map per task on the pooled pairs of that task (every benchmark of a
+    /// development split): `pairs_by_task` yields `(task, pairs)` per benchmark.
+    pub fn fit<'a>(
+        fitted_on: impl Into<String>,
+        pairs_by_task: impl IntoIterator<Item = (Task, &'a [(bool, f32)])>,
+    ) -> Calibration {
+        let mut pooled: [Vec<(bool, f32)>; 3] = Default::default();
+        let slot = |t: Task| match t {
+            Task::Prompt => 0,
+            Task::Refusal => 1,
+            Task::Response => 2,
+        };
+        for (task, pairs) in pairs_by_task {
+            pooled[slot(task)].extend_from_slice(pairs);
+        }
+        Calibration {
+            fitted_on: fitted_on.into(),
+            request: Platt::fit(&pooled[0]),
+            completion: Platt::fit(&pooled[1]),
+            response: Platt::fit(&pooled[2]),
+            rows: [pooled[0].len(), pooled[1].len(), pooled[2].len()],
+        }
+    }
+
+    /// The calibrated scores: each task's map applied where both exist.
+    pub fn apply(&self, scores: &LabelScores) -> LabelScores {
+        let map = |task: Task, s: Option<f32>| match (self.get(task), s) {
+            (Some(platt), Some(p)) => Some(platt.apply(p)),
+            (_, s) => s,
+        };
+        LabelScores {
+            request: map(Task::Prompt, scores.request),
+            completion: map(Task::Refusal, scores.completion),
+            response: map(Task::Response, scores.response),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +366,58 @@ mod tests {
         // A score of exactly 1 lands in the last bin.
         let (_, bins) = expected_calibration_error(&[(true, 1.0)], 10);
         assert_eq!(bins[0].lo, 0.9);
+    }
+
+    /// Scores from an overconfident model (what it claims: 0.05 or 0.95; what happens: 30%
+    /// or 70% positive): the fit softens them, and the calibration error falls.
+    #[test]
+    fn platt_scaling_repairs_an_overconfident_model() {
+        let mut pairs = Vec::new();
+        for i in 0..100 {
+            pairs.push((i < 30, 0.05));
+            pairs.push((i < 70, 0.95));
+        }
+        let (before, _) = expected_calibration_error(&pairs, 10);
+        let platt = Platt::fit(&pairs).unwrap();
+        assert!(platt.a > 0.0 && platt.a < 1.0, "{platt:?}");
+        let calibrated: Vec<(bool, f32)> =
+            pairs.iter().map(|&(g, p)| (g, platt.apply(p))).collect();
+        let (after, _) = expected_calibration_error(&calibrated, 10);
+        assert!(before > 0.24 && after < 0.02, "ECE {before} -> {after}");
+        assert!((platt.apply(0.95) - 0.7).abs() < 0.02);
+        // Monotone, so the ranking is the same.
+        assert!(platt.apply(0.2) < platt.apply(0.8));
+        assert_eq!(
+            ranking(&pairs).unwrap().roc_auc,
+            ranking(&calibrated).unwrap().roc_auc
+        );
+        // One class only: nothing to fit; the identity changes nothing (to float precision).
+        assert_eq!(Platt::fit(&[(true, 0.9)]), None);
+        assert!((Platt::IDENTITY.apply(0.3) - 0.3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_calibration_maps_each_task_with_its_own_fit() {
+        let over: Vec<(bool, f32)> = (0..200).map(|i| (i % 2 == 0, 0.99)).collect();
+        let fine: Vec<(bool, f32)> = (0..200)
+            .map(|i| (i % 4 == 0, if i % 4 == 0 { 0.9 } else { 0.1 }))
+            .collect();
+        let cal = Calibration::fit(
+            "dev",
+            [(Task::Prompt, &over[..]), (Task::Response, &fine[..])],
+        );
+        assert_eq!(cal.rows, [200, 0, 200]);
+        assert!(cal.completion.is_none());
+        let scores = LabelScores {
+            request: Some(0.99),
+            completion: Some(0.99),
+            response: None,
+        };
+        let mapped = cal.apply(&scores);
+        assert!((mapped.request.unwrap() - 0.5).abs() < 0.05, "{mapped:?}");
+        assert_eq!(mapped.completion, Some(0.99), "no map: unchanged");
+        assert_eq!(mapped.response, None);
+        let json = serde_json::to_string(&cal).unwrap();
+        assert_eq!(serde_json::from_str::<Calibration>(&json).unwrap(), cal);
     }
 }

@@ -276,6 +276,18 @@ pub struct ScoreReport {
 }
 
 impl ScoreReport {
+    /// Platt maps fitted on this report's scored rows, pooled per task (strict policy; this
+    /// must be a development split: fitting on a test file overstates how calibrated it is).
+    pub fn fit_calibration(&self, fitted_on: impl Into<String>) -> crate::calibration::Calibration {
+        crate::calibration::Calibration::fit(
+            fitted_on,
+            self.benchmarks
+                .iter()
+                .filter_map(|e| e.score())
+                .filter_map(|s| Some((s.task, s.ranking.as_deref()?.pairs.as_slice()))),
+        )
+    }
+
     pub fn entry(&self, name: &str, task: Task) -> Option<&BenchmarkEntry> {
         self.benchmarks
             .iter()
@@ -302,6 +314,9 @@ pub struct ScoreOptions {
     pub wildguard_file: Option<PathBuf>,
     /// Decide the harmful tasks by score at this threshold ([`score_rows_at`]).
     pub threshold: Option<f32>,
+    /// Map every row's label scores through this (fitted on a development split) before
+    /// scoring: calibration figures and `threshold` then speak of the calibrated scores.
+    pub calibration: Option<crate::calibration::Calibration>,
 }
 
 /// Load one prediction file.
@@ -339,7 +354,12 @@ pub fn score_dir(dir: &Path, options: &ScoreOptions) -> Result<ScoreReport, Scor
             });
             continue;
         }
-        let rows = load_predictions(&path)?;
+        let mut rows = load_predictions(&path)?;
+        if let Some(calibration) = &options.calibration {
+            for row in &mut rows {
+                row.scores = row.scores.as_ref().map(|s| calibration.apply(s));
+            }
+        }
         entries.push(BenchmarkEntry::Scored(score_rows_at(
             &rows,
             bench,

@@ -33,6 +33,7 @@ fn paper_report(size: &str, policy: ParsePolicy) -> guardreasoner_core::score::S
             policy,
             wildguard_file: None,
             threshold: None,
+            calibration: None,
         },
     )
     .unwrap()
