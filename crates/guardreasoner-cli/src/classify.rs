@@ -59,12 +59,40 @@ pub struct ClassifyArgs {
 pub struct ReasoningArgs {
     /// `full`: reason step by step, then answer (GuardReasoner). `none`: answer at once, scored.
     /// `auto`: answer at once, and reason fully only where a score is in --uncertainty-band.
-    #[arg(long, env = "GUARDREASONER_REASONING", default_value = "full")]
-    pub reasoning: ReasoningMode,
+    /// Default: the mode the model is meant to run in (the default guard's card says which,
+    /// chosen on its development split; any other model: `full`).
+    #[arg(long, env = "GUARDREASONER_REASONING")]
+    pub reasoning: Option<ReasoningMode>,
     /// Under `--reasoning auto`, the scores LOW,HIGH that are uncertain enough to reason about.
     /// Choose it on a development split.
     #[arg(long, env = "GUARDREASONER_UNCERTAINTY_BAND", default_value_t = UncertaintyBand::default())]
     pub uncertainty_band: UncertaintyBand,
+}
+
+impl ReasoningArgs {
+    /// `--reasoning` where given, else [`default_reasoning`] for `model`.
+    pub fn mode_for(&self, model: Option<&str>) -> anyhow::Result<ReasoningMode> {
+        match self.reasoning {
+            Some(mode) => Ok(mode),
+            None => default_reasoning(model),
+        }
+    }
+}
+
+/// The reasoning mode a model runs in unless asked otherwise: the default guard's card
+/// (`guard.json`, `reasoning.default`), `full` for every other model (GuardReasoner's way).
+pub fn default_reasoning(model: Option<&str>) -> anyhow::Result<ReasoningMode> {
+    if guardreasoner_hub::ModelSpec::parse(model)? != guardreasoner_hub::ModelSpec::Default {
+        return Ok(ReasoningMode::Full);
+    }
+    let card: serde_json::Value = serde_json::from_str(guardreasoner_hub::guard::GUARD_CARD)
+        .context("the shipped guard card (guard/guard.json) is not JSON")?;
+    match card["reasoning"]["default"].as_str() {
+        None => Ok(ReasoningMode::Full),
+        Some(mode) => mode
+            .parse()
+            .map_err(|e| anyhow::anyhow!("the shipped guard card's reasoning.default: {e}")),
+    }
 }
 
 pub(crate) fn parse_threshold(s: &str) -> Result<f32, String> {
@@ -98,7 +126,7 @@ fn outcome_json(c: &Conversation, o: &GuardOutcome, threshold: Option<f32>) -> s
     })
 }
 
-fn print_text(o: &GuardOutcome, threshold: Option<f32>) {
+fn print_text(o: &GuardOutcome, threshold: Option<f32>, mode: ReasoningMode) {
     println!("{}", o.text.trim_end());
     println!("\n────────────────────────────────────────");
     let show = |task: guardreasoner_core::Task, l: Option<guardreasoner_core::Label>| {
@@ -140,8 +168,14 @@ fn print_text(o: &GuardOutcome, threshold: Option<f32>) {
             }
     );
     eprintln!(
-        "({} prompt + {} generated tokens)",
-        o.usage.prompt_tokens, o.usage.completion_tokens
+        "({} prompt + {} generated tokens{})",
+        o.usage.prompt_tokens,
+        o.usage.completion_tokens,
+        match (mode, o.escalated) {
+            (ReasoningMode::None, _) | (ReasoningMode::Auto, Some(false)) =>
+                "; answered without reasoning: --reasoning full shows the guard's reasoning",
+            _ => "",
+        }
     );
 }
 
@@ -168,7 +202,7 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
     let params = GuardParams {
         max_new_tokens: args.max_new_tokens,
         max_reasoning_tokens: args.max_reasoning_tokens,
-        reasoning: args.reasoning.reasoning,
+        reasoning: args.reasoning.mode_for(args.model.as_deref())?,
         band: args.reasoning.uncertainty_band,
         ..GuardParams::default()
     };
@@ -183,7 +217,7 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
         if args.json {
             println!("{}", outcome_json(c, &outcome, args.threshold));
         } else {
-            print_text(&outcome, args.threshold);
+            print_text(&outcome, args.threshold, params.reasoning);
         }
         return Ok(());
     }
@@ -225,4 +259,29 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
         );
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_mode_is_the_guard_cards_and_full_for_any_other_model() {
+        let card: serde_json::Value =
+            serde_json::from_str(guardreasoner_hub::guard::GUARD_CARD).unwrap();
+        let carded = card["reasoning"]["default"]
+            .as_str()
+            .map_or(ReasoningMode::Full, |m| m.parse().unwrap());
+        assert_eq!(default_reasoning(None).unwrap(), carded);
+        assert_eq!(default_reasoning(Some("default")).unwrap(), carded);
+        assert_eq!(
+            default_reasoning(Some("smollm2-base")).unwrap(),
+            ReasoningMode::Full
+        );
+        let explicit = ReasoningArgs {
+            reasoning: Some(ReasoningMode::Auto),
+            uncertainty_band: UncertaintyBand::default(),
+        };
+        assert_eq!(explicit.mode_for(None).unwrap(), ReasoningMode::Auto);
+    }
 }

@@ -5,6 +5,7 @@ use crate::generator::GeneratorArgs;
 use anyhow::bail;
 use clap::Args;
 use guardreasoner_core::report::PaperTables;
+use guardreasoner_core::ReasoningMode;
 use guardreasoner_eval::{
     run_eval, select_targets, write_report, EvalConfig, EvalRow, EvalTarget, GenerationSettings,
     Progress, TargetSummary,
@@ -159,7 +160,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             max_new_tokens: args.max_new_tokens,
             concurrency: args.concurrency,
             max_reasoning_tokens: args.max_reasoning_tokens,
-            reasoning: args.reasoning.reasoning,
+            // A remote endpoint reasons fully unless told otherwise; a local model runs in
+            // its own default mode.
+            reasoning: match &args.generator.model {
+                Some(spec) => args.reasoning.mode_for(Some(spec))?,
+                None => args.reasoning.reasoning.unwrap_or(ReasoningMode::Full),
+            },
             band: args.reasoning.uncertainty_band,
         },
         model: model.clone(),

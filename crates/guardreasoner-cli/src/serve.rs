@@ -72,7 +72,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             guard_max_new_tokens: args.max_new_tokens,
             flag_threshold: args.threshold,
             max_reasoning_tokens: args.max_reasoning_tokens,
-            reasoning: args.reasoning.reasoning,
+            reasoning: args.reasoning.mode_for(args.model.as_deref())?,
             uncertainty_band: args.reasoning.uncertainty_band,
             ..ServerConfig::default()
         };
