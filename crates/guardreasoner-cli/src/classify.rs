@@ -64,35 +64,56 @@ pub struct ReasoningArgs {
     #[arg(long, env = "GUARDREASONER_REASONING")]
     pub reasoning: Option<ReasoningMode>,
     /// Under `--reasoning auto`, the scores LOW,HIGH that are uncertain enough to reason about.
-    /// Choose it on a development split.
-    #[arg(long, env = "GUARDREASONER_UNCERTAINTY_BAND", default_value_t = UncertaintyBand::default())]
-    pub uncertainty_band: UncertaintyBand,
+    /// Choose it on a development split. Default: the default guard's card's band (chosen on
+    /// its development splits), else 0.1,0.9.
+    #[arg(long, env = "GUARDREASONER_UNCERTAINTY_BAND")]
+    pub uncertainty_band: Option<UncertaintyBand>,
 }
 
 impl ReasoningArgs {
-    /// `--reasoning` where given, else [`default_reasoning`] for `model`.
-    pub fn mode_for(&self, model: Option<&str>) -> anyhow::Result<ReasoningMode> {
-        match self.reasoning {
-            Some(mode) => Ok(mode),
-            None => default_reasoning(model),
-        }
+    /// `--reasoning` and `--uncertainty-band` where given, else [`default_reasoning`] for
+    /// `model`.
+    pub fn resolve(&self, model: Option<&str>) -> anyhow::Result<(ReasoningMode, UncertaintyBand)> {
+        let (mode, band) = default_reasoning(model)?;
+        Ok((
+            self.reasoning.unwrap_or(mode),
+            self.uncertainty_band.unwrap_or(band),
+        ))
     }
 }
 
-/// The reasoning mode a model runs in unless asked otherwise: the default guard's card
-/// (`guard.json`, `reasoning.default`), `full` for every other model (GuardReasoner's way).
-pub fn default_reasoning(model: Option<&str>) -> anyhow::Result<ReasoningMode> {
+/// How a model runs unless asked otherwise: the default guard's card (`guard.json`,
+/// `reasoning.default` and `reasoning.uncertainty_band`, chosen on its development splits);
+/// every other model reasons fully (GuardReasoner's way), with the default band.
+pub fn default_reasoning(model: Option<&str>) -> anyhow::Result<(ReasoningMode, UncertaintyBand)> {
+    let fallback = (ReasoningMode::Full, UncertaintyBand::default());
     if guardreasoner_hub::ModelSpec::parse(model)? != guardreasoner_hub::ModelSpec::Default {
-        return Ok(ReasoningMode::Full);
+        return Ok(fallback);
     }
     let card: serde_json::Value = serde_json::from_str(guardreasoner_hub::guard::GUARD_CARD)
         .context("the shipped guard card (guard/guard.json) is not JSON")?;
-    match card["reasoning"]["default"].as_str() {
-        None => Ok(ReasoningMode::Full),
+    let reasoning = &card["reasoning"];
+    let mode = match reasoning["default"].as_str() {
+        None => fallback.0,
         Some(mode) => mode
             .parse()
-            .map_err(|e| anyhow::anyhow!("the shipped guard card's reasoning.default: {e}")),
-    }
+            .map_err(|e| anyhow::anyhow!("the shipped guard card's reasoning.default: {e}"))?,
+    };
+    let band = match reasoning["uncertainty_band"]
+        .as_array()
+        .map(|b| b.as_slice())
+    {
+        None => fallback.1,
+        Some([lo, hi]) => lo
+            .as_f64()
+            .zip(hi.as_f64())
+            .and_then(|(lo, hi)| UncertaintyBand::new(lo as f32, hi as f32).ok())
+            .context("the shipped guard card's reasoning.uncertainty_band is not a band")?,
+        Some(_) => {
+            anyhow::bail!("the shipped guard card's reasoning.uncertainty_band is not [low, high]")
+        }
+    };
+    Ok((mode, band))
 }
 
 pub(crate) fn parse_threshold(s: &str) -> Result<f32, String> {
@@ -199,11 +220,12 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
     };
     let backend =
         LocalBackend::from_spec(args.model.as_deref(), options).context("cannot load the model")?;
+    let (reasoning, band) = args.reasoning.resolve(args.model.as_deref())?;
     let params = GuardParams {
         max_new_tokens: args.max_new_tokens,
         max_reasoning_tokens: args.max_reasoning_tokens,
-        reasoning: args.reasoning.mode_for(args.model.as_deref())?,
-        band: args.reasoning.uncertainty_band,
+        reasoning,
+        band,
         ..GuardParams::default()
     };
     params.validate()?;
@@ -272,16 +294,28 @@ mod tests {
         let carded = card["reasoning"]["default"]
             .as_str()
             .map_or(ReasoningMode::Full, |m| m.parse().unwrap());
-        assert_eq!(default_reasoning(None).unwrap(), carded);
-        assert_eq!(default_reasoning(Some("default")).unwrap(), carded);
+        let (mode, band) = default_reasoning(None).unwrap();
+        assert_eq!(mode, carded);
+        assert_eq!(default_reasoning(Some("default")).unwrap(), (mode, band));
+        if let Some([lo, hi]) = card["reasoning"]["uncertainty_band"]
+            .as_array()
+            .map(|b| b.as_slice())
+        {
+            let expect =
+                UncertaintyBand::new(lo.as_f64().unwrap() as f32, hi.as_f64().unwrap() as f32);
+            assert_eq!(band, expect.unwrap());
+        }
         assert_eq!(
             default_reasoning(Some("smollm2-base")).unwrap(),
-            ReasoningMode::Full
+            (ReasoningMode::Full, UncertaintyBand::default())
         );
         let explicit = ReasoningArgs {
-            reasoning: Some(ReasoningMode::Auto),
-            uncertainty_band: UncertaintyBand::default(),
+            reasoning: Some(ReasoningMode::None),
+            uncertainty_band: Some(UncertaintyBand::new(0.2, 0.8).unwrap()),
         };
-        assert_eq!(explicit.mode_for(None).unwrap(), ReasoningMode::Auto);
+        assert_eq!(
+            explicit.resolve(None).unwrap(),
+            (ReasoningMode::None, UncertaintyBand::new(0.2, 0.8).unwrap())
+        );
     }
 }

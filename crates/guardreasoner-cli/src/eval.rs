@@ -139,6 +139,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (backend, model) = args.generator.build(&runtime, args.concurrency)?;
+    // A local model runs in its own default mode; a remote endpoint reasons fully unless told.
+    let (reasoning, band) = match &args.generator.model {
+        Some(spec) => args.reasoning.resolve(Some(spec))?,
+        None => (
+            args.reasoning.reasoning.unwrap_or(ReasoningMode::Full),
+            args.reasoning.uncertainty_band.unwrap_or_default(),
+        ),
+    };
     let tables = match PaperTables::load(&args.paper_tables) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -162,11 +170,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             max_reasoning_tokens: args.max_reasoning_tokens,
             // A remote endpoint reasons fully unless told otherwise; a local model runs in
             // its own default mode.
-            reasoning: match &args.generator.model {
-                Some(spec) => args.reasoning.mode_for(Some(spec))?,
-                None => args.reasoning.reasoning.unwrap_or(ReasoningMode::Full),
-            },
-            band: args.reasoning.uncertainty_band,
+            reasoning,
+            band,
         },
         model: model.clone(),
     };

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 pub const GUARD_NAME: &str = "GuardReasoner-SmolLM2-135M";
 
 /// sha256 of the shipped `guard/adapter_model.safetensors`.
-pub const ADAPTER_SHA256: &str = "5d7b0f10d449cb5ce3b9d0f8b7ada9040bdaea58c48f75eb9828714cd3f18e61";
+pub const ADAPTER_SHA256: &str = "dfd3066039886deade34c93f15423f737a6829b71b80ac901bc20bc49450f86f";
 
 static ADAPTER_WEIGHTS: &[u8] = include_bytes!("../guard/adapter_model.safetensors");
 static ADAPTER_CONFIG: &str = include_str!("../guard/adapter_config.json");
