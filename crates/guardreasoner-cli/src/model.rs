@@ -161,6 +161,17 @@ fn print_guard_card(card: &serde_json::Value) {
         "training data:  {}",
         text(&card["training_data"]["summary"])
     );
+    if card["reasoning"].is_object() {
+        let band = card["reasoning"]["uncertainty_band"]
+            .as_array()
+            .map(|b| format!(", band {}", serde_json::Value::Array(b.clone())))
+            .unwrap_or_default();
+        println!(
+            "reasoning:      {}{band} by default: {}",
+            text(&card["reasoning"]["default"]),
+            text(&card["reasoning"]["why"])
+        );
+    }
     println!("recipe:         {}", text(&card["recipe"]["summary"]));
     println!("compute:        {}", text(&card["recipe"]["compute"]));
     if let Some(seen) = card["seen_benchmarks"].as_array() {
