@@ -41,6 +41,11 @@ struct CommonArgs {
     /// tokenizer.json), or a Hub id.
     #[arg(long, default_value = guardreasoner_hub::BASE_SPEC)]
     model: String,
+    /// How the adapter names its base (`base_model_name_or_path`): the Hub id of the embedded
+    /// base, a Hub id as given, else the path given; set before `model` becomes the converted
+    /// directory, so a shipped adapter never names a path on the training machine.
+    #[arg(skip)]
+    base_name: String,
     /// Output directory (checkpoints, train_log.jsonl, loss_curve.svg/.png, the final model).
     #[arg(long)]
     output: PathBuf,
@@ -268,7 +273,7 @@ fn run_training(
         }
         TrainMode::Lora(lora) => {
             let dir = c.output.join("adapter");
-            save_adapter(model, lora, &c.model, &dir)?;
+            save_adapter(model, lora, &c.base_name, &dir)?;
             eprintln!(
                 "saved the PEFT adapter to {} (merge with `guardreasoner model merge`)",
                 dir.display()
@@ -303,6 +308,17 @@ fn copy_tokenizer(from: &Path, to: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The name an adapter gives its base: what `--model` named, as PEFT expects it.
+fn base_name(spec: &str) -> String {
+    match guardreasoner_hub::ModelSpec::parse(Some(spec)) {
+        Ok(guardreasoner_hub::ModelSpec::Base | guardreasoner_hub::ModelSpec::Default) => {
+            "HuggingFaceTB/SmolLM2-135M-Instruct".to_string()
+        }
+        Ok(guardreasoner_hub::ModelSpec::Hub { repo, .. }) => repo,
+        _ => spec.to_string(),
+    }
 }
 
 /// The base model as an HF-layout directory: a GGUF base is converted once into
@@ -372,6 +388,7 @@ fn load_model(c: &CommonArgs, model_dir: &Path, mode: &TrainMode) -> anyhow::Res
 fn sft(args: SftArgs) -> anyhow::Result<()> {
     let mut args = args;
     let base = base_dir(&args.common)?;
+    args.common.base_name = base_name(&args.common.model);
     args.common.model = base.display().to_string();
     let c = &args.common;
     let model_dir = base.as_path();
@@ -399,6 +416,7 @@ fn sft(args: SftArgs) -> anyhow::Result<()> {
 fn dpo(args: DpoArgs) -> anyhow::Result<()> {
     let mut args = args;
     let base = base_dir(&args.common)?;
+    args.common.base_name = base_name(&args.common.model);
     args.common.model = base.display().to_string();
     let c = &args.common;
     let model_dir = base.as_path();
@@ -489,5 +507,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     match args.command {
         TrainCommand::Sft(a) => sft(a),
         TrainCommand::Dpo(a) => dpo(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_name;
+
+    #[test]
+    fn an_adapter_names_its_base_as_given_never_the_converted_directory() {
+        for spec in ["smollm2-base", "default"] {
+            assert_eq!(base_name(spec), "HuggingFaceTB/SmolLM2-135M-Instruct");
+        }
+        assert_eq!(base_name("meta-llama/Llama-3.2-1B@main"), "meta-llama/Llama-3.2-1B");
+        assert_eq!(base_name("./missing/model.gguf"), "./missing/model.gguf");
     }
 }
