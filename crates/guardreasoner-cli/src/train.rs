@@ -519,7 +519,10 @@ mod tests {
         for spec in ["smollm2-base", "default"] {
             assert_eq!(base_name(spec), "HuggingFaceTB/SmolLM2-135M-Instruct");
         }
-        assert_eq!(base_name("meta-llama/Llama-3.2-1B@main"), "meta-llama/Llama-3.2-1B");
+        assert_eq!(
+            base_name("meta-llama/Llama-3.2-1B@main"),
+            "meta-llama/Llama-3.2-1B"
+        );
         assert_eq!(base_name("./missing/model.gguf"), "./missing/model.gguf");
     }
 }
