@@ -651,8 +651,8 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                         );
                     }
                     Err(e) => {
-                        let _ = state.events.send(Event::Failed(e.to_string()));
                         finish_job(&state);
+                        let _ = state.events.send(Event::Failed(e.to_string()));
                     }
                 }
             }
@@ -682,8 +682,8 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                 // The engine failed mid-step: every running request fails with the reason.
                 for (id, c) in active.drain() {
                     batch.cancel(id);
-                    let _ = c.job.events.send(Event::Failed(e.to_string()));
                     finish_job(&c.job);
+                    let _ = c.job.events.send(Event::Failed(e.to_string()));
                 }
                 continue;
             }
@@ -777,6 +777,9 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                 metrics
                     .reused_prompt_tokens
                     .fetch_add(reused as u64, Relaxed);
+                // The slot is released before the caller hears of the result, so a follow-up
+                // it submits at once (an `auto` escalation) finds the room this one left.
+                finish_job(&c.job);
                 let _ = c.job.events.send(Event::Done {
                     choice: c.choice,
                     completion_tokens: c.generated,
@@ -789,7 +792,6 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                     prefill_s,
                     decode_s,
                 });
-                finish_job(&c.job);
             }
         }
         metrics.active_sequences.store(batch.len() as u64, Relaxed);
