@@ -14,6 +14,9 @@
 #   5. the train-labels dev split under full and none reasoning, and the cascade sweep;
 #   6. the seen dev split (full reasoning).
 # Every stage resumes: run it again after a crash.
+# A later candidate continues from another adapter on the records its predecessor did not see:
+# TAG=r-sft-4 INIT_ADAPTER=crates/guardreasoner-hub/guard LABELS_SKIP=800 RELEASED_SKIP=240
+# (LABELS_DEV_LIMIT=0: the whole train-labels dev split).
 # Usage: scripts/direct-train-default-guard.sh [WORKDIR]   (default: runs/direct)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +30,10 @@ RELEASED=${RELEASED:-240}
 STEPS=${STEPS:-160}
 LR=${LR:-3e-4}
 LABELS_DEV_LIMIT=${LABELS_DEV_LIMIT:-300}
+LABELS_SKIP=${LABELS_SKIP:-0}
+RELEASED_SKIP=${RELEASED_SKIP:-0}
+INIT_ADAPTER=${INIT_ADAPTER:-crates/guardreasoner-hub/guard}
+TAG=${TAG:-r-sft-3}
 mkdir -p "$WORK"
 [ -x "$BIN" ] || cargo build --release -p guardreasoner-cli
 stage() { echo "== $1 ($(date -u +%H:%M:%S) UTC)"; STAGE_START=$(date +%s); }
@@ -60,28 +67,40 @@ random.Random(1).shuffle(records)
 json.dump(records, open(sys.argv[2], "w"))
 PY
 "$BIN" data direct --data "$WORK/released-shuffled.json" --out "$WORK/released-direct.json"
+# What an earlier candidate trained on is skipped (each file is in a fixed order).
+${GUARDREASONER_PYTHON:-python3} - "$WORK" "$LABELS_SKIP" "$RELEASED_SKIP" <<'PY'
+import json, sys
+work, labels_skip, released_skip = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for name, skip in [("labels-direct", labels_skip), ("released-direct", released_skip),
+                   ("released-shuffled", released_skip)]:
+    records = json.load(open(f"{work}/{name}.json"))
+    json.dump(records[skip:], open(f"{work}/{name}-from.json", "w"))
+    print(f"{name}: {len(records)} records, training from record {skip}")
+PY
 done_stage "3. direct answers"
 
-stage "4. R-SFT from the shipped adapter ($STEPS steps of 8: $LABELS_DIRECT + $RELEASED_DIRECT direct, $RELEASED reasoning)"
+stage "4. R-SFT from $INIT_ADAPTER ($STEPS steps of 8: $LABELS_DIRECT + $RELEASED_DIRECT direct, $RELEASED reasoning)"
 RESUME=()
 ls -d "$WORK"/sft/checkpoint-* >/dev/null 2>&1 && RESUME=(--resume)
 "$BIN" train sft --model smollm2-base \
-  --data "$WORK/labels-direct.json:$LABELS_DIRECT" \
-  --data "$WORK/released-direct.json:$RELEASED_DIRECT" \
-  --data "$WORK/released-shuffled.json:$RELEASED" \
-  --output "$WORK/sft" --init-adapter crates/guardreasoner-hub/guard \
+  --data "$WORK/labels-direct-from.json:$LABELS_DIRECT" \
+  --data "$WORK/released-direct-from.json:$RELEASED_DIRECT" \
+  --data "$WORK/released-shuffled-from.json:$RELEASED" \
+  --output "$WORK/sft" --init-adapter "$INIT_ADAPTER" \
   --preset none --grad-accum 8 --learning-rate "$LR" --warmup-ratio 0.05 \
   --max-steps "$STEPS" --save-steps 20 --cutoff-len 768 \
   --lora-rank 32 --lora-alpha 32 "${RESUME[@]}"
 done_stage "4. R-SFT"
 
-stage "5. train-labels dev split ($LABELS_DEV_LIMIT prompts, stratified, seed 1): full, none, cascade"
+stage "5. train-labels dev split ($LABELS_DEV_LIMIT prompts, stratified, seed 1; 0: all): full, none, cascade"
 [ -f "$WORK/rsft/model.gguf" ] || "$BIN" model merge --base "$WORK/sft/base" \
   --adapter "$WORK/sft/adapter" --output "$WORK/rsft" --gguf f16
+SAMPLE=()
+[ "$LABELS_DEV_LIMIT" != 0 ] && SAMPLE=(--limit "$LABELS_DEV_LIMIT" --seed 1)
 labels_dev() {
   "$BIN" eval --model "$WORK/rsft/model.gguf" --data-dir "$WORK/labels-dev" --benchmarks ToxicChat \
-    --limit "$LABELS_DEV_LIMIT" --seed 1 --max-new-tokens 1024 --reasoning "$1" \
-    --label "r-sft-3-labels-dev-$1" --out "$WORK/eval-labels-dev-$1"
+    "${SAMPLE[@]}" --max-new-tokens 1024 --reasoning "$1" \
+    --label "$TAG-labels-dev-$1" --out "$WORK/eval-labels-dev-$1"
 }
 labels_dev none
 labels_dev full
@@ -89,8 +108,10 @@ labels_dev full
   --band 0.05,0.95 --band 0.1,0.9 --band 0.2,0.8 --band 0.3,0.7 | tee "$WORK/cascade-labels-dev.md"
 done_stage "5. train-labels dev split"
 
-stage "6. seen dev split (full reasoning)"
-"$BIN" eval --model "$WORK/rsft/model.gguf" --data-dir "$WORK/dev" \
-  --benchmarks AegisSafetyTest,HarmBenchPrompt,SimpleSafetyTests,HarmBenchResponse,XSTestResponseHarmful,XSTestResponseRefusal \
-  --max-new-tokens 1024 --label r-sft-3-dev --out "$WORK/eval-dev"
+stage "6. seen dev split (none and full reasoning)"
+for mode in none full; do
+  "$BIN" eval --model "$WORK/rsft/model.gguf" --data-dir "$WORK/dev" --reasoning "$mode" \
+    --benchmarks AegisSafetyTest,HarmBenchPrompt,SimpleSafetyTests,HarmBenchResponse,XSTestResponseHarmful,XSTestResponseRefusal \
+    --max-new-tokens 1024 --label "$TAG-dev-$mode" --out "$WORK/eval-dev-$mode"
+done
 done_stage "6. seen dev split"

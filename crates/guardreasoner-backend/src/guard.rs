@@ -5,12 +5,14 @@ use crate::{
     PromptInput, Usage,
 };
 use guardreasoner_core::answer_grammar::{answer_endings, ANSWER_HEADER, FORCED_SEPARATOR};
+use guardreasoner_core::calibration::{GuardCalibration, Stage};
 use guardreasoner_core::cascade::needs_reasoning;
 use guardreasoner_core::label_scores::{answer_alternatives, answer_marker, ANSWER_ORDER};
 use guardreasoner_core::{
     build_guard_prompt, parse_strict, Conversation, LabelScores, ParseError, ParsedOutput,
     ReasoningMode, UncertaintyBand,
 };
+use std::sync::Arc;
 
 /// Sampling settings for a guard call. The paper evaluates greedily with up to 2048 new
 /// tokens, which is the default.
@@ -28,6 +30,10 @@ pub struct GuardParams {
     /// reasons only where a score falls in `band` ([`guardreasoner_core::cascade`]).
     pub reasoning: ReasoningMode,
     pub band: UncertaintyBand,
+    /// Maps the model's label scores to calibrated probabilities, by the stage that reached
+    /// the verdict (fitted on a development split; the default guard's card carries one).
+    /// The band is always applied to the model's own scores.
+    pub calibration: Option<Arc<GuardCalibration>>,
 }
 
 impl GuardParams {
@@ -61,6 +67,7 @@ impl Default for GuardParams {
             max_reasoning_tokens: None,
             reasoning: ReasoningMode::Full,
             band: UncertaintyBand::default(),
+            calibration: None,
         }
     }
 }
@@ -75,6 +82,8 @@ pub struct GuardOutcome {
     /// The probability of each answered task's positive label, where the backend scores
     /// ([`label_scores`]); `None` from a backend that cannot (a remote endpoint).
     pub scores: Option<LabelScores>,
+    /// The model's own scores where `scores` were calibrated ([`GuardParams::calibration`]).
+    pub raw_scores: Option<LabelScores>,
     /// Whether the answer was forced (the reasoning budget ran out, or the model would have
     /// stopped without answering); `None` from a backend that cannot constrain decoding. An
     /// answer asked for without reasoning (`none`) is not forced.
@@ -145,14 +154,30 @@ pub async fn classify(
     }
     params.validate()?;
     let first = generate_once(backend, conversation, params).await?;
-    if params.reasoning != ReasoningMode::Auto {
-        return Ok(first);
+    let verdict = if params.reasoning != ReasoningMode::Auto {
+        first
+    } else if !should_escalate(&first, params) {
+        settled(first)
+    } else {
+        let full = generate_once(backend, conversation, &params.escalated()).await?;
+        escalation(first, full)
+    };
+    Ok(calibrated(verdict, params))
+}
+
+/// The verdict with its scores mapped through `params.calibration` by the stage that reached
+/// it (the model's own kept in `raw_scores`); unchanged without a calibration. The last step
+/// of every verdict, after any escalation was decided on the model's own scores.
+pub fn calibrated(outcome: GuardOutcome, params: &GuardParams) -> GuardOutcome {
+    let (Some(calibration), Some(raw)) = (&params.calibration, outcome.scores) else {
+        return outcome;
+    };
+    let stage = Stage::of(params.reasoning, outcome.escalated);
+    GuardOutcome {
+        scores: Some(calibration.apply(&raw, stage)),
+        raw_scores: Some(raw),
+        ..outcome
     }
-    if !should_escalate(&first, params) {
-        return Ok(settled(first));
-    }
-    let full = generate_once(backend, conversation, &params.escalated()).await?;
-    Ok(escalation(first, full))
 }
 
 /// An `auto` first answer that was certain enough: the verdict.
@@ -231,6 +256,7 @@ pub fn outcome_of(
         text,
         parsed,
         scores,
+        raw_scores: None,
         forced,
         escalated: None,
         finish_reason,

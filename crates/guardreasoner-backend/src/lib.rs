@@ -15,8 +15,8 @@ mod types;
 
 pub use error::BackendError;
 pub use guard::{
-    answer_probes, classify, escalation, guard_request, label_scores, outcome_of, settled,
-    should_escalate, GuardOutcome, GuardParams,
+    answer_probes, calibrated, classify, escalation, guard_request, label_scores, outcome_of,
+    settled, should_escalate, GuardOutcome, GuardParams,
 };
 pub use multi::{Balance, MultiBackend};
 pub use openai::{

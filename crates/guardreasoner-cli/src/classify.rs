@@ -3,6 +3,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use futures_util::stream::{self, StreamExt};
 use guardreasoner_backend::{classify, GuardOutcome, GuardParams};
+use guardreasoner_core::calibration::GuardCalibration;
 use guardreasoner_core::label_scores::{check_threshold, flagged_at};
 use guardreasoner_core::{jsonl::read_jsonl, Conversation, ReasoningMode, UncertaintyBand};
 use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
@@ -10,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Args)]
 pub struct ClassifyArgs {
@@ -54,8 +56,9 @@ pub struct ClassifyArgs {
     reasoning: ReasoningArgs,
 }
 
-/// How much the guard reasons: shared by classify, eval and serve.
-#[derive(Args, Clone, Copy)]
+/// How much the guard reasons, and how its scores are calibrated: shared by classify, eval
+/// and serve.
+#[derive(Args, Clone)]
 pub struct ReasoningArgs {
     /// `full`: reason step by step, then answer (GuardReasoner). `none`: answer at once, scored.
     /// `auto`: answer at once, and reason fully only where a score is in --uncertainty-band.
@@ -68,25 +71,60 @@ pub struct ReasoningArgs {
     /// its development splits), else 0.1,0.9.
     #[arg(long, env = "GUARDREASONER_UNCERTAINTY_BAND")]
     pub uncertainty_band: Option<UncertaintyBand>,
+    /// Map the label scores through this calibration (JSON from `cascade --fit-calibration`
+    /// or `score --fit-calibration`, fitted on a development split), or `none` for the
+    /// model's own probabilities. Default: the default guard's card's calibration; none for
+    /// any other model.
+    #[arg(long, env = "GUARDREASONER_CALIBRATION", value_name = "FILE|none")]
+    pub calibration: Option<String>,
+}
+
+/// How a guard runs unless asked otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardDefaults {
+    pub reasoning: ReasoningMode,
+    pub band: UncertaintyBand,
+    pub calibration: Option<Arc<GuardCalibration>>,
 }
 
 impl ReasoningArgs {
-    /// `--reasoning` and `--uncertainty-band` where given, else [`default_reasoning`] for
-    /// `model`.
-    pub fn resolve(&self, model: Option<&str>) -> anyhow::Result<(ReasoningMode, UncertaintyBand)> {
-        let (mode, band) = default_reasoning(model)?;
-        Ok((
-            self.reasoning.unwrap_or(mode),
-            self.uncertainty_band.unwrap_or(band),
-        ))
+    /// The flags where given, else [`guard_defaults`] for `model`.
+    pub fn resolve(&self, model: Option<&str>) -> anyhow::Result<GuardDefaults> {
+        let defaults = guard_defaults(model)?;
+        self.over(defaults)
+    }
+
+    /// The flags where given, else `defaults`.
+    pub fn over(&self, defaults: GuardDefaults) -> anyhow::Result<GuardDefaults> {
+        let calibration = match self.calibration.as_deref() {
+            None => defaults.calibration,
+            Some("none") => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the calibration {path}"))?;
+                let calibration = GuardCalibration::from_json(&text)
+                    .with_context(|| format!("{path}: not a calibration file"))?;
+                Some(Arc::new(calibration))
+            }
+        };
+        Ok(GuardDefaults {
+            reasoning: self.reasoning.unwrap_or(defaults.reasoning),
+            band: self.uncertainty_band.unwrap_or(defaults.band),
+            calibration,
+        })
     }
 }
 
-/// How a model runs unless asked otherwise: the default guard's card (`guard.json`,
-/// `reasoning.default` and `reasoning.uncertainty_band`, chosen on its development splits);
-/// every other model reasons fully (GuardReasoner's way), with the default band.
-pub fn default_reasoning(model: Option<&str>) -> anyhow::Result<(ReasoningMode, UncertaintyBand)> {
-    let fallback = (ReasoningMode::Full, UncertaintyBand::default());
+/// How a model runs unless asked otherwise: the default guard's card (`guard.json`:
+/// `reasoning.default`, `reasoning.uncertainty_band` and `calibration`, chosen and fitted on
+/// its development splits); every other model reasons fully (GuardReasoner's way), with the
+/// default band and its own probabilities.
+pub fn guard_defaults(model: Option<&str>) -> anyhow::Result<GuardDefaults> {
+    let fallback = GuardDefaults {
+        reasoning: ReasoningMode::Full,
+        band: UncertaintyBand::default(),
+        calibration: None,
+    };
     if guardreasoner_hub::ModelSpec::parse(model)? != guardreasoner_hub::ModelSpec::Default {
         return Ok(fallback);
     }
@@ -94,7 +132,7 @@ pub fn default_reasoning(model: Option<&str>) -> anyhow::Result<(ReasoningMode, 
         .context("the shipped guard card (guard/guard.json) is not JSON")?;
     let reasoning = &card["reasoning"];
     let mode = match reasoning["default"].as_str() {
-        None => fallback.0,
+        None => fallback.reasoning,
         Some(mode) => mode
             .parse()
             .map_err(|e| anyhow::anyhow!("the shipped guard card's reasoning.default: {e}"))?,
@@ -103,7 +141,7 @@ pub fn default_reasoning(model: Option<&str>) -> anyhow::Result<(ReasoningMode, 
         .as_array()
         .map(|b| b.as_slice())
     {
-        None => fallback.1,
+        None => fallback.band,
         Some([lo, hi]) => lo
             .as_f64()
             .zip(hi.as_f64())
@@ -113,7 +151,18 @@ pub fn default_reasoning(model: Option<&str>) -> anyhow::Result<(ReasoningMode, 
             anyhow::bail!("the shipped guard card's reasoning.uncertainty_band is not [low, high]")
         }
     };
-    Ok((mode, band))
+    let calibration = match &card["calibration"] {
+        serde_json::Value::Null => None,
+        value => Some(Arc::new(
+            GuardCalibration::from_json(&value.to_string())
+                .context("the shipped guard card's calibration is not a calibration")?,
+        )),
+    };
+    Ok(GuardDefaults {
+        reasoning: mode,
+        band,
+        calibration,
+    })
 }
 
 pub(crate) fn parse_threshold(s: &str) -> Result<f32, String> {
@@ -220,12 +269,13 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
     };
     let backend =
         LocalBackend::from_spec(args.model.as_deref(), options).context("cannot load the model")?;
-    let (reasoning, band) = args.reasoning.resolve(args.model.as_deref())?;
+    let defaults = args.reasoning.resolve(args.model.as_deref())?;
     let params = GuardParams {
         max_new_tokens: args.max_new_tokens,
         max_reasoning_tokens: args.max_reasoning_tokens,
-        reasoning,
-        band,
+        reasoning: defaults.reasoning,
+        band: defaults.band,
+        calibration: defaults.calibration,
         ..GuardParams::default()
     };
     params.validate()?;
@@ -294,28 +344,48 @@ mod tests {
         let carded = card["reasoning"]["default"]
             .as_str()
             .map_or(ReasoningMode::Full, |m| m.parse().unwrap());
-        let (mode, band) = default_reasoning(None).unwrap();
-        assert_eq!(mode, carded);
-        assert_eq!(default_reasoning(Some("default")).unwrap(), (mode, band));
+        let defaults = guard_defaults(None).unwrap();
+        assert_eq!(defaults.reasoning, carded);
+        assert_eq!(guard_defaults(Some("default")).unwrap(), defaults);
         if let Some([lo, hi]) = card["reasoning"]["uncertainty_band"]
             .as_array()
             .map(|b| b.as_slice())
         {
             let expect =
                 UncertaintyBand::new(lo.as_f64().unwrap() as f32, hi.as_f64().unwrap() as f32);
-            assert_eq!(band, expect.unwrap());
+            assert_eq!(defaults.band, expect.unwrap());
         }
         assert_eq!(
-            default_reasoning(Some("smollm2-base")).unwrap(),
-            (ReasoningMode::Full, UncertaintyBand::default())
+            defaults.calibration.is_some(),
+            !card["calibration"].is_null(),
+            "the card's calibration is the default guard's"
+        );
+        assert_eq!(
+            guard_defaults(Some("smollm2-base")).unwrap(),
+            GuardDefaults {
+                reasoning: ReasoningMode::Full,
+                band: UncertaintyBand::default(),
+                calibration: None,
+            }
         );
         let explicit = ReasoningArgs {
             reasoning: Some(ReasoningMode::None),
             uncertainty_band: Some(UncertaintyBand::new(0.2, 0.8).unwrap()),
+            calibration: Some("none".into()),
         };
         assert_eq!(
             explicit.resolve(None).unwrap(),
-            (ReasoningMode::None, UncertaintyBand::new(0.2, 0.8).unwrap())
+            GuardDefaults {
+                reasoning: ReasoningMode::None,
+                band: UncertaintyBand::new(0.2, 0.8).unwrap(),
+                calibration: None,
+            }
         );
+        let missing = ReasoningArgs {
+            calibration: Some("no/such/calibration.json".into()),
+            ..explicit
+        };
+        let err = format!("{:#}", missing.resolve(None).unwrap_err());
+        assert!(err.contains("no/such/calibration.json"), "{err}");
     }
 }

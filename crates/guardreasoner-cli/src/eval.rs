@@ -5,7 +5,7 @@ use crate::generator::GeneratorArgs;
 use anyhow::bail;
 use clap::Args;
 use guardreasoner_core::report::PaperTables;
-use guardreasoner_core::ReasoningMode;
+use guardreasoner_core::{ReasoningMode, UncertaintyBand};
 use guardreasoner_eval::{
     run_eval, select_targets, write_report, EvalConfig, EvalRow, EvalTarget, GenerationSettings,
     Progress, TargetSummary,
@@ -140,12 +140,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .build()?;
     let (backend, model) = args.generator.build(&runtime, args.concurrency)?;
     // A local model runs in its own default mode; a remote endpoint reasons fully unless told.
-    let (reasoning, band) = match &args.generator.model {
+    let defaults = match &args.generator.model {
         Some(spec) => args.reasoning.resolve(Some(spec))?,
-        None => (
-            args.reasoning.reasoning.unwrap_or(ReasoningMode::Full),
-            args.reasoning.uncertainty_band.unwrap_or_default(),
-        ),
+        None => args.reasoning.over(crate::classify::GuardDefaults {
+            reasoning: ReasoningMode::Full,
+            band: UncertaintyBand::default(),
+            calibration: None,
+        })?,
     };
     let tables = match PaperTables::load(&args.paper_tables) {
         Ok(t) => Some(t),
@@ -170,8 +171,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             max_reasoning_tokens: args.max_reasoning_tokens,
             // A remote endpoint reasons fully unless told otherwise; a local model runs in
             // its own default mode.
-            reasoning,
-            band,
+            reasoning: defaults.reasoning,
+            band: defaults.band,
+            calibration: defaults.calibration,
         },
         model: model.clone(),
     };

@@ -1,9 +1,9 @@
 use anyhow::{bail, Context};
 use clap::Args;
-use guardreasoner_core::calibration::Calibration;
+use guardreasoner_core::calibration::GuardCalibration;
 use guardreasoner_core::report::{self, Comparison, Format, PaperTables, DEFAULT_COMPARE};
 use guardreasoner_core::score::{score_dir, ScoreOptions};
-use guardreasoner_core::ParsePolicy;
+use guardreasoner_core::{ParsePolicy, ReasoningMode};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -38,10 +38,15 @@ pub struct ScoreArgs {
     /// scores) instead of by the written label. Choose it on a development split.
     #[arg(long, value_parser = crate::classify::parse_threshold)]
     threshold: Option<f32>,
-    /// Map the label scores through this calibration (`--fit-calibration` on a development
-    /// split) before scoring.
+    /// Map the label scores through this calibration before scoring: one fitted on a
+    /// development split by `--fit-calibration`, or by stage by `cascade --fit-calibration`
+    /// (what `auto` answered at once and what it reasoned about are mapped apart).
     #[arg(long, conflicts_with = "fit_calibration")]
     calibration: Option<PathBuf>,
+    /// The reasoning mode the predictions were generated in, which decides the calibration
+    /// stage of rows that do not say (default: the run's eval-settings.json, else `full`).
+    #[arg(long)]
+    reasoning: Option<ReasoningMode>,
     /// Fit a Platt map per task on these rows' label scores and write it here (JSON). Only on
     /// a development split: a map fitted on a test file says nothing about calibration.
     #[arg(long, value_name = "OUT")]
@@ -52,18 +57,23 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     let calibration = args
         .calibration
         .as_deref()
-        .map(|path| -> anyhow::Result<Calibration> {
+        .map(|path| -> anyhow::Result<GuardCalibration> {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the calibration {}", path.display()))?;
-            serde_json::from_str(&text)
+            GuardCalibration::from_json(&text)
                 .with_context(|| format!("{}: not a calibration file", path.display()))
         })
         .transpose()?;
+    let reasoning = match args.reasoning {
+        Some(mode) => mode,
+        None => run_reasoning(&args.predictions)?,
+    };
     let options = ScoreOptions {
         policy: args.parse,
         wildguard_file: args.wildguard.clone(),
         threshold: args.threshold,
         calibration,
+        reasoning,
     };
     let report = score_dir(&args.predictions, &options)?;
     if let Some(out) = &args.fit_calibration {
@@ -123,4 +133,21 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
         report::render(&report, args.format, &label, comparison.as_ref())
     );
     Ok(())
+}
+
+/// The reasoning mode an `eval` output directory was generated in (its settings file), else
+/// `full` (the official predictions reason).
+fn run_reasoning(dir: &std::path::Path) -> anyhow::Result<ReasoningMode> {
+    let path = dir.join(guardreasoner_eval::RUN_SETTINGS_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(ReasoningMode::Full);
+    };
+    let settings: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    match settings["reasoning"].as_str() {
+        None => Ok(ReasoningMode::Full),
+        Some(mode) => mode
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{}: reasoning: {e}", path.display())),
+    }
 }

@@ -64,7 +64,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
         eprintln!("guardreasoner: listening on http://{} (loading the model; /health answers 503 until it is ready)", listener.local_addr()?);
-        let (reasoning, uncertainty_band) = args.reasoning.resolve(args.model.as_deref())?;
+        let defaults = args.reasoning.resolve(args.model.as_deref())?;
         let config = ServerConfig {
             served_model: args.served_model,
             api_key: args.api_key,
@@ -73,8 +73,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             guard_max_new_tokens: args.max_new_tokens,
             flag_threshold: args.threshold,
             max_reasoning_tokens: args.max_reasoning_tokens,
-            reasoning,
-            uncertainty_band,
+            reasoning: defaults.reasoning,
+            uncertainty_band: defaults.band,
+            calibration: defaults.calibration,
             ..ServerConfig::default()
         };
         let options = RuntimeOptions {

@@ -4,6 +4,7 @@
 //! a guard whose scores are overconfident: Platt scaling per task, fitted on a development
 //! split ([`Calibration::fit`]) and applied to every score after ([`Calibration::apply`]).
 
+use crate::cascade::ReasoningMode;
 use crate::label_scores::LabelScores;
 use crate::labels::Task;
 use serde::{Deserialize, Serialize};
@@ -325,6 +326,72 @@ impl Calibration {
     }
 }
 
+/// How a verdict was reached, which decides the map its scores go through: a score read
+/// right after the input and one read after full reasoning are different quantities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Answered without reasoning (`none`; an `auto` verdict that was not escalated).
+    AtOnce,
+    /// Answered after reasoning (`full`; an `auto` escalation).
+    Reasoned,
+}
+
+impl Stage {
+    /// The stage of a verdict from the run's reasoning mode and, under `auto`, whether it was
+    /// escalated (`None`: not an `auto` verdict).
+    pub fn of(mode: ReasoningMode, escalated: Option<bool>) -> Stage {
+        match (mode, escalated) {
+            (_, Some(true)) | (ReasoningMode::Full, None) => Stage::Reasoned,
+            _ => Stage::AtOnce,
+        }
+    }
+}
+
+/// A guard's calibration: one [`Calibration`] per [`Stage`], fitted on a development split
+/// (`guardreasoner cascade --fit-calibration`: what `auto` answers at once is fitted on the
+/// `none` run, what it reasons about on the `full` run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct GuardCalibration {
+    #[serde(default)]
+    pub fitted_on: String,
+    pub at_once: Calibration,
+    pub reasoned: Calibration,
+}
+
+impl GuardCalibration {
+    /// One map for both stages (a run of a single mode fitted with `score --fit-calibration`).
+    pub fn single(calibration: Calibration) -> GuardCalibration {
+        GuardCalibration {
+            fitted_on: calibration.fitted_on.clone(),
+            at_once: calibration.clone(),
+            reasoned: calibration,
+        }
+    }
+
+    /// A calibration file: a [`GuardCalibration`], or a single [`Calibration`] (both stages).
+    pub fn from_json(text: &str) -> Result<GuardCalibration, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        if value.get("at_once").is_some() || value.get("reasoned").is_some() {
+            serde_json::from_value(value)
+        } else {
+            serde_json::from_value(value).map(GuardCalibration::single)
+        }
+    }
+
+    pub fn stage(&self, stage: Stage) -> &Calibration {
+        match stage {
+            Stage::AtOnce => &self.at_once,
+            Stage::Reasoned => &self.reasoned,
+        }
+    }
+
+    /// The calibrated scores of a verdict reached at `stage`.
+    pub fn apply(&self, scores: &LabelScores, stage: Stage) -> LabelScores {
+        self.stage(stage).apply(scores)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,5 +486,41 @@ mod tests {
         assert_eq!(mapped.response, None);
         let json = serde_json::to_string(&cal).unwrap();
         assert_eq!(serde_json::from_str::<Calibration>(&json).unwrap(), cal);
+    }
+
+    #[test]
+    fn a_guard_calibration_maps_each_stage_apart_and_reads_either_file() {
+        use crate::cascade::ReasoningMode::{Auto, Full, None as NoReasoning};
+        assert_eq!(Stage::of(Full, None), Stage::Reasoned);
+        assert_eq!(Stage::of(NoReasoning, None), Stage::AtOnce);
+        assert_eq!(Stage::of(Auto, Some(true)), Stage::Reasoned);
+        assert_eq!(Stage::of(Auto, Some(false)), Stage::AtOnce);
+        let halve = Calibration {
+            request: Some(Platt {
+                a: 1.0,
+                b: -(3.0f64).ln(),
+            }),
+            ..Calibration::default()
+        };
+        let staged = GuardCalibration {
+            fitted_on: "dev".into(),
+            at_once: halve.clone(),
+            reasoned: Calibration::default(),
+        };
+        let scores = LabelScores {
+            request: Some(0.75),
+            ..LabelScores::default()
+        };
+        // Odds 3 divided by 3: 0.5 at once; the reasoned stage has no map.
+        let at_once = staged.apply(&scores, Stage::AtOnce).request.unwrap();
+        assert!((at_once - 0.5).abs() < 1e-6, "{at_once}");
+        assert_eq!(staged.apply(&scores, Stage::Reasoned), scores);
+        let json = serde_json::to_string(&staged).unwrap();
+        assert_eq!(GuardCalibration::from_json(&json).unwrap(), staged);
+        // A one-stage file (`score --fit-calibration`) maps both stages.
+        let single = GuardCalibration::from_json(&serde_json::to_string(&halve).unwrap()).unwrap();
+        assert_eq!(single.at_once, halve);
+        assert_eq!(single.reasoned, halve);
+        assert!(GuardCalibration::from_json("[1, 2]").is_err());
     }
 }

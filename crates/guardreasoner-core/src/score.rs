@@ -1,7 +1,8 @@
 //! Scoring prediction files the way the paper does, and the fail-closed way.
 
 use crate::benchmarks::{gold_label, Benchmark, Gold, GoldFormat, BENCHMARKS};
-use crate::calibration::{ranking, Ranking};
+use crate::calibration::{ranking, GuardCalibration, Ranking, Stage};
+use crate::cascade::ReasoningMode;
 use crate::jsonl::{read_jsonl, read_records, DataError};
 use crate::label_scores::{label_at, LabelScores};
 use crate::labels::{Label, Task};
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 pub const PREDICTIONS_FILE: &str = "generated_predictions.jsonl";
 
 /// One row of an official `generated_predictions.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct PredictionRow {
     /// The full model input (instruction and conversation).
     pub prompt: String,
@@ -26,6 +27,12 @@ pub struct PredictionRow {
     /// Label scores, where the run that wrote the file had them (our `eval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scores: Option<LabelScores>,
+    /// The model's own scores where `scores` were calibrated when generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_scores: Option<LabelScores>,
+    /// Under reasoning `auto`: whether the verdict was reasoned (its [`Stage`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -314,9 +321,12 @@ pub struct ScoreOptions {
     pub wildguard_file: Option<PathBuf>,
     /// Decide the harmful tasks by score at this threshold ([`score_rows_at`]).
     pub threshold: Option<f32>,
-    /// Map every row's label scores through this (fitted on a development split) before
-    /// scoring: calibration figures and `threshold` then speak of the calibrated scores.
-    pub calibration: Option<crate::calibration::Calibration>,
+    /// Map every row's label scores (the model's own, where the row kept both) through this,
+    /// by the row's [`Stage`], before scoring: calibration figures and `threshold` then speak
+    /// of the calibrated scores. Fitted on a development split.
+    pub calibration: Option<GuardCalibration>,
+    /// The reasoning mode the rows were generated in (the stage of rows that do not say).
+    pub reasoning: ReasoningMode,
 }
 
 /// Load one prediction file.
@@ -357,7 +367,11 @@ pub fn score_dir(dir: &Path, options: &ScoreOptions) -> Result<ScoreReport, Scor
         let mut rows = load_predictions(&path)?;
         if let Some(calibration) = &options.calibration {
             for row in &mut rows {
-                row.scores = row.scores.as_ref().map(|s| calibration.apply(s));
+                let stage = Stage::of(options.reasoning, row.escalated);
+                row.scores = row
+                    .raw_scores
+                    .or(row.scores)
+                    .map(|s| calibration.apply(&s, stage));
             }
         }
         entries.push(BenchmarkEntry::Scored(score_rows_at(
@@ -426,7 +440,7 @@ mod tests {
             prompt: String::new(),
             label: label.into(),
             predict: predict.into(),
-            scores: None,
+            ..PredictionRow::default()
         }
     }
 
@@ -521,5 +535,74 @@ mod tests {
         // The paper policy has no scores to threshold.
         let paper = score_rows_at(&rows, bench, ParsePolicy::Paper, None, Some(0.7));
         assert_eq!(paper.threshold, None);
+    }
+
+    #[test]
+    fn a_staged_calibration_maps_each_row_by_how_it_was_answered() {
+        use crate::calibration::{Calibration, Platt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ToxicChat").join(PREDICTIONS_FILE);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let scored = |p: f32, raw: Option<f32>, escalated: Option<bool>| PredictionRow {
+            scores: Some(LabelScores {
+                request: Some(p),
+                ..LabelScores::default()
+            }),
+            raw_scores: raw.map(|r| LabelScores {
+                request: Some(r),
+                ..LabelScores::default()
+            }),
+            escalated,
+            ..row("harmful", H)
+        };
+        let rows = [
+            scored(0.75, None, Some(false)),
+            scored(0.75, None, Some(true)),
+            // Calibrated when generated: the model's own score is what is mapped.
+            scored(0.1, Some(0.75), Some(false)),
+            scored(0.75, None, None),
+        ];
+        let text: String = rows
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        let to_half = Calibration {
+            request: Some(Platt {
+                a: 1.0,
+                b: -(3.0f64).ln(),
+            }),
+            ..Calibration::default()
+        };
+        let options = |reasoning| ScoreOptions {
+            calibration: Some(GuardCalibration {
+                fitted_on: "dev".into(),
+                at_once: to_half.clone(),
+                reasoned: Calibration::default(),
+            }),
+            reasoning,
+            ..ScoreOptions::default()
+        };
+        let scores = |reasoning| -> Vec<f32> {
+            let report = score_dir(dir.path(), &options(reasoning)).unwrap();
+            let entry = report.entry("ToxicChat", Task::Prompt).unwrap();
+            let mut s: Vec<f32> = entry
+                .score()
+                .unwrap()
+                .ranking
+                .as_ref()
+                .unwrap()
+                .pairs
+                .iter()
+                .map(|p| p.1)
+                .collect();
+            s.sort_by(f32::total_cmp);
+            s
+        };
+        let near = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        // Under a `full` run the row that does not say is reasoned (unmapped) ...
+        assert!(near(&scores(ReasoningMode::Full), &[0.5, 0.5, 0.75, 0.75]));
+        // ... under `none` it was answered at once.
+        assert!(near(&scores(ReasoningMode::None), &[0.5, 0.5, 0.5, 0.75]));
     }
 }

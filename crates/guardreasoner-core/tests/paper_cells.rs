@@ -32,8 +32,7 @@ fn paper_report(size: &str, policy: ParsePolicy) -> guardreasoner_core::score::S
         &ScoreOptions {
             policy,
             wildguard_file: None,
-            threshold: None,
-            calibration: None,
+            ..ScoreOptions::default()
         },
     )
     .unwrap()

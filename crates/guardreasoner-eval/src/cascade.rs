@@ -6,10 +6,11 @@
 
 use crate::error::EvalError;
 use crate::run::EvalRow;
+use guardreasoner_core::calibration::{Calibration, GuardCalibration};
 use guardreasoner_core::cascade::needs_reasoning;
 use guardreasoner_core::jsonl::read_jsonl;
 use guardreasoner_core::score::{score_rows, PredictionRow, PREDICTIONS_FILE};
-use guardreasoner_core::{parse_strict, ParsePolicy, UncertaintyBand, BENCHMARKS};
+use guardreasoner_core::{parse_strict, ParsePolicy, Task, UncertaintyBand, BENCHMARKS};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,35 +36,62 @@ fn point(
     bench: &guardreasoner_core::Benchmark,
     mode: &'static str,
     band: Option<UncertaintyBand>,
-    rows: &[(&EvalRow, u64)],
-    escalated: usize,
+    rows: &[EvalRow],
 ) -> CascadePoint {
-    let predictions: Vec<PredictionRow> = rows
-        .iter()
-        .map(|(r, _)| PredictionRow::from((*r).clone()))
-        .collect();
+    let predictions: Vec<PredictionRow> = rows.iter().cloned().map(PredictionRow::from).collect();
     let score = score_rows(&predictions, bench, ParsePolicy::Strict, None);
-    let tokens: u64 = rows.iter().map(|(_, t)| t).sum();
+    let tokens: u64 = rows.iter().map(tokens).sum();
     CascadePoint {
         benchmark: bench.name.to_string(),
         mode,
         band,
         rows: rows.len(),
-        escalated,
+        escalated: rows.iter().filter(|r| r.escalated == Some(true)).count(),
         mean_tokens: tokens as f64 / rows.len().max(1) as f64,
         f1: score.f1,
         parse_failures: score.parse_failures,
     }
 }
 
+/// The rows of one benchmark that a `none` run and a `full` run both generated, paired by
+/// row index.
+pub struct PairedRuns {
+    pub benchmark: &'static guardreasoner_core::Benchmark,
+    pub pairs: Vec<(EvalRow, EvalRow)>,
+}
+
+impl PairedRuns {
+    /// What `auto` at `band` answers for each row: the `none` row where it is certain, the
+    /// `full` one (marked escalated, counting both generations' tokens) where it is not.
+    pub fn auto_rows(&self, band: UncertaintyBand) -> Vec<EvalRow> {
+        self.pairs
+            .iter()
+            .map(|(n, f)| {
+                if needs_reasoning(&parse_strict(&n.predict), n.scores.as_ref(), band) {
+                    EvalRow {
+                        completion_tokens: Some(tokens(n) + tokens(f)),
+                        escalated: Some(true),
+                        ..f.clone()
+                    }
+                } else {
+                    EvalRow {
+                        escalated: Some(false),
+                        ..n.clone()
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+fn tokens(r: &EvalRow) -> u64 {
+    r.completion_tokens.unwrap_or(0)
+}
+
 /// Every benchmark both directories hold (WildGuardTest aside: its gold labels need the data
-/// file), scored as `full`, `none` and `auto` at each band, on the rows both runs generated.
-pub fn sweep(
-    none_dir: &Path,
-    full_dir: &Path,
-    bands: &[UncertaintyBand],
-) -> Result<Vec<CascadePoint>, EvalError> {
-    let mut points = Vec::new();
+/// file), on the rows both runs generated.
+pub fn paired_runs(none_dir: &Path, full_dir: &Path) -> Result<Vec<PairedRuns>, EvalError> {
+    let mut runs = Vec::new();
     for bench in BENCHMARKS.iter().filter(|b| b.name != "WildGuardTest") {
         let (none_path, full_path) = (
             none_dir.join(bench.prediction_dir).join(PREDICTIONS_FILE),
@@ -74,10 +102,11 @@ pub fn sweep(
         }
         let none: Vec<EvalRow> = read_jsonl(&none_path)?;
         let full: Vec<EvalRow> = read_jsonl(&full_path)?;
-        let full_by_index: HashMap<usize, &EvalRow> = full.iter().map(|r| (r.index, r)).collect();
+        let mut full_by_index: HashMap<usize, EvalRow> =
+            full.into_iter().map(|r| (r.index, r)).collect();
         let mut pairs = Vec::new();
-        for n in &none {
-            let Some(&f) = full_by_index.get(&n.index) else {
+        for n in none {
+            let Some(f) = full_by_index.remove(&n.index) else {
                 continue;
             };
             if f.prompt != n.prompt {
@@ -92,37 +121,71 @@ pub fn sweep(
             }
             pairs.push((n, f));
         }
-        if pairs.is_empty() {
-            continue;
+        if !pairs.is_empty() {
+            runs.push(PairedRuns {
+                benchmark: bench,
+                pairs,
+            });
         }
-        let tokens = |r: &EvalRow| r.completion_tokens.unwrap_or(0);
-        let full_rows: Vec<(&EvalRow, u64)> = pairs.iter().map(|&(_, f)| (f, tokens(f))).collect();
-        let none_rows: Vec<(&EvalRow, u64)> = pairs.iter().map(|&(n, _)| (n, tokens(n))).collect();
-        points.push(point(bench, "full", None, &full_rows, 0));
-        points.push(point(bench, "none", None, &none_rows, 0));
-        // Parsed once; each band only compares scores.
-        let unreasoned: Vec<_> = pairs
-            .iter()
-            .map(|(n, _)| parse_strict(&n.predict))
-            .collect();
+    }
+    Ok(runs)
+}
+
+/// Every paired benchmark scored as `full`, `none` and `auto` at each band.
+pub fn sweep(
+    none_dir: &Path,
+    full_dir: &Path,
+    bands: &[UncertaintyBand],
+) -> Result<Vec<CascadePoint>, EvalError> {
+    let mut points = Vec::new();
+    for run in paired_runs(none_dir, full_dir)? {
+        let bench = run.benchmark;
+        let full_rows: Vec<EvalRow> = run.pairs.iter().map(|(_, f)| f.clone()).collect();
+        let none_rows: Vec<EvalRow> = run.pairs.iter().map(|(n, _)| n.clone()).collect();
+        points.push(point(bench, "full", None, &full_rows));
+        points.push(point(bench, "none", None, &none_rows));
         for &band in bands {
-            let mut escalated = 0;
-            let rows: Vec<(&EvalRow, u64)> = pairs
-                .iter()
-                .zip(&unreasoned)
-                .map(|(&(n, f), parsed)| {
-                    if needs_reasoning(parsed, n.scores.as_ref(), band) {
-                        escalated += 1;
-                        (f, tokens(n) + tokens(f))
-                    } else {
-                        (n, tokens(n))
-                    }
-                })
-                .collect();
-            points.push(point(bench, "auto", Some(band), &rows, escalated));
+            points.push(point(bench, "auto", Some(band), &run.auto_rows(band)));
         }
     }
     Ok(points)
+}
+
+/// The guard's calibration by stage, fitted on development runs: what `auto` at `band`
+/// answers at once is fitted on the `none` rows it keeps, what it reasons about on the
+/// `full` rows it escalates to, each task pooled over the benchmarks.
+pub fn fit_calibration(
+    runs: &[PairedRuns],
+    band: UncertaintyBand,
+    fitted_on: &str,
+) -> GuardCalibration {
+    let mut at_once: Vec<(Task, Vec<(bool, f32)>)> = Vec::new();
+    let mut reasoned: Vec<(Task, Vec<(bool, f32)>)> = Vec::new();
+    for run in runs {
+        let (escalated, kept): (Vec<EvalRow>, Vec<EvalRow>) = run
+            .auto_rows(band)
+            .into_iter()
+            .partition(|r| r.escalated == Some(true));
+        for (rows, out) in [(kept, &mut at_once), (escalated, &mut reasoned)] {
+            let predictions: Vec<PredictionRow> =
+                rows.into_iter().map(PredictionRow::from).collect();
+            let score = score_rows(&predictions, run.benchmark, ParsePolicy::Strict, None);
+            if let Some(ranking) = score.ranking {
+                out.push((run.benchmark.task, ranking.pairs));
+            }
+        }
+    }
+    let fit = |stage: &[(Task, Vec<(bool, f32)>)]| {
+        Calibration::fit(
+            format!("{fitted_on} ({band})"),
+            stage.iter().map(|(t, p)| (*t, p.as_slice())),
+        )
+    };
+    GuardCalibration {
+        fitted_on: format!("{fitted_on}, auto band [{}, {}]", band.low, band.high),
+        at_once: fit(&at_once),
+        reasoned: fit(&reasoned),
+    }
 }
 
 /// F1 against mean generated tokens per verdict, one line per benchmark through `none`, the
@@ -203,6 +266,7 @@ mod tests {
             }),
             forced: Some(false),
             escalated: None,
+            raw_scores: None,
         }
     }
 

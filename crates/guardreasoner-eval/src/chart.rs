@@ -209,6 +209,7 @@ mod tests {
                     request: Some(p),
                     ..LabelScores::default()
                 }),
+                ..PredictionRow::default()
             })
             .collect();
         let entry = BenchmarkEntry::Scored(score_rows(&rows, bench, ParsePolicy::Strict, None));

@@ -36,9 +36,13 @@ pub struct EvalRow {
     /// Generated tokens, where the backend reported them.
     #[serde(default)]
     pub completion_tokens: Option<u64>,
-    /// The probability of each answered task's positive label, where the backend scores.
+    /// The probability of each answered task's positive label, where the backend scores
+    /// (calibrated where the guard has a calibration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scores: Option<LabelScores>,
+    /// The model's own scores, where `scores` were calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_scores: Option<LabelScores>,
     /// Whether the answer was forced (reasoning budget or an early end), where the backend
     /// constrains decoding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +60,8 @@ impl From<EvalRow> for PredictionRow {
             label: row.label,
             predict: row.predict,
             scores: row.scores,
+            raw_scores: row.raw_scores,
+            escalated: row.escalated,
         }
     }
 }
@@ -72,6 +78,9 @@ pub struct GenerationSettings {
     pub reasoning: ReasoningMode,
     /// The uncertainty band of reasoning `auto`.
     pub band: UncertaintyBand,
+    /// Where the guard's scores are calibrated ([`GuardParams::calibration`]); rows then keep
+    /// the model's own scores too.
+    pub calibration: Option<std::sync::Arc<guardreasoner_core::calibration::GuardCalibration>>,
 }
 
 impl Default for GenerationSettings {
@@ -82,6 +91,7 @@ impl Default for GenerationSettings {
             max_reasoning_tokens: None,
             reasoning: ReasoningMode::Full,
             band: UncertaintyBand::default(),
+            calibration: None,
         }
     }
 }
@@ -93,6 +103,7 @@ impl GenerationSettings {
             max_reasoning_tokens: self.max_reasoning_tokens,
             reasoning: self.reasoning,
             band: self.band,
+            calibration: self.calibration.clone(),
             ..GuardParams::default()
         }
     }
@@ -294,6 +305,7 @@ pub async fn generate_target(
                     finish_reason: finish_reason_name(&outcome.finish_reason),
                     completion_tokens,
                     scores: outcome.scores,
+                    raw_scores: outcome.raw_scores,
                     forced: outcome.forced,
                     escalated: outcome.escalated,
                 };
@@ -367,6 +379,9 @@ struct RunSettings {
     /// Only under `auto`, the one mode it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     band: Option<UncertaintyBand>,
+    /// What the scores' calibration was fitted on, where they are calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    calibration: Option<String>,
 }
 
 fn check_run_settings(config: &EvalConfig) -> Result<(), EvalError> {
@@ -379,6 +394,11 @@ fn check_run_settings(config: &EvalConfig) -> Result<(), EvalError> {
         max_reasoning_tokens: config.settings.max_reasoning_tokens,
         reasoning: config.settings.reasoning,
         band: (config.settings.reasoning == ReasoningMode::Auto).then_some(config.settings.band),
+        calibration: config
+            .settings
+            .calibration
+            .as_ref()
+            .map(|c| c.fitted_on.clone()),
     };
     if path.exists() {
         let text = std::fs::read_to_string(&path).map_err(|e| EvalError::io(&path, e))?;

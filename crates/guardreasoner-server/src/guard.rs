@@ -6,8 +6,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
 use guardreasoner_backend::{
-    escalation, guard_request, outcome_of, settled, should_escalate, GuardOutcome, GuardParams,
-    Usage,
+    calibrated, escalation, guard_request, outcome_of, settled, should_escalate, GuardOutcome,
+    GuardParams, Usage,
 };
 use guardreasoner_core::label_scores::{check_threshold, flagged_at};
 use guardreasoner_core::{Conversation, Label, LabelScores, ReasoningMode, UncertaintyBand};
@@ -195,7 +195,13 @@ async fn judge(
     }
     Ok(judged
         .into_iter()
-        .map(|j| result_of(j, threshold, include_reasoning))
+        .map(|j| {
+            let judged = Judged {
+                outcome: calibrated(j.outcome, &params),
+                ..j
+            };
+            result_of(judged, threshold, include_reasoning)
+        })
         .collect())
 }
 
@@ -321,6 +327,7 @@ pub async fn guard(
         max_reasoning_tokens: max_reasoning,
         reasoning: req.reasoning.unwrap_or(state.config.reasoning),
         band,
+        calibration: state.config.calibration.clone(),
         ..GuardParams::default()
     };
     let results = judge(
@@ -382,6 +389,7 @@ pub async fn moderations(
         max_reasoning_tokens: state.config.max_reasoning_tokens,
         reasoning: state.config.reasoning,
         band: state.config.uncertainty_band,
+        calibration: state.config.calibration.clone(),
         ..GuardParams::default()
     };
     let results = judge(

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub reasoning: ReasoningMode,
     /// What `auto` counts as uncertain.
     pub uncertainty_band: UncertaintyBand,
+    /// The guard's score calibration by stage, where it has one (the default guard's card).
+    pub calibration: Option<std::sync::Arc<guardreasoner_core::calibration::GuardCalibration>>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
             max_reasoning_tokens: None,
             reasoning: ReasoningMode::Full,
             uncertainty_band: UncertaintyBand::default(),
+            calibration: None,
         }
     }
 }
