@@ -190,7 +190,7 @@ fn outcome_json(c: &Conversation, o: &GuardOutcome, threshold: Option<f32>) -> s
         ),
     };
     json!({
-        "prompt": c.prompt, "response": c.response, "labels": labels, "scores": o.scores, "forced": o.forced, "escalated": o.escalated,
+        "prompt": c.prompt, "response": c.response, "labels": labels, "scores": o.scores, "raw_scores": o.raw_scores, "forced": o.forced, "escalated": o.escalated,
         "flagged": is_flagged(o, threshold), "parse": parse, "reasoning": reasoning, "text": o.text, "finish_reason": o.finish_reason,
         "usage": o.usage,
     })

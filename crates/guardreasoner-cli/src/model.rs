@@ -172,6 +172,12 @@ fn print_guard_card(card: &serde_json::Value) {
             text(&card["reasoning"]["why"])
         );
     }
+    if card["calibration"].is_object() {
+        println!(
+            "calibration:    label scores mapped by stage (answered at once, reasoned), fitted on {}",
+            text(&card["calibration"]["fitted_on"])
+        );
+    }
     println!("recipe:         {}", text(&card["recipe"]["summary"]));
     println!("compute:        {}", text(&card["recipe"]["compute"]));
     if let Some(seen) = card["seen_benchmarks"].as_array() {
