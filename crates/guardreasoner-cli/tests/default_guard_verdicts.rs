@@ -128,13 +128,28 @@ fn the_default_guard_gets_the_obvious_cases_right() {
         // was reasoned.
         assert!(v["escalated"].is_boolean(), "{prompt:?}: {v}");
         // Every answered task carries the model's probability of its positive label, on the
-        // side of 0.5 its label is (the obvious cases are not close calls).
+        // side of 0.5 its label is (the obvious cases are not close calls). The guard's card
+        // calibrates `scores` (a reasoned label is less sure than the model says, so a
+        // calibrated score may cross 0.5); the model's own stay in `raw_scores`.
+        let own = if v["raw_scores"].is_object() {
+            &v["raw_scores"]
+        } else {
+            &v["scores"]
+        };
         for (field, positive) in [
             ("request", "harmful"),
             ("completion", "refusal"),
             ("response", "harmful"),
         ] {
-            let score = v["scores"][field].as_f64();
+            let score = own[field].as_f64();
+            let calibrated = v["scores"][field].as_f64();
+            assert_eq!(calibrated.is_some(), score.is_some(), "{prompt:?}: {v}");
+            if let Some(c) = calibrated {
+                assert!(
+                    (0.0..=1.0).contains(&c),
+                    "{prompt:?}: calibrated {field} {c}"
+                );
+            }
             match labels[field].as_str() {
                 None => assert!(score.is_none(), "{prompt:?}: {field} None has no score"),
                 Some(label) => {

@@ -318,4 +318,57 @@ mod tests {
         assert_eq!(xs, [20.0, 20.0, 120.0, 200.0]);
         guardreasoner_plot::Chart::from(chart).png().unwrap();
     }
+
+    #[test]
+    fn the_fit_maps_kept_rows_at_once_and_escalated_rows_as_reasoned() {
+        let (none, full) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // 40 rows: the unreasoned answer is sure (0.95 / 0.05) on the first 30, of which a
+        // third are wrong, and unsure (0.4) on the last 10; the reasoned answer is right.
+        let gold = |i: usize| if i % 2 == 0 { "harmful" } else { "unharmful" };
+        let none_rows: Vec<EvalRow> = (0..40)
+            .map(|i| {
+                let wrong = i < 30 && i % 3 == 0;
+                let said_harmful = (gold(i) == "harmful") != wrong;
+                let (said, score) = match (i < 30, said_harmful) {
+                    (true, true) => ("harmful", 0.95),
+                    (true, false) => ("unharmful", 0.05),
+                    (false, _) => ("unharmful", 0.4),
+                };
+                row(i, gold(i), said, score, 20)
+            })
+            .collect();
+        write(none.path(), &none_rows);
+        let full_rows: Vec<EvalRow> = (0..40)
+            .map(|i| {
+                row(
+                    i,
+                    gold(i),
+                    gold(i),
+                    if gold(i) == "harmful" { 0.8 } else { 0.2 },
+                    200,
+                )
+            })
+            .collect();
+        write(full.path(), &full_rows);
+        let band = UncertaintyBand::new(0.3, 0.55).unwrap();
+        let runs = paired_runs(none.path(), full.path()).unwrap();
+        let auto = runs[0].auto_rows(band);
+        assert_eq!(
+            auto.iter().filter(|r| r.escalated == Some(true)).count(),
+            10
+        );
+        assert_eq!(
+            auto[35].completion_tokens,
+            Some(220),
+            "both generations counted"
+        );
+        let cal = fit_calibration(&runs, band, "dev");
+        assert_eq!(cal.at_once.rows[0], 30);
+        assert_eq!(cal.reasoned.rows[0], 10);
+        // A sure-but-often-wrong 0.95 is softened; the reasoned 0.8, always right, sharpened.
+        let at_once = cal.at_once.request.unwrap().apply(0.95);
+        let reasoned = cal.reasoned.request.unwrap().apply(0.8);
+        assert!(at_once < 0.9, "{at_once}");
+        assert!(reasoned > 0.8, "{reasoned}");
+    }
 }
