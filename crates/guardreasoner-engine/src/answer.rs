@@ -113,6 +113,30 @@ impl Answering {
         }
     }
 
+    /// The tokens certain to follow `generated` (forced ones: the rest of a forced header, an
+    /// ending's only continuation), at most `limit`, without changing this state: the decode
+    /// step feeds them with the next token in one pass instead of one pass each.
+    pub fn forced_run(&self, generated: &[u32], limit: usize) -> Vec<u32> {
+        if limit == 0 || (matches!(self.state, AnswerState::Free) && generated.len() < self.budget)
+        {
+            return Vec::new();
+        }
+        let mut ahead = self.clone();
+        let mut tokens = generated.to_vec();
+        let mut run = Vec::new();
+        while run.len() < limit {
+            let Choice::Force(token) = ahead.next(tokens.len()) else {
+                break;
+            };
+            tokens.push(token);
+            run.push(token);
+            if ahead.emitted(token, &tokens) {
+                break;
+            }
+        }
+        run
+    }
+
     /// Whether `token`, about to be emitted freely, ends the sequence early (an end of
     /// sequence before any answer): then the answer is forced instead and the token dropped.
     pub fn intercept_end(&mut self) -> bool {
@@ -218,6 +242,26 @@ mod tests {
             run(constraint(None), 8, &[7, 7, 7, 7, 7]),
             (vec![7, 7, 7, 8, 9, 1, 2, 3], true)
         );
+    }
+
+    #[test]
+    fn the_forced_run_is_what_the_next_choices_would_force() {
+        // Free and within budget: nothing is certain.
+        let a = Answering::new(constraint(None), 20);
+        assert!(a.forced_run(&[7], 8).is_empty());
+        // Budget reached: the forced header [8, 9], then the endings diverge ([1..] or [5]).
+        let a = Answering::new(constraint(Some(2)), 20);
+        assert_eq!(a.forced_run(&[7, 7], 8), [8, 9]);
+        assert_eq!(a.forced_run(&[7, 7], 1), [8], "at most `limit`");
+        // After ending token 1 the choice is 2 or 4; after [1, 2] only 3 is left, and it ends.
+        let mut a = Answering::new(constraint(None), 20);
+        a.state = AnswerState::Ending(0);
+        assert!(a.forced_run(&[9], 8).is_empty());
+        a.emitted(1, &[9, 1]);
+        a.emitted(2, &[9, 1, 2]);
+        assert_eq!(a.forced_run(&[9, 1, 2], 8), [3]);
+        // The state itself did not move.
+        assert!(matches!(a.state, AnswerState::Ending(2)));
     }
 
     #[test]

@@ -311,6 +311,9 @@ pub struct StepOutput {
     pub finished: Option<Generation>,
 }
 
+/// Most forced tokens fed in one pass (an answer block is about 25 tokens).
+const MAX_FORCED_RUN: usize = 32;
+
 struct Active {
     id: SeqId,
     prompt: Vec<u32>,
@@ -327,6 +330,9 @@ struct Active {
     probes: Vec<ContinuationProbe>,
     probe_logprobs: Vec<Option<Vec<f32>>>,
     answer: Option<Answering>,
+    /// Tokens expected to follow `tokens`, fed with its last token in the next pass and kept
+    /// as far as the choices made from that pass's logits agree with them.
+    draft: Vec<u32>,
 }
 
 impl Active {
@@ -366,6 +372,18 @@ impl Active {
         }
     }
 
+    /// The forced tokens that will follow, as far as the token budget goes.
+    fn forced_run(&self) -> Vec<u32> {
+        let room = self
+            .params
+            .max_new_tokens
+            .saturating_sub(self.tokens.len() + 1);
+        match &self.answer {
+            Some(a) => a.forced_run(&self.tokens, room.min(MAX_FORCED_RUN)),
+            None => Vec::new(),
+        }
+    }
+
     fn finish(self, reason: FinishReason) -> Generation {
         let mut probe_logprobs = self.probe_logprobs;
         probe_logprobs.resize(self.probes.len(), None);
@@ -397,6 +415,9 @@ pub struct DecodeBatch<'e> {
     next_id: u64,
     /// Most prompt tokens processed per step, so decoding sequences are not stalled long.
     pub prefill_chunk: usize,
+    /// Feed a run of forced answer tokens (the answer header, the text between labels) in one
+    /// pass instead of one pass per token. The choices are the same; off only to measure it.
+    pub forced_runs: bool,
     scratch: ForwardScratch,
 }
 
@@ -407,6 +428,7 @@ impl<'e> DecodeBatch<'e> {
             seqs: Vec::new(),
             next_id: 0,
             prefill_chunk: 512,
+            forced_runs: true,
             scratch: ForwardScratch::default(),
         }
     }
@@ -536,6 +558,7 @@ impl<'e> DecodeBatch<'e> {
             answer: options.answer.map(|a| Answering::new(a, params_max_new)),
             probes: options.probes,
             probe_logprobs: Vec::new(),
+            draft: Vec::new(),
         });
         Ok(id)
     }
@@ -554,23 +577,43 @@ impl<'e> DecodeBatch<'e> {
         }
         let engine = self.engine;
         let mut budget = self.prefill_chunk.max(1);
-        // The input of each sequence for this step.
-        let mut inputs: Vec<(usize, usize, bool)> = Vec::with_capacity(self.seqs.len()); // (start, end, wants logits) into `feed`
+        // The input of each sequence for this step: `feed[start..end]`, and how many logits
+        // rows it wants back (0, or 1 for its last token, or one per token with a draft).
+        struct Input {
+            start: usize,
+            end: usize,
+            rows: usize,
+        }
+        let mut inputs: Vec<Input> = Vec::with_capacity(self.seqs.len());
         let mut feed: Vec<u32> = Vec::new();
         for s in &self.seqs {
             let start = feed.len();
             if s.fed < s.prompt.len() {
                 if budget == 0 {
-                    inputs.push((start, start, false));
+                    inputs.push(Input {
+                        start,
+                        end: start,
+                        rows: 0,
+                    });
                     continue;
                 }
                 let take = (s.prompt.len() - s.fed).min(budget);
                 budget -= take;
                 feed.extend_from_slice(&s.prompt[s.fed..s.fed + take]);
-                inputs.push((start, feed.len(), s.fed + take == s.prompt.len()));
+                let rows = usize::from(s.fed + take == s.prompt.len());
+                inputs.push(Input {
+                    start,
+                    end: feed.len(),
+                    rows,
+                });
             } else {
                 feed.push(*s.tokens.last().unwrap_or(&0));
-                inputs.push((start, feed.len(), true));
+                feed.extend_from_slice(&s.draft);
+                inputs.push(Input {
+                    start,
+                    end: feed.len(),
+                    rows: 1 + s.draft.len(),
+                });
             }
         }
         let logits = {
@@ -578,14 +621,14 @@ impl<'e> DecodeBatch<'e> {
                 .seqs
                 .iter_mut()
                 .zip(&inputs)
-                .filter(|(_, &(a, b, _))| b > a)
-                .map(|(s, &(a, b, wants))| SeqStep {
+                .filter(|(_, input)| input.end > input.start)
+                .map(|(s, input)| SeqStep {
                     cache: &mut s.cache,
-                    tokens: &feed[a..b],
-                    logits: if wants {
-                        LogitsFor::Last
-                    } else {
-                        LogitsFor::Nothing
+                    tokens: &feed[input.start..input.end],
+                    logits: match input.rows {
+                        0 => LogitsFor::Nothing,
+                        1 => LogitsFor::Last,
+                        _ => LogitsFor::All,
                     },
                 })
                 .collect();
@@ -598,40 +641,59 @@ impl<'e> DecodeBatch<'e> {
         let mut rows = logits.chunks_exact(vocab);
         let mut out = Vec::new();
         let mut finished = Vec::new();
-        for (i, (s, &(a, b, wants))) in self.seqs.iter_mut().zip(&inputs).enumerate() {
+        for (i, (s, input)) in self.seqs.iter_mut().zip(&inputs).enumerate() {
             if s.fed < s.prompt.len() {
-                s.fed += b - a;
+                s.fed += input.end - input.start;
             }
-            if !wants {
-                continue;
-            }
-            let Some(row) = rows.next() else { break };
-            let pick = s.choose(row, &engine.eos);
-            s.first_token.get_or_insert_with(Instant::now);
-            s.tokens.push(pick.token);
-            s.logprobs.push(pick.logprob);
-            let answered = match &mut s.answer {
-                Some(a) => a.emitted(pick.token, &s.tokens),
-                None => false,
-            };
-            let stop = answered
-                || (!s.params.ignore_eos && engine.eos.contains(&pick.token))
-                || s.params.stop_token_ids.contains(&pick.token);
-            let reason = if stop {
-                Some(FinishReason::Stop)
-            } else if s.tokens.len() >= s.params.max_new_tokens {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            out.push(StepOutput {
-                id: s.id,
-                token: pick.token,
-                logprob: pick.logprob,
-                finished: None,
-            });
-            if let Some(reason) = reason {
-                finished.push((i, out.len() - 1, reason));
+            // Row j holds the logits after the j-th token fed; the draft is kept while the
+            // token chosen from each row is the draft's next one.
+            let draft = std::mem::take(&mut s.draft);
+            for j in 0..input.rows {
+                let Some(row) = rows.next() else { break };
+                let pick = s.choose(row, &engine.eos);
+                s.first_token.get_or_insert_with(Instant::now);
+                s.tokens.push(pick.token);
+                s.logprobs.push(pick.logprob);
+                let answered = match &mut s.answer {
+                    Some(a) => a.emitted(pick.token, &s.tokens),
+                    None => false,
+                };
+                let stop = answered
+                    || (!s.params.ignore_eos && engine.eos.contains(&pick.token))
+                    || s.params.stop_token_ids.contains(&pick.token);
+                let reason = if stop {
+                    Some(FinishReason::Stop)
+                } else if s.tokens.len() >= s.params.max_new_tokens {
+                    Some(FinishReason::Length)
+                } else {
+                    None
+                };
+                out.push(StepOutput {
+                    id: s.id,
+                    token: pick.token,
+                    logprob: pick.logprob,
+                    finished: None,
+                });
+                if let Some(reason) = reason {
+                    finished.push((i, out.len() - 1, reason));
+                    // The remaining rows are not read; skip them.
+                    for _ in j + 1..input.rows {
+                        rows.next();
+                    }
+                    break;
+                }
+                if draft.get(j) != Some(&pick.token) {
+                    for _ in j + 1..input.rows {
+                        rows.next();
+                    }
+                    // Keys/values of draft tokens that were not kept are dropped: the cache
+                    // holds the prompt and every generated token but the last.
+                    s.cache.truncate(s.prompt.len() + s.tokens.len() - 1);
+                    if self.forced_runs {
+                        s.draft = s.forced_run();
+                    }
+                    break;
+                }
             }
         }
         for &(i, o, reason) in finished.iter().rev() {

@@ -1,0 +1,101 @@
+//! Forced answer tokens fed as one run per pass (the answer header, the text between labels)
+//! change nothing but the number of passes: on the default model, the same tokens, the same
+//! log-probabilities within float noise, and the same label probes as one pass per token,
+//! for a constrained sequence decoded beside an unconstrained one.
+
+mod common;
+
+use common::*;
+use guardreasoner_engine::{
+    AnswerConstraint, ContinuationProbe, Engine, Generation, SamplingParams, SequenceOptions,
+};
+
+/// Decode a constrained and a plain sequence together; returns both generations and the
+/// number of passes.
+fn run(engine: &Engine, prompt: &[u32], forced_runs: bool) -> (Generation, Generation, usize) {
+    let mut batch = engine.batch();
+    batch.forced_runs = forced_runs;
+    // A made-up answer grammar over real token ids: after a 6-token reasoning budget, a
+    // forced 4-token header, then endings that share prefixes (choices at their forks).
+    let (h, e) = (&prompt[1..5], &prompt[5..12]);
+    let answer = AnswerConstraint {
+        trigger: h[3..].to_vec(),
+        forced: h.to_vec(),
+        endings: vec![
+            vec![e[0], e[1], e[2], e[3]],
+            vec![e[0], e[1], e[4], e[5], e[6]],
+            vec![e[6], e[5]],
+        ],
+        budget: Some(6),
+    };
+    let probes = vec![ContinuationProbe {
+        marker: h[2..].to_vec(),
+        alternatives: vec![vec![e[0], e[1]], vec![e[6]]],
+    }];
+    let constrained = batch
+        .add_with(
+            prompt.to_vec(),
+            SamplingParams::greedy(40),
+            0,
+            SequenceOptions {
+                probes,
+                answer: Some(answer),
+            },
+        )
+        .unwrap();
+    let plain = batch
+        .add(
+            prompt[..prompt.len() - 3].to_vec(),
+            SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy(8)
+            },
+            1,
+        )
+        .unwrap();
+    let (mut a, mut b, mut passes) = (None, None, 0);
+    while !batch.is_empty() {
+        passes += 1;
+        for out in batch.step().unwrap() {
+            if let Some(g) = out.finished {
+                if out.id == constrained {
+                    a = Some(g);
+                } else if out.id == plain {
+                    b = Some(g);
+                }
+            }
+        }
+    }
+    (a.unwrap(), b.unwrap(), passes)
+}
+
+#[test]
+fn forced_runs_give_the_same_generation_in_fewer_passes() {
+    let Some(model) = test_model() else { return };
+    let engine = Engine::load(&model).unwrap();
+    let json = read_json(fixtures().join("smollm2/logits.json"));
+    let prompt = ids(&json["prompts"][0]["prompt_ids"]);
+    assert!(prompt.len() > 16, "the fixture prompt is long enough");
+
+    let (one, plain_one, passes_one) = run(&engine, &prompt, false);
+    let (runs, plain_runs, passes_runs) = run(&engine, &prompt, true);
+
+    assert!(one.forced_answer, "the budget forced the answer");
+    assert_eq!(runs.tokens, one.tokens, "same tokens");
+    assert_eq!(runs.forced_answer, one.forced_answer);
+    assert_eq!(runs.finish_reason, one.finish_reason);
+    for (i, (x, y)) in runs.logprobs.iter().zip(&one.logprobs).enumerate() {
+        assert!((x - y).abs() < 2e-2, "token {i}: logprob {x} vs {y}");
+    }
+    let (p, q) = (&runs.probe_logprobs[0], &one.probe_logprobs[0]);
+    let (p, q) = (p.as_ref().unwrap(), q.as_ref().unwrap());
+    for (x, y) in p.iter().zip(q) {
+        assert!((x - y).abs() < 2e-2, "probe {x} vs {y}");
+    }
+    assert_eq!(plain_runs.tokens, plain_one.tokens, "the other sequence");
+    // The header (4) and at least the ending's forced tail are fed as runs: fewer passes.
+    assert!(
+        passes_runs + 3 <= passes_one,
+        "{passes_runs} passes with runs, {passes_one} without"
+    );
+}
