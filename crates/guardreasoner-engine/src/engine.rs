@@ -700,10 +700,11 @@ impl<'e> DecodeBatch<'e> {
             let mut seq = self.seqs.remove(i);
             if !seq.probes.is_empty() {
                 let scratch = &mut self.scratch;
+                let cache = std::mem::replace(&mut seq.cache, engine.model.new_cache(0));
                 seq.probe_logprobs = engine.pool.install(|| {
                     probe::score(
                         &engine.model,
-                        &mut seq.cache,
+                        cache,
                         seq.prompt.len(),
                         &seq.tokens,
                         &seq.probes,

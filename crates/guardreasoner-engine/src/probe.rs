@@ -1,8 +1,10 @@
 //! Teacher-forced scores of alternative continuations at a point a sequence generated: the
 //! guard's label scores. Once a sequence ends, each probe finds the last place its `marker`
 //! tokens were generated and scores every alternative continuation from there, reusing the
-//! sequence's own key/value cache (truncated to that point, so nothing is recomputed but the
-//! alternatives' few tokens).
+//! sequence's own key/value cache: each alternative reads it up to its marker through a fork,
+//! and all alternatives run in one forward pass, so nothing is recomputed but their few tokens.
+
+use std::sync::Arc;
 
 use crate::error::Result;
 use crate::llama::{ForwardScratch, KvCache, Llama, LogitsFor, SeqStep};
@@ -28,64 +30,76 @@ pub(crate) fn marker_end(generated: &[u32], marker: &[u32]) -> Option<usize> {
 }
 
 /// The log-probability of each alternative of each probe given `prompt + generated[..end]`, or
-/// `None` for a probe whose marker was not generated. `cache` holds the sequence's keys and
-/// values (`prompt_len + generated.len() - 1` positions: the last token is never fed); it is
-/// truncated and refilled, so call this only once the sequence is done. Call inside the
-/// engine's thread pool.
+/// `None` for a probe whose marker was not generated. `cache` holds the finished sequence's
+/// keys and values (at least `prompt_len + generated.len() - 1` positions); every alternative
+/// reads it up to its marker through a fork, and all of them run in one forward pass. Call
+/// inside the engine's thread pool.
 pub(crate) fn score(
     model: &Llama,
-    cache: &mut KvCache,
+    cache: KvCache,
     prompt_len: usize,
     generated: &[u32],
     probes: &[ContinuationProbe],
     scratch: &mut ForwardScratch,
 ) -> Result<Vec<Option<Vec<f32>>>> {
-    let mut out = vec![None; probes.len()];
     let context = model.config().max_position_embeddings;
     let vocab = model.config().vocab_size;
-    let mut order: Vec<(usize, usize)> = probes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| marker_end(generated, &p.marker).map(|end| (i, end)))
-        .collect();
-    // Latest first: the cache is only ever truncated further back.
-    order.sort_by_key(|&(_, end)| std::cmp::Reverse(end));
-    for (i, end) in order {
+    let cache = Arc::new(cache);
+    // One fork of the sequence's cache per alternative to score: (probe, alternative, fork,
+    // tokens to feed).
+    let mut jobs: Vec<(usize, usize, KvCache, Vec<u32>)> = Vec::new();
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; probes.len()];
+    for (i, probe) in probes.iter().enumerate() {
+        let Some(end) = marker_end(generated, &probe.marker) else {
+            continue;
+        };
         // The marker's last token is fed again: its logits predict each alternative's first.
         let base = prompt_len + end - 1;
         if base > cache.len() {
             continue;
         }
-        let mut scores = Vec::with_capacity(probes[i].alternatives.len());
-        for alt in &probes[i].alternatives {
+        let mut scores = vec![0.0; probe.alternatives.len()];
+        for (j, alt) in probe.alternatives.iter().enumerate() {
             if alt.is_empty() {
-                scores.push(0.0);
                 continue;
             }
             if base + alt.len() > context {
-                scores.push(f32::NEG_INFINITY);
+                scores[j] = f32::NEG_INFINITY;
                 continue;
             }
-            cache.truncate(base);
             let mut feed = Vec::with_capacity(alt.len());
             feed.push(generated[end - 1]);
             feed.extend_from_slice(&alt[..alt.len() - 1]);
-            let logits = model.forward(
-                &mut [SeqStep {
-                    cache,
-                    tokens: &feed,
-                    logits: LogitsFor::All,
-                }],
-                scratch,
-            )?;
-            let logprob: f64 = logits
-                .chunks_exact(vocab)
-                .zip(alt)
-                .map(|(row, &t)| log_softmax_at(row, t as usize))
-                .sum();
-            scores.push(logprob as f32);
+            let fork = KvCache::fork_prefix(&cache, base, base + alt.len());
+            jobs.push((i, j, fork, feed));
         }
         out[i] = Some(scores);
+    }
+    if jobs.is_empty() {
+        return Ok(out);
+    }
+    let logits = {
+        let mut steps: Vec<SeqStep<'_>> = jobs
+            .iter_mut()
+            .map(|(_, _, fork, feed)| SeqStep {
+                cache: fork,
+                tokens: feed,
+                logits: LogitsFor::All,
+            })
+            .collect();
+        model.forward(&mut steps, scratch)?
+    };
+    let mut rows = logits.chunks_exact(vocab);
+    for (i, j, _, _) in &jobs {
+        let alt = &probes[*i].alternatives[*j];
+        let logprob: f64 = alt
+            .iter()
+            .zip(rows.by_ref())
+            .map(|(&t, row)| log_softmax_at(row, t as usize))
+            .sum();
+        if let Some(scores) = out[*i].as_mut() {
+            scores[*j] = logprob as f32;
+        }
     }
     Ok(out)
 }
