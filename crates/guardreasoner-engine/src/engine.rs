@@ -560,6 +560,10 @@ impl<'e> DecodeBatch<'e> {
             probe_logprobs: Vec::new(),
             draft: Vec::new(),
         });
+        if self.forced_runs {
+            let seq = self.seqs.last_mut().expect("just added");
+            seq.draft = seq.forced_run();
+        }
         Ok(id)
     }
 
@@ -583,6 +587,8 @@ impl<'e> DecodeBatch<'e> {
             start: usize,
             end: usize,
             rows: usize,
+            /// Prompt tokens among them.
+            prompt: usize,
         }
         let mut inputs: Vec<Input> = Vec::with_capacity(self.seqs.len());
         let mut feed: Vec<u32> = Vec::new();
@@ -594,17 +600,26 @@ impl<'e> DecodeBatch<'e> {
                         start,
                         end: start,
                         rows: 0,
+                        prompt: 0,
                     });
                     continue;
                 }
                 let take = (s.prompt.len() - s.fed).min(budget);
                 budget -= take;
                 feed.extend_from_slice(&s.prompt[s.fed..s.fed + take]);
-                let rows = usize::from(s.fed + take == s.prompt.len());
+                let rows = if s.fed + take == s.prompt.len() {
+                    // The prompt ends here: tokens forced from the start (an answer without
+                    // reasoning) ride along in the same pass.
+                    feed.extend_from_slice(&s.draft);
+                    1 + s.draft.len()
+                } else {
+                    0
+                };
                 inputs.push(Input {
                     start,
                     end: feed.len(),
                     rows,
+                    prompt: take,
                 });
             } else {
                 feed.push(*s.tokens.last().unwrap_or(&0));
@@ -613,6 +628,7 @@ impl<'e> DecodeBatch<'e> {
                     start,
                     end: feed.len(),
                     rows: 1 + s.draft.len(),
+                    prompt: 0,
                 });
             }
         }
@@ -628,7 +644,7 @@ impl<'e> DecodeBatch<'e> {
                     logits: match input.rows {
                         0 => LogitsFor::Nothing,
                         1 => LogitsFor::Last,
-                        _ => LogitsFor::All,
+                        n => LogitsFor::Tail(n),
                     },
                 })
                 .collect();
@@ -642,9 +658,7 @@ impl<'e> DecodeBatch<'e> {
         let mut out = Vec::new();
         let mut finished = Vec::new();
         for (i, (s, input)) in self.seqs.iter_mut().zip(&inputs).enumerate() {
-            if s.fed < s.prompt.len() {
-                s.fed += input.end - input.start;
-            }
+            s.fed += input.prompt;
             // Row j holds the logits after the j-th token fed; the draft is kept while the
             // token chosen from each row is the draft's next one.
             let draft = std::mem::take(&mut s.draft);

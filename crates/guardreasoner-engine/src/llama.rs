@@ -459,6 +459,8 @@ pub enum LogitsFor {
     Last,
     /// Every token's.
     All,
+    /// The last `n` tokens' (a prompt's end and the forced tokens fed after it).
+    Tail(usize),
 }
 
 /// One sequence's share of a forward pass: new `tokens` appended to `cache`.
@@ -891,6 +893,7 @@ impl Llama {
                 LogitsFor::Nothing => {}
                 LogitsFor::Last => wanted.push(t + len - 1),
                 LogitsFor::All => wanted.extend(t..t + len),
+                LogitsFor::Tail(n) => wanted.extend(t + len - n.min(len)..t + len),
             }
             seq.cache.len += len;
             t += len;

@@ -12,10 +12,15 @@ use guardreasoner_engine::{
 
 /// Decode a constrained and a plain sequence together; returns both generations and the
 /// number of passes.
-fn run(engine: &Engine, prompt: &[u32], forced_runs: bool) -> (Generation, Generation, usize) {
+fn run(
+    engine: &Engine,
+    prompt: &[u32],
+    budget: usize,
+    forced_runs: bool,
+) -> (Generation, Generation, usize) {
     let mut batch = engine.batch();
     batch.forced_runs = forced_runs;
-    // A made-up answer grammar over real token ids: after a 6-token reasoning budget, a
+    // A made-up answer grammar over real token ids: after a `budget`-token reasoning, a
     // forced 4-token header, then endings that share prefixes (choices at their forks).
     let (h, e) = (&prompt[1..5], &prompt[5..12]);
     let answer = AnswerConstraint {
@@ -26,7 +31,7 @@ fn run(engine: &Engine, prompt: &[u32], forced_runs: bool) -> (Generation, Gener
             vec![e[0], e[1], e[4], e[5], e[6]],
             vec![e[6], e[5]],
         ],
-        budget: Some(6),
+        budget: Some(budget),
     };
     let probes = vec![ContinuationProbe {
         marker: h[2..].to_vec(),
@@ -48,7 +53,7 @@ fn run(engine: &Engine, prompt: &[u32], forced_runs: bool) -> (Generation, Gener
             prompt[..prompt.len() - 3].to_vec(),
             SamplingParams {
                 ignore_eos: true,
-                ..SamplingParams::greedy(8)
+                ..SamplingParams::greedy(2)
             },
             1,
         )
@@ -77,25 +82,32 @@ fn forced_runs_give_the_same_generation_in_fewer_passes() {
     let prompt = ids(&json["prompts"][0]["prompt_ids"]);
     assert!(prompt.len() > 16, "the fixture prompt is long enough");
 
-    let (one, plain_one, passes_one) = run(&engine, &prompt, false);
-    let (runs, plain_runs, passes_runs) = run(&engine, &prompt, true);
+    // Budget 6: reasoning, then the forced answer; budget 0: the answer forced from the
+    // start (`--reasoning none`), its header fed with the end of the prompt.
+    for budget in [6, 0] {
+        let (one, plain_one, passes_one) = run(&engine, &prompt, budget, false);
+        let (runs, plain_runs, passes_runs) = run(&engine, &prompt, budget, true);
 
-    assert!(one.forced_answer, "the budget forced the answer");
-    assert_eq!(runs.tokens, one.tokens, "same tokens");
-    assert_eq!(runs.forced_answer, one.forced_answer);
-    assert_eq!(runs.finish_reason, one.finish_reason);
-    for (i, (x, y)) in runs.logprobs.iter().zip(&one.logprobs).enumerate() {
-        assert!((x - y).abs() < 2e-2, "token {i}: logprob {x} vs {y}");
+        assert!(one.forced_answer, "the budget forced the answer");
+        assert_eq!(runs.tokens, one.tokens, "budget {budget}: same tokens");
+        assert_eq!(runs.forced_answer, one.forced_answer);
+        assert_eq!(runs.finish_reason, one.finish_reason);
+        for (i, (x, y)) in runs.logprobs.iter().zip(&one.logprobs).enumerate() {
+            assert!(
+                (x - y).abs() < 2e-2,
+                "budget {budget}, token {i}: logprob {x} vs {y}"
+            );
+        }
+        let (p, q) = (&runs.probe_logprobs[0], &one.probe_logprobs[0]);
+        let (p, q) = (p.as_ref().unwrap(), q.as_ref().unwrap());
+        for (x, y) in p.iter().zip(q) {
+            assert!((x - y).abs() < 2e-2, "budget {budget}: probe {x} vs {y}");
+        }
+        assert_eq!(plain_runs.tokens, plain_one.tokens, "the other sequence");
+        // The header (4) and at least the ending's forced tail are fed as runs: fewer passes.
+        assert!(
+            passes_runs + 3 <= passes_one,
+            "budget {budget}: {passes_runs} passes with runs, {passes_one} without"
+        );
     }
-    let (p, q) = (&runs.probe_logprobs[0], &one.probe_logprobs[0]);
-    let (p, q) = (p.as_ref().unwrap(), q.as_ref().unwrap());
-    for (x, y) in p.iter().zip(q) {
-        assert!((x - y).abs() < 2e-2, "probe {x} vs {y}");
-    }
-    assert_eq!(plain_runs.tokens, plain_one.tokens, "the other sequence");
-    // The header (4) and at least the ending's forced tail are fed as runs: fewer passes.
-    assert!(
-        passes_runs + 3 <= passes_one,
-        "{passes_runs} passes with runs, {passes_one} without"
-    );
 }
