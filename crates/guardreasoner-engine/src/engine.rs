@@ -710,22 +710,40 @@ impl<'e> DecodeBatch<'e> {
                 }
             }
         }
-        for &(i, o, reason) in finished.iter().rev() {
-            let mut seq = self.seqs.remove(i);
-            if !seq.probes.is_empty() {
-                let scratch = &mut self.scratch;
-                let cache = std::mem::replace(&mut seq.cache, engine.model.new_cache(0));
-                seq.probe_logprobs = engine.pool.install(|| {
-                    probe::score(
-                        &engine.model,
+        let mut done: Vec<(usize, Active, FinishReason)> = finished
+            .iter()
+            .rev()
+            .map(|&(i, o, reason)| (o, self.seqs.remove(i), reason))
+            .collect();
+        // The label probes of every sequence that finished here, in one pass.
+        if done.iter().any(|(_, s, _)| !s.probes.is_empty()) {
+            let inputs: Vec<probe::Finished<'_>> = done
+                .iter_mut()
+                .filter(|(_, s, _)| !s.probes.is_empty())
+                .map(|(_, s, _)| {
+                    let cache = std::mem::replace(&mut s.cache, engine.model.new_cache(0));
+                    let s: &Active = s;
+                    probe::Finished {
                         cache,
-                        seq.prompt.len(),
-                        &seq.tokens,
-                        &seq.probes,
-                        scratch,
-                    )
-                })?;
+                        prompt_len: s.prompt.len(),
+                        generated: &s.tokens,
+                        probes: &s.probes,
+                    }
+                })
+                .collect();
+            let scratch = &mut self.scratch;
+            let scored = engine
+                .pool
+                .install(|| probe::score(&engine.model, inputs, scratch))?;
+            for ((_, s, _), logprobs) in done
+                .iter_mut()
+                .filter(|(_, s, _)| !s.probes.is_empty())
+                .zip(scored)
+            {
+                s.probe_logprobs = logprobs;
             }
+        }
+        for (o, seq, reason) in done {
             out[o].finished = Some(seq.finish(reason));
         }
         Ok(out)

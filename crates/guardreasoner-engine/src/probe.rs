@@ -29,51 +29,61 @@ pub(crate) fn marker_end(generated: &[u32], marker: &[u32]) -> Option<usize> {
         .map(|i| i + marker.len())
 }
 
-/// The log-probability of each alternative of each probe given `prompt + generated[..end]`, or
-/// `None` for a probe whose marker was not generated. `cache` holds the finished sequence's
-/// keys and values (at least `prompt_len + generated.len() - 1` positions); every alternative
-/// reads it up to its marker through a fork, and all of them run in one forward pass. Call
-/// inside the engine's thread pool.
-pub(crate) fn score(
+/// A finished sequence whose probes are to be scored.
+pub(crate) struct Finished<'a> {
+    /// Its keys and values (at least `prompt_len + generated.len() - 1` positions).
+    pub cache: KvCache,
+    pub prompt_len: usize,
+    pub generated: &'a [u32],
+    pub probes: &'a [ContinuationProbe],
+}
+
+/// For each finished sequence, the log-probability of each alternative of each of its probes
+/// given `prompt + generated[..end]`, or `None` for a probe whose marker was not generated.
+/// Every alternative reads its sequence's cache up to the marker through a fork, and all
+/// alternatives of all sequences run in one forward pass. Call inside the engine's thread pool.
+pub(crate) fn score<'a>(
     model: &Llama,
-    cache: KvCache,
-    prompt_len: usize,
-    generated: &[u32],
-    probes: &[ContinuationProbe],
+    seqs: Vec<Finished<'a>>,
     scratch: &mut ForwardScratch,
-) -> Result<Vec<Option<Vec<f32>>>> {
+) -> Result<Vec<Vec<Option<Vec<f32>>>>> {
     let context = model.config().max_position_embeddings;
     let vocab = model.config().vocab_size;
-    let cache = Arc::new(cache);
-    // One fork of the sequence's cache per alternative to score: (probe, alternative, fork,
+    // One fork per alternative to score: (sequence, probe, alternative, its tokens, fork,
     // tokens to feed).
-    let mut jobs: Vec<(usize, usize, KvCache, Vec<u32>)> = Vec::new();
-    let mut out: Vec<Option<Vec<f32>>> = vec![None; probes.len()];
-    for (i, probe) in probes.iter().enumerate() {
-        let Some(end) = marker_end(generated, &probe.marker) else {
-            continue;
-        };
-        // The marker's last token is fed again: its logits predict each alternative's first.
-        let base = prompt_len + end - 1;
-        if base > cache.len() {
-            continue;
-        }
-        let mut scores = vec![0.0; probe.alternatives.len()];
-        for (j, alt) in probe.alternatives.iter().enumerate() {
-            if alt.is_empty() {
+    let mut jobs: Vec<(usize, usize, usize, &'a [u32], KvCache, Vec<u32>)> = Vec::new();
+    let mut out: Vec<Vec<Option<Vec<f32>>>> = Vec::with_capacity(seqs.len());
+    for (k, seq) in seqs.into_iter().enumerate() {
+        let cache = Arc::new(seq.cache);
+        let mut scored = vec![None; seq.probes.len()];
+        for (i, probe) in seq.probes.iter().enumerate() {
+            let Some(end) = marker_end(seq.generated, &probe.marker) else {
+                continue;
+            };
+            // The marker's last token is fed again: its logits predict each alternative's
+            // first token.
+            let base = seq.prompt_len + end - 1;
+            if base > cache.len() {
                 continue;
             }
-            if base + alt.len() > context {
-                scores[j] = f32::NEG_INFINITY;
-                continue;
+            let mut scores = vec![0.0; probe.alternatives.len()];
+            for (j, alt) in probe.alternatives.iter().enumerate() {
+                if alt.is_empty() {
+                    continue;
+                }
+                if base + alt.len() > context {
+                    scores[j] = f32::NEG_INFINITY;
+                    continue;
+                }
+                let mut feed = Vec::with_capacity(alt.len());
+                feed.push(seq.generated[end - 1]);
+                feed.extend_from_slice(&alt[..alt.len() - 1]);
+                let fork = KvCache::fork_prefix(&cache, base, base + alt.len());
+                jobs.push((k, i, j, alt, fork, feed));
             }
-            let mut feed = Vec::with_capacity(alt.len());
-            feed.push(generated[end - 1]);
-            feed.extend_from_slice(&alt[..alt.len() - 1]);
-            let fork = KvCache::fork_prefix(&cache, base, base + alt.len());
-            jobs.push((i, j, fork, feed));
+            scored[i] = Some(scores);
         }
-        out[i] = Some(scores);
+        out.push(scored);
     }
     if jobs.is_empty() {
         return Ok(out);
@@ -81,7 +91,7 @@ pub(crate) fn score(
     let logits = {
         let mut steps: Vec<SeqStep<'_>> = jobs
             .iter_mut()
-            .map(|(_, _, fork, feed)| SeqStep {
+            .map(|(_, _, _, _, fork, feed)| SeqStep {
                 cache: fork,
                 tokens: feed,
                 logits: LogitsFor::All,
@@ -90,15 +100,14 @@ pub(crate) fn score(
         model.forward(&mut steps, scratch)?
     };
     let mut rows = logits.chunks_exact(vocab);
-    for (i, j, _, _) in &jobs {
-        let alt = &probes[*i].alternatives[*j];
+    for &(k, i, j, alt, _, _) in &jobs {
         let logprob: f64 = alt
             .iter()
             .zip(rows.by_ref())
             .map(|(&t, row)| log_softmax_at(row, t as usize))
             .sum();
-        if let Some(scores) = out[*i].as_mut() {
-            scores[*j] = logprob as f32;
+        if let Some(scores) = out[k][i].as_mut() {
+            scores[j] = logprob as f32;
         }
     }
     Ok(out)

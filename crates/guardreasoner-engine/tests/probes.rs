@@ -68,28 +68,39 @@ fn probe_logprobs_equal_a_fresh_forward_over_the_same_tokens() {
         alternatives: vec![vec![1]],
     };
     let mut batch = engine.batch();
+    // Two copies finish in the same step: their probes are scored in one pass together.
+    let options = SequenceOptions {
+        probes: vec![early.clone(), absent, late.clone()],
+        answer: None,
+    };
     let id = batch
-        .add_with(
-            prompt.clone(),
-            greedy(24),
-            0,
-            SequenceOptions {
-                probes: vec![early.clone(), absent, late.clone()],
-                answer: None,
-            },
-        )
+        .add_with(prompt.clone(), greedy(24), 0, options.clone())
         .unwrap();
-    let mut done = None;
+    let twin = batch
+        .add_with(prompt.clone(), greedy(24), 1, options)
+        .unwrap();
+    let (mut done, mut twin_done) = (None, None);
     while !batch.is_empty() {
         for out in batch.step().unwrap() {
-            if out.id == id {
-                if let Some(f) = out.finished {
+            if let Some(f) = out.finished {
+                if out.id == id {
                     done = Some(f);
+                } else if out.id == twin {
+                    twin_done = Some(f);
                 }
             }
         }
     }
     let done = done.expect("the sequence finished");
+    let twin_done = twin_done.expect("the twin finished");
+    assert_eq!(twin_done.tokens, done.tokens);
+    for (a, b) in done.probe_logprobs.iter().zip(&twin_done.probe_logprobs) {
+        let (a, b) = (a.clone().unwrap_or_default(), b.clone().unwrap_or_default());
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-3, "twin probe {y} vs {x}");
+        }
+    }
     assert_eq!(
         done.tokens, plain.tokens,
         "probing does not change generation"
