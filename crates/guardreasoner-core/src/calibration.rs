@@ -279,6 +279,9 @@ pub struct Calibration {
     pub rows: [usize; 3],
 }
 
+/// Fewest development rows a task's map is fitted on; below it the task is left uncalibrated.
+pub const MIN_CALIBRATION_ROWS: usize = 20;
+
 impl Calibration {
     pub fn get(&self, task: Task) -> Option<Platt> {
         match task {
@@ -303,11 +306,16 @@ impl Calibration {
         for (task, pairs) in pairs_by_task {
             pooled[slot(task)].extend_from_slice(pairs);
         }
+        // Too few rows fit noise, and a falling map would reverse the model's own ranking:
+        // such a task keeps the model's score.
+        let fit = |pairs: &[(bool, f32)]| {
+            Platt::fit(pairs).filter(|p| pairs.len() >= MIN_CALIBRATION_ROWS && p.a > 0.0)
+        };
         Calibration {
             fitted_on: fitted_on.into(),
-            request: Platt::fit(&pooled[0]),
-            completion: Platt::fit(&pooled[1]),
-            response: Platt::fit(&pooled[2]),
+            request: fit(&pooled[0]),
+            completion: fit(&pooled[1]),
+            response: fit(&pooled[2]),
             rows: [pooled[0].len(), pooled[1].len(), pooled[2].len()],
         }
     }
@@ -486,6 +494,30 @@ mod tests {
         assert_eq!(mapped.response, None);
         let json = serde_json::to_string(&cal).unwrap();
         assert_eq!(serde_json::from_str::<Calibration>(&json).unwrap(), cal);
+    }
+
+    #[test]
+    fn too_few_rows_or_a_reversed_ranking_leave_a_task_uncalibrated() {
+        // Ranked backwards: the higher the score, the less often harmful.
+        let reversed: Vec<(bool, f32)> = (0..100)
+            .map(|i| (i % 4 != 0, if i % 4 == 0 { 0.9 } else { 0.1 }))
+            .collect();
+        let fine: Vec<(bool, f32)> = (0..100)
+            .map(|i| (i % 4 == 0, if i % 4 == 0 { 0.9 } else { 0.1 }))
+            .collect();
+        let few = &fine[..MIN_CALIBRATION_ROWS - 1];
+        assert!(Platt::fit(&reversed).is_some_and(|p| p.a < 0.0));
+        let cal = Calibration::fit(
+            "dev",
+            [
+                (Task::Prompt, &reversed[..]),
+                (Task::Refusal, few),
+                (Task::Response, &fine[..]),
+            ],
+        );
+        assert!(cal.request.is_none(), "a falling map is not kept");
+        assert!(cal.completion.is_none(), "too few rows");
+        assert!(cal.response.is_some_and(|p| p.a > 0.0));
     }
 
     #[test]

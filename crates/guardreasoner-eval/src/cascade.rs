@@ -322,14 +322,14 @@ mod tests {
     #[test]
     fn the_fit_maps_kept_rows_at_once_and_escalated_rows_as_reasoned() {
         let (none, full) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        // 40 rows: the unreasoned answer is sure (0.95 / 0.05) on the first 30, of which a
-        // third are wrong, and unsure (0.4) on the last 10; the reasoned answer is right.
+        // 60 rows: the unreasoned answer is sure (0.95 / 0.05) on the first 40, of which a
+        // third are wrong, and unsure (0.4) on the last 20; the reasoned answer is right.
         let gold = |i: usize| if i % 2 == 0 { "harmful" } else { "unharmful" };
-        let none_rows: Vec<EvalRow> = (0..40)
+        let none_rows: Vec<EvalRow> = (0..60)
             .map(|i| {
-                let wrong = i < 30 && i % 3 == 0;
+                let wrong = i < 40 && i % 3 == 0;
                 let said_harmful = (gold(i) == "harmful") != wrong;
-                let (said, score) = match (i < 30, said_harmful) {
+                let (said, score) = match (i < 40, said_harmful) {
                     (true, true) => ("harmful", 0.95),
                     (true, false) => ("unharmful", 0.05),
                     (false, _) => ("unharmful", 0.4),
@@ -338,7 +338,7 @@ mod tests {
             })
             .collect();
         write(none.path(), &none_rows);
-        let full_rows: Vec<EvalRow> = (0..40)
+        let full_rows: Vec<EvalRow> = (0..60)
             .map(|i| {
                 row(
                     i,
@@ -355,16 +355,16 @@ mod tests {
         let auto = runs[0].auto_rows(band);
         assert_eq!(
             auto.iter().filter(|r| r.escalated == Some(true)).count(),
-            10
+            20
         );
         assert_eq!(
-            auto[35].completion_tokens,
+            auto[55].completion_tokens,
             Some(220),
             "both generations counted"
         );
         let cal = fit_calibration(&runs, band, "dev");
-        assert_eq!(cal.at_once.rows[0], 30);
-        assert_eq!(cal.reasoned.rows[0], 10);
+        assert_eq!(cal.at_once.rows[0], 40);
+        assert_eq!(cal.reasoned.rows[0], 20);
         // A sure-but-often-wrong 0.95 is softened; the reasoned 0.8, always right, sharpened.
         let at_once = cal.at_once.request.unwrap().apply(0.95);
         let reasoned = cal.reasoned.request.unwrap().apply(0.8);
