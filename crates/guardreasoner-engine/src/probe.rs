@@ -38,6 +38,18 @@ pub(crate) struct Finished<'a> {
     pub probes: &'a [ContinuationProbe],
 }
 
+/// One alternative to score: a fork of its sequence's cache up to the marker, and what to feed.
+struct Job<'a> {
+    seq: usize,
+    probe: usize,
+    alt: usize,
+    /// The alternative's tokens.
+    tokens: &'a [u32],
+    fork: KvCache,
+    /// The marker's last token and every alternative token but the last.
+    feed: Vec<u32>,
+}
+
 /// For each finished sequence, the log-probability of each alternative of each of its probes
 /// given `prompt + generated[..end]`, or `None` for a probe whose marker was not generated.
 /// Every alternative reads its sequence's cache up to the marker through a fork, and all
@@ -49,9 +61,7 @@ pub(crate) fn score<'a>(
 ) -> Result<Vec<Vec<Option<Vec<f32>>>>> {
     let context = model.config().max_position_embeddings;
     let vocab = model.config().vocab_size;
-    // One fork per alternative to score: (sequence, probe, alternative, its tokens, fork,
-    // tokens to feed).
-    let mut jobs: Vec<(usize, usize, usize, &'a [u32], KvCache, Vec<u32>)> = Vec::new();
+    let mut jobs: Vec<Job<'a>> = Vec::new();
     let mut out: Vec<Vec<Option<Vec<f32>>>> = Vec::with_capacity(seqs.len());
     for (k, seq) in seqs.into_iter().enumerate() {
         let cache = Arc::new(seq.cache);
@@ -79,7 +89,14 @@ pub(crate) fn score<'a>(
                 feed.push(seq.generated[end - 1]);
                 feed.extend_from_slice(&alt[..alt.len() - 1]);
                 let fork = KvCache::fork_prefix(&cache, base, base + alt.len());
-                jobs.push((k, i, j, alt, fork, feed));
+                jobs.push(Job {
+                    seq: k,
+                    probe: i,
+                    alt: j,
+                    tokens: alt,
+                    fork,
+                    feed,
+                });
             }
             scored[i] = Some(scores);
         }
@@ -91,23 +108,24 @@ pub(crate) fn score<'a>(
     let logits = {
         let mut steps: Vec<SeqStep<'_>> = jobs
             .iter_mut()
-            .map(|(_, _, _, _, fork, feed)| SeqStep {
-                cache: fork,
-                tokens: feed,
+            .map(|job| SeqStep {
+                cache: &mut job.fork,
+                tokens: &job.feed,
                 logits: LogitsFor::All,
             })
             .collect();
         model.forward(&mut steps, scratch)?
     };
     let mut rows = logits.chunks_exact(vocab);
-    for &(k, i, j, alt, _, _) in &jobs {
-        let logprob: f64 = alt
+    for job in &jobs {
+        let logprob: f64 = job
+            .tokens
             .iter()
             .zip(rows.by_ref())
             .map(|(&t, row)| log_softmax_at(row, t as usize))
             .sum();
-        if let Some(scores) = out[k][i].as_mut() {
-            scores[j] = logprob as f32;
+        if let Some(scores) = out[job.seq][job.probe].as_mut() {
+            scores[job.alt] = logprob as f32;
         }
     }
     Ok(out)
