@@ -14,9 +14,12 @@
 #   5. the train-labels dev split under full and none reasoning, and the cascade sweep;
 #   6. the seen dev split (full reasoning).
 # Every stage resumes: run it again after a crash.
-# A later candidate continues from another adapter on the records its predecessor did not see:
-# TAG=r-sft-4 INIT_ADAPTER=crates/guardreasoner-hub/guard LABELS_SKIP=800 RELEASED_SKIP=240
-# (LABELS_DEV_LIMIT=0: the whole train-labels dev split).
+# A later candidate continues from another adapter on the records its predecessor did not see.
+# r-sft-4 (shipped 2026-12-06) was, from r-sft-3's adapter then in crates/guardreasoner-hub/guard:
+# TAG=r-sft-4 LABELS_SKIP=800 RELEASED_SKIP=240 LABELS_DIRECT=1320 RELEASED_DIRECT=140 \
+#   RELEASED=140 STEPS=200 scripts/direct-train-default-guard.sh runs/r-sft-4
+# (LABELS_DEV_LIMIT=0: the whole train-labels dev split; 300, the default, is the sample the
+# model card compares candidates on). Then scripts/choose-auto-band.py WORKDIR picks the band.
 # Usage: scripts/direct-train-default-guard.sh [WORKDIR]   (default: runs/direct)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -108,6 +111,7 @@ labels_dev full
   --band 0.05,0.95 --band 0.1,0.9 --band 0.2,0.8 --band 0.3,0.7 | tee "$WORK/cascade-labels-dev.md"
 done_stage "5. train-labels dev split"
 
+
 stage "6. seen dev split (none and full reasoning)"
 for mode in none full; do
   "$BIN" eval --model "$WORK/rsft/model.gguf" --data-dir "$WORK/dev" --reasoning "$mode" \
@@ -115,3 +119,7 @@ for mode in none full; do
     --max-new-tokens 1024 --label "$TAG-dev-$mode" --out "$WORK/eval-dev-$mode"
 done
 done_stage "6. seen dev split"
+
+stage "7. auto's band on both dev splits"
+${GUARDREASONER_PYTHON:-python3} scripts/choose-auto-band.py "$WORK" | tee "$WORK/auto-band.md"
+done_stage "7. auto's band"
