@@ -301,7 +301,7 @@ impl Engine {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SeqId(pub u64);
 
-/// What one [`DecodeBatch::step`] produced for one sequence.
+/// One token a [`DecodeBatch::step`] produced (a sequence that fed a forced run gets several).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepOutput {
     pub id: SeqId,
@@ -406,7 +406,8 @@ impl Active {
     }
 }
 
-/// Sequences decoded together, one token each per [`step`](DecodeBatch::step). Sequences can
+/// Sequences decoded together, one token each per [`step`](DecodeBatch::step), or a run of
+/// tokens where they are forced (an answer constraint's header and fixed text). Sequences can
 /// be added or cancelled between steps (continuous batching); a new sequence's prompt is
 /// processed in chunks inside the same forward passes that decode the others.
 pub struct DecodeBatch<'e> {
@@ -574,7 +575,8 @@ impl<'e> DecodeBatch<'e> {
     }
 
     /// Run one forward pass over every sequence: prompt chunks for new ones, one token for
-    /// the others. Returns the tokens produced this step; finished sequences leave the batch.
+    /// the others (with the run of tokens forced after it, if any). Returns the tokens produced
+    /// this step, several for a sequence that fed a run; finished sequences leave the batch.
     pub fn step(&mut self) -> Result<Vec<StepOutput>> {
         if self.seqs.is_empty() {
             return Ok(Vec::new());
