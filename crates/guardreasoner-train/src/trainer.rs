@@ -784,6 +784,34 @@ fn load_checkpoint(
 }
 
 /// Writes the loss per step as a line chart, `<stem>.svg` and `<stem>.png`.
+/// Steps averaged by the loss curve's smoothed line.
+const LOSS_WINDOW: usize = 10;
+
+/// The loss per step and, over longer runs, its trailing mean over [`LOSS_WINDOW`] steps (one
+/// step's loss is noisy: eight records, some with short targets).
+fn loss_lines(points: Vec<(f64, f64)>) -> Vec<guardreasoner_plot::Line> {
+    let smoothed: Vec<(f64, f64)> = points
+        .windows(LOSS_WINDOW)
+        .map(|w| {
+            let mean = w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64;
+            (w[w.len() - 1].0, mean)
+        })
+        .collect();
+    let mut lines = vec![guardreasoner_plot::Line {
+        name: "loss".to_string(),
+        points,
+        markers: false,
+    }];
+    if smoothed.len() >= LOSS_WINDOW {
+        lines.push(guardreasoner_plot::Line {
+            name: format!("mean of the last {LOSS_WINDOW} steps"),
+            points: smoothed,
+            markers: false,
+        });
+    }
+    lines
+}
+
 pub fn write_loss_curve(log: &[LogRecord], stem: &Path) -> Result<(), TrainError> {
     let points: Vec<(f64, f64)> = log
         .iter()
@@ -799,11 +827,7 @@ pub fn write_loss_curve(log: &[LogRecord], stem: &Path) -> Result<(), TrainError
         y_label: "loss".to_string(),
         x_range: None,
         y_range: None,
-        lines: vec![guardreasoner_plot::Line {
-            name: "loss".to_string(),
-            points,
-            markers: false,
-        }],
+        lines: loss_lines(points),
         diagonal: false,
     };
     guardreasoner_plot::Chart::from(chart)
@@ -813,4 +837,20 @@ pub fn write_loss_curve(log: &[LogRecord], stem: &Path) -> Result<(), TrainError
             path: stem.to_path_buf(),
             message: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loss_curve_adds_a_trailing_mean_over_longer_runs() {
+        let points: Vec<(f64, f64)> = (1..=30).map(|i| (i as f64, (i % 2) as f64)).collect();
+        let lines = loss_lines(points[..15].to_vec());
+        assert_eq!(lines.len(), 1, "too short to smooth");
+        let lines = loss_lines(points);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].points.len(), 21);
+        assert_eq!(lines[1].points[0], (10.0, 0.5));
+    }
 }
