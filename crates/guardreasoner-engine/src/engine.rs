@@ -656,7 +656,8 @@ impl<'e> DecodeBatch<'e> {
                 .install(|| engine.model.forward(&mut steps, scratch))?
         };
         let vocab = engine.config().vocab_size;
-        let mut rows = logits.chunks_exact(vocab);
+        // Each sequence's rows, in order: `row_start` is the first of the next one's.
+        let mut row_start = 0;
         let mut out = Vec::new();
         let mut finished = Vec::new();
         for (i, (s, input)) in self.seqs.iter_mut().zip(&inputs).enumerate() {
@@ -664,8 +665,11 @@ impl<'e> DecodeBatch<'e> {
             // Row j holds the logits after the j-th token fed; the draft is kept while the
             // token chosen from each row is the draft's next one.
             let draft = std::mem::take(&mut s.draft);
-            for j in 0..input.rows {
-                let Some(row) = rows.next() else { break };
+            let own = logits
+                .get(row_start * vocab..(row_start + input.rows) * vocab)
+                .unwrap_or_default();
+            row_start += input.rows;
+            for (j, row) in own.chunks_exact(vocab).enumerate() {
                 let pick = s.choose(row, &engine.eos);
                 s.first_token.get_or_insert_with(Instant::now);
                 s.tokens.push(pick.token);
@@ -692,16 +696,9 @@ impl<'e> DecodeBatch<'e> {
                 });
                 if let Some(reason) = reason {
                     finished.push((i, out.len() - 1, reason));
-                    // The remaining rows are not read; skip them.
-                    for _ in j + 1..input.rows {
-                        rows.next();
-                    }
                     break;
                 }
                 if draft.get(j) != Some(&pick.token) {
-                    for _ in j + 1..input.rows {
-                        rows.next();
-                    }
                     // Keys/values of draft tokens that were not kept are dropped: the cache
                     // holds the prompt and every generated token but the last.
                     s.cache.truncate(s.prompt.len() + s.tokens.len() - 1);

@@ -783,7 +783,6 @@ fn load_checkpoint(
     Ok(())
 }
 
-/// Writes the loss per step as a line chart, `<stem>.svg` and `<stem>.png`.
 /// Steps averaged by the loss curve's smoothed line.
 const LOSS_WINDOW: usize = 10;
 
@@ -812,6 +811,7 @@ fn loss_lines(points: Vec<(f64, f64)>) -> Vec<guardreasoner_plot::Line> {
     lines
 }
 
+/// Writes the loss per step as a line chart, `<stem>.svg` and `<stem>.png`.
 pub fn write_loss_curve(log: &[LogRecord], stem: &Path) -> Result<(), TrainError> {
     let points: Vec<(f64, f64)> = log
         .iter()
