@@ -58,20 +58,12 @@ fn run(
             1,
         )
         .unwrap();
-    let (mut a, mut b, mut passes) = (None, None, 0);
-    while !batch.is_empty() {
-        passes += 1;
-        for out in batch.step().unwrap() {
-            if let Some(g) = out.finished {
-                if out.id == constrained {
-                    a = Some(g);
-                } else if out.id == plain {
-                    b = Some(g);
-                }
-            }
-        }
-    }
-    (a.unwrap(), b.unwrap(), passes)
+    let (mut done, passes) = run_to_end(&mut batch);
+    (
+        done.remove(&constrained).unwrap(),
+        done.remove(&plain).unwrap(),
+        passes,
+    )
 }
 
 #[test]

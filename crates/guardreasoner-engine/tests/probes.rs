@@ -79,20 +79,9 @@ fn probe_logprobs_equal_a_fresh_forward_over_the_same_tokens() {
     let twin = batch
         .add_with(prompt.clone(), greedy(24), 1, options)
         .unwrap();
-    let (mut done, mut twin_done) = (None, None);
-    while !batch.is_empty() {
-        for out in batch.step().unwrap() {
-            if let Some(f) = out.finished {
-                if out.id == id {
-                    done = Some(f);
-                } else if out.id == twin {
-                    twin_done = Some(f);
-                }
-            }
-        }
-    }
-    let done = done.expect("the sequence finished");
-    let twin_done = twin_done.expect("the twin finished");
+    let (mut finished, _) = run_to_end(&mut batch);
+    let done = finished.remove(&id).expect("the sequence finished");
+    let twin_done = finished.remove(&twin).expect("the twin finished");
     assert_eq!(twin_done.tokens, done.tokens);
     for (a, b) in done.probe_logprobs.iter().zip(&twin_done.probe_logprobs) {
         let (a, b) = (a.clone().unwrap_or_default(), b.clone().unwrap_or_default());

@@ -7,6 +7,26 @@ use std::path::PathBuf;
 #[allow(unused_imports)] // not every test binary that includes this module needs both
 pub use guardreasoner_testing::{fixtures, test_model};
 
+/// Step `batch` until every sequence has finished: each one's generation by id, and the
+/// number of steps (forward passes) it took.
+pub fn run_to_end(
+    batch: &mut guardreasoner_engine::DecodeBatch<'_>,
+) -> (
+    std::collections::HashMap<guardreasoner_engine::SeqId, guardreasoner_engine::Generation>,
+    usize,
+) {
+    let (mut done, mut passes) = (std::collections::HashMap::new(), 0);
+    while !batch.is_empty() {
+        passes += 1;
+        for out in batch.step().unwrap() {
+            if let Some(generation) = out.finished {
+                done.insert(out.id, generation);
+            }
+        }
+    }
+    (done, passes)
+}
+
 pub fn read_json(path: PathBuf) -> serde_json::Value {
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()));
