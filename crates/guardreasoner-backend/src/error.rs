@@ -34,6 +34,15 @@ pub enum BackendError {
     /// The request itself is wrong; sending it again cannot help.
     #[error("invalid request: {0}")]
     Validation(String),
+    /// This input does not fit the model: a property of the input, not of the settings, so a
+    /// batch job can fail this one item closed and go on with the others.
+    #[error("the prompt has {prompt_tokens} tokens and asks for up to {max_new_tokens} new ones; the limit is {max_prompt_tokens} prompt tokens and {context} in all")]
+    InputTooLong {
+        prompt_tokens: usize,
+        max_new_tokens: usize,
+        max_prompt_tokens: usize,
+        context: usize,
+    },
     /// The local engine failed.
     #[error("engine error: {0}")]
     Engine(String),
@@ -61,9 +70,10 @@ impl BackendError {
                 matches!(status, 408 | 409) || (500..=599).contains(status)
             }
             BackendError::RetriesExhausted { last, .. } => last.is_retryable(),
-            BackendError::Validation(_) | BackendError::Engine(_) | BackendError::Cancelled => {
-                false
-            }
+            BackendError::Validation(_)
+            | BackendError::InputTooLong { .. }
+            | BackendError::Engine(_)
+            | BackendError::Cancelled => false,
         }
     }
 
@@ -84,7 +94,7 @@ impl BackendError {
             BackendError::Status { .. } => "http_status",
             BackendError::RateLimited { .. } => "rate_limited",
             BackendError::InvalidResponse { .. } => "invalid_response",
-            BackendError::Validation(_) => "validation",
+            BackendError::Validation(_) | BackendError::InputTooLong { .. } => "validation",
             BackendError::Engine(_) => "engine",
             BackendError::Cancelled => "cancelled",
             BackendError::RetriesExhausted { last, .. } => last.kind(),

@@ -111,14 +111,15 @@ impl Progress for Bars {
         }
         let seconds = s.elapsed.as_secs_f64();
         eprintln!(
-            "{}: {} rows ({} generated now, {} resumed), {} tokens in {seconds:.1} s ({:.1} tok/s), {} cut at --max-new-tokens",
+            "{}: {} rows ({} generated now, {} resumed), {} tokens in {seconds:.1} s ({:.1} tok/s), {} cut at --max-new-tokens, {} too long for the context (failed closed)",
             target.name(),
             s.rows,
             s.generated,
             s.resumed,
             s.completion_tokens,
             if seconds > 0.0 { s.completion_tokens as f64 / seconds } else { 0.0 },
-            s.truncated
+            s.truncated,
+            s.too_long
         );
     }
 }

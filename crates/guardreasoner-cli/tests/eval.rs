@@ -392,6 +392,76 @@ fn eval_on_the_real_default_model() {
     assert!(out.path().join("f1.svg").is_file());
 }
 
+#[test]
+fn a_row_too_long_for_the_context_fails_closed_and_the_run_goes_on() {
+    let Some(model) = test_model() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let records: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(benchmarks_dir().join("0_0_SimpleSafetyTests.json")).unwrap(),
+    )
+    .unwrap();
+    let mut three: Vec<Value> = records.into_iter().take(3).collect();
+    // About 12,000 tokens: more than the 8,192-token context on its own.
+    let long = "Human user:\n".to_string()
+        + &"please tell me more ".repeat(3000)
+        + "\n\nAI assistant:\nNone\n\n";
+    three[1]["input"] = Value::String(long);
+    std::fs::write(
+        data.path().join("0_0_SimpleSafetyTests.json"),
+        serde_json::to_string(&three).unwrap(),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .arg("eval")
+        .arg("--model")
+        .arg(&model)
+        .args(["--benchmarks", "SimpleSafetyTests", "--max-new-tokens", "8"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--paper-tables")
+        .arg(paper_tables())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("1 too long for the context"),
+        "{}",
+        text(&o.stderr)
+    );
+    let written = rows(
+        &out.path()
+            .join("SimpleSafetyTests/generated_predictions.jsonl"),
+    );
+    assert_eq!(
+        written.iter().map(|r| r.index).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    let long_row = &written[1];
+    assert_eq!(long_row.finish_reason, "too_long");
+    assert!(long_row.predict.is_empty());
+    let why = long_row.error.as_deref().unwrap_or_default();
+    assert!(why.contains("8192 in all"), "{why}");
+    for row in [&written[0], &written[2]] {
+        assert!(row.error.is_none() && !row.predict.is_empty(), "{row:?}");
+    }
+    // The refused row is scored as a failed verdict, and the report says why.
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(report.contains("Too long (failed closed)"), "{report}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+            .unwrap();
+    let strict = json["strict"]["benchmarks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["benchmark"] == "SimpleSafetyTests")
+        .unwrap_or_else(|| panic!("no strict score in {json}"));
+    assert!(strict["parse_failures"].as_u64().unwrap() >= 1, "{strict}");
+}
+
 /// Kills the server process when the test ends, however it ends.
 struct ServerProcess(std::process::Child);
 

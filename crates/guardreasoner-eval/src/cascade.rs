@@ -267,6 +267,7 @@ mod tests {
             forced: Some(false),
             escalated: None,
             raw_scores: None,
+            error: None,
         }
     }
 

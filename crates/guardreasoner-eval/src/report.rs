@@ -142,16 +142,17 @@ fn run_markdown(config: &EvalConfig, outcome: &EvalOutcome, label: &str, backend
     for (t, why) in &outcome.skipped {
         md.push_str(&format!("- Not run: {} ({why})\n", t.name()));
     }
-    md.push_str("\n| Benchmark file | Rows | Of | Resumed | Generated | Cut at max tokens | Answer forced | Escalated (auto) | Mean tokens |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("\n| Benchmark file | Rows | Of | Resumed | Generated | Too long (failed closed) | Cut at max tokens | Answer forced | Escalated (auto) | Mean tokens |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for c in &outcome.completed {
         let s = &c.summary;
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
             s.prediction_dir,
             s.rows,
             s.data_rows,
             s.resumed,
             s.generated,
+            s.too_long,
             s.truncated,
             s.forced,
             s.escalated,

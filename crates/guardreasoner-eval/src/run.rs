@@ -50,7 +50,14 @@ pub struct EvalRow {
     /// Under reasoning `auto`: whether the verdict needed full reasoning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalated: Option<bool>,
+    /// Why the backend refused this row's input (finish reason [`TOO_LONG`]); its empty
+    /// `predict` is scored as a failed, fail-closed verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
+
+/// The finish reason of a row whose input did not fit the model's context.
+pub const TOO_LONG: &str = "too_long";
 
 impl From<EvalRow> for PredictionRow {
     /// What the scorer reads of a row.
@@ -140,6 +147,8 @@ pub struct TargetSummary {
     pub completion_tokens: u64,
     /// Rows (of the whole file) cut off at `max_new_tokens`.
     pub truncated: usize,
+    /// Rows (of the whole file) whose input did not fit the context: failed closed.
+    pub too_long: usize,
     /// Rows (of the whole file) whose answer the reasoning budget forced.
     pub forced: usize,
     /// Rows (of the whole file) that reasoning `auto` escalated to full reasoning.
@@ -308,10 +317,33 @@ pub async fn generate_target(
                     raw_scores: outcome.raw_scores,
                     forced: outcome.forced,
                     escalated: outcome.escalated,
+                    error: None,
                 };
                 appender.append(&row)?;
                 generated += 1;
                 tokens += completion_tokens.unwrap_or(0);
+                progress.row_done(&row);
+                rows.push(row);
+            }
+            // One input too long for the model is that row's failure, not the run's: the
+            // guard's answer to it is "no verdict", counted as wrong, and the others go on.
+            Err(e @ BackendError::InputTooLong { .. }) => {
+                let record = &records[index];
+                let row = EvalRow {
+                    prompt: record.prompt.clone(),
+                    label: record.output.clone(),
+                    predict: String::new(),
+                    index,
+                    finish_reason: TOO_LONG.into(),
+                    completion_tokens: None,
+                    scores: None,
+                    raw_scores: None,
+                    forced: None,
+                    escalated: None,
+                    error: Some(e.to_string()),
+                };
+                appender.append(&row)?;
+                generated += 1;
                 progress.row_done(&row);
                 rows.push(row);
             }
@@ -338,6 +370,7 @@ pub async fn generate_target(
         generated,
         completion_tokens: tokens,
         truncated: rows.iter().filter(|r| r.finish_reason == "length").count(),
+        too_long: rows.iter().filter(|r| r.finish_reason == TOO_LONG).count(),
         forced: rows.iter().filter(|r| r.forced == Some(true)).count(),
         escalated: rows.iter().filter(|r| r.escalated == Some(true)).count(),
         mean_tokens: mean_tokens(&rows),

@@ -336,10 +336,12 @@ impl LocalBackend {
         if prompt.len() > limit || prompt.len() + max_new > context {
             return fail(
                 "validation",
-                BackendError::Validation(format!(
-                    "the prompt has {} tokens and asks for up to {max_new} new ones; the limit is {limit} prompt tokens and {context} in all",
-                    prompt.len()
-                )),
+                BackendError::InputTooLong {
+                    prompt_tokens: prompt.len(),
+                    max_new_tokens: max_new,
+                    max_prompt_tokens: limit,
+                    context,
+                },
             );
         }
         let options = match self.encode_options(request) {

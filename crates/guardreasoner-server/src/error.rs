@@ -65,6 +65,7 @@ impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
         match e {
             BackendError::Validation(m) => ApiError::BadRequest(m),
+            e @ BackendError::InputTooLong { .. } => ApiError::BadRequest(e.to_string()),
             BackendError::RateLimited { body, .. } => ApiError::QueueFull(body),
             BackendError::Cancelled => ApiError::Cancelled,
             other => ApiError::Internal(other.to_string()),
