@@ -1,4 +1,4 @@
-use crate::generator::KvCacheArg;
+use crate::generator::EngineArgs;
 use anyhow::{bail, Context};
 use clap::Args;
 use futures_util::stream::{self, StreamExt};
@@ -35,12 +35,8 @@ pub struct ClassifyArgs {
     /// Most tokens of reasoning (the paper allows 2048).
     #[arg(long, default_value_t = 2048)]
     max_new_tokens: u32,
-    /// Engine threads (default: physical cores).
-    #[arg(long, env = "GUARDREASONER_THREADS")]
-    threads: Option<usize>,
-    /// Key/value cache storage.
-    #[arg(long, env = "GUARDREASONER_KV_CACHE", value_enum, default_value_t = KvCacheArg::Auto)]
-    kv_cache: KvCacheArg,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Conversations decoded together in one batch.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -262,10 +258,8 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
         bail!("conversation {} has an empty prompt", i + 1);
     }
     let options = RuntimeOptions {
-        threads: args.threads,
-        kv_cache: args.kv_cache.choice(),
         max_batch: args.batch.max(1),
-        ..RuntimeOptions::default()
+        ..args.engine.runtime_options()
     };
     let backend =
         LocalBackend::from_spec(args.model.as_deref(), options).context("cannot load the model")?;
@@ -325,10 +319,23 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<()> {
             ));
         }
         bar.finish_and_clear();
+        let seconds = start.elapsed().as_secs_f64();
         eprintln!(
-            "{} conversations judged; {failed} outputs could not be parsed (reported as flagged)",
-            conversations.len()
+            "{} conversations judged in {seconds:.1} s ({tokens} tokens, {:.1} tok/s); {failed} outputs could not be parsed (reported as flagged)",
+            conversations.len(),
+            tokens as f64 / seconds.max(1e-9)
         );
+        let metrics = backend.metrics();
+        let drafted = metrics.draft_tokens.load(std::sync::atomic::Ordering::Relaxed);
+        if drafted > 0 {
+            let kept = metrics
+                .accepted_draft_tokens
+                .load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "prompt lookup: {kept} of {drafted} drafted tokens kept ({:.0}%)",
+                100.0 * kept as f64 / drafted as f64
+            );
+        }
         anyhow::Ok(())
     })
 }

@@ -30,12 +30,8 @@ pub struct GeneratorArgs {
     /// printed).
     #[arg(long, default_value = DEFAULT_API_KEY_VAR)]
     pub api_key_env: String,
-    /// Local engine threads (default: physical cores).
-    #[arg(long, env = "GUARDREASONER_THREADS")]
-    pub threads: Option<usize>,
-    /// Local engine key/value cache storage.
-    #[arg(long, env = "GUARDREASONER_KV_CACHE", value_enum, default_value_t = KvCacheArg::Auto)]
-    pub kv_cache: KvCacheArg,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Retries of a failed request (endpoint only) on 429/5xx/timeouts.
     #[arg(long, default_value_t = 6)]
     pub max_retries: u32,
@@ -59,11 +55,9 @@ impl GeneratorArgs {
         match (&self.model, &self.endpoint) {
             (Some(spec), _) => {
                 let options = RuntimeOptions {
-                    threads: self.threads,
-                    kv_cache: self.kv_cache.choice(),
                     max_batch: concurrency,
                     max_queue: concurrency.max(RuntimeOptions::default().max_queue),
-                    ..RuntimeOptions::default()
+                    ..self.engine.runtime_options()
                 };
                 let backend = LocalBackend::from_spec(Some(spec), options)
                     .with_context(|| format!("cannot load the model {spec:?}"))?;
@@ -78,6 +72,9 @@ impl GeneratorArgs {
                     _ => spec.clone(),
                 };
                 Ok((Arc::new(backend), name))
+            }
+            (None, Some(_)) if self.engine.prompt_lookup > 0 => {
+                bail!("--prompt-lookup speculates inside the local engine; an --endpoint decodes on its own")
             }
             (None, Some(endpoint)) => {
                 let served = self.served_model.clone().unwrap_or_default();
@@ -112,6 +109,35 @@ async fn probe_endpoint(config: &OpenAiConfig) -> anyhow::Result<()> {
             config.base_url, config.model
         )
     })
+}
+
+/// How the local engine runs: shared by every command that loads one.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Engine threads (default: physical cores).
+    #[arg(long, env = "GUARDREASONER_THREADS")]
+    pub threads: Option<usize>,
+    /// Key/value cache storage.
+    #[arg(long, env = "GUARDREASONER_KV_CACHE", value_enum, default_value_t = KvCacheArg::Auto)]
+    pub kv_cache: KvCacheArg,
+    /// Speculative decoding: feed up to N tokens looked up in the conversation (what followed
+    /// the last few generated tokens where they occurred before) with each decoded token, and
+    /// keep those the model would have chosen anyway. The same output in fewer passes; 0: off.
+    #[arg(long, env = "GUARDREASONER_PROMPT_LOOKUP", default_value_t = 0)]
+    pub prompt_lookup: usize,
+}
+
+impl EngineArgs {
+    /// These settings over the runtime's defaults.
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            threads: self.threads,
+            kv_cache: self.kv_cache.choice(),
+            prompt_lookup: (self.prompt_lookup > 0)
+                .then(|| guardreasoner_engine::PromptLookup::new(self.prompt_lookup)),
+            ..RuntimeOptions::default()
+        }
+    }
 }
 
 /// `--kv-cache`: how the local engine stores cached keys and values.

@@ -1,4 +1,4 @@
-use crate::generator::KvCacheArg;
+use crate::generator::EngineArgs;
 use anyhow::Context;
 use clap::Args;
 use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
@@ -38,12 +38,8 @@ pub struct ServeArgs {
     /// Requests waiting or running at once; more are answered 429.
     #[arg(long, env = "GUARDREASONER_MAX_QUEUE", default_value_t = 256)]
     max_queue: usize,
-    /// Engine threads (default: physical cores).
-    #[arg(long, env = "GUARDREASONER_THREADS")]
-    threads: Option<usize>,
-    /// Key/value cache storage.
-    #[arg(long, env = "GUARDREASONER_KV_CACHE", value_enum, default_value_t = KvCacheArg::Auto)]
-    kv_cache: KvCacheArg,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Flag a request or response whose harmful score reaches this probability instead of
     /// following the label the model wrote (a request's `threshold` overrides it).
     #[arg(long, env = "GUARDREASONER_THRESHOLD", value_parser = crate::classify::parse_threshold)]
@@ -79,12 +75,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..ServerConfig::default()
         };
         let options = RuntimeOptions {
-            threads: args.threads,
-            kv_cache: args.kv_cache.choice(),
             max_batch: args.max_batch.max(1),
             max_queue: args.max_queue.max(1),
             max_input_tokens: args.max_input_tokens,
-            ..RuntimeOptions::default()
+            ..args.engine.runtime_options()
         };
         let model = args.model;
         let load = move || {

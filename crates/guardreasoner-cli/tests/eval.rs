@@ -331,6 +331,17 @@ async fn eval_errors_are_clear() {
         "{err}"
     );
 
+    // Speculation is the local engine's: asked of an endpoint, it is refused, not ignored.
+    let o = finish(eval_command(
+        &server.url(),
+        out.path(),
+        &["--benchmarks", "SimpleSafetyTests", "--prompt-lookup", "4"],
+    ))
+    .await;
+    let err = text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("--prompt-lookup"), "{err}");
+
     // Neither a model nor an endpoint.
     let o = Command::new(BIN)
         .args(["eval", "--out"])

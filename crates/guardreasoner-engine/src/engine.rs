@@ -5,6 +5,7 @@ use crate::answer::{AnswerConstraint, Answering, Choice};
 use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::llama::{ForwardScratch, KvCache, KvType, Llama, LogitsFor, SeqStep};
+use crate::lookup::PromptLookup;
 use crate::probe::{self, ContinuationProbe};
 use crate::sampling::Sampled;
 use crate::sampling::{Sampler, SamplingParams};
@@ -71,6 +72,9 @@ pub struct Generation {
     /// Whether an [`AnswerConstraint`] had to force the answer (the reasoning budget ran out,
     /// or the sequence would have ended without answering).
     pub forced_answer: bool,
+    /// Prompt-lookup draft tokens fed ([`DecodeBatch::prompt_lookup`]), and those kept.
+    pub drafted_tokens: usize,
+    pub accepted_draft_tokens: usize,
 }
 
 /// What a sequence is added with besides its prompt and sampling settings.
@@ -333,6 +337,11 @@ struct Active {
     /// Tokens expected to follow `tokens`, fed with its last token in the next pass and kept
     /// as far as the choices made from that pass's logits agree with them.
     draft: Vec<u32>,
+    /// Whether `draft` was looked up (not forced).
+    looked_up: bool,
+    /// Looked-up draft tokens fed, and kept.
+    drafted: usize,
+    accepted: usize,
 }
 
 impl Active {
@@ -372,14 +381,17 @@ impl Active {
         }
     }
 
+    /// Tokens that may be fed after the last one within the token budget.
+    fn room(&self) -> usize {
+        self.params
+            .max_new_tokens
+            .saturating_sub(self.tokens.len() + 1)
+    }
+
     /// The forced tokens that will follow, as far as the token budget goes.
     fn forced_run(&self) -> Vec<u32> {
-        let room = self
-            .params
-            .max_new_tokens
-            .saturating_sub(self.tokens.len() + 1);
         match &self.answer {
-            Some(a) => a.forced_run(&self.tokens, room.min(MAX_FORCED_RUN)),
+            Some(a) => a.forced_run(&self.tokens, self.room().min(MAX_FORCED_RUN)),
             None => Vec::new(),
         }
     }
@@ -402,6 +414,8 @@ impl Active {
             },
             probe_logprobs,
             forced_answer,
+            drafted_tokens: self.drafted,
+            accepted_draft_tokens: self.accepted,
         }
     }
 }
@@ -419,6 +433,9 @@ pub struct DecodeBatch<'e> {
     /// Feed a run of forced answer tokens (the answer header, the text between labels) in one
     /// pass instead of one pass per token. The choices are the same; off only to measure it.
     pub forced_runs: bool,
+    /// Speculate with drafts looked up in each sequence's own text (where no forced run is
+    /// due). The choices are the same, one draw per token; only the number of passes changes.
+    pub prompt_lookup: Option<PromptLookup>,
     scratch: ForwardScratch,
 }
 
@@ -430,6 +447,7 @@ impl<'e> DecodeBatch<'e> {
             next_id: 0,
             prefill_chunk: 512,
             forced_runs: true,
+            prompt_lookup: None,
             scratch: ForwardScratch::default(),
         }
     }
@@ -560,6 +578,9 @@ impl<'e> DecodeBatch<'e> {
             probes: options.probes,
             probe_logprobs: Vec::new(),
             draft: Vec::new(),
+            looked_up: false,
+            drafted: 0,
+            accepted: 0,
         });
         if self.forced_runs {
             let seq = self.seqs.last_mut().expect("just added");
@@ -664,7 +685,14 @@ impl<'e> DecodeBatch<'e> {
             s.fed += input.prompt;
             // Row j holds the logits after the j-th token fed; the draft is kept while the
             // token chosen from each row is the draft's next one.
-            let draft = std::mem::take(&mut s.draft);
+            // A sequence still reading its prompt keeps its draft for the pass that ends it.
+            let (draft, looked_up) = match input.rows {
+                0 => (Vec::new(), false),
+                _ => (
+                    std::mem::take(&mut s.draft),
+                    std::mem::take(&mut s.looked_up),
+                ),
+            };
             let own = logits
                 .get(row_start * vocab..(row_start + input.rows) * vocab)
                 .unwrap_or_default();
@@ -705,8 +733,14 @@ impl<'e> DecodeBatch<'e> {
                     if self.forced_runs {
                         s.draft = s.forced_run();
                     }
+                    if let (true, Some(lookup)) = (s.draft.is_empty(), &self.prompt_lookup) {
+                        s.draft = lookup.draft(&s.prompt, &s.tokens, s.room());
+                        s.looked_up = !s.draft.is_empty();
+                        s.drafted += s.draft.len();
+                    }
                     break;
                 }
+                s.accepted += usize::from(looked_up);
             }
         }
         let mut done: Vec<(usize, Active, FinishReason)> = finished

@@ -33,6 +33,7 @@ pub mod error;
 pub mod kernels;
 pub mod layout;
 pub mod llama;
+mod lookup;
 pub mod matrix;
 mod probe;
 pub mod quant;
@@ -46,5 +47,6 @@ pub use engine::{
 };
 pub use error::{EngineError, Result};
 pub use llama::KvType;
+pub use lookup::PromptLookup;
 pub use probe::ContinuationProbe;
 pub use sampling::SamplingParams;

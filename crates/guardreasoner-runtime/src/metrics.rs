@@ -67,6 +67,9 @@ pub struct Metrics {
     pub generated_tokens: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub reused_prompt_tokens: AtomicU64,
+    /// Prompt-lookup draft tokens fed, and those kept.
+    pub draft_tokens: AtomicU64,
+    pub accepted_draft_tokens: AtomicU64,
     pub queue_depth: AtomicU64,
     pub active_sequences: AtomicU64,
     pub cancelled_sequences: AtomicU64,
@@ -84,6 +87,8 @@ impl Default for Metrics {
             generated_tokens: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
             reused_prompt_tokens: AtomicU64::new(0),
+            draft_tokens: AtomicU64::new(0),
+            accepted_draft_tokens: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
             active_sequences: AtomicU64::new(0),
             cancelled_sequences: AtomicU64::new(0),
@@ -157,6 +162,18 @@ impl Metrics {
             "guardreasoner_reused_prompt_tokens_total",
             "Prompt tokens whose keys/values came from the cached guard instruction.",
             self.reused_prompt_tokens.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "guardreasoner_draft_tokens_total",
+            "Prompt-lookup draft tokens fed for speculative decoding.",
+            self.draft_tokens.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "guardreasoner_accepted_draft_tokens_total",
+            "Prompt-lookup draft tokens kept (the model chose them).",
+            self.accepted_draft_tokens.load(Relaxed),
         );
         counter(
             &mut out,

@@ -11,7 +11,7 @@ use guardreasoner_backend::{
 use guardreasoner_core::Conversation;
 use guardreasoner_engine::{
     AnswerConstraint, ContinuationProbe, Engine, EngineError, FinishReason as EngineFinish, KvType,
-    LoadOptions, SamplingParams, SeqId, SequenceOptions,
+    LoadOptions, PromptLookup, SamplingParams, SeqId, SequenceOptions,
 };
 use guardreasoner_tokenizer::{Tokenizer, TokenizerError};
 use std::collections::{HashMap, VecDeque};
@@ -53,6 +53,8 @@ pub struct RuntimeOptions {
     pub prefill_chunk: usize,
     /// Most prompt tokens accepted (default: the context window).
     pub max_input_tokens: Option<usize>,
+    /// Speculative decoding with drafts looked up in each sequence's text (default: off).
+    pub prompt_lookup: Option<PromptLookup>,
     /// The name the backend reports (default: the model file or directory name).
     pub model_name: Option<String>,
 }
@@ -67,6 +69,7 @@ impl Default for RuntimeOptions {
             max_queue: 256,
             prefill_chunk: 512,
             max_input_tokens: None,
+            prompt_lookup: None,
             model_name: None,
         }
     }
@@ -578,6 +581,7 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
     let options = &shared.options;
     let mut batch = engine.batch();
     batch.prefill_chunk = options.prefill_chunk.max(1);
+    batch.prompt_lookup = options.prompt_lookup;
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut active: HashMap<SeqId, ChoiceState<'_>> = HashMap::new();
     let finish_job = |job: &JobState| {
@@ -770,6 +774,14 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                             g.timings.decode_s,
                         )
                     });
+                if let Some(g) = &out.finished {
+                    metrics
+                        .draft_tokens
+                        .fetch_add(g.drafted_tokens as u64, Relaxed);
+                    metrics
+                        .accepted_draft_tokens
+                        .fetch_add(g.accepted_draft_tokens as u64, Relaxed);
+                }
                 // A choice cut by a stop string left the engine cancelled: nothing scored.
                 let constrained = c.job.options.answer.is_some();
                 let (probe_logprobs, forced_ending) = match out.finished {
