@@ -1,8 +1,8 @@
 //! The one place a conversation is classified through a backend.
 
 use crate::{
-    Backend, BackendError, ConstrainedEnding, ContinuationProbe, FinishReason, GenerationRequest,
-    PromptInput, Usage,
+    Backend, BackendError, ConstrainedEnding, ContinuationProbe, EngineTimings, FinishReason,
+    GenerationRequest, PromptInput, Usage,
 };
 use guardreasoner_core::answer_grammar::{answer_endings, ANSWER_HEADER, FORCED_SEPARATOR};
 use guardreasoner_core::calibration::{GuardCalibration, Stage};
@@ -94,6 +94,8 @@ pub struct GuardOutcome {
     pub finish_reason: FinishReason,
     pub usage: Usage,
     pub retries: u32,
+    /// The local engine's timings (both generations' under an escalation).
+    pub timings: Option<EngineTimings>,
 }
 
 /// The guard request for a conversation: the GuardReasoner prompt as raw text. Under `auto`
@@ -168,7 +170,7 @@ pub async fn classify(
 /// The verdict with its scores mapped through `params.calibration` by the stage that reached
 /// it (the model's own kept in `raw_scores`); unchanged without a calibration. The last step
 /// of every verdict, after any escalation was decided on the model's own scores.
-pub fn calibrated(outcome: GuardOutcome, params: &GuardParams) -> GuardOutcome {
+fn calibrated(outcome: GuardOutcome, params: &GuardParams) -> GuardOutcome {
     let (Some(calibration), Some(raw)) = (&params.calibration, outcome.scores) else {
         return outcome;
     };
@@ -181,7 +183,7 @@ pub fn calibrated(outcome: GuardOutcome, params: &GuardParams) -> GuardOutcome {
 }
 
 /// An `auto` first answer that was certain enough: the verdict.
-pub fn settled(first: GuardOutcome) -> GuardOutcome {
+fn settled(first: GuardOutcome) -> GuardOutcome {
     GuardOutcome {
         escalated: Some(false),
         ..first
@@ -190,17 +192,22 @@ pub fn settled(first: GuardOutcome) -> GuardOutcome {
 
 /// The verdict of an escalated `auto` request: the fully reasoned one, counting both
 /// generations' tokens and retries.
-pub fn escalation(first: GuardOutcome, full: GuardOutcome) -> GuardOutcome {
+fn escalation(first: GuardOutcome, full: GuardOutcome) -> GuardOutcome {
+    let timings = match (first.timings, full.timings) {
+        (Some(a), Some(b)) => Some(a.plus(&b)),
+        (a, b) => b.or(a),
+    };
     GuardOutcome {
         escalated: Some(true),
         usage: full.usage.plus(&first.usage),
         retries: full.retries + first.retries,
+        timings,
         ..full
     }
 }
 
 /// Whether an `auto` first answer must be reasoned fully (see [`needs_reasoning`]).
-pub fn should_escalate(first: &GuardOutcome, params: &GuardParams) -> bool {
+fn should_escalate(first: &GuardOutcome, params: &GuardParams) -> bool {
     needs_reasoning(&first.parsed, first.scores.as_ref(), params.band)
 }
 
@@ -222,20 +229,23 @@ async fn generate_once(
                 endpoint: backend.name(),
                 message: "no choice in the reply".into(),
             })?;
-    Ok(outcome_of(
-        choice.text,
-        choice.probe_logprobs.as_deref(),
-        choice.forced_ending,
-        params.reasoning,
-        choice.finish_reason,
-        generation.usage,
-        generation.retries,
-    ))
+    Ok(GuardOutcome {
+        timings: generation.timings,
+        ..outcome_of(
+            choice.text,
+            choice.probe_logprobs.as_deref(),
+            choice.forced_ending,
+            params.reasoning,
+            choice.finish_reason,
+            generation.usage,
+            generation.retries,
+        )
+    })
 }
 
 /// A guard outcome from what one generation returned: the one place generated text becomes
-/// a verdict (the local server's batch path uses it too).
-pub fn outcome_of(
+/// a verdict.
+fn outcome_of(
     text: String,
     probe_logprobs: Option<&[Option<Vec<f32>>]>,
     forced_ending: Option<bool>,
@@ -262,5 +272,6 @@ pub fn outcome_of(
         finish_reason,
         usage,
         retries,
+        timings: None,
     }
 }

@@ -14,10 +14,7 @@ pub mod testing;
 mod types;
 
 pub use error::BackendError;
-pub use guard::{
-    answer_probes, calibrated, classify, escalation, guard_request, label_scores, outcome_of,
-    settled, should_escalate, GuardOutcome, GuardParams,
-};
+pub use guard::{answer_probes, classify, guard_request, label_scores, GuardOutcome, GuardParams};
 pub use multi::{Balance, MultiBackend};
 pub use openai::{
     normalise_base_url, parse_reply, request_body, system_and_user, ApiKey, OpenAiBackend,
@@ -26,8 +23,8 @@ pub use openai::{
 pub use rate::{RateLimiter, RateLimits};
 pub use retry::{parse_retry_after, RetryPolicy};
 pub use types::{
-    ChatMessage, Choice, ConstrainedEnding, ContinuationProbe, FinishReason, Generation,
-    GenerationRequest, PromptInput, Role, TokenLogprob, Usage,
+    ChatMessage, Choice, ConstrainedEnding, ContinuationProbe, EngineTimings, FinishReason,
+    Generation, GenerationRequest, PromptInput, Role, TokenLogprob, Usage,
 };
 
 use async_trait::async_trait;

@@ -494,6 +494,7 @@ pub fn parse_reply(bytes: &[u8], chat: bool, n: usize) -> Result<Generation, Str
         usage,
         model: reply.model.unwrap_or_default(),
         retries: 0,
+        timings: None,
     })
 }
 

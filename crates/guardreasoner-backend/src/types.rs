@@ -263,6 +263,28 @@ impl Usage {
     }
 }
 
+/// Where a local engine's time went on one request (a remote endpoint does not say).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct EngineTimings {
+    /// Prompt tokens whose keys/values came from the cached guard instruction.
+    pub reused_prompt_tokens: u64,
+    /// From joining the decode batch to the first generated token.
+    pub prefill_s: f64,
+    /// From the first generated token to the last.
+    pub decode_s: f64,
+}
+
+impl EngineTimings {
+    /// Both requests' (e.g. a cascade's two steps).
+    pub fn plus(&self, other: &EngineTimings) -> EngineTimings {
+        EngineTimings {
+            reused_prompt_tokens: self.reused_prompt_tokens + other.reused_prompt_tokens,
+            prefill_s: self.prefill_s + other.prefill_s,
+            decode_s: self.decode_s + other.decode_s,
+        }
+    }
+}
+
 /// The result of one request: `n` choices in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Generation {
@@ -272,6 +294,9 @@ pub struct Generation {
     pub model: String,
     /// How many times the request was retried before it succeeded.
     pub retries: u32,
+    /// Where the local engine reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<EngineTimings>,
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use crate::chat::encode_chat;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use guardreasoner_backend::{
-    Backend, BackendError, BackendStats, Choice, FinishReason, Generation, GenerationRequest,
-    PromptInput, TokenLogprob, Usage,
+    Backend, BackendError, BackendStats, Choice, EngineTimings, FinishReason, Generation,
+    GenerationRequest, PromptInput, TokenLogprob, Usage,
 };
 use guardreasoner_core::Conversation;
 use guardreasoner_engine::{
@@ -452,6 +452,8 @@ pub async fn collect(
 ) -> Result<Generation, BackendError> {
     let mut choices: Vec<Option<Choice>> = vec![None; submission.n];
     let mut completion_tokens = 0u64;
+    // The choices run side by side: the request took as long as the slowest.
+    let mut timings = EngineTimings::default();
     while choices.iter().any(Option::is_none) {
         match submission.events.recv().await {
             Some(Event::Done {
@@ -462,9 +464,15 @@ pub async fn collect(
                 logprobs,
                 probe_logprobs,
                 forced_ending,
+                reused_prompt_tokens,
+                prefill_s,
+                decode_s,
                 ..
             }) => {
                 completion_tokens += c as u64;
+                timings.reused_prompt_tokens += reused_prompt_tokens as u64;
+                timings.prefill_s = timings.prefill_s.max(prefill_s);
+                timings.decode_s = timings.decode_s.max(decode_s);
                 choices[choice] = Some(Choice {
                     text,
                     finish_reason,
@@ -487,6 +495,7 @@ pub async fn collect(
         },
         model,
         retries: 0,
+        timings: Some(timings),
     })
 }
 

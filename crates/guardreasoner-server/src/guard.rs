@@ -5,13 +5,9 @@ use crate::AppState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
-use guardreasoner_backend::{
-    calibrated, escalation, guard_request, outcome_of, settled, should_escalate, GuardOutcome,
-    GuardParams, Usage,
-};
+use guardreasoner_backend::{classify, Backend, GuardOutcome, GuardParams};
 use guardreasoner_core::label_scores::{check_threshold, flagged_at};
 use guardreasoner_core::{Conversation, Label, LabelScores, ReasoningMode, UncertaintyBand};
-use guardreasoner_runtime::{Event, LocalBackend};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -88,73 +84,15 @@ pub enum ParseStatus {
     Error { kind: String, message: String },
 }
 
-/// One conversation's outcome on the local engine, with the engine's timings.
+/// One conversation's verdict and the wall time it took.
 struct Judged {
     outcome: GuardOutcome,
-    reused_prompt_tokens: usize,
-    prefill_s: f64,
-    decode_s: f64,
     total_s: f64,
 }
 
-/// Generate the guard requests of `conversations` under `params`, all in one batch.
-async fn generate_batch(
-    backend: &LocalBackend,
-    conversations: &[&Conversation],
-    params: &GuardParams,
-) -> Result<Vec<Judged>, ApiError> {
-    let mut submissions = Vec::with_capacity(conversations.len());
-    for c in conversations {
-        submissions.push(backend.submit(&guard_request(c, params))?);
-    }
-    let mut judged = Vec::with_capacity(submissions.len());
-    for mut sub in submissions {
-        let started = sub.submitted;
-        loop {
-            match sub.events.recv().await {
-                Some(Event::Done {
-                    text,
-                    finish_reason,
-                    completion_tokens,
-                    probe_logprobs,
-                    forced_ending,
-                    reused_prompt_tokens,
-                    prefill_s,
-                    decode_s,
-                    ..
-                }) => {
-                    let usage = Usage {
-                        prompt_tokens: sub.prompt_tokens as u64,
-                        completion_tokens: completion_tokens as u64,
-                    };
-                    judged.push(Judged {
-                        outcome: outcome_of(
-                            text,
-                            Some(&probe_logprobs),
-                            forced_ending,
-                            params.reasoning,
-                            finish_reason,
-                            usage,
-                            0,
-                        ),
-                        reused_prompt_tokens,
-                        prefill_s,
-                        decode_s,
-                        total_s: Instant::now().duration_since(started).as_secs_f64(),
-                    });
-                    break;
-                }
-                Some(Event::Text { .. }) => continue,
-                Some(Event::Failed(m)) => return Err(ApiError::Internal(m)),
-                None => return Err(ApiError::Cancelled),
-            }
-        }
-    }
-    Ok(judged)
-}
-
-/// Run the guard on conversations that were already validated; all of them share the batch.
-/// Under `auto`, the uncertain ones are generated again, reasoning fully, in a second batch.
+/// Run the guard on conversations that were already validated, through the one verdict glue
+/// ([`classify`]): all are submitted at once, so the engine decodes them in one batch, and
+/// under `auto` each uncertain one is reasoned again as soon as its first answer is in.
 async fn judge(
     state: &AppState,
     conversations: Vec<Conversation>,
@@ -162,51 +100,26 @@ async fn judge(
     params: GuardParams,
     threshold: Option<f32>,
 ) -> Result<Vec<GuardResult>, ApiError> {
-    let backend = state.backend()?;
-    let all: Vec<&Conversation> = conversations.iter().collect();
-    let mut judged = generate_batch(backend, &all, &params).await?;
-    if params.reasoning == ReasoningMode::Auto {
-        let uncertain: Vec<usize> = (0..judged.len())
-            .filter(|&i| should_escalate(&judged[i].outcome, &params))
-            .collect();
-        let again: Vec<&Conversation> = uncertain.iter().map(|&i| all[i]).collect();
-        let mut full: Vec<Option<Judged>> = judged.iter().map(|_| None).collect();
-        let reasoned = generate_batch(backend, &again, &params.escalated()).await?;
-        for (i, f) in uncertain.into_iter().zip(reasoned) {
-            full[i] = Some(f);
-        }
-        judged = judged
-            .into_iter()
-            .zip(full)
-            .map(|(first, full)| match full {
-                None => Judged {
-                    outcome: settled(first.outcome),
-                    ..first
-                },
-                Some(f) => Judged {
-                    outcome: escalation(first.outcome, f.outcome),
-                    reused_prompt_tokens: first.reused_prompt_tokens + f.reused_prompt_tokens,
-                    prefill_s: first.prefill_s + f.prefill_s,
-                    decode_s: first.decode_s + f.decode_s,
-                    total_s: first.total_s + f.total_s,
-                },
-            })
-            .collect();
-    }
+    let backend: &dyn Backend = &**state.backend()?;
+    let params = &params;
+    let judged = futures_util::future::try_join_all(conversations.iter().map(|c| async move {
+        let started = Instant::now();
+        let outcome = classify(backend, c, params).await?;
+        Ok::<_, ApiError>(Judged {
+            outcome,
+            total_s: started.elapsed().as_secs_f64(),
+        })
+    }))
+    .await?;
     Ok(judged
         .into_iter()
-        .map(|j| {
-            let judged = Judged {
-                outcome: calibrated(j.outcome, &params),
-                ..j
-            };
-            result_of(judged, threshold, include_reasoning)
-        })
+        .map(|j| result_of(j, threshold, include_reasoning))
         .collect())
 }
 
 fn result_of(judged: Judged, threshold: Option<f32>, include_reasoning: bool) -> GuardResult {
     let o = judged.outcome;
+    let timings = o.timings.unwrap_or_default();
     let flagged = flagged_at(&o.parsed, o.scores.as_ref(), threshold);
     let (labels, parse, reasoning) = match o.parsed {
         Ok(p) => {
@@ -243,11 +156,11 @@ fn result_of(judged: Judged, threshold: Option<f32>, include_reasoning: bool) ->
         usage: json!({
             "prompt_tokens": o.usage.prompt_tokens,
             "completion_tokens": o.usage.completion_tokens,
-            "reused_prompt_tokens": judged.reused_prompt_tokens,
+            "reused_prompt_tokens": timings.reused_prompt_tokens,
         }),
         timings: json!({
-            "prefill_s": judged.prefill_s,
-            "decode_s": judged.decode_s,
+            "prefill_s": timings.prefill_s,
+            "decode_s": timings.decode_s,
             "total_s": judged.total_s,
         }),
     }
