@@ -155,6 +155,23 @@ pub async fn classify(
         return Err(BackendError::Validation("the user prompt is empty".into()));
     }
     params.validate()?;
+    if !backend.scores_answers() {
+        // Not silently degraded: without scores `auto` would always escalate, `none` would
+        // reason anyway, and a budget would never be enforced.
+        if params.reasoning != ReasoningMode::Full {
+            return Err(BackendError::Validation(format!(
+                "reasoning `{}` needs label scores and a constrained answer, which {} cannot give; use reasoning `full`",
+                params.reasoning.name(),
+                backend.name()
+            )));
+        }
+        if params.max_reasoning_tokens.is_some() {
+            return Err(BackendError::Validation(format!(
+                "max_reasoning_tokens needs a constrained answer, which {} cannot give",
+                backend.name()
+            )));
+        }
+    }
     let first = generate_once(backend, conversation, params).await?;
     let verdict = if params.reasoning != ReasoningMode::Auto {
         first

@@ -23,8 +23,9 @@ pub use openai::{
 pub use rate::{RateLimiter, RateLimits};
 pub use retry::{parse_retry_after, RetryPolicy};
 pub use types::{
-    ChatMessage, Choice, ConstrainedEnding, ContinuationProbe, EngineTimings, FinishReason,
-    Generation, GenerationRequest, PromptInput, Role, TokenLogprob, Usage,
+    ChatMessage, Choice, ConstrainedEnding, ContinuationProbe, EngineTimings, EventStream,
+    FinishReason, Generation, GenerationRequest, PromptInput, Role, StreamEvent, TokenLogprob,
+    Usage,
 };
 
 use async_trait::async_trait;
@@ -41,6 +42,42 @@ pub trait Backend: Send + Sync {
 
     /// Generate `request.n` completions of `request.input`.
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, BackendError>;
+
+    /// The same generation as events while it happens: text deltas per choice, then each
+    /// choice's end. Errors of the request itself come back before the stream starts. This
+    /// default yields the whole text at the end, for backends that cannot stream; dropping
+    /// the stream abandons the request.
+    async fn generate_stream(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<EventStream, BackendError> {
+        let generation = self.generate(request).await?;
+        let events: Vec<Result<StreamEvent, BackendError>> = generation
+            .choices
+            .into_iter()
+            .enumerate()
+            .flat_map(|(choice, c)| {
+                [
+                    Ok(StreamEvent::Text {
+                        choice,
+                        delta: c.text,
+                    }),
+                    Ok(StreamEvent::Finished {
+                        choice,
+                        finish_reason: c.finish_reason,
+                    }),
+                ]
+            })
+            .collect();
+        Ok(Box::pin(futures_util::stream::iter(events)))
+    }
+
+    /// Whether the backend scores the guard's answer probes and keeps its answer to the
+    /// answer grammar (the local engine does; an OpenAI-compatible endpoint does neither).
+    /// Without it there are no label scores, so no `none`/`auto` reasoning and no thresholds.
+    fn scores_answers(&self) -> bool {
+        false
+    }
 
     /// Counters since the backend was created.
     fn stats(&self) -> BackendStats {

@@ -128,6 +128,10 @@ impl Backend for MultiBackend {
         names.join(" + ")
     }
 
+    fn scores_answers(&self) -> bool {
+        self.members.iter().all(|m| m.backend.scores_answers())
+    }
+
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, BackendError> {
         request.validate()?;
         let mut tried = vec![false; self.members.len()];

@@ -1,5 +1,6 @@
 //! What callers ask a backend for, and what it gives back.
 
+use crate::BackendError;
 use serde::{Deserialize, Serialize};
 
 /// Who wrote a chat message.
@@ -262,6 +263,23 @@ impl Usage {
         }
     }
 }
+
+/// What a streamed generation yields ([`crate::Backend::generate_stream`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// New text of one choice (complete UTF-8).
+    Text { choice: usize, delta: String },
+    /// One choice ended.
+    Finished {
+        choice: usize,
+        finish_reason: FinishReason,
+    },
+}
+
+/// A streamed generation: events until every choice has finished, or an error.
+pub type EventStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<StreamEvent, BackendError>> + Send + 'static>,
+>;
 
 /// Where a local engine's time went on one request (a remote endpoint does not say).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]

@@ -83,6 +83,18 @@ pub struct GuardDefaults {
     pub calibration: Option<Arc<GuardCalibration>>,
 }
 
+impl GuardDefaults {
+    /// GuardReasoner's way, for any model but the default guard: reason fully, the model's
+    /// own probabilities.
+    pub fn reasoning_fully() -> GuardDefaults {
+        GuardDefaults {
+            reasoning: ReasoningMode::Full,
+            band: UncertaintyBand::default(),
+            calibration: None,
+        }
+    }
+}
+
 impl ReasoningArgs {
     /// The flags where given, else [`guard_defaults`] for `model`.
     pub fn resolve(&self, model: Option<&str>) -> anyhow::Result<GuardDefaults> {
@@ -116,11 +128,7 @@ impl ReasoningArgs {
 /// its development splits); every other model reasons fully (GuardReasoner's way), with the
 /// default band and its own probabilities.
 pub fn guard_defaults(model: Option<&str>) -> anyhow::Result<GuardDefaults> {
-    let fallback = GuardDefaults {
-        reasoning: ReasoningMode::Full,
-        band: UncertaintyBand::default(),
-        calibration: None,
-    };
+    let fallback = GuardDefaults::reasoning_fully();
     if guardreasoner_hub::ModelSpec::parse(model)? != guardreasoner_hub::ModelSpec::Default {
         return Ok(fallback);
     }

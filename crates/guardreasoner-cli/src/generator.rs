@@ -4,8 +4,8 @@
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args};
 use guardreasoner_backend::{
-    Backend, GenerationRequest, OpenAiBackend, OpenAiConfig, PromptInput, RetryPolicy,
-    DEFAULT_API_KEY_VAR,
+    Backend, Balance, GenerationRequest, MultiBackend, OpenAiBackend, OpenAiConfig, PromptInput,
+    RetryPolicy, DEFAULT_API_KEY_VAR,
 };
 use guardreasoner_engine::KvType;
 use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
@@ -78,17 +78,56 @@ impl GeneratorArgs {
             }
             (None, Some(endpoint)) => {
                 let served = self.served_model.clone().unwrap_or_default();
-                let mut config = OpenAiConfig::new(endpoint.clone(), served.clone())
-                    .with_api_key_from_env(&self.api_key_env);
-                config.max_concurrency = concurrency;
-                config.request_timeout = request_timeout;
-                config.retry.max_retries = self.max_retries;
-                let backend = OpenAiBackend::new(config.clone())?;
-                runtime.block_on(probe_endpoint(&config))?;
-                Ok((Arc::new(backend), served))
+                let remote = Remote {
+                    endpoints: vec![endpoint.clone()],
+                    model: served.clone(),
+                    api_key_env: self.api_key_env.clone(),
+                    concurrency,
+                    request_timeout,
+                    max_retries: self.max_retries,
+                };
+                Ok((runtime.block_on(remote.backend())?, served))
             }
             (None, None) => bail!("give --model M, or --endpoint URL --served-model NAME"),
         }
+    }
+}
+
+/// OpenAI-compatible endpoints to generate with, one model name for all of them.
+pub struct Remote {
+    pub endpoints: Vec<String>,
+    pub model: String,
+    /// Environment variable holding the endpoints' API key.
+    pub api_key_env: String,
+    /// Requests in flight at once per endpoint.
+    pub concurrency: usize,
+    pub request_timeout: Duration,
+    pub max_retries: u32,
+}
+
+impl Remote {
+    /// The backend: each endpoint probed once (a wrong address fails fast), several behind
+    /// failover (an endpoint that fails is passed over for a while).
+    pub async fn backend(&self) -> anyhow::Result<Arc<dyn Backend>> {
+        let mut members: Vec<Arc<dyn Backend>> = Vec::new();
+        for endpoint in &self.endpoints {
+            let mut config = OpenAiConfig::new(endpoint.clone(), self.model.clone())
+                .with_api_key_from_env(&self.api_key_env);
+            config.max_concurrency = self.concurrency;
+            config.request_timeout = self.request_timeout;
+            config.retry.max_retries = self.max_retries;
+            let backend = OpenAiBackend::new(config.clone())?;
+            probe_endpoint(&config).await?;
+            members.push(Arc::new(backend));
+        }
+        if members.len() == 1 {
+            return Ok(members.remove(0));
+        }
+        Ok(Arc::new(MultiBackend::new(
+            members,
+            Balance::LeastOutstanding,
+            Duration::from_secs(30),
+        )?))
     }
 }
 

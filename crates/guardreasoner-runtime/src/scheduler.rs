@@ -5,8 +5,8 @@ use crate::chat::encode_chat;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use guardreasoner_backend::{
-    Backend, BackendError, BackendStats, Choice, EngineTimings, FinishReason, Generation,
-    GenerationRequest, PromptInput, TokenLogprob, Usage,
+    Backend, BackendError, BackendStats, Choice, EngineTimings, EventStream, FinishReason,
+    Generation, GenerationRequest, PromptInput, StreamEvent, TokenLogprob, Usage,
 };
 use guardreasoner_core::Conversation;
 use guardreasoner_engine::{
@@ -521,6 +521,50 @@ impl Backend for LocalBackend {
             Err(_) => stats.failures += 1,
         }
         result
+    }
+
+    async fn generate_stream(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<EventStream, BackendError> {
+        let submission = self.submit(&request)?;
+        // The state: the submission and how many of its choices have not ended yet.
+        let left = submission.n;
+        let events =
+            futures_util::stream::unfold((submission, left), |(mut sub, mut left)| async move {
+                if left == 0 {
+                    return None;
+                }
+                loop {
+                    let event = match sub.events.recv().await? {
+                        Event::Text { choice, delta, .. } if !delta.is_empty() => {
+                            Ok(StreamEvent::Text { choice, delta })
+                        }
+                        Event::Text { .. } => continue,
+                        Event::Done {
+                            choice,
+                            finish_reason,
+                            ..
+                        } => {
+                            left -= 1;
+                            Ok(StreamEvent::Finished {
+                                choice,
+                                finish_reason,
+                            })
+                        }
+                        Event::Failed(message) => {
+                            left = 0;
+                            Err(BackendError::Engine(message))
+                        }
+                    };
+                    return Some((event, (sub, left)));
+                }
+            });
+        Ok(Box::pin(events))
+    }
+
+    fn scores_answers(&self) -> bool {
+        true
     }
 
     fn stats(&self) -> BackendStats {

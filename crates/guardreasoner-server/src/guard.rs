@@ -104,7 +104,9 @@ async fn judge(
     let params = &params;
     let judged = futures_util::future::try_join_all(conversations.iter().map(|c| async move {
         let started = Instant::now();
-        let outcome = classify(backend, c, params).await?;
+        let outcome = classify(backend, c, params)
+            .await
+            .map_err(|e| state.backend_error(e))?;
         Ok::<_, ApiError>(Judged {
             outcome,
             total_s: started.elapsed().as_secs_f64(),
@@ -218,6 +220,11 @@ pub async fn guard(
         Some(t) => Some(check_threshold(t).map_err(|m| state.reject(ApiError::BadRequest(m)))?),
         None => state.config.flag_threshold,
     };
+    if threshold.is_some() && !state.backend()?.scores_answers() {
+        return Err(state.reject(ApiError::BadRequest(
+            "a threshold needs label scores, which this server's backend (a remote endpoint) cannot give".into(),
+        )));
+    }
     let max_reasoning = req
         .max_reasoning_tokens
         .or(state.config.max_reasoning_tokens);

@@ -1,7 +1,9 @@
 //! `guardreasoner serve`: the guard as an HTTP service.
 //!
-//! The HTTP layer validates requests, then hands them to the local engine's queue
-//! ([`LocalBackend`]): every request shares one continuous-batching decode loop. Routes:
+//! The HTTP layer validates requests, then hands them to a [`Backend`]: the local engine's
+//! queue ([`LocalBackend`], where every request shares one continuous-batching decode loop),
+//! or any OpenAI-compatible endpoint (`serve --endpoint`), behind the same validation, auth,
+//! strict parsing, fail-closed verdicts and metrics. Routes:
 //! `POST /v1/guard`, `POST /v1/moderations`, `POST /v1/completions`,
 //! `POST /v1/chat/completions` (both with SSE streaming), `GET /v1/models`, `GET /health`,
 //! `GET /metrics`. Errors are mapped to statuses in one place ([`error::ApiError`]).
@@ -17,8 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use error::ApiError;
+use guardreasoner_backend::Backend;
 use guardreasoner_core::{ReasoningMode, UncertaintyBand};
-use guardreasoner_runtime::{LocalBackend, RuntimeError};
+use guardreasoner_runtime::{LocalBackend, Metrics};
 use serde_json::json;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -69,10 +72,41 @@ impl Default for ServerConfig {
     }
 }
 
+/// What the server generates with, once loaded.
+pub struct Served {
+    backend: Arc<dyn Backend>,
+    /// The counters `/metrics` shows: the local engine's own, or the server's for a remote.
+    metrics: Arc<Metrics>,
+    /// The local engine, to shut down cleanly.
+    local: Option<Arc<LocalBackend>>,
+}
+
+impl Served {
+    /// Any backend without an engine of its own here (an OpenAI-compatible endpoint).
+    pub fn remote(backend: Arc<dyn Backend>) -> Served {
+        Served {
+            backend,
+            metrics: Arc::new(Metrics::default()),
+            local: None,
+        }
+    }
+}
+
+impl From<LocalBackend> for Served {
+    fn from(local: LocalBackend) -> Served {
+        let local = Arc::new(local);
+        Served {
+            backend: local.clone(),
+            metrics: local.metrics().clone(),
+            local: Some(local),
+        }
+    }
+}
+
 /// What every handler sees.
 pub struct AppState {
     pub config: ServerConfig,
-    backend: OnceLock<Arc<LocalBackend>>,
+    backend: OnceLock<Served>,
     load_error: OnceLock<String>,
     pub started: std::time::Instant,
 }
@@ -87,21 +121,32 @@ impl AppState {
         })
     }
 
-    /// Install the loaded model: `/health` turns 200 and requests are served.
-    pub fn set_backend(&self, backend: Arc<LocalBackend>) {
-        let _ = self.backend.set(backend);
+    /// Install the loaded backend: `/health` turns 200 and requests are served.
+    pub fn set_backend(&self, served: Served) {
+        let _ = self.backend.set(served);
     }
 
-    pub fn backend(&self) -> Result<&Arc<LocalBackend>, ApiError> {
-        self.backend.get().ok_or(ApiError::NotReady)
+    pub fn backend(&self) -> Result<&Arc<dyn Backend>, ApiError> {
+        self.backend
+            .get()
+            .map(|s| &s.backend)
+            .ok_or(ApiError::NotReady)
     }
 
     /// Count a failure that happened before the request reached the engine's queue.
     fn reject(&self, e: ApiError) -> ApiError {
-        if let Some(b) = self.backend.get() {
-            b.metrics().failure(e.kind());
+        if let Some(s) = self.backend.get() {
+            s.metrics.failure(e.kind());
         }
         e
+    }
+
+    /// A backend's refusal of a request (the local engine counts its own).
+    fn backend_error(&self, e: guardreasoner_backend::BackendError) -> ApiError {
+        match self.backend.get() {
+            Some(s) if s.local.is_none() => self.reject(e.into()),
+            _ => e.into(),
+        }
     }
 
     /// The request body, or the counted 400/413 that explains why it is not valid JSON of the
@@ -192,7 +237,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut text = match state.backend.get() {
-        Some(b) => b.metrics().render(),
+        Some(s) => s.metrics.render(),
         None => String::new(),
     };
     text.push_str(&format!(
@@ -202,24 +247,26 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// Serve on `listener` until `shutdown` resolves, loading the model in the background (the
-/// port answers `/health` with 503 meanwhile). In-flight requests finish before it returns.
-pub async fn serve<L, S>(
+/// Serve on `listener` until `shutdown` resolves, loading the backend in the background (the
+/// port answers `/health` with 503 meanwhile, and with the load error if it fails). In-flight
+/// requests finish before it returns.
+pub async fn serve<L, B, E, S>(
     listener: tokio::net::TcpListener,
     config: ServerConfig,
     load: L,
     shutdown: S,
 ) -> std::io::Result<()>
 where
-    L: FnOnce() -> Result<LocalBackend, RuntimeError> + Send + 'static,
+    L: FnOnce() -> Result<B, E> + Send + 'static,
+    B: Into<Served>,
+    E: std::fmt::Display,
     S: Future<Output = ()> + Send + 'static,
 {
     let state = AppState::new(config);
     let loader = state.clone();
     tokio::task::spawn_blocking(move || match load() {
-        Ok(backend) => loader.set_backend(Arc::new(backend)),
+        Ok(backend) => loader.set_backend(backend.into()),
         Err(e) => {
-            eprintln!("error: cannot load the model: {e}");
             let _ = loader.load_error.set(e.to_string());
         }
     });
@@ -227,9 +274,8 @@ where
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
-    if let Some(backend) = state.backend.get() {
-        let backend = backend.clone();
-        let _ = tokio::task::spawn_blocking(move || backend.shutdown()).await;
+    if let Some(local) = state.backend.get().and_then(|s| s.local.clone()) {
+        let _ = tokio::task::spawn_blocking(move || local.shutdown()).await;
     }
     Ok(())
 }

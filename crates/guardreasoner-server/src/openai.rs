@@ -10,8 +10,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
-use guardreasoner_backend::{ChatMessage, Choice, FinishReason, GenerationRequest, PromptInput};
-use guardreasoner_runtime::{collect, Event, Submission};
+use guardreasoner_backend::{
+    ChatMessage, Choice, EventStream, FinishReason, GenerationRequest, PromptInput, StreamEvent,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -137,17 +138,23 @@ pub async fn completions(
         None,
         req.logprobs.is_some(),
     )?;
-    let submission = backend.submit(&request)?;
     let id = request_id("cmpl", &state);
     let model = state.config.served_model.clone();
     if stream {
+        let events = backend
+            .generate_stream(request)
+            .await
+            .map_err(|e| state.backend_error(e))?;
         let chunk = move |delta: String, finish: Value| {
             json!({"id": id, "object": "text_completion", "created": created(), "model": model,
                    "choices": [{"index": 0, "text": delta, "logprobs": null, "finish_reason": finish}]})
         };
-        return Ok(sse(submission, chunk).into_response());
+        return Ok(sse(events, chunk).into_response());
     }
-    let generation = collect(submission, model.clone()).await?;
+    let generation = backend
+        .generate(request)
+        .await
+        .map_err(|e| state.backend_error(e))?;
     let (prompt_tokens, completion_tokens) = (
         generation.usage.prompt_tokens,
         generation.usage.completion_tokens,
@@ -188,10 +195,13 @@ pub async fn chat_completions(
         req.max_completion_tokens,
         req.logprobs,
     )?;
-    let submission = backend.submit(&request)?;
     let id = request_id("chatcmpl", &state);
     let model = state.config.served_model.clone();
     if stream {
+        let events = backend
+            .generate_stream(request)
+            .await
+            .map_err(|e| state.backend_error(e))?;
         let first = std::sync::atomic::AtomicBool::new(true);
         let chunk = move |delta: String, finish: Value| {
             let mut d = json!({"content": delta});
@@ -201,9 +211,12 @@ pub async fn chat_completions(
             json!({"id": id, "object": "chat.completion.chunk", "created": created(), "model": model,
                    "choices": [{"index": 0, "delta": d, "finish_reason": finish}]})
         };
-        return Ok(sse(submission, chunk).into_response());
+        return Ok(sse(events, chunk).into_response());
     }
-    let generation = collect(submission, model.clone()).await?;
+    let generation = backend
+        .generate(request)
+        .await
+        .map_err(|e| state.backend_error(e))?;
     let (prompt_tokens, completion_tokens) = (
         generation.usage.prompt_tokens,
         generation.usage.completion_tokens,
@@ -234,44 +247,26 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 /// Server-sent events of one choice: a chunk per text delta, one with the finish reason,
-/// then `data: [DONE]`. Dropping the stream (client gone) drops the submission, which takes
-/// the sequence out of the batch.
+/// then `data: [DONE]`. Dropping the stream (client gone) drops the backend's stream, which
+/// abandons the request (the local engine takes the sequence out of its batch).
 fn sse(
-    submission: Submission,
+    events: EventStream,
     chunk: impl Fn(String, Value) -> Value + Send + Sync + 'static,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let events = stream::unfold((submission, false), move |(mut sub, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            match sub.events.recv().await {
-                Some(Event::Text { delta, .. }) if delta.is_empty() => continue,
-                Some(Event::Text { delta, .. }) => return Some((Some(Ok(delta)), (sub, false))),
-                Some(Event::Done { finish_reason, .. }) => {
-                    return Some((Some(Err(finish_reason)), (sub, true)))
-                }
-                Some(Event::Failed(m)) => {
-                    return Some((
-                        Some(Err(FinishReason::Other(format!("error: {m}")))),
-                        (sub, true),
-                    ))
-                }
-                None => return None,
-            }
-        }
-    });
     let chunk = Arc::new(chunk);
     let body = events
-        .filter_map(move |item| {
-            let chunk = chunk.clone();
-            async move {
-                let value = match item? {
-                    Ok(delta) => chunk(delta, Value::Null),
-                    Err(finish) => chunk(String::new(), finish_wire(&finish)),
-                };
-                Some(Ok(SseEvent::default().data(value.to_string())))
-            }
+        .map(move |event| {
+            let value = match event {
+                Ok(StreamEvent::Text { delta, .. }) => chunk(delta, Value::Null),
+                Ok(StreamEvent::Finished { finish_reason, .. }) => {
+                    chunk(String::new(), finish_wire(&finish_reason))
+                }
+                Err(e) => chunk(
+                    String::new(),
+                    finish_wire(&FinishReason::Other(format!("error: {e}"))),
+                ),
+            };
+            Ok(SseEvent::default().data(value.to_string()))
         })
         .chain(stream::once(async {
             Ok(SseEvent::default().data("[DONE]"))
