@@ -13,7 +13,7 @@ use guardreasoner_train::gguf_base::{convert_gguf_to_hf, convert_hf_to_gguf, Ggu
 use guardreasoner_train::lora::{
     load_adapter, merge_checkpoint, save_adapter, LoraConfig, ALL_TARGETS,
 };
-use guardreasoner_train::model::{Llama, LlamaConfig, TrainMode};
+use guardreasoner_train::model::{Llama, TrainMode};
 use guardreasoner_train::optim::AdamWConfig;
 use guardreasoner_train::sft::SftObjective;
 use guardreasoner_train::trainer::{train, Objective, Resume, RunOptions, TrainerConfig};
@@ -167,9 +167,9 @@ impl TextEncoder for TokenizerEncoder {
 fn encoder_for(model_dir: &Path) -> anyhow::Result<TokenizerEncoder> {
     let tokenizer = Tokenizer::from_hf_dir(model_dir)
         .with_context(|| format!("loading the tokenizer of {}", model_dir.display()))?;
-    let config = LlamaConfig::from_file(&model_dir.join("config.json"))?;
+    let config = guardreasoner_train::model::read_config(&model_dir.join("config.json"))?;
     let eos = config
-        .eos_ids()
+        .eos_token_ids()
         .first()
         .copied()
         .or_else(|| tokenizer.eos_ids().first().copied())
@@ -463,7 +463,7 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
 }
 
 pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
-    let config = LlamaConfig::from_file(&args.base.join("config.json"))?;
+    let config = guardreasoner_train::model::read_config(&args.base.join("config.json"))?;
     let out_dtype = dtype(&args.save_dtype)?;
     let weight_type = match args.gguf.as_str() {
         "none" => None,

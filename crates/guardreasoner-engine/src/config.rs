@@ -225,12 +225,50 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |message: String| {
-            Err(EngineError::Config {
-                path: path.to_path_buf(),
-                message,
-            })
-        };
+        self.check().map_err(|message| EngineError::Config {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// A small configuration (SmolLM2's layout at other sizes) for tests and benchmarks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tiny(
+        vocab: usize,
+        hidden: usize,
+        intermediate: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+        tie: bool,
+    ) -> Config {
+        Config {
+            architectures: vec!["LlamaForCausalLM".into()],
+            model_type: Some("llama".into()),
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: intermediate,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(kv_heads),
+            head_dim: None,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            max_position_embeddings: default_context(),
+            tie_word_embeddings: tie,
+            bos_token_id: None,
+            eos_token_id: Some(TokenIds::One(vocab.saturating_sub(1) as u32)),
+            hidden_act: default_act(),
+            attention_bias: false,
+            mlp_bias: false,
+        }
+    }
+
+    /// Whether the shapes and options are ones this implementation runs (the same rules for
+    /// the engine and the trainer).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let bad = |message: String| Err(message);
         if self.hidden_size == 0
             || self.num_attention_heads == 0
             || self.num_hidden_layers == 0
@@ -292,6 +330,15 @@ impl Config {
 
     /// Rotary inverse frequencies (`head_dim / 2` of them), with `rope_scaling` applied.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
+        self.rope_inv_freq_f64()
+            .into_iter()
+            .map(|f| f as f32)
+            .collect()
+    }
+
+    /// [`Self::rope_inv_freq`] before the final rounding to f32 (the trainer's f64 reference
+    /// model uses them as they are).
+    pub fn rope_inv_freq_f64(&self) -> Vec<f64> {
         let dim = self.head_dim();
         let mut freqs: Vec<f64> = (0..dim / 2)
             .map(|i| {
@@ -323,6 +370,6 @@ impl Config {
                 _ => {}
             }
         }
-        freqs.into_iter().map(|f| f as f32).collect()
+        freqs
     }
 }

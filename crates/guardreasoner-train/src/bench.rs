@@ -41,7 +41,7 @@ pub struct BenchResult {
 /// SmolLM2-135M's shapes (30 layers, hidden 576, 9 heads, 3 KV heads, intermediate 1536,
 /// vocabulary 49152, tied embeddings, RoPE theta 100000).
 pub fn smollm2_135m() -> Dims {
-    let mut c = crate::model::LlamaConfig::tiny(49152, 576, 1536, 30, 9, 3, true);
+    let mut c = crate::model::Config::tiny(49152, 576, 1536, 30, 9, 3, true);
     c.rope_theta = 100_000.0;
     Dims::from_config(&c)
 }

@@ -19,7 +19,7 @@
 //! [`Tape`]; [`FastLlama::backward`] takes d(loss)/d(log-prob) per position and accumulates
 //! gradients, so SFT (mean NLL) and DPO (sigmoid loss + NLL) both reduce to it.
 
-use crate::model::LlamaConfig;
+use crate::model::Config;
 use crate::optim::{decays, AdamWConfig};
 use crate::TrainError;
 use gemm::Parallelism;
@@ -69,18 +69,18 @@ pub struct Dims {
 
 impl Dims {
     /// The shapes of an HF config.
-    pub fn from_config(c: &LlamaConfig) -> Self {
+    pub fn from_config(c: &Config) -> Self {
         Dims {
             vocab: c.vocab_size,
             hidden: c.hidden_size,
             inter: c.intermediate_size,
             layers: c.num_hidden_layers,
             heads: c.num_attention_heads,
-            kv_heads: c.kv_heads(),
+            kv_heads: c.num_key_value_heads(),
             head_dim: c.head_dim(),
             eps: c.rms_norm_eps as f32,
             tie: c.tie_word_embeddings,
-            inv_freq: c.inv_freq(),
+            inv_freq: c.rope_inv_freq_f64(),
         }
     }
 

@@ -8,7 +8,7 @@
 //! the GGUF computes under the HF convention. Dequantisation uses the engine's own routines, so
 //! the trained model starts from exactly the weights the engine serves.
 
-use crate::model::{Llama, LlamaConfig, TrainMode};
+use crate::model::{Config, Llama, TrainMode};
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor};
 use guardreasoner_engine::layout::{dequantize_tensor, gguf_name_of, hf_name, reorder_rotary_rows};
@@ -35,7 +35,7 @@ fn hf_values(
     file: &GgufFile,
     info: &TensorInfo,
     hf: &str,
-    config: &guardreasoner_engine::Config,
+    config: &Config,
 ) -> Result<Vec<f32>, TrainError> {
     let (shape, values) = dequantize(file, info)?;
     let heads = if hf.ends_with("q_proj.weight") {
@@ -56,9 +56,9 @@ fn open_gguf(path: &Path) -> Result<GgufFile, TrainError> {
 }
 
 /// The configuration of a LLaMA GGUF file the conversion supports.
-fn gguf_config(file: &GgufFile) -> Result<guardreasoner_engine::Config, TrainError> {
+fn gguf_config(file: &GgufFile) -> Result<Config, TrainError> {
     let path = file.path();
-    let config = guardreasoner_engine::Config::from_gguf(file).map_err(|e| TrainError::Format {
+    let config = Config::from_gguf(file).map_err(|e| TrainError::Format {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -76,7 +76,7 @@ fn gguf_config(file: &GgufFile) -> Result<guardreasoner_engine::Config, TrainErr
 /// The configuration and f32 weights (HF names) of a LLaMA GGUF file.
 pub fn read_gguf_weights(
     file: &GgufFile,
-) -> Result<(guardreasoner_engine::Config, BTreeMap<String, Tensor>), TrainError> {
+) -> Result<(Config, BTreeMap<String, Tensor>), TrainError> {
     let config = gguf_config(file)?;
     let mut weights = BTreeMap::new();
     for info in &file.tensors {
@@ -97,24 +97,7 @@ pub fn load_gguf_base(
     seed: u64,
 ) -> Result<Llama, TrainError> {
     let (config, weights) = read_gguf_weights(&open_gguf(path)?)?;
-    let config = train_config(&config, path)?;
     Llama::from_weights(config, weights, dtype, mode, seed).map_err(|e| e.with_path(path))
-}
-
-fn train_config(
-    config: &guardreasoner_engine::Config,
-    path: &Path,
-) -> Result<LlamaConfig, TrainError> {
-    let value = serde_json::to_value(config).map_err(|e| TrainError::Model(e.to_string()))?;
-    let config: LlamaConfig = serde_json::from_value(value).map_err(|e| TrainError::Format {
-        path: path.to_path_buf(),
-        message: format!("configuration not usable for training: {e}"),
-    })?;
-    config.validate().map_err(|message| TrainError::Format {
-        path: path.to_path_buf(),
-        message,
-    })?;
-    Ok(config)
 }
 
 /// Writes `gguf` as a Hugging Face layout checkpoint into `dir`: `config.json`,
@@ -123,7 +106,6 @@ fn train_config(
 pub fn convert_gguf_to_hf(gguf: &Path, dir: &Path) -> Result<(), TrainError> {
     let file = open_gguf(gguf)?;
     let config = gguf_config(&file)?;
-    train_config(&config, gguf)?;
     let tokenizer =
         guardreasoner_tokenizer::Tokenizer::from_gguf(&file).map_err(|e| TrainError::Format {
             path: gguf.to_path_buf(),
@@ -215,8 +197,7 @@ pub fn convert_hf_to_gguf(
         path: dir.to_path_buf(),
         message,
     };
-    let config = guardreasoner_engine::Config::from_hf_file(&dir.join("config.json"))
-        .map_err(|e| fail(e.to_string()))?;
+    let config = Config::from_hf_file(&dir.join("config.json")).map_err(|e| fail(e.to_string()))?;
     let mut metadata: Vec<(String, Value)> = Vec::new();
     let mut put = |k: &str, v: Value| metadata.push((k.to_string(), v));
     put("general.architecture", Value::String("llama".into()));

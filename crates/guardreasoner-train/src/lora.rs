@@ -5,7 +5,7 @@
 //! `adapter_config.json` + `adapter_model.safetensors` with PEFT names
 //! `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`.
 
-use crate::model::{save_safetensors, Llama, LlamaConfig};
+use crate::model::{save_safetensors, Llama};
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
@@ -240,7 +240,7 @@ pub fn merge_checkpoint(
     dtype: DType,
 ) -> Result<(), TrainError> {
     // `from_file` also validates it.
-    let config = LlamaConfig::from_file(&base.join("config.json"))?;
+    let config = crate::model::read_config(&base.join("config.json"))?;
     let checkpoint = crate::st::Checkpoint::open(base)?;
     let expected = Llama::expected_shapes(&config);
     let bad = |message: String| TrainError::Model(message).with_path(base);

@@ -10,179 +10,15 @@ use crate::lora::{LoraConfig, LoraLayer};
 use crate::TrainError;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// llama3-style RoPE frequency scaling (`rope_scaling` in `config.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RopeScaling {
-    /// Must be `llama3` (the only scaling the GuardReasoner base models use).
-    pub rope_type: String,
-    pub factor: f64,
-    pub low_freq_factor: f64,
-    pub high_freq_factor: f64,
-    pub original_max_position_embeddings: usize,
-}
+/// The model configuration is the engine's: one `config.json` type for inference and training.
+pub use guardreasoner_engine::config::{Config, RopeScaling};
 
-/// The subset of a Hugging Face `LlamaConfig` the model needs; unknown keys are kept in `extra`
-/// so a saved `config.json` round-trips.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LlamaConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub num_key_value_heads: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub head_dim: Option<usize>,
-    #[serde(default = "default_eps")]
-    pub rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    pub rope_theta: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rope_scaling: Option<RopeScaling>,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bos_token_id: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eos_token_id: Option<serde_json::Value>,
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-fn default_eps() -> f64 {
-    1e-5
-}
-fn default_theta() -> f64 {
-    10_000.0
-}
-
-impl LlamaConfig {
-    /// Number of key/value heads (equal to the query heads without GQA).
-    pub fn kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
-    }
-
-    /// Per-head dimension.
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
-    }
-
-    /// The end-of-sequence token ids (HF allows an int or a list).
-    pub fn eos_ids(&self) -> Vec<u32> {
-        match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => {
-                n.as_u64().map(|v| v as u32).into_iter().collect()
-            }
-            Some(serde_json::Value::Array(items)) => items
-                .iter()
-                .filter_map(|v| v.as_u64().map(|v| v as u32))
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// A small config for tests and examples.
-    #[allow(clippy::too_many_arguments)]
-    pub fn tiny(
-        vocab: usize,
-        hidden: usize,
-        intermediate: usize,
-        layers: usize,
-        heads: usize,
-        kv_heads: usize,
-        tie: bool,
-    ) -> Self {
-        LlamaConfig {
-            vocab_size: vocab,
-            hidden_size: hidden,
-            intermediate_size: intermediate,
-            num_hidden_layers: layers,
-            num_attention_heads: heads,
-            num_key_value_heads: Some(kv_heads),
-            head_dim: None,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            rope_scaling: None,
-            tie_word_embeddings: tie,
-            bos_token_id: None,
-            eos_token_id: Some(serde_json::json!(vocab.saturating_sub(1))),
-            extra: serde_json::Map::new(),
-        }
-    }
-
-    /// Reads `config.json`.
-    pub fn from_file(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let config: LlamaConfig = serde_json::from_str(&text).map_err(|e| TrainError::Format {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        config.validate().map_err(|message| TrainError::Format {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(config)
-    }
-
-    /// Checks the shape parameters are consistent.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.num_attention_heads == 0 || self.kv_heads() == 0 {
-            return Err("attention heads must be positive".into());
-        }
-        if self.num_attention_heads % self.kv_heads() != 0 {
-            return Err(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                self.num_attention_heads,
-                self.kv_heads()
-            ));
-        }
-        if self.head_dim() % 2 != 0 {
-            return Err(format!(
-                "head_dim {} must be even for RoPE",
-                self.head_dim()
-            ));
-        }
-        if let Some(s) = &self.rope_scaling {
-            if s.rope_type != "llama3" {
-                return Err(format!("unsupported rope_scaling type {:?}", s.rope_type));
-            }
-        }
-        Ok(())
-    }
-
-    /// The RoPE inverse frequencies, with llama3 scaling applied when configured.
-    pub fn inv_freq(&self) -> Vec<f64> {
-        let dim = self.head_dim();
-        let base: Vec<f64> = (0..dim / 2)
-            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / dim as f64))
-            .collect();
-        let Some(s) = &self.rope_scaling else {
-            return base;
-        };
-        let old_len = s.original_max_position_embeddings as f64;
-        let low_wavelen = old_len / s.low_freq_factor;
-        let high_wavelen = old_len / s.high_freq_factor;
-        base.into_iter()
-            .map(|freq| {
-                let wavelen = 2.0 * std::f64::consts::PI / freq;
-                if wavelen < high_wavelen {
-                    freq
-                } else if wavelen > low_wavelen {
-                    freq / s.factor
-                } else {
-                    let smooth = (old_len / wavelen - s.low_freq_factor)
-                        / (s.high_freq_factor - s.low_freq_factor);
-                    (1.0 - smooth) * freq / s.factor + smooth * freq
-                }
-            })
-            .collect()
-    }
+/// Reads and checks a Hugging Face `config.json` (a LLaMA-family model).
+pub fn read_config(path: &Path) -> Result<Config, TrainError> {
+    Config::from_hf_file(path).map_err(|e| TrainError::Config(e.to_string()))
 }
 
 /// How the model is trained: every weight, or low-rank adapters over frozen weights.
@@ -194,7 +30,7 @@ pub enum TrainMode {
 
 /// A LLaMA causal LM whose weights are candle tensors; trainable ones are [`Var`]s.
 pub struct Llama {
-    pub config: LlamaConfig,
+    pub config: Config,
     /// Weights by HF name. In full fine-tuning these are the `Var`s' tensors.
     weights: BTreeMap<String, Tensor>,
     /// Trainable parameters by name (HF names, or PEFT names for adapters).
@@ -223,11 +59,11 @@ pub const LAYER_WEIGHTS: [&str; 9] = [
 
 impl Llama {
     /// The expected weight names and shapes for `config`.
-    pub fn expected_shapes(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    pub fn expected_shapes(config: &Config) -> Vec<(String, Vec<usize>)> {
         let h = config.hidden_size;
         let i = config.intermediate_size;
         let q = config.num_attention_heads * config.head_dim();
-        let kv = config.kv_heads() * config.head_dim();
+        let kv = config.num_key_value_heads() * config.head_dim();
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             vec![config.vocab_size, h],
@@ -253,7 +89,7 @@ impl Llama {
 
     /// A randomly initialised model (normal(0, std) matrices, unit norms), seeded.
     pub fn random(
-        config: LlamaConfig,
+        config: Config,
         std: f64,
         seed: u64,
         dtype: DType,
@@ -285,7 +121,7 @@ impl Llama {
         mode: TrainMode,
         seed: u64,
     ) -> Result<Self, TrainError> {
-        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let config = read_config(&dir.join("config.json"))?;
         let mut weights = BTreeMap::new();
         for (name, t) in load_checkpoint_weights(dir)? {
             weights.insert(name, t.to_dtype(dtype)?);
@@ -299,13 +135,13 @@ impl Llama {
 
     /// Builds a model from named weights (HF names), checking names and shapes.
     pub fn from_weights(
-        config: LlamaConfig,
+        config: Config,
         mut weights: BTreeMap<String, Tensor>,
         dtype: DType,
         mode: TrainMode,
         seed: u64,
     ) -> Result<Self, TrainError> {
-        config.validate().map_err(TrainError::Model)?;
+        config.check().map_err(TrainError::Model)?;
         let device = Device::Cpu;
         let mut checked = BTreeMap::new();
         for (name, shape) in Self::expected_shapes(&config) {
@@ -512,7 +348,11 @@ impl Llama {
             )));
         }
         let cfg = &self.config;
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads(),
+            cfg.head_dim(),
+        );
         let ids_t = Tensor::new(ids, &self.device)?;
         let mut x = self
             .weight("model.embed_tokens.weight")?
@@ -718,11 +558,11 @@ pub fn save_safetensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Resu
 }
 
 fn rope_tables(
-    config: &LlamaConfig,
+    config: &Config,
     len: usize,
     dtype: DType,
 ) -> Result<(Tensor, Tensor, usize), TrainError> {
-    let inv = config.inv_freq();
+    let inv = config.rope_inv_freq_f64();
     let half = inv.len();
     let mut cos = Vec::with_capacity(len * half * 2);
     let mut sin = Vec::with_capacity(len * half * 2);

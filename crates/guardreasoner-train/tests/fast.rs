@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Tensor};
 use guardreasoner_train::fast::FastLlama;
 use guardreasoner_train::lora::LoraConfig;
-use guardreasoner_train::model::{sequence_log_prob, Llama, LlamaConfig, RopeScaling, TrainMode};
+use guardreasoner_train::model::{sequence_log_prob, Config, Llama, RopeScaling, TrainMode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -17,14 +17,15 @@ fn tokens(n: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn untied_llama3_config(layers: usize) -> LlamaConfig {
-    let mut cfg = LlamaConfig::tiny(common::VOCAB, 32, 48, layers, 4, 2, false);
+fn untied_llama3_config(layers: usize) -> Config {
+    let mut cfg = Config::tiny(common::VOCAB, 32, 48, layers, 4, 2, false);
     cfg.rope_scaling = Some(RopeScaling {
-        rope_type: "llama3".into(),
+        rope_type: Some("llama3".into()),
+        legacy_type: None,
         factor: 8.0,
-        low_freq_factor: 1.0,
-        high_freq_factor: 4.0,
-        original_max_position_embeddings: 32,
+        low_freq_factor: Some(1.0),
+        high_freq_factor: Some(4.0),
+        original_max_position_embeddings: Some(32),
     });
     cfg
 }

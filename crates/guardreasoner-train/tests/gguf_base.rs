@@ -64,8 +64,15 @@ fn converted_checkpoint_computes_what_the_gguf_computes() {
     assert!(max_abs_diff(&a, &b) < 1e-3, "diff {}", max_abs_diff(&a, &b));
     assert_eq!(argmax(&a), argmax(&b));
 
-    // The trainable model built straight from the GGUF agrees too.
+    // The trainable model built straight from the GGUF agrees too, on one configuration: the
+    // trainer reads the same `Config` from the GGUF as the engine, and from the converted
+    // `config.json` as the engine does.
     let model = load_gguf_base(&gguf, DType::F32, TrainMode::Full, 0).expect("train base");
+    assert_eq!(&model.config, from_gguf.config());
+    let hf_config = guardreasoner_train::model::read_config(&dir.path().join("config.json"))
+        .expect("converted config.json");
+    assert_eq!(&hf_config, from_hf.config());
+    assert_eq!(hf_config.rope_inv_freq(), model.config.rope_inv_freq());
     let logits = model.forward(&ids, None).expect("forward");
     let last = logits
         .get(ids.len() - 1)

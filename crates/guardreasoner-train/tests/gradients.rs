@@ -5,7 +5,7 @@ mod common;
 use candle_core::{DType, Tensor};
 use guardreasoner_train::data::{tokenize, Example};
 use guardreasoner_train::lora::LoraConfig;
-use guardreasoner_train::model::{sequence_log_prob, Llama, LlamaConfig, RopeScaling, TrainMode};
+use guardreasoner_train::model::{sequence_log_prob, Config, Llama, RopeScaling, TrainMode};
 
 fn loss(model: &Llama, e: &Example) -> f64 {
     sequence_log_prob(model, &e.prompt, &e.target, None)
@@ -73,13 +73,14 @@ fn example() -> Example {
 #[test]
 fn full_model_gradients_match_finite_differences() {
     // llama3 RoPE scaling, GQA and an untied head, so every code path is covered.
-    let mut cfg = LlamaConfig::tiny(common::VOCAB, 16, 24, 2, 4, 2, false);
+    let mut cfg = Config::tiny(common::VOCAB, 16, 24, 2, 4, 2, false);
     cfg.rope_scaling = Some(RopeScaling {
-        rope_type: "llama3".into(),
+        rope_type: Some("llama3".into()),
+        legacy_type: None,
         factor: 8.0,
-        low_freq_factor: 1.0,
-        high_freq_factor: 4.0,
-        original_max_position_embeddings: 16,
+        low_freq_factor: Some(1.0),
+        high_freq_factor: Some(4.0),
+        original_max_position_embeddings: Some(16),
     });
     let model = Llama::random(cfg, 0.3, 7, DType::F64, TrainMode::Full).unwrap();
     let mut e = example();
@@ -89,7 +90,7 @@ fn full_model_gradients_match_finite_differences() {
 
 #[test]
 fn lora_gradients_match_finite_differences() {
-    let cfg = LlamaConfig::tiny(common::VOCAB, 16, 24, 1, 2, 1, true);
+    let cfg = Config::tiny(common::VOCAB, 16, 24, 1, 2, 1, true);
     let lora = LoraConfig {
         rank: 2,
         alpha: 4.0,

@@ -3,7 +3,7 @@
 
 use candle_core::DType;
 use guardreasoner_train::data::{ByteEncoder, TrainRecord};
-use guardreasoner_train::model::{Llama, LlamaConfig, TrainMode};
+use guardreasoner_train::model::{Config, Llama, TrainMode};
 use std::path::PathBuf;
 
 /// `../shared/...` relative to the repository root.
@@ -24,9 +24,9 @@ pub fn encoder() -> ByteEncoder {
     }
 }
 
-pub fn tiny_config() -> LlamaConfig {
-    let mut c = LlamaConfig::tiny(VOCAB, 32, 64, 2, 4, 2, true);
-    c.eos_token_id = Some(serde_json::json!(EOS));
+pub fn tiny_config() -> Config {
+    let mut c = Config::tiny(VOCAB, 32, 64, 2, 4, 2, true);
+    c.eos_token_id = Some(guardreasoner_engine::config::TokenIds::One(EOS));
     c
 }
 
