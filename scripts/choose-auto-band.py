@@ -13,9 +13,6 @@ import os
 import subprocess
 import sys
 
-TASK = {"HarmBenchPrompt": "prompt", "AegisSafetyTest": "prompt", "SimpleSafetyTests": "prompt",
-        "HarmBenchResponse": "response", "XSTestResponseHarmful": "response",
-        "XSTestResponseRefusal": "refusal"}
 BANDS = [(lo, hi) for lo in (0.30, 0.35, 0.40, 0.45) for hi in (0.55, 0.60, 0.65, 0.70)]
 
 
@@ -36,7 +33,7 @@ def figures(labels, seen, k):
     rows = [r for r in seen if key(r) == k]
     out = {"labels": lab["f1"]}
     for task in ("prompt", "response", "refusal"):
-        of_task = [r for r in rows if TASK.get(r["benchmark"]) == task]
+        of_task = [r for r in rows if r["task"] == task]
         out[task] = sum(r["f1"] * r["rows"] for r in of_task) / sum(r["rows"] for r in of_task)
     n = lab["rows"] + sum(r["rows"] for r in rows)
     out["tokens"] = (lab["mean_tokens"] * lab["rows"]

@@ -19,6 +19,8 @@ use std::path::Path;
 #[derive(Debug, Clone, Serialize)]
 pub struct CascadePoint {
     pub benchmark: String,
+    /// The task the benchmark's F1 is of (`prompt`, `response`, `refusal`).
+    pub task: guardreasoner_core::Task,
     /// `full`, `none` or `auto`.
     pub mode: &'static str,
     pub band: Option<UncertaintyBand>,
@@ -43,6 +45,7 @@ fn point(
     let tokens: u64 = rows.iter().map(tokens).sum();
     CascadePoint {
         benchmark: bench.name.to_string(),
+        task: bench.task,
         mode,
         band,
         rows: rows.len(),
