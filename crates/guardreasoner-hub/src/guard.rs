@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 pub const GUARD_NAME: &str = "GuardReasoner-SmolLM2-135M";
 
 /// sha256 of the shipped `guard/adapter_model.safetensors`.
-pub const ADAPTER_SHA256: &str = "faf6e812287b466ea22f29adbdc00e6fd51e38460bba4a333f676cdec72189e7";
+pub const ADAPTER_SHA256: &str = "7b047798b9127036790067f5b4bd6a97f47646491084da973e3864f63ff42e75";
 
 static ADAPTER_WEIGHTS: &[u8] = include_bytes!("../guard/adapter_model.safetensors");
 static ADAPTER_CONFIG: &str = include_str!("../guard/adapter_config.json");
