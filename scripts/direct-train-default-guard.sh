@@ -11,15 +11,17 @@
 #      released traces (their own answers), the traces shuffled (seed 1) first;
 #   4. R-SFT from the shipped adapter on LABELS_DIRECT + RELEASED_DIRECT + RELEASED records
 #      (each file's first N: the labelled inputs are in hash order, a fair sample);
-#   5. the train-labels dev split under full and none reasoning, and the cascade sweep;
+#   5. the train-labels dev split under none and full reasoning;
 #   6. the seen dev split (full reasoning).
 # Every stage resumes: run it again after a crash.
 # A later candidate continues from another adapter on the records its predecessor did not see.
 # r-sft-4 (shipped 2026-12-06) was, from r-sft-3's adapter then in crates/guardreasoner-hub/guard:
 # TAG=r-sft-4 LABELS_SKIP=800 RELEASED_SKIP=240 LABELS_DIRECT=1320 RELEASED_DIRECT=140 \
 #   RELEASED=140 STEPS=200 scripts/direct-train-default-guard.sh runs/r-sft-4
+# r-sft-5 (shipped 2026-12-06) the same from r-sft-4's adapter with LABELS_SKIP=2120
+# RELEASED_SKIP=380 (scripts/reproduce-default-guard.sh chains them all).
 # (LABELS_DEV_LIMIT=0: the whole train-labels dev split; 300, the default, is the sample the
-# model card compares candidates on). Then scripts/choose-auto-band.py WORKDIR picks the band.
+# model card compares candidates on). Stage 7 picks the band (scripts/choose-auto-band.py).
 # Usage: scripts/direct-train-default-guard.sh [WORKDIR]   (default: runs/direct)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,7 +97,7 @@ ls -d "$WORK"/sft/checkpoint-* >/dev/null 2>&1 && RESUME=(--resume)
   --lora-rank 32 --lora-alpha 32 "${RESUME[@]}"
 done_stage "4. R-SFT"
 
-stage "5. train-labels dev split ($LABELS_DEV_LIMIT prompts, stratified, seed 1; 0: all): full, none, cascade"
+stage "5. train-labels dev split ($LABELS_DEV_LIMIT prompts, stratified, seed 1; 0: all): none and full"
 [ -f "$WORK/rsft/model.gguf" ] || "$BIN" model merge --base "$WORK/sft/base" \
   --adapter "$WORK/sft/adapter" --output "$WORK/rsft" --gguf f16
 SAMPLE=()
@@ -107,8 +109,6 @@ labels_dev() {
 }
 labels_dev none
 labels_dev full
-"$BIN" cascade --none "$WORK/eval-labels-dev-none" --full "$WORK/eval-labels-dev-full" \
-  --band 0.05,0.95 --band 0.1,0.9 --band 0.2,0.8 --band 0.3,0.7 | tee "$WORK/cascade-labels-dev.md"
 done_stage "5. train-labels dev split"
 
 
