@@ -2,6 +2,9 @@
 //! 127.0.0.1 (the OpenAI-compatible client end to end), killed at random points and resumed,
 //! its error messages, and a tiny run on the real default model.
 
+mod common;
+
+use common::{free_port, Process, BIN};
 use guardreasoner_backend::testing::FaultServer;
 use guardreasoner_eval::testing::{canned_guard_output, canned_server};
 use guardreasoner_eval::{load_records, select_rows, select_targets, EvalRow};
@@ -11,8 +14,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const BIN: &str = env!("CARGO_BIN_EXE_guardreasoner");
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -44,6 +45,23 @@ fn eval_command_on(data_dir: &Path, url: &str, out: &Path, extra: &[&str]) -> Co
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     c
+}
+
+/// `eval` on the local engine with `model`, to the end.
+fn eval_local(model: &Path, data_dir: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("eval")
+        .arg("--model")
+        .arg(model)
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--paper-tables")
+        .arg(paper_tables())
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
 }
 
 async fn finish(mut command: Command) -> Output {
@@ -272,11 +290,7 @@ async fn eval_errors_are_clear() {
     );
 
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let started = Instant::now();
     let o = finish(eval_command(
         &format!("http://127.0.0.1:{port}"),
@@ -356,11 +370,11 @@ async fn eval_errors_are_clear() {
 fn eval_on_the_real_default_model() {
     let Some(model) = test_model() else { return };
     let out = tempfile::tempdir().unwrap();
-    let o = Command::new(BIN)
-        .arg("eval")
-        .arg("--model")
-        .arg(&model)
-        .args([
+    let o = eval_local(
+        &model,
+        &benchmarks_dir(),
+        out.path(),
+        &[
             "--benchmarks",
             "SimpleSafetyTests",
             "--limit",
@@ -369,15 +383,8 @@ fn eval_on_the_real_default_model() {
             "16",
             "--concurrency",
             "2",
-        ])
-        .arg("--data-dir")
-        .arg(benchmarks_dir())
-        .arg("--paper-tables")
-        .arg(paper_tables())
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let written = rows(
         &out.path()
@@ -423,19 +430,12 @@ fn a_row_too_long_for_the_context_fails_closed_and_the_run_goes_on() {
     )
     .unwrap();
     let out = tempfile::tempdir().unwrap();
-    let o = Command::new(BIN)
-        .arg("eval")
-        .arg("--model")
-        .arg(&model)
-        .args(["--benchmarks", "SimpleSafetyTests", "--max-new-tokens", "8"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--paper-tables")
-        .arg(paper_tables())
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let o = eval_local(
+        &model,
+        data.path(),
+        out.path(),
+        &["--benchmarks", "SimpleSafetyTests", "--max-new-tokens", "8"],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(
         text(&o.stderr).contains("1 too long for the context"),
@@ -473,16 +473,6 @@ fn a_row_too_long_for_the_context_fails_closed_and_the_run_goes_on() {
     assert!(strict["parse_failures"].as_u64().unwrap() >= 1, "{strict}");
 }
 
-/// Kills the server process when the test ends, however it ends.
-struct ServerProcess(std::process::Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `GET /health` over a plain socket: the status code, or `None` if nothing answers.
 fn health(port: u16) -> Option<u16> {
     use std::io::{Read, Write};
@@ -498,12 +488,8 @@ fn health(port: u16) -> Option<u16> {
 #[test]
 fn eval_through_the_server_equals_eval_local() {
     let Some(model) = test_model() else { return };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = ServerProcess(
+    let port = free_port();
+    let server = Process(
         Command::new(BIN)
             .arg("serve")
             .arg("--model")

@@ -2,65 +2,23 @@
 //! and `guardreasoner synth` using it as the teacher, and `guardreasoner mine sample` drawing
 //! samples from it, through the OpenAI-compatible API.
 
+mod common;
+
+use common::{serve, Process, BIN};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_guardreasoner");
-
-struct Served(Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_server(key: &str) -> (Served, String) {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args([
-            "serve",
-            "--threads",
-            "2",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--model",
-        ])
-        .arg(guardreasoner_testing::test_model().expect("these tests need the default model"))
-        .env("GUARDREASONER_API_KEY", key)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let served = Served(child);
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = client.get(format!("{url}/health")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "serve did not become healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (served, url)
+async fn start_server(key: &str) -> (Process, String) {
+    let model = guardreasoner_testing::test_model().expect("these tests need the default model");
+    let model = model.to_str().unwrap();
+    serve(
+        &["--threads", "2", "--model", model],
+        &[("GUARDREASONER_API_KEY", key)],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

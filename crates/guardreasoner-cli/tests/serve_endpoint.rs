@@ -1,61 +1,11 @@
 //! `guardreasoner serve --endpoint`: our guard API in front of another OpenAI-compatible
 //! server, tested with a real `serve` process (the embedded model) as the upstream.
 
+mod common;
+
+use common::{serve, BIN};
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_guardreasoner");
-
-/// Kills the process when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `serve` with `args` on a free port, once `/health` answers 200.
-async fn serve(args: &[&str], env: &[(&str, &str)]) -> (Process, String) {
-    let port = free_port();
-    let mut command = Command::new(BIN);
-    command
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .env_remove("GUARDREASONER_MODEL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let process = Process(command.spawn().unwrap());
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = client.get(format!("{url}/health")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "serve {args:?} did not become healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (process, url)
-}
+use std::process::Command;
 
 async fn post(client: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
     let r = client.post(url).json(&body).send().await.unwrap();
