@@ -264,26 +264,12 @@ impl Engine {
         let mut batch = self.batch();
         let mut ids = Vec::new();
         for request in requests {
-            // Several samples of one prompt share its keys/values: compute them once.
-            let shared = if request.params.n > 1 && request.prompt_ids.len() > 1 {
-                self.check_prompt(&request.prompt_ids, request.params.max_new_tokens)?;
-                let head = &request.prompt_ids[..request.prompt_ids.len() - 1];
-                Some(Arc::new(Prefix {
-                    tokens: head.to_vec(),
-                    cache: Arc::new(self.prefill_cache(head)?),
-                }))
-            } else {
-                None
-            };
-            for index in 0..request.params.n {
-                ids.push(batch.add_inner(
-                    request.prompt_ids.clone(),
-                    request.params.clone(),
-                    index,
-                    shared.clone(),
-                    SequenceOptions::default(),
-                )?);
-            }
+            ids.extend(batch.add_samples(
+                request.prompt_ids.clone(),
+                request.params.clone(),
+                request.params.n,
+                SequenceOptions::default(),
+            )?);
         }
         let mut results: Vec<Option<Generation>> = vec![None; ids.len()];
         let slot = |id: SeqId| ids.iter().position(|&x| x == id);
@@ -427,6 +413,9 @@ impl Active {
 pub struct DecodeBatch<'e> {
     engine: &'e Engine,
     seqs: Vec<Active>,
+    /// Further samples of a prompt another sequence (the leader) is reading: they join the
+    /// batch with a copy of its keys/values once it has read the prompt.
+    followers: Vec<(SeqId, Active)>,
     next_id: u64,
     /// Most prompt tokens processed per step, so decoding sequences are not stalled long.
     pub prefill_chunk: usize,
@@ -444,6 +433,7 @@ impl<'e> DecodeBatch<'e> {
         DecodeBatch {
             engine,
             seqs: Vec::new(),
+            followers: Vec::new(),
             next_id: 0,
             prefill_chunk: 512,
             forced_runs: true,
@@ -452,14 +442,14 @@ impl<'e> DecodeBatch<'e> {
         }
     }
 
-    /// Sequences in the batch.
+    /// Sequences in the batch (with samples waiting for their prompt's keys/values).
     pub fn len(&self) -> usize {
-        self.seqs.len()
+        self.seqs.len() + self.followers.len()
     }
 
     /// Whether no sequence is left.
     pub fn is_empty(&self) -> bool {
-        self.seqs.is_empty()
+        self.seqs.is_empty() && self.followers.is_empty()
     }
 
     /// Add sample `sample_index` of a prompt (the index selects its random stream).
@@ -469,13 +459,7 @@ impl<'e> DecodeBatch<'e> {
         params: SamplingParams,
         sample_index: usize,
     ) -> Result<SeqId> {
-        self.add_inner(
-            prompt_ids,
-            params,
-            sample_index,
-            None,
-            SequenceOptions::default(),
-        )
+        self.add_inner(prompt_ids, params, sample_index, SequenceOptions::default())
     }
 
     /// [`add`](Self::add) with [`SequenceOptions`]: probes scored once the sequence ends (stop
@@ -523,7 +507,41 @@ impl<'e> DecodeBatch<'e> {
                 )));
             }
         }
-        self.add_inner(prompt_ids, params, sample_index, None, options)
+        self.add_inner(prompt_ids, params, sample_index, options)
+    }
+
+    /// Add samples `0..n` of one prompt ([`add_with`](Self::add_with) each). The prompt is read
+    /// once: the first sample reads it, the others start from a copy of its keys/values (all
+    /// but the last prompt token, which each runs itself) one step after it has read it.
+    pub fn add_samples(
+        &mut self,
+        prompt_ids: Vec<u32>,
+        params: SamplingParams,
+        n: usize,
+        options: SequenceOptions,
+    ) -> Result<Vec<SeqId>> {
+        let mut ids = Vec::with_capacity(n);
+        for index in 0..n {
+            let id = match self.add_with(prompt_ids.clone(), params.clone(), index, options.clone())
+            {
+                Ok(id) => id,
+                Err(e) => {
+                    // All or nothing: the samples added so far leave again.
+                    for id in ids {
+                        self.cancel(id);
+                    }
+                    return Err(e);
+                }
+            };
+            ids.push(id);
+            let seq = self.seqs.last().expect("just added");
+            // Worth waiting for only where the leader computes more than a registered prefix.
+            if index > 0 && seq.fed + 1 < seq.prompt.len() {
+                let follower = self.seqs.pop().expect("just added");
+                self.followers.push((ids[0], follower));
+            }
+        }
+        Ok(ids)
     }
 
     fn add_inner(
@@ -531,7 +549,6 @@ impl<'e> DecodeBatch<'e> {
         prompt: Vec<u32>,
         params: SamplingParams,
         index: usize,
-        extra_prefix: Option<Arc<Prefix>>,
         options: SequenceOptions,
     ) -> Result<SeqId> {
         params.validate()?;
@@ -547,7 +564,6 @@ impl<'e> DecodeBatch<'e> {
                 .unwrap_or_else(|e| e.into_inner());
             registered
                 .iter()
-                .chain(extra_prefix.iter())
                 .filter(|p| prompt.starts_with(&p.tokens))
                 .max_by_key(|p| p.tokens.len())
                 .cloned()
@@ -591,8 +607,40 @@ impl<'e> DecodeBatch<'e> {
 
     /// Remove a sequence; returns what it had generated.
     pub fn cancel(&mut self, id: SeqId) -> Option<Generation> {
+        if let Some(at) = self.followers.iter().position(|(_, s)| s.id == id) {
+            return Some(self.followers.remove(at).1.finish(FinishReason::Cancelled));
+        }
         let at = self.seqs.iter().position(|s| s.id == id)?;
+        // Samples waiting for this one's keys/values read the prompt themselves.
+        let (orphans, kept) = std::mem::take(&mut self.followers)
+            .into_iter()
+            .partition(|(leader, _)| *leader == id);
+        self.followers = kept;
+        self.seqs.extend(orphans.into_iter().map(|(_, s)| s));
         Some(self.seqs.remove(at).finish(FinishReason::Cancelled))
+    }
+
+    /// Followers of the sequences at `leaders` (indices into `seqs`, which have just read
+    /// their prompts) join the batch with a copy of the leader's keys/values.
+    fn release_followers(&mut self, leaders: &[usize]) {
+        for &at in leaders {
+            let leader = &self.seqs[at];
+            let (mine, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.followers)
+                .into_iter()
+                .partition(|(l, _)| *l == leader.id);
+            self.followers = kept;
+            let n = leader.prompt.len() - 1;
+            let joining: Vec<Active> = mine
+                .into_iter()
+                .map(|(_, mut s)| {
+                    s.cache = leader.cache.copy_prefix(n, s.cache.capacity());
+                    s.fed = n;
+                    s.reused = n;
+                    s
+                })
+                .collect();
+            self.seqs.extend(joining);
+        }
     }
 
     /// Run one forward pass over every sequence: prompt chunks for new ones, one token for
@@ -681,8 +729,12 @@ impl<'e> DecodeBatch<'e> {
         let mut row_start = 0;
         let mut out = Vec::new();
         let mut finished = Vec::new();
+        let mut prompts_read = Vec::new();
         for (i, (s, input)) in self.seqs.iter_mut().zip(&inputs).enumerate() {
             s.fed += input.prompt;
+            if input.prompt > 0 && s.fed == s.prompt.len() {
+                prompts_read.push(i);
+            }
             // Row j holds the logits after the j-th token fed; the draft is kept while the
             // token chosen from each row is the draft's next one.
             // A sequence still reading its prompt keeps its draft for the pass that ends it.
@@ -742,6 +794,10 @@ impl<'e> DecodeBatch<'e> {
                 }
                 s.accepted += usize::from(looked_up);
             }
+        }
+        // Before finished sequences leave (indices stay valid: followers join at the end).
+        if !self.followers.is_empty() {
+            self.release_followers(&prompts_read);
         }
         let mut done: Vec<(usize, Active, FinishReason)> = finished
             .iter()

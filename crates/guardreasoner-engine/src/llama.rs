@@ -336,19 +336,33 @@ impl KvCache {
             cache.shared_len = shared_len;
             cache.len = shared_len;
         } else {
-            let own = (n - prefix.shared_len) * prefix.kv_dim;
-            let copy = |b: &KvBuf| {
-                let mut b = b.clone();
-                b.truncate(own);
-                b
-            };
-            cache.k = prefix.k.iter().map(copy).collect();
-            cache.v = prefix.v.iter().map(copy).collect();
-            cache.shared = prefix.shared.clone();
-            cache.shared_len = prefix.shared_len;
-            cache.len = n;
+            cache = prefix.copy_prefix(n, capacity);
         }
         cache
+    }
+
+    /// A cache of `capacity` positions holding this cache's first `n` positions: its shared
+    /// part is shared again, its own positions up to `n` are copied (another sample of the same
+    /// prompt starts from the keys/values one sample computed).
+    pub fn copy_prefix(&self, n: usize, capacity: usize) -> KvCache {
+        let n = n.min(self.len).min(capacity);
+        let shared_len = self.shared_len.min(n);
+        let own = (n - shared_len) * self.kv_dim;
+        let copy = |b: &KvBuf| {
+            let mut b = b.clone();
+            b.truncate(own);
+            b
+        };
+        KvCache {
+            shared: (shared_len > 0).then(|| self.shared.clone()).flatten(),
+            shared_len,
+            k: self.k.iter().map(copy).collect(),
+            v: self.v.iter().map(copy).collect(),
+            len: n,
+            capacity,
+            kv_dim: self.kv_dim,
+            ty: self.ty,
+        }
     }
 
     /// Forget positions from `len` on.

@@ -349,3 +349,60 @@ fn sampling_is_seeded_and_n_samples_are_independent() {
         first[0].tokens
     );
 }
+
+#[test]
+fn samples_of_one_prompt_read_it_once_and_draw_what_they_would_alone() {
+    let Some(model) = test_model() else { return };
+    let engine = Engine::load(&model).unwrap();
+    let prompt = cases()[1].ids.clone();
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.95,
+        seed: 3,
+        max_new_tokens: 10,
+        ..Default::default()
+    };
+    let options = guardreasoner_engine::SequenceOptions::default();
+    // Each sample added on its own reads the whole prompt.
+    let mut alone = engine.batch();
+    let ids: Vec<_> = (0..3)
+        .map(|i| {
+            alone
+                .add_with(prompt.clone(), params.clone(), i, options.clone())
+                .unwrap()
+        })
+        .collect();
+    let (by_id, _) = common::run_to_end(&mut alone);
+    let alone: Vec<_> = ids.iter().map(|id| by_id[id].clone()).collect();
+    assert!(alone.iter().all(|g| g.reused_prompt_tokens == 0));
+
+    let mut shared = engine.batch();
+    let ids = shared
+        .add_samples(prompt.clone(), params.clone(), 3, options.clone())
+        .unwrap();
+    assert_eq!(shared.len(), 3, "waiting samples count as in the batch");
+    let (by_id, _) = common::run_to_end(&mut shared);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(by_id[id].tokens, alone[i].tokens, "sample {i}");
+        // Rounding may differ with the batch's make-up (which kernel width a row meets).
+        for (a, b) in by_id[id].logprobs.iter().zip(&alone[i].logprobs) {
+            assert!((a - b).abs() < 1e-4, "sample {i}: logprob {a} against {b}");
+        }
+    }
+    assert_eq!(by_id[&ids[0]].reused_prompt_tokens, 0);
+    for id in &ids[1..] {
+        assert_eq!(by_id[id].reused_prompt_tokens, prompt.len() - 1);
+    }
+
+    // The first sample cancelled before it read the prompt: the others read it themselves.
+    let mut cancelled = engine.batch();
+    let ids = cancelled
+        .add_samples(prompt.clone(), params.clone(), 3, options)
+        .unwrap();
+    assert!(cancelled.cancel(ids[0]).unwrap().tokens.is_empty());
+    assert!(cancelled.cancel(ids[2]).unwrap().tokens.is_empty());
+    assert_eq!(cancelled.len(), 1);
+    let (by_id, _) = common::run_to_end(&mut cancelled);
+    assert_eq!(by_id[&ids[1]].tokens, alone[1].tokens);
+    assert_eq!(by_id.len(), 1);
+}

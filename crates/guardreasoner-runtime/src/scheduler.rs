@@ -688,14 +688,15 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                 submitted: job.submitted,
                 remaining: std::cell::Cell::new(job.params.n),
             });
-            for choice in 0..job.params.n {
-                match batch.add_with(
-                    job.prompt.clone(),
-                    job.params.clone(),
-                    choice,
-                    state.options.clone(),
-                ) {
-                    Ok(id) => {
+            // The n choices of a request read its prompt once.
+            match batch.add_samples(
+                job.prompt.clone(),
+                job.params.clone(),
+                job.params.n,
+                state.options.clone(),
+            ) {
+                Ok(ids) => {
+                    for (choice, id) in ids.into_iter().enumerate() {
                         active.insert(
                             id,
                             ChoiceState {
@@ -709,10 +710,11 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
                             },
                         );
                     }
-                    Err(e) => {
-                        finish_job(&state);
-                        let _ = state.events.send(Event::Failed(e.to_string()));
-                    }
+                }
+                Err(e) => {
+                    state.remaining.set(1);
+                    finish_job(&state);
+                    let _ = state.events.send(Event::Failed(e.to_string()));
                 }
             }
         }

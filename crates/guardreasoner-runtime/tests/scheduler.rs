@@ -49,3 +49,38 @@ async fn a_full_queue_refuses_and_a_finished_request_frees_its_slot_at_once() {
     }
     assert_eq!(backend.in_flight(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_choices_of_one_request_read_its_prompt_once() {
+    let Some(backend) = backend(4) else { return };
+    let mut sampled = request(6);
+    sampled.input = PromptInput::Text("Write one sentence about the sea and the sky.".into());
+    sampled.temperature = 0.9;
+    sampled.seed = Some(5);
+    sampled.n = 3;
+    let generation = collect(backend.submit(&sampled).unwrap(), "m".into())
+        .await
+        .expect("three samples");
+    assert_eq!(generation.choices.len(), 3);
+    assert!(generation
+        .choices
+        .iter()
+        .all(|c| matches!(c.completion_tokens, Some(1..=6))));
+    // The first choice computes the prompt; the other two start from its keys/values and
+    // run only its last token themselves.
+    let prompt = generation.usage.prompt_tokens;
+    assert!(prompt > 4);
+    assert_eq!(
+        generation.timings.unwrap().reused_prompt_tokens,
+        2 * (prompt - 1)
+    );
+    // The same request again draws the same samples.
+    let again = collect(backend.submit(&sampled).unwrap(), "m".into())
+        .await
+        .unwrap();
+    let texts = |g: &guardreasoner_backend::Generation| {
+        g.choices.iter().map(|c| c.text.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&generation), texts(&again));
+    assert_eq!(backend.in_flight(), 0);
+}
