@@ -5,8 +5,8 @@
 use crate::generator::GeneratorArgs;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use guardreasoner_train::mine::{mine, GoldRecord, SampleSet, PAPER_GAMMA};
-use guardreasoner_train::sample::{sample_outputs, SampleSettings};
+use guardreasoner_synth::mine::{mine, GoldRecord, SampleSet, PAPER_GAMMA};
+use guardreasoner_synth::sample::{sample_outputs, SampleSettings};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 

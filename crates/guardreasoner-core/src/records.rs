@@ -49,3 +49,18 @@ pub struct SampleSet {
     pub input: String,
     pub outputs: Vec<String>,
 }
+
+/// A preference record in LLaMA-Factory's ranking format: what mining writes and HS-DPO reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceRecord {
+    pub instruction: String,
+    pub input: String,
+    pub chosen: String,
+    pub rejected: String,
+    #[serde(default = "one")]
+    pub sample_weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}

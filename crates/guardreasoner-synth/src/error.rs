@@ -19,6 +19,12 @@ pub enum SynthError {
     /// The teacher endpoint turned us away in a way no retry fixes (bad key, unknown model).
     #[error("the teacher endpoint refused the job: {0}")]
     Teacher(guardreasoner_backend::BackendError),
+    /// Mining settings that cannot work (no samples asked for, no room to generate).
+    #[error("sampling settings: {0}")]
+    Settings(String),
+    /// Sampling for mining stopped: a failed input, or a samples file for other inputs.
+    #[error("{0}")]
+    Sampling(String),
     /// A line of a Batch API results file that cannot be read.
     #[error("{path}:{line}: {message}")]
     BatchResults {

@@ -9,7 +9,10 @@
 //! - [`batch`]: the OpenAI Batch API path (prepare requests, ingest results);
 //! - [`distill`]: R-SFT records from released predictions or a model's own samples (no teacher
 //!   call), validated the same way;
-//! - [`labels`]: labelled prompts without reasoning into the inputs `mine sample` draws for.
+//! - [`labels`]: labelled prompts without reasoning into the inputs `mine sample` draws for;
+//! - [`sample`]: hard-sample mining's sampling, `n` reasoning outputs per input from any
+//!   [`Backend`](guardreasoner_backend::Backend), resumable; [`mine`]: the right/wrong pairs
+//!   and their weights for HS-DPO (which `guardreasoner-train` trains on).
 //!
 //! From the command line:
 //!
@@ -29,6 +32,8 @@ mod error;
 pub mod input;
 pub mod job;
 pub mod labels;
+pub mod mine;
+pub mod sample;
 pub mod teacher;
 pub mod validate;
 

@@ -40,20 +40,7 @@ impl Default for DpoConfig {
     }
 }
 
-/// A preference record in LLaMA-Factory's ranking format.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PreferenceRecord {
-    pub instruction: String,
-    pub input: String,
-    pub chosen: String,
-    pub rejected: String,
-    #[serde(default = "one")]
-    pub sample_weight: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
+pub use guardreasoner_core::records::PreferenceRecord;
 
 /// A tokenized pair.
 #[derive(Debug, Clone, PartialEq)]

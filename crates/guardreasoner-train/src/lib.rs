@@ -1,6 +1,8 @@
 //! Training for GuardReasoner guards, natively in Rust on the CPU:
-//! reasoning SFT (R-SFT), hard-sample mining, hard-sample DPO (HS-DPO), LoRA adapters in the
-//! PEFT layout, and export of datasets/configs for LLaMA-Factory at multi-GPU scale.
+//! reasoning SFT (R-SFT), hard-sample DPO (HS-DPO), LoRA adapters in the PEFT layout, and
+//! export of datasets/configs for LLaMA-Factory at multi-GPU scale. Hard-sample mining (the
+//! sampling and the pairs HS-DPO trains on) generates through a backend and lives beside
+//! synthesis in `guardreasoner-synth`; this crate needs neither an async runtime nor a backend.
 //!
 //! - [`model::Llama`]: trainable LLaMA with HF weight names; `load_hf` / `save_hf`; candle
 //!   autograd, the reference the fast path is tested against.
@@ -11,8 +13,7 @@
 //! - [`trainer::train`]: the loop (AdamW, cosine schedule, accumulation, clipping, exact resume,
 //!   JSONL log, SVG loss curve) over an [`trainer::Objective`]: [`sft::SftObjective`] or
 //!   [`dpo::DpoObjective`].
-//! - [`lora`]: adapters, PEFT files, merge. [`mine`]: hard-sample pairs and weights.
-//!   [`export`]: LLaMA-Factory datasets and configs.
+//! - [`lora`]: adapters, PEFT files, merge. [`export`]: LLaMA-Factory datasets and configs.
 //!
 //! Paper presets: [`trainer::TrainerConfig::paper_sft`] (lr 5e-5, 3 epochs, cutoff 2048,
 //! effective batch 384, cosine, no warmup) and [`trainer::TrainerConfig::paper_dpo`] (lr 5e-6,
@@ -74,9 +75,7 @@ pub mod dpo;
 pub mod export;
 pub mod fast;
 pub mod gguf_base;
-pub mod mine;
 pub mod optim;
-pub mod sample;
 pub mod sft;
 mod st;
 pub mod trainer;

@@ -13,9 +13,8 @@
 //! [`SampleSet`]s with different `model` names; their pairs are merged and de-duplicated by input,
 //! keeping the pair with the largest weight (the first model's, in file order, on ties).
 
-use crate::dpo::PreferenceRecord;
 use guardreasoner_core::labels::Task;
-pub use guardreasoner_core::records::{GoldRecord, SampleSet};
+pub use guardreasoner_core::records::{GoldRecord, PreferenceRecord, SampleSet};
 use guardreasoner_core::verdict::paper_extract;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

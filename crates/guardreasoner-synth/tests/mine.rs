@@ -1,7 +1,7 @@
 //! Hard-sample mining on a fixture of samples with known right/wrong answers.
 
 use guardreasoner_core::labels::Task;
-use guardreasoner_train::mine::{
+use guardreasoner_synth::mine::{
     mine, mine_one, normalise_weights, GoldRecord, SampleSet, PAPER_GAMMA,
 };
 use std::path::PathBuf;

@@ -4,8 +4,8 @@
 use guardreasoner_backend::Backend;
 use guardreasoner_core::jsonl::read_jsonl;
 use guardreasoner_runtime::{LocalBackend, RuntimeOptions};
-use guardreasoner_train::mine::{GoldRecord, SampleSet};
-use guardreasoner_train::sample::{sample_outputs, SampleSettings};
+use guardreasoner_synth::mine::{GoldRecord, SampleSet};
+use guardreasoner_synth::sample::{sample_outputs, SampleSettings};
 use std::path::PathBuf;
 use std::sync::Arc;
 

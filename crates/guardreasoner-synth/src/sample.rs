@@ -7,7 +7,7 @@
 //! `instruction + "\n" + input`, encoded as untrusted text by the backend.
 
 use crate::mine::{GoldRecord, SampleSet};
-use crate::TrainError;
+use crate::SynthError;
 use guardreasoner_backend::{Backend, BackendError, GenerationRequest, PromptInput};
 use guardreasoner_core::jsonl::JsonlAppender;
 use std::path::Path;
@@ -74,9 +74,9 @@ pub async fn sample_outputs(
     settings: &SampleSettings,
     output: &Path,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<SampleSummary, TrainError> {
+) -> Result<SampleSummary, SynthError> {
     if settings.n == 0 || settings.concurrency == 0 || settings.max_new_tokens == 0 {
-        return Err(TrainError::Config(
+        return Err(SynthError::Settings(
             "n, concurrency and max_new_tokens must be at least 1".into(),
         ));
     }
@@ -87,7 +87,7 @@ pub async fn sample_outputs(
             continue;
         }
         let mismatch = |why: String| {
-            TrainError::Data(format!(
+            SynthError::Sampling(format!(
                 "{} line {}: {why}; this samples file was written for other inputs (use another \
              --output, or the same --gold)",
                 output.display(),
@@ -116,7 +116,7 @@ pub async fn sample_outputs(
     progress(summary.resumed, total);
     let mut pending = (0..gold.len()).filter(|&i| !done[i]);
     let mut in_flight = JoinSet::new();
-    let mut first_error: Option<TrainError> = None;
+    let mut first_error: Option<SynthError> = None;
     loop {
         while first_error.is_none() && in_flight.len() < settings.concurrency {
             let Some(index) = pending.next() else { break };
@@ -135,12 +135,13 @@ pub async fn sample_outputs(
             break;
         };
         let failed = |index: usize, e: BackendError| {
-            TrainError::Data(format!("sampling input {index} failed: {e}"))
+            SynthError::Sampling(format!("sampling input {index} failed: {e}"))
         };
         let (index, result) = match joined {
             Ok(pair) => pair,
             Err(e) => {
-                first_error.get_or_insert(TrainError::Data(format!("a sampling task failed: {e}")));
+                first_error
+                    .get_or_insert(SynthError::Sampling(format!("a sampling task failed: {e}")));
                 continue;
             }
         };
@@ -162,7 +163,7 @@ pub async fn sample_outputs(
                 progress(summary.resumed + summary.sampled, total);
             }
             Ok(generation) => {
-                first_error.get_or_insert(TrainError::Data(format!(
+                first_error.get_or_insert(SynthError::Sampling(format!(
                     "sampling input {index}: asked for {} outputs, the backend returned {}",
                     settings.n,
                     generation.choices.len()
