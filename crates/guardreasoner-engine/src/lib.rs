@@ -31,6 +31,7 @@ pub mod config;
 mod engine;
 pub mod error;
 pub mod kernels;
+pub mod kv_cache;
 pub mod layout;
 pub mod llama;
 mod lookup;
@@ -46,7 +47,7 @@ pub use engine::{
     SequenceOptions, StepOutput, Timings,
 };
 pub use error::{EngineError, Result};
-pub use llama::KvType;
+pub use kv_cache::KvType;
 pub use lookup::PromptLookup;
 pub use probe::ContinuationProbe;
 pub use sampling::SamplingParams;

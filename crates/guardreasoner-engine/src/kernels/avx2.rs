@@ -3,7 +3,7 @@
 //! accesses stay inside the slices passed in (lengths are checked on entry).
 
 use super::{KvElem, KvSeg, KV_Q8_BLOCK};
-use crate::llama::KvType;
+use crate::kv_cache::KvType;
 use crate::quant::{BlockQ16, WeightType, QK};
 use std::arch::x86_64::*;
 

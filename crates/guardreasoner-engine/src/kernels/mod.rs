@@ -10,7 +10,7 @@
 //! A weight row is dotted with up to [`MAX_COLS`] activation vectors at once, so the unpacking
 //! of each weight block is shared between the sequences of a batch (or tokens of a prompt).
 
-use crate::llama::KvType;
+use crate::kv_cache::KvType;
 use crate::quant::{BlockQ16, WeightType};
 use std::sync::OnceLock;
 

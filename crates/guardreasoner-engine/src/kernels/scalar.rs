@@ -1,7 +1,7 @@
 //! Portable reference kernels. The SIMD kernels must agree with these.
 
 use super::{KvElem, KvSeg, KV_Q8_BLOCK};
-use crate::llama::KvType;
+use crate::kv_cache::KvType;
 use crate::quant::{f16_at, q4k_scale_min, q6k_unpack, BlockQ16, WeightType, QK, QK_K};
 use half::{bf16, f16};
 

@@ -1,0 +1,365 @@
+//! The key/value cache of a sequence, in f32, f16 or 8-bit blocks, with a shared frozen prefix.
+
+use crate::config::Config;
+use crate::kernels::{KvElem, KvSeg, KV_Q8_BLOCK};
+use std::sync::Arc;
+
+/// How cached keys and values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvType {
+    /// 4 bytes per element: models whose weights are all f32 (reference computations).
+    F32,
+    /// 2 bytes per element (IEEE half, as llama.cpp's default cache): float models.
+    F16,
+    /// 1 byte per element plus one f32 scale per block of 32 (1.125 bytes in all): for
+    /// memory, on request (see [`Llama::kv_type`]).
+    Q8,
+}
+
+impl KvType {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8 => "q8",
+        }
+    }
+}
+
+/// The elements of one layer's cached keys or values, `[position][kv_head][head_dim]`.
+#[derive(Clone)]
+enum KvData {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+    Q8(Vec<i8>),
+}
+
+/// The cached keys or values of one layer: the elements and, for [`KvType::Q8`], the scale
+/// of each block of [`KV_Q8_BLOCK`] elements.
+#[derive(Clone)]
+pub(crate) struct KvBuf {
+    data: KvData,
+    scales: Vec<f32>,
+}
+
+impl KvBuf {
+    fn new(ty: KvType) -> KvBuf {
+        let data = match ty {
+            KvType::F32 => KvData::F32(Vec::new()),
+            KvType::F16 => KvData::F16(Vec::new()),
+            KvType::Q8 => KvData::Q8(Vec::new()),
+        };
+        KvBuf {
+            data,
+            scales: Vec::new(),
+        }
+    }
+
+    fn ty(&self) -> KvType {
+        match self.data {
+            KvData::F32(_) => KvType::F32,
+            KvData::F16(_) => KvType::F16,
+            KvData::Q8(_) => KvType::Q8,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.data {
+            KvData::F32(v) => v.len(),
+            KvData::F16(v) => v.len(),
+            KvData::Q8(v) => v.len(),
+        }
+    }
+
+    /// Grow to `len` elements: the first growth reserves `planned` (untouched), later ones
+    /// `step` at a time.
+    fn grow(&mut self, len: usize, step: usize, planned: usize) {
+        fn go<T: Copy + Default>(v: &mut Vec<T>, len: usize, step: usize, planned: usize) {
+            if len > v.capacity() {
+                let target = if v.capacity() == 0 {
+                    planned.max(len)
+                } else {
+                    len.next_multiple_of(step.max(1))
+                };
+                v.reserve_exact(target - v.len());
+            }
+            if len > v.len() {
+                v.resize(len, T::default());
+            }
+        }
+        match &mut self.data {
+            KvData::F32(v) => go(v, len, step, planned),
+            KvData::F16(v) => go(v, len, step, planned),
+            KvData::Q8(v) => {
+                go(v, len, step, planned);
+                let b = KV_Q8_BLOCK;
+                go(&mut self.scales, len / b, step / b, planned / b);
+            }
+        }
+    }
+
+    /// Store one position's values (whole blocks) starting at element `at`.
+    fn write(&mut self, at: usize, values: &[f32]) {
+        fn go<T: KvElem>(v: &mut [T], scales: &mut [f32], at: usize, x: &[f32]) {
+            let blocks = if T::TYPE == KvType::Q8 {
+                &mut scales[at / KV_Q8_BLOCK..(at + x.len()) / KV_Q8_BLOCK]
+            } else {
+                &mut []
+            };
+            T::store(x, &mut v[at..at + x.len()], blocks);
+        }
+        let scales = &mut self.scales;
+        match &mut self.data {
+            KvData::F32(v) => go(v, scales, at, values),
+            KvData::F16(v) => go(v, scales, at, values),
+            KvData::Q8(v) => go(v, scales, at, values),
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match &mut self.data {
+            KvData::F32(v) => v.truncate(len),
+            KvData::F16(v) => v.truncate(len),
+            KvData::Q8(v) => v.truncate(len),
+        }
+        self.scales.truncate(len / KV_Q8_BLOCK);
+    }
+
+    fn bytes(&self) -> usize {
+        let data = match &self.data {
+            KvData::F32(v) => v.capacity() * 4,
+            KvData::F16(v) => v.capacity() * 2,
+            KvData::Q8(v) => v.capacity(),
+        };
+        data + self.scales.capacity() * 4
+    }
+}
+
+/// The key/value cache of one sequence: positions `0..shared_len` live in a shared, frozen
+/// cache (the registered guard instruction, read by every sequence that starts with it and
+/// never copied); the sequence's own positions follow in per-layer buffers. At the first write
+/// each buffer reserves address space for the sequence's planned length (`capacity`) without
+/// touching it, so memory becomes resident only as positions are written and the buffer is never
+/// moved (growing by reallocation left measurably more allocator slack); past the plan it grows
+/// in steps of [`KV_GROW_STEP`] positions.
+#[derive(Clone)]
+pub struct KvCache {
+    shared: Option<Arc<KvCache>>,
+    shared_len: usize,
+    k: Vec<KvBuf>,
+    v: Vec<KvBuf>,
+    len: usize,
+    capacity: usize,
+    kv_dim: usize,
+    ty: KvType,
+}
+
+/// Positions a sequence's cache grows by at once.
+pub const KV_GROW_STEP: usize = 64;
+
+impl KvCache {
+    /// An empty cache for up to `capacity` positions of `config`'s model, storing `ty`.
+    /// Nothing is allocated until positions are written.
+    pub fn new(config: &Config, capacity: usize, ty: KvType) -> KvCache {
+        let kv_dim = config.num_key_value_heads() * config.head_dim();
+        let layers = config.num_hidden_layers;
+        KvCache {
+            shared: None,
+            shared_len: 0,
+            k: (0..layers).map(|_| KvBuf::new(ty)).collect(),
+            v: (0..layers).map(|_| KvBuf::new(ty)).collect(),
+            len: 0,
+            capacity,
+            kv_dim,
+            ty,
+        }
+    }
+
+    /// Positions filled.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether no position is filled.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Positions this cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// The element type.
+    pub fn kv_type(&self) -> KvType {
+        self.ty
+    }
+    /// Leading positions read from a shared cache rather than stored here.
+    pub fn shared_len(&self) -> usize {
+        self.shared_len
+    }
+    /// Bytes this cache holds itself (shared positions not counted).
+    pub fn own_bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(KvBuf::bytes).sum()
+    }
+
+    /// A cache of `capacity` positions whose first `n` positions are those of `prefix`
+    /// (prefix reuse: the shared instruction is computed once and read by every sequence,
+    /// not copied). When `prefix` itself starts with shared positions, its own positions
+    /// are copied, so every cache has at most one shared part.
+    pub fn fork_prefix(prefix: &Arc<KvCache>, n: usize, capacity: usize) -> KvCache {
+        let n = n.min(prefix.len).min(capacity);
+        let mut cache = KvCache {
+            shared: None,
+            shared_len: 0,
+            k: Vec::new(),
+            v: Vec::new(),
+            len: 0,
+            capacity,
+            kv_dim: prefix.kv_dim,
+            ty: prefix.ty,
+        };
+        if prefix.shared_len == 0 || n <= prefix.shared_len {
+            let (shared, shared_len) = if prefix.shared_len == 0 {
+                (prefix.clone(), n)
+            } else {
+                (prefix.shared.clone().expect("shared part"), n)
+            };
+            cache.k = prefix.k.iter().map(|b| KvBuf::new(b.ty())).collect();
+            cache.v = prefix.v.iter().map(|b| KvBuf::new(b.ty())).collect();
+            cache.shared = (shared_len > 0).then_some(shared);
+            cache.shared_len = shared_len;
+            cache.len = shared_len;
+        } else {
+            cache = prefix.copy_prefix(n, capacity);
+        }
+        cache
+    }
+
+    /// A cache of `capacity` positions holding this cache's first `n` positions: its shared
+    /// part is shared again, its own positions up to `n` are copied (another sample of the same
+    /// prompt starts from the keys/values one sample computed).
+    pub fn copy_prefix(&self, n: usize, capacity: usize) -> KvCache {
+        let n = n.min(self.len).min(capacity);
+        let shared_len = self.shared_len.min(n);
+        let own = (n - shared_len) * self.kv_dim;
+        let copy = |b: &KvBuf| {
+            let mut b = b.clone();
+            b.truncate(own);
+            b
+        };
+        KvCache {
+            shared: (shared_len > 0).then(|| self.shared.clone()).flatten(),
+            shared_len,
+            k: self.k.iter().map(copy).collect(),
+            v: self.v.iter().map(copy).collect(),
+            len: n,
+            capacity,
+            kv_dim: self.kv_dim,
+            ty: self.ty,
+        }
+    }
+
+    /// Forget positions from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+        if self.len < self.shared_len {
+            self.shared_len = self.len;
+            if self.shared_len == 0 {
+                self.shared = None;
+            }
+        }
+        let own = (self.len - self.shared_len) * self.kv_dim;
+        for b in self.k.iter_mut().chain(self.v.iter_mut()) {
+            b.truncate(own);
+        }
+    }
+
+    /// The `n` positions the forward pass has just written (after [`grow_to`](Self::grow_to)
+    /// and [`write`](Self::write)) become part of the cache.
+    pub(crate) fn advance(&mut self, n: usize) {
+        debug_assert!(self.len + n <= self.capacity);
+        self.len += n;
+    }
+
+    /// Make room for positions up to `len` (exclusive) in the own buffers.
+    pub(crate) fn grow_to(&mut self, len: usize) {
+        let own = (len - self.shared_len) * self.kv_dim;
+        let step = KV_GROW_STEP * self.kv_dim;
+        let planned = self.capacity.saturating_sub(self.shared_len) * self.kv_dim;
+        for b in self.k.iter_mut().chain(self.v.iter_mut()) {
+            if b.len() < own {
+                b.grow(own, step, planned);
+            }
+        }
+    }
+
+    /// Store the keys and values of position `pos` in layer `l`.
+    pub(crate) fn write(&mut self, l: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let at = (pos - self.shared_len) * self.kv_dim;
+        self.k[l].write(at, k);
+        self.v[l].write(at, v);
+    }
+
+    /// The cached positions `0..len` of layer `l` as up to two segments (shared, own).
+    pub(crate) fn segments<T: KvSlice>(&self, l: usize, len: usize) -> [KvSeg<'_, T>; 2] {
+        let shared_n = len.min(self.shared_len);
+        let own_n = len - shared_n;
+        let empty = KvSeg {
+            k: &[],
+            v: &[],
+            k_scale: &[],
+            v_scale: &[],
+            len: 0,
+        };
+        let first = match &self.shared {
+            Some(s) if shared_n > 0 => KvSeg {
+                k: T::slice(&s.k[l]),
+                v: T::slice(&s.v[l]),
+                k_scale: &s.k[l].scales,
+                v_scale: &s.v[l].scales,
+                len: shared_n,
+            },
+            _ => empty,
+        };
+        let second = if own_n > 0 {
+            KvSeg {
+                k: T::slice(&self.k[l]),
+                v: T::slice(&self.v[l]),
+                k_scale: &self.k[l].scales,
+                v_scale: &self.v[l].scales,
+                len: own_n,
+            }
+        } else {
+            empty
+        };
+        [first, second]
+    }
+}
+
+/// Typed access to a [`KvBuf`]'s elements (empty when the buffer holds another type).
+pub(crate) trait KvSlice: KvElem {
+    fn slice(buf: &KvBuf) -> &[Self];
+}
+impl KvSlice for f32 {
+    fn slice(buf: &KvBuf) -> &[f32] {
+        match &buf.data {
+            KvData::F32(v) => v,
+            _ => &[],
+        }
+    }
+}
+impl KvSlice for half::f16 {
+    fn slice(buf: &KvBuf) -> &[half::f16] {
+        match &buf.data {
+            KvData::F16(v) => v,
+            _ => &[],
+        }
+    }
+}
+impl KvSlice for i8 {
+    fn slice(buf: &KvBuf) -> &[i8] {
+        match &buf.data {
+            KvData::Q8(v) => v,
+            _ => &[],
+        }
+    }
+}
