@@ -1,9 +1,10 @@
-//! The scheduler's admission on the real base model: the queue limit refuses what is over it
+//! The scheduler on the real base model: admission (the queue limit refuses what is over it
 //! while a request runs, and a request's slot is free again by the time its caller hears the
-//! result, so a follow-up submitted at once (an `auto` escalation) is admitted. (The scheduler
-//! used to release the slot just after sending the result: one `auto` escalation in 16 was
-//! refused with a 429 under `loadgen`. That race is too narrow for this test to catch reliably;
-//! it states the contract.)
+//! result, so a follow-up submitted at once, an `auto` escalation, is admitted; the scheduler
+//! used to release the slot just after sending the result, and one `auto` escalation in 16 was
+//! refused with a 429 under `loadgen`: that race is too narrow to catch reliably, the test
+//! states the contract), cancellation (a caller that leaves frees its slot), fairness (a short
+//! request is not held behind a long one) and the n choices of one request sharing its prompt.
 
 use guardreasoner_backend::{BackendError, GenerationRequest, PromptInput};
 use guardreasoner_runtime::{collect, LocalBackend, RuntimeOptions};
@@ -83,4 +84,61 @@ async fn the_choices_of_one_request_read_its_prompt_once() {
     };
     assert_eq!(texts(&generation), texts(&again));
     assert_eq!(backend.in_flight(), 0);
+}
+
+/// Waits (up to 30 s) until nothing is in flight.
+async fn drained(backend: &LocalBackend) {
+    for _ in 0..300 {
+        if backend.in_flight() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{} requests still in flight after 30 s",
+        backend.in_flight()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_caller_left_is_cancelled_and_frees_its_slot() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(backend) = backend(1) else { return };
+    let mut long = request(400);
+    long.n = 2;
+    let submission = backend.submit(&long).unwrap();
+    drop(submission);
+    drained(&backend).await;
+    assert_eq!(backend.metrics().cancelled_sequences.load(Relaxed), 2);
+    // The slot is free again: the next request is admitted and completes.
+    let next = backend
+        .submit(&request(2))
+        .expect("admitted after the cancel");
+    collect(next, "m".into()).await.expect("completes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_request_does_not_wait_for_a_long_one() {
+    let Some(backend) = backend(4) else { return };
+    let mut long = request(48);
+    long.input = PromptInput::Text("1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,".into());
+    let long = backend.submit(&long).unwrap();
+    let long = tokio::spawn(collect(long, "m".into()));
+    // Continuous batching: the short one joins the running batch at the next step and ends
+    // after its two tokens, long before the 48-token one.
+    let short = collect(backend.submit(&request(2)).unwrap(), "m".into())
+        .await
+        .expect("the short request completes");
+    assert_eq!(short.usage.completion_tokens, 2);
+    assert!(
+        !long.is_finished(),
+        "the long request finished before the short one"
+    );
+    let long = long.await.unwrap().expect("the long request completes");
+    assert_eq!(
+        long.usage.completion_tokens, 48,
+        "{:?}",
+        long.choices[0].text
+    );
+    drained(&backend).await;
 }
