@@ -147,6 +147,12 @@ impl Backend for MultiBackend {
             match result {
                 Ok(generation) => return Ok(generation),
                 Err(error) if error.is_retryable() => {
+                    tracing::warn!(
+                        backend = %member.backend.name(),
+                        cooldown_s = self.cooldown.as_secs_f64(),
+                        %error,
+                        "backend failed; trying the next one"
+                    );
                     if let Ok(mut until) = member.avoid_until.lock() {
                         *until = Some(Instant::now() + self.cooldown);
                     }

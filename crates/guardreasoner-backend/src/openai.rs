@@ -311,6 +311,13 @@ impl Backend for OpenAiBackend {
                     };
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     retry += 1;
+                    tracing::warn!(
+                        endpoint = %self.name(),
+                        attempt = retry,
+                        wait_s = wait.as_secs_f64(),
+                        %error,
+                        "retrying a failed request"
+                    );
                     tokio::time::sleep(wait).await;
                 }
                 Err(error) => {

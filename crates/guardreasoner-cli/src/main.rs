@@ -24,6 +24,11 @@ use clap::{Parser, Subcommand};
     about = "Reasoning-based LLM safeguards: classify, serve, evaluate, synthesise and train GuardReasoner guards"
 )]
 struct Cli {
+    /// What the libraries log to stderr, as a tracing filter: `info`, `debug`,
+    /// `guardreasoner_server=debug,warn`, ... (default: `info` for `serve`, where each request
+    /// is logged, `warn` otherwise: retries, failovers, engine failures)
+    #[arg(long, env = "GUARDREASONER_LOG", global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +72,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_logging(cli.log.as_deref(), matches!(cli.command, Command::Serve(_)))?;
     match cli.command {
         Command::Classify(args) => classify::run(args),
         Command::Serve(args) => serve::run(args),
@@ -82,4 +88,19 @@ fn main() -> anyhow::Result<()> {
         Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
     }
+}
+
+/// The one subscriber: events of the libraries to stderr, filtered by `--log`.
+fn init_logging(filter: Option<&str>, serving: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let filter = filter.unwrap_or(if serving { "info" } else { "warn" });
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("--log {filter:?}: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    Ok(())
 }

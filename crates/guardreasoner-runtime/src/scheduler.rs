@@ -741,6 +741,7 @@ fn run_scheduler(shared: &Shared, rx: mpsc::Receiver<Job>) {
             Ok(o) => o,
             Err(e) => {
                 // The engine failed mid-step: every running request fails with the reason.
+                tracing::error!(error = %e, sequences = active.len(), "engine step failed");
                 for (id, c) in active.drain() {
                     batch.cancel(id);
                     finish_job(&c.job);

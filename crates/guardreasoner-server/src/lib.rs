@@ -191,7 +191,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// One event per request: method, path, status and seconds taken (`info`; `debug` for the
+/// health and metrics probes that monitoring sends every few seconds).
+async fn log_request(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let (status, seconds) = (response.status().as_u16(), started.elapsed().as_secs_f64());
+    if path == "/health" || path == "/metrics" {
+        tracing::debug!(%method, path, status, seconds, "request");
+    } else {
+        tracing::info!(%method, path, status, seconds, "request");
+    }
+    response
 }
 
 async fn require_api_key(
