@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use guardreasoner_core::Conversation;
 use guardreasoner_engine::bench::{peak_rss_mib, run as run_bench, BenchSpec};
+use guardreasoner_engine::roofline::{self, Roofline};
 use guardreasoner_engine::{Engine, LoadOptions};
 use guardreasoner_tokenizer::Tokenizer;
 use std::path::PathBuf;
@@ -28,6 +29,19 @@ enum BenchWhat {
     /// One training step (forward, backward, AdamW) of a random SmolLM2-135M-shaped model, full
     /// or LoRA, shaped like the PyTorch anchor: mean seconds per phase and peak memory.
     Train(bench_train::TrainBenchArgs),
+    /// This machine's limits: peak multiply-add rates (f32 FMA, 16-bit pairs, 8-bit VNNI) with
+    /// operands in registers, and memory read bandwidth, on the given threads.
+    Roofline(RooflineArgs),
+}
+
+#[derive(Args)]
+struct RooflineArgs {
+    /// Worker threads (default: physical cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Bytes of the buffer read for the bandwidth (several times the last-level cache).
+    #[arg(long, default_value_t = 256 << 20)]
+    bandwidth_bytes: usize,
 }
 
 #[derive(Args)]
@@ -68,6 +82,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         BenchWhat::Engine(a) => engine(a),
         BenchWhat::Train(a) => bench_train::train(a),
+        BenchWhat::Roofline(a) => {
+            print_roofline(&roofline::measure(a.threads, a.bandwidth_bytes));
+            Ok(())
+        }
     }
 }
 
@@ -139,7 +157,27 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
         prompts.iter().map(Vec::len).max().unwrap_or(0),
         instruction_tokens,
     );
-    println!("| test | tokens | seconds | tokens/s | detail |\n|---|---:|---:|---:|---|");
+    let peak = roofline::measure(a.threads, 256 << 20);
+    print_roofline(&peak);
+    let config = engine.config().clone();
+    let weight_bytes = engine.model().weight_bytes() as f64;
+    // Each figure against the limit that binds it: one sequence decoding reads every weight per
+    // token (bandwidth); everything else is arithmetic (16-bit multiply-adds in our kernels).
+    let of_peak = |name: &str, tokens: usize, seconds: f64| -> String {
+        let per_s = tokens as f64 / seconds.max(1e-9);
+        if name == "tg128" {
+            format!(
+                "{:.0}% of read bandwidth",
+                100.0 * per_s * weight_bytes / peak.read_bandwidth
+            )
+        } else {
+            format!(
+                "{:.1}% of 16-bit peak",
+                100.0 * per_s * roofline::macs_per_token(&config, false) / peak.int16
+            )
+        }
+    };
+    println!("| test | tokens | seconds | tokens/s | of the roofline | detail |\n|---|---:|---:|---:|---:|---|");
     let spec = BenchSpec {
         guard_prompts: prompts,
         instruction_tokens,
@@ -154,11 +192,12 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
     };
     run_bench(&engine, &spec, |l| {
         println!(
-            "| {} | {} | {:.2} | {:.1} | {} |",
+            "| {} | {} | {:.2} | {:.1} | {} | {} |",
             l.name,
             l.tokens,
             l.seconds,
             l.rate(),
+            of_peak(&l.name, l.tokens, l.seconds),
             l.detail
         )
     })?;
@@ -166,4 +205,17 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
         println!("peak RSS: {rss:.0} MiB");
     }
     Ok(())
+}
+
+fn print_roofline(r: &Roofline) {
+    let g = |x: f64| format!("{:.1}", x / 1e9);
+    println!(
+        "roofline ({} threads, {}): f32 FMA {} G multiply-adds/s | 16-bit pairs {} G/s | 8-bit VNNI {} | read bandwidth {} GB/s",
+        r.threads,
+        r.isa,
+        g(r.f32_fma),
+        g(r.int16),
+        r.int8.map_or("n/a".into(), |v| format!("{} G/s", g(v))),
+        g(r.read_bandwidth)
+    );
 }

@@ -135,13 +135,20 @@ pub fn run(
                 prompt_tokens += prompt.len();
                 batch.add(prompt, params.clone(), i)?;
             }
-            let mut first_token_at = None;
-            let mut generated = 0;
+            // Prompts are done when every sequence has produced a token; only what is
+            // generated after that counts toward the generation rate.
+            let mut started = std::collections::HashSet::new();
+            let (mut first_token_at, mut generated, mut generated_after) = (None, 0, 0);
             while !batch.is_empty() {
                 let out = batch.step()?;
                 generated += out.len();
-                if first_token_at.is_none() && !out.is_empty() && generated >= n {
-                    first_token_at = Some(t.elapsed().as_secs_f64());
+                if first_token_at.is_some() {
+                    generated_after += out.len();
+                } else {
+                    started.extend(out.iter().map(|o| o.id));
+                    if started.len() == n {
+                        first_token_at = Some(t.elapsed().as_secs_f64());
+                    }
                 }
             }
             let total = t.elapsed().as_secs_f64();
@@ -153,7 +160,7 @@ pub fn run(
                 detail: format!(
                     "prompt {prompt_tokens} tok + generated {generated} tok; all prompts done at {prefill:.2} s; \
                      generation {:.1} tok/s; {:.2} s per sequence",
-                    generated as f64 / (total - prefill).max(1e-9),
+                    generated_after as f64 / (total - prefill).max(1e-9),
                     total / n as f64
                 ),
             });

@@ -38,6 +38,7 @@ mod lookup;
 pub mod matrix;
 mod probe;
 pub mod quant;
+pub mod roofline;
 pub mod sampling;
 
 pub use answer::AnswerConstraint;
