@@ -168,8 +168,20 @@ pub fn matmul(
             let mut dots = [0.0f32; MAX_COLS];
             let mut block_dots = [0.0f32; MAX_COLS * ROWS_PER_CALL];
             let mut t0 = 0;
+            // While the token groups after the first compute from cache, the next chunk's rows
+            // (usually this thread's next task) are fetched into L2 a part per group, so its
+            // first group need not wait on memory.
+            let groups = n_tokens.div_ceil(MAX_COLS);
+            let next = &w.data[(r1 * w.row_bytes).min(w.data.len())
+                ..((r1 + chunk) * w.row_bytes).min(w.data.len())];
+            let mut prefetch = next.chunks(next.len().div_ceil(groups.max(2) - 1).max(1));
             while t0 < n_tokens {
                 let n = (n_tokens - t0).min(MAX_COLS);
+                if t0 > 0 {
+                    if let Some(part) = prefetch.next() {
+                        prefetch_l2(part);
+                    }
+                }
                 if quantised {
                     let blocks = cols / QK;
                     let xs: [&[BlockQ16]; MAX_COLS] = std::array::from_fn(|c| {
@@ -210,6 +222,22 @@ pub fn matmul(
                 t0 += n;
             }
         });
+}
+
+/// Ask for `bytes` to be brought into the L2 cache (a hint: no effect where unsupported).
+#[inline]
+fn prefetch_l2(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: prefetching is a hint and never faults; the address is inside `bytes`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                line.as_ptr() as *const i8,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 #[cfg(test)]
