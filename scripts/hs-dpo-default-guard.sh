@@ -33,8 +33,8 @@ SCREEN=${SCREEN:-1200}
 HARD_MARGIN=${HARD_MARGIN:-0.25}
 MINE_INPUTS=${MINE_INPUTS:-400}
 N_SAMPLES=${N_SAMPLES:-4}
-LR=${LR:-5e-5}
-EPOCHS=${EPOCHS:-2}
+LR=${LR:-1e-4}
+EPOCHS=${EPOCHS:-3}
 TAG=${TAG:-hs-dpo-1}
 mkdir -p "$WORK"
 [ -x "$BIN" ] || cargo build --release -p guardreasoner-cli
