@@ -34,7 +34,7 @@ HARD_MARGIN=${HARD_MARGIN:-0.25}
 MINE_INPUTS=${MINE_INPUTS:-400}
 N_SAMPLES=${N_SAMPLES:-4}
 LR=${LR:-1e-4}
-EPOCHS=${EPOCHS:-3}
+EPOCHS=${EPOCHS:-2}
 TAG=${TAG:-hs-dpo-1}
 mkdir -p "$WORK"
 [ -x "$BIN" ] || cargo build --release -p guardreasoner-cli
