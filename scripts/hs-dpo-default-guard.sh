@@ -19,7 +19,9 @@
 #   7. the two development splits of SFT_WORK under none and full reasoning, and auto's band
 #      (scripts/choose-auto-band.py): compare with SFT_WORK's own figures.
 # Every stage resumes: run it again after a crash.
-# hs-dpo-1 (2026-12-06): SFT_WORK=runs/r-sft-5 LABELS_SKIP=3440 RELEASED_SKIP=520.
+# hs-dpo-1 (2026-12-06): SFT_WORK=runs/r-sft-5 LABELS_SKIP=3440 RELEASED_SKIP=520 SCREEN=800
+# (216 hard records, 115 pairs; dev mean 77.89 against r-sft-5's 78.00: not shipped, see
+# MODEL_CARD.md's candidates).
 # Usage: scripts/hs-dpo-default-guard.sh [WORKDIR]   (default: runs/hs-dpo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
