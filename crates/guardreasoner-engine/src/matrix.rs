@@ -232,7 +232,7 @@ fn prefetch_l2(bytes: &[u8]) {
         // SAFETY: prefetching is a hint and never faults; the address is inside `bytes`.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
-                line.as_ptr() as *const i8,
+                line.as_ptr() as *const i8
             )
         };
     }
