@@ -43,6 +43,8 @@ impl Linear {
             Some(m) if parts.len() > 1 => vec![m],
             _ => parts,
         };
+        let isa = Isa::detect();
+        let parts: Vec<Matrix> = parts.into_iter().map(|m| m.prepared_for(isa)).collect();
         let rows = parts.iter().map(Matrix::rows).sum();
         Linear { parts, rows }
     }

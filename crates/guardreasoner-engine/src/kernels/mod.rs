@@ -9,6 +9,8 @@
 //!
 //! A weight row is dotted with up to [`MAX_COLS`] activation vectors at once, so the unpacking
 //! of each weight block is shared between the sequences of a batch (or tokens of a prompt).
+//! On AVX-512 VNNI, Q8_0 matrices are stored with sixteen rows interleaved ([`interleaved`],
+//! [`dot_q16_group`]), one row per 512-bit lane.
 
 use crate::kv_cache::KvType;
 use crate::quant::{BlockQ16, WeightType};
@@ -18,6 +20,7 @@ use std::sync::OnceLock;
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+pub mod interleaved;
 pub mod scalar;
 
 /// Most activation vectors one kernel call handles.
@@ -117,6 +120,18 @@ pub fn dot_q16_rows(
                 scalar::dot_q16(ty, row, xs, o);
             }
         }
+    }
+}
+
+/// [`interleaved::dot_q16_group`] on the best kernel `isa` has (AVX-512 VNNI, else the portable
+/// one): sixteen interleaved Q8_0 rows against `xs` (`1..=MAX_COLS` vectors).
+pub fn dot_q16_group(isa: Isa, group: &[u8], xs: &[&[BlockQ16]], out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced after detecting avx512f/bw/vnni besides avx2,
+        // fma and f16c.
+        Isa::Avx512 if unsafe { avx512::dot_q16_group(group, xs, out) } => {}
+        _ => interleaved::dot_q16_group(group, xs, out),
     }
 }
 
@@ -455,6 +470,61 @@ mod tests {
                             "{ty:?} {isa:?} n={n}: {a} vs {b}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn interleaved_q8_0_groups_match_their_rows() {
+        use interleaved::{interleave, row_of, GROUP};
+        let mut rng = Lcg(17);
+        let cols = 576;
+        let rows: Vec<u8> = (0..2 * GROUP)
+            .flat_map(|_| quantize_row(WeightType::Q8_0, &rng.vec(cols, 1.0)))
+            .collect();
+        let row_bytes = rows.len() / (2 * GROUP);
+        assert!(
+            interleave(&rows[..row_bytes * 3], row_bytes).is_none(),
+            "whole groups only"
+        );
+        let packed = interleave(&rows, row_bytes).unwrap();
+        assert_eq!(packed.len(), rows.len());
+        let mut back = vec![0u8; row_bytes];
+        for (r, want) in rows.chunks_exact(row_bytes).enumerate() {
+            let group = &packed[r / GROUP * GROUP * row_bytes..][..GROUP * row_bytes];
+            row_of(group, r % GROUP, &mut back);
+            assert_eq!(back, want, "row {r} unpacks to itself");
+        }
+        let xs_q: Vec<Vec<BlockQ16>> = (0..MAX_COLS)
+            .map(|_| {
+                let mut q = vec![BlockQ16::default(); cols / QK];
+                quantize_row_q16(&rng.vec(cols, 2.0), &mut q);
+                q
+            })
+            .collect();
+        for n in 1..=MAX_COLS {
+            let xs: Vec<&[BlockQ16]> = xs_q[..n].iter().map(|v| v.as_slice()).collect();
+            for g in 0..2 {
+                let group = &packed[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
+                let mut reference = vec![0.0; GROUP * n];
+                interleaved::dot_q16_group(group, &xs, &mut reference);
+                let mut by_row = vec![0.0; GROUP * n];
+                let plain = &rows[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
+                for (r, o) in plain
+                    .chunks_exact(row_bytes)
+                    .zip(by_row.chunks_exact_mut(n))
+                {
+                    scalar::dot_q16(WeightType::Q8_0, r, &xs, o);
+                }
+                for (a, b) in reference.iter().zip(&by_row) {
+                    assert!(close(*a, *b, cols as f32 * 3.0), "n={n}: {a} vs {b}");
+                }
+                for isa in Isa::all_available() {
+                    let mut got = vec![0.0; GROUP * n];
+                    dot_q16_group(isa, group, &xs, &mut got);
+                    // The same integer sums, scaled in the same order: the same floats.
+                    assert_eq!(got, reference, "{isa:?} n={n}");
                 }
             }
         }
