@@ -172,6 +172,13 @@ fn print_guard_card(card: &serde_json::Value) {
             text(&card["reasoning"]["why"])
         );
     }
+    if card["engine"].is_object() {
+        println!(
+            "kv cache:       {} by default: {}",
+            text(&card["engine"]["kv_cache"]),
+            text(&card["engine"]["why"])
+        );
+    }
     if card["calibration"].is_object() {
         println!(
             "calibration:    label scores mapped by stage (answered at once, reasoned), fitted on {}",

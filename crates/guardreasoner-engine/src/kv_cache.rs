@@ -11,8 +11,9 @@ pub enum KvType {
     F32,
     /// 2 bytes per element (IEEE half, as llama.cpp's default cache): float models.
     F16,
-    /// 1 byte per element plus one f32 scale per block of 32 (1.125 bytes in all): for
-    /// memory, on request (see [`Llama::kv_type`]).
+    /// 1 byte per element plus one f32 scale per block of 32 (1.125 bytes in all): on request
+    /// (see [`Llama::kv_type`]), and the shipped guard's default (its card's choice, made on
+    /// its development splits).
     Q8,
 }
 
@@ -24,6 +25,18 @@ impl KvType {
             KvType::F16 => "f16",
             KvType::Q8 => "q8",
         }
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+
+    /// The inverse of [`KvType::name`].
+    fn from_str(s: &str) -> Result<Self, String> {
+        [KvType::F32, KvType::F16, KvType::Q8]
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown key/value cache type {s:?} (f32, f16, q8)"))
     }
 }
 

@@ -30,6 +30,14 @@ static ADAPTER_CONFIG: &str = include_str!("../guard/adapter_config.json");
 /// What the guard is: training data, recipe, measured scores (`guard/guard.json`).
 pub static GUARD_CARD: &str = include_str!("../guard/guard.json");
 
+/// The key/value cache layout the card says this guard runs with unless told otherwise
+/// (`engine.kv_cache`; chosen by the guard's F1 and parse rate on its development splits,
+/// MODEL_CARD.md), or `None` where the card names none or is not JSON.
+pub fn card_kv_cache() -> Option<String> {
+    let card: serde_json::Value = serde_json::from_str(GUARD_CARD).ok()?;
+    card["engine"]["kv_cache"].as_str().map(str::to_owned)
+}
+
 /// A PEFT LoRA adapter in memory, with the hash it must have.
 #[derive(Debug, Clone, Copy)]
 pub struct Adapter<'a> {

@@ -11,4 +11,6 @@ mod scheduler;
 
 pub use chat::{encode_chat, ChatFormat};
 pub use metrics::Metrics;
-pub use scheduler::{collect, Event, LocalBackend, RuntimeError, RuntimeOptions, Submission};
+pub use scheduler::{
+    collect, default_guard_kv_cache, Event, LocalBackend, RuntimeError, RuntimeOptions, Submission,
+};

@@ -141,14 +141,35 @@ pub struct LocalBackend {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// The key/value cache the shipped guard's card names (`None`: the engine's own choice).
+pub fn default_guard_kv_cache() -> Result<Option<KvType>, RuntimeError> {
+    guardreasoner_hub::guard::card_kv_cache()
+        .map(|name| {
+            name.parse().map_err(|e: String| {
+                RuntimeError::Engine(EngineError::InvalidParams(format!(
+                    "the shipped guard card's engine.kv_cache: {e}"
+                )))
+            })
+        })
+        .transpose()
+}
+
 impl LocalBackend {
     /// Resolve a model spec (`None`/`default` for the embedded model, fetched on first use; a
     /// `.gguf` path; a Hugging Face directory; a Hub id) and load it.
+    ///
+    /// The shipped guard runs with the key/value cache its card names unless
+    /// `options.kv_cache` says otherwise ([`default_guard_kv_cache`]).
     pub fn from_spec(
         spec: Option<&str>,
-        options: RuntimeOptions,
+        mut options: RuntimeOptions,
     ) -> Result<LocalBackend, RuntimeError> {
         let resolved = guardreasoner_hub::resolve_from_env(spec)?;
+        if options.kv_cache.is_none()
+            && guardreasoner_hub::ModelSpec::parse(spec)? == guardreasoner_hub::ModelSpec::Default
+        {
+            options.kv_cache = default_guard_kv_cache()?;
+        }
         LocalBackend::load(resolved.path(), options)
     }
 
