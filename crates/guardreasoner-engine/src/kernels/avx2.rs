@@ -302,7 +302,7 @@ unsafe fn load8kv<T: KvElem>(data: *const T, scales: *const f32, i: usize) -> __
 /// The horizontal sums of four vectors, in order.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn hsum4(a: [__m256; 4]) -> __m128 {
+pub(super) unsafe fn hsum4(a: [__m256; 4]) -> __m128 {
     let t0 = _mm256_hadd_ps(a[0], a[1]);
     let t1 = _mm256_hadd_ps(a[2], a[3]);
     let t = _mm256_hadd_ps(t0, t1);
@@ -478,7 +478,7 @@ unsafe fn values<T: KvElem, const H: usize, const W: usize>(
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn add_scalar(x: &mut [f32], a: f32) {
+pub(super) unsafe fn add_scalar(x: &mut [f32], a: f32) {
     let n = x.len();
     let p = x.as_mut_ptr();
     let av = _mm256_set1_ps(a);
@@ -494,7 +494,7 @@ unsafe fn add_scalar(x: &mut [f32], a: f32) {
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn scale_in_place(x: &mut [f32], a: f32) {
+pub(super) unsafe fn scale_in_place(x: &mut [f32], a: f32) {
     let n = x.len();
     let p = x.as_mut_ptr();
     let av = _mm256_set1_ps(a);

@@ -15,7 +15,9 @@
 //! Callers must have checked the CPU features ([`super::Isa::detect`]); the functions are
 //! `unsafe` for that reason only: memory accesses stay inside the slices passed in.
 
-use super::avx2::each_row;
+use super::avx2::{self, each_row};
+use super::{KvElem, KvSeg, KV_Q8_BLOCK};
+use crate::kv_cache::KvType;
 use crate::quant::{BlockQ16, WeightType, QK};
 use std::arch::x86_64::*;
 
@@ -145,4 +147,179 @@ unsafe fn q8_0_group<const N: usize>(
         }
     }
     acc
+}
+
+/// See [`super::attend`]: the same computation as [`super::avx2::attend`] on 512-bit vectors
+/// (a 64-element head is four registers, and the weighted sum of the values covers the whole
+/// head in one pass over the positions instead of four).
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx2, fma and f16c; `head_dim`, `stride` and
+/// `offset` must be multiples of 16 and every segment long enough (checked by the caller).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+pub unsafe fn attend<T: KvElem>(
+    q: &[f32],
+    head_dim: usize,
+    segs: &[KvSeg<'_, T>],
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let d = head_dim;
+    let total: usize = segs.iter().map(|s| s.len).sum();
+    let heads = q.len() / d;
+    let mut h0 = 0;
+    while h0 < heads {
+        let n = (heads - h0).min(4);
+        let (q, out) = (&q[h0 * d..(h0 + n) * d], &mut out[h0 * d..(h0 + n) * d]);
+        match n {
+            1 => group::<T, 1>(q, d, segs, total, stride, offset, scale, scores, out),
+            2 => group::<T, 2>(q, d, segs, total, stride, offset, scale, scores, out),
+            3 => group::<T, 3>(q, d, segs, total, stride, offset, scale, scores, out),
+            _ => group::<T, 4>(q, d, segs, total, stride, offset, scale, scores, out),
+        }
+        h0 += n;
+    }
+}
+
+/// Sixteen cached elements starting at `i`, as f32 (`i` a multiple of 16, so an 8-bit
+/// block's sixteen share one scale).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn load16kv<T: KvElem>(data: *const T, scales: *const f32, i: usize) -> __m512 {
+    let p = data.add(i);
+    match T::TYPE {
+        KvType::F32 => _mm512_loadu_ps(p as *const f32),
+        KvType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+        KvType::Q8 => _mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i))),
+            _mm512_set1_ps(*scales.add(i / KV_Q8_BLOCK)),
+        ),
+    }
+}
+
+/// The 512-bit vectors folded to 256 bits (the two halves added), for [`avx2::hsum4`].
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn fold(v: __m512) -> __m256 {
+    _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps::<1>(v))
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn group<T: KvElem, const H: usize>(
+    q: &[f32],
+    d: usize,
+    segs: &[KvSeg<'_, T>],
+    total: usize,
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    scores.clear();
+    scores.resize(H * total, 0.0);
+    if total == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let qp = q.as_ptr();
+    let sp = scores.as_mut_ptr();
+    // Scores, four positions at a time; a lone position is reduced as a block of four with
+    // zeros, so a score does not depend on where the segment boundaries fall.
+    let mut base = 0;
+    for seg in segs {
+        let (k, ks) = (seg.k.as_ptr(), seg.k_scale.as_ptr());
+        let mut p = 0;
+        while p < seg.len {
+            let m = (seg.len - p).min(4);
+            let mut acc = [[_mm512_setzero_ps(); 4]; H];
+            let mut c = 0;
+            while c < d {
+                for j in 0..m {
+                    let kv = load16kv(k, ks, (p + j) * stride + offset + c);
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(h * d + c)), kv, acc[j]);
+                    }
+                }
+                c += 16;
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                let s = _mm_mul_ps(
+                    avx2::hsum4([fold(acc[0]), fold(acc[1]), fold(acc[2]), fold(acc[3])]),
+                    _mm_set1_ps(scale),
+                );
+                let mut four = [0.0f32; 4];
+                _mm_storeu_ps(four.as_mut_ptr(), s);
+                for (j, v) in four.iter().take(m).enumerate() {
+                    *sp.add(h * total + base + p + j) = *v;
+                }
+            }
+            p += m;
+        }
+        base += seg.len;
+    }
+    // Softmax weights, normalised.
+    for h in 0..H {
+        let s = &mut scores[h * total..(h + 1) * total];
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        avx2::add_scalar(s, -max);
+        let inv = 1.0 / avx2::exp_in_place(s);
+        avx2::scale_in_place(s, inv);
+    }
+    // Weighted sums of the values, up to four registers (64 elements) of the head per pass.
+    let mut c0 = 0;
+    while c0 < d {
+        match (d - c0) / 16 {
+            1 => values::<T, H, 1>(segs, scores, total, stride, offset + c0, out, d, c0),
+            2 => values::<T, H, 2>(segs, scores, total, stride, offset + c0, out, d, c0),
+            3 => values::<T, H, 3>(segs, scores, total, stride, offset + c0, out, d, c0),
+            _ => values::<T, H, 4>(segs, scores, total, stride, offset + c0, out, d, c0),
+        }
+        c0 += 16 * ((d - c0) / 16).min(4);
+    }
+}
+
+/// `out[h][c0..c0 + 16W] = Σ_p w[h][p] · V[p][col..col + 16W]`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn values<T: KvElem, const H: usize, const W: usize>(
+    segs: &[KvSeg<'_, T>],
+    w: &[f32],
+    total: usize,
+    stride: usize,
+    col: usize,
+    out: &mut [f32],
+    d: usize,
+    c0: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); W]; H];
+    let wp = w.as_ptr();
+    let mut base = 0;
+    for seg in segs {
+        let (v, vs) = (seg.v.as_ptr(), seg.v_scale.as_ptr());
+        for p in 0..seg.len {
+            let row = p * stride + col;
+            let vv: [__m512; W] = std::array::from_fn(|i| load16kv(v, vs, row + 16 * i));
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let wb = _mm512_set1_ps(*wp.add(h * total + base + p));
+                for i in 0..W {
+                    acc[i] = _mm512_fmadd_ps(wb, vv[i], acc[i]);
+                }
+            }
+        }
+        base += seg.len;
+    }
+    let op = out.as_mut_ptr();
+    for (h, acc) in acc.iter().enumerate() {
+        for (i, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(op.add(h * d + c0 + 16 * i), *a);
+        }
+    }
 }

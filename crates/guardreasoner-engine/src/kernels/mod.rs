@@ -294,6 +294,14 @@ pub fn attend<T: KvElem>(
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced after detecting avx512f/bw besides avx2, fma
+        // and f16c; the bounds were checked above.
+        Isa::Avx512
+            if head_dim.is_multiple_of(16)
+                && stride.is_multiple_of(16)
+                && offset.is_multiple_of(16) =>
+        unsafe { avx512::attend(q, head_dim, segs, stride, offset, scale, scores, out) },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` (and `Avx512`) are only produced after detecting avx2, fma and
         // f16c; the bounds were checked above.
         Isa::Avx2 | Isa::Avx512
@@ -647,6 +655,8 @@ mod tests {
                 (64, [21, 19]),
                 (16, [8, 1]),
                 (128, [3, 0]),
+                (48, [7, 9]),
+                (32, [2, 3]),
                 (12, [5, 6]),
             ] {
                 check_attention::<f32>(heads, d, lens, 5 + heads as u64);
