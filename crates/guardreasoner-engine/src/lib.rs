@@ -4,10 +4,11 @@
 //!   Q6_K) and Hugging Face directories (`config.json` + `model.safetensors` or shards, f32 /
 //!   f16 / bf16, `llama3` rope scaling, grouped-query attention, tied embeddings).
 //! * Runs quantised weights against 16-bit activation blocks with kernels picked at run time
-//!   from the CPU's features (AVX2/FMA/F16C, AVX-512 VNNI, portable scalar fallback: [`kernels`]).
+//!   from the CPU's features (AVX2/FMA/F16C, AVX-512 VNNI, portable scalar fallback: [`kernels`]);
+//!   on AVX-512 VNNI, Q8_0 matrices are stored with sixteen rows interleaved, one per lane.
 //! * Decodes many sequences together ([`DecodeBatch`]): each step runs one forward pass over
 //!   the new tokens of every sequence (prompt chunks and single decode tokens alike), each with
-//!   its own key/value cache (f16, growing as tokens arrive); the shared guard instruction is
+//!   its own key/value cache (f16 or 8-bit, growing as tokens arrive); the shared guard instruction is
 //!   prefilled once ([`Engine::register_prefix`]) and its keys/values are read by every sequence
 //!   that starts with it, never copied.
 //!
