@@ -20,6 +20,9 @@
 #   RELEASED=140 STEPS=200 scripts/direct-train-default-guard.sh runs/r-sft-4
 # r-sft-5 (shipped 2026-12-06) the same from r-sft-4's adapter with LABELS_SKIP=2120
 # RELEASED_SKIP=380 (scripts/reproduce-default-guard.sh chains them all).
+# r-sft-6 (2026-12-06, measured, not shipped: dev mean 76.88 against r-sft-5's 78.00) the same
+# from r-sft-5's adapter with TAG=r-sft-6 LABELS_SKIP=3440 RELEASED_SKIP=520 LABELS_DIRECT=1200
+# RELEASED_DIRECT=240 RELEASED=160 STEPS=200.
 # (LABELS_DEV_LIMIT=0: the whole train-labels dev split; 300, the default, is the sample the
 # model card compares candidates on). Stage 7 picks the band (scripts/choose-auto-band.py).
 # Usage: scripts/direct-train-default-guard.sh [WORKDIR]   (default: runs/direct)
