@@ -157,8 +157,12 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
         prompts.iter().map(Vec::len).max().unwrap_or(0),
         instruction_tokens,
     );
+    // The bandwidth probe's 256 MiB buffer is no part of the engine's memory: the peak is
+    // taken before it (loading) and again after it is freed (the measurements).
+    let load_peak = peak_rss_mib();
     let peak = roofline::measure(a.threads, 256 << 20);
     print_roofline(&peak);
+    let rss_from_here = guardreasoner_engine::bench::reset_peak_rss();
     let config = engine.config().clone();
     let weight_bytes = engine.model().weight_bytes() as f64;
     // Each figure against the limit that binds it: one sequence decoding reads every weight per
@@ -201,8 +205,15 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
             l.detail
         )
     })?;
-    if let Some(rss) = peak_rss_mib() {
-        println!("peak RSS: {rss:.0} MiB");
+    match (peak_rss_mib(), load_peak) {
+        (Some(run), Some(load)) if rss_from_here => println!(
+            "peak RSS: {:.0} MiB (loading {load:.0}, measurements {run:.0}; the roofline probe's buffer excluded)",
+            run.max(load)
+        ),
+        (Some(rss), _) => {
+            println!("peak RSS: {rss:.0} MiB (whole process, the roofline probe's 256 MiB buffer included)")
+        }
+        _ => {}
     }
     Ok(())
 }

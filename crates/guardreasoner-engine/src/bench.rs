@@ -53,6 +53,13 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Start the peak-resident-memory count afresh (Linux: `5` to `/proc/self/clear_refs` resets
+/// `VmHWM` to the current RSS), so a later [`peak_rss_mib`] covers only what follows, not a
+/// measurement's buffer already freed. Returns whether the reset took effect.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Run every measurement, calling `report` as each finishes.
 pub fn run(
     engine: &Engine,
