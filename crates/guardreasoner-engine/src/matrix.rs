@@ -231,28 +231,22 @@ pub fn matmul(
                     let xs: [&[BlockQ16]; MAX_COLS] = std::array::from_fn(|c| {
                         &q16[(t0 + c.min(n - 1)) * blocks..(t0 + c.min(n - 1) + 1) * blocks]
                     });
-                    if w.interleaved {
-                        let g = interleaved::GROUP;
-                        for r in (r0..r1).step_by(g) {
-                            let group = &w.data[r * w.row_bytes..(r + g) * w.row_bytes];
-                            let o = &mut block_dots[..g * n];
-                            kernels::dot_q16_group(isa, group, &xs[..n], o);
-                            for (i, d) in o.chunks_exact(n).enumerate() {
-                                for (c, &v) in d.iter().enumerate() {
-                                    // SAFETY: as below; the group's rows are this task's.
-                                    unsafe { *outp.0.add((t0 + c) * rows + r + i) = v };
-                                }
-                            }
-                        }
-                        t0 += n;
-                        continue;
-                    }
+                    // A call covers one interleaved group, or up to ROWS_PER_CALL plain rows.
+                    let step = if w.interleaved {
+                        interleaved::GROUP
+                    } else {
+                        ROWS_PER_CALL
+                    };
                     let mut r = r0;
                     while r < r1 {
-                        let k = (r1 - r).min(ROWS_PER_CALL);
+                        let k = (r1 - r).min(step);
                         let data = &w.data[r * w.row_bytes..(r + k) * w.row_bytes];
                         let o = &mut block_dots[..k * n];
-                        kernels::dot_q16_rows(isa, w.ty, data, w.row_bytes, &xs[..n], o);
+                        if w.interleaved {
+                            kernels::dot_q16_group(isa, data, &xs[..n], o);
+                        } else {
+                            kernels::dot_q16_rows(isa, w.ty, data, w.row_bytes, &xs[..n], o);
+                        }
                         for (i, d) in o.chunks_exact(n).enumerate() {
                             for (c, &v) in d.iter().enumerate() {
                                 // SAFETY: (t0 + c, r + i) is inside `out` (checked above) and
