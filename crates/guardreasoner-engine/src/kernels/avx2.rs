@@ -328,18 +328,14 @@ pub unsafe fn attend<T: KvElem>(
 ) {
     let d = head_dim;
     let total: usize = segs.iter().map(|s| s.len).sum();
-    let heads = q.len() / d;
-    let mut h0 = 0;
-    while h0 < heads {
-        let n = (heads - h0).min(4);
-        let (q, out) = (&q[h0 * d..(h0 + n) * d], &mut out[h0 * d..(h0 + n) * d]);
-        match n {
+    // Up to four query heads at a time.
+    for (q, out) in q.chunks(4 * d).zip(out.chunks_mut(4 * d)) {
+        match q.len() / d {
             1 => group::<T, 1>(q, d, segs, total, stride, offset, scale, scores, out),
             2 => group::<T, 2>(q, d, segs, total, stride, offset, scale, scores, out),
             3 => group::<T, 3>(q, d, segs, total, stride, offset, scale, scores, out),
             _ => group::<T, 4>(q, d, segs, total, stride, offset, scale, scores, out),
         }
-        h0 += n;
     }
 }
 
@@ -413,14 +409,7 @@ unsafe fn group<T: KvElem, const H: usize>(
         }
         base += seg.len;
     }
-    // Softmax weights, normalised.
-    for h in 0..H {
-        let s = &mut scores[h * total..(h + 1) * total];
-        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        add_scalar(s, -max);
-        let inv = 1.0 / exp_in_place(s);
-        scale_in_place(s, inv);
-    }
+    softmax_rows(scores, total);
     // Weighted sums of the values.
     let mut c0 = 0;
     while c0 < d {
@@ -476,9 +465,21 @@ unsafe fn values<T: KvElem, const H: usize, const W: usize>(
     }
 }
 
+/// Each `row_len` row of `scores` replaced by its softmax weights (normalised).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn add_scalar(x: &mut [f32], a: f32) {
+pub(super) unsafe fn softmax_rows(scores: &mut [f32], row_len: usize) {
+    for s in scores.chunks_exact_mut(row_len) {
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        add_scalar(s, -max);
+        let inv = 1.0 / exp_in_place(s);
+        scale_in_place(s, inv);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn add_scalar(x: &mut [f32], a: f32) {
     let n = x.len();
     let p = x.as_mut_ptr();
     let av = _mm256_set1_ps(a);
@@ -494,7 +495,7 @@ pub(super) unsafe fn add_scalar(x: &mut [f32], a: f32) {
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn scale_in_place(x: &mut [f32], a: f32) {
+unsafe fn scale_in_place(x: &mut [f32], a: f32) {
     let n = x.len();
     let p = x.as_mut_ptr();
     let av = _mm256_set1_ps(a);

@@ -170,18 +170,14 @@ pub unsafe fn attend<T: KvElem>(
 ) {
     let d = head_dim;
     let total: usize = segs.iter().map(|s| s.len).sum();
-    let heads = q.len() / d;
-    let mut h0 = 0;
-    while h0 < heads {
-        let n = (heads - h0).min(4);
-        let (q, out) = (&q[h0 * d..(h0 + n) * d], &mut out[h0 * d..(h0 + n) * d]);
-        match n {
+    // Up to four query heads at a time.
+    for (q, out) in q.chunks(4 * d).zip(out.chunks_mut(4 * d)) {
+        match q.len() / d {
             1 => group::<T, 1>(q, d, segs, total, stride, offset, scale, scores, out),
             2 => group::<T, 2>(q, d, segs, total, stride, offset, scale, scores, out),
             3 => group::<T, 3>(q, d, segs, total, stride, offset, scale, scores, out),
             _ => group::<T, 4>(q, d, segs, total, stride, offset, scale, scores, out),
         }
-        h0 += n;
     }
 }
 
@@ -264,14 +260,7 @@ unsafe fn group<T: KvElem, const H: usize>(
         }
         base += seg.len;
     }
-    // Softmax weights, normalised.
-    for h in 0..H {
-        let s = &mut scores[h * total..(h + 1) * total];
-        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        avx2::add_scalar(s, -max);
-        let inv = 1.0 / avx2::exp_in_place(s);
-        avx2::scale_in_place(s, inv);
-    }
+    avx2::softmax_rows(scores, total);
     // Weighted sums of the values, up to four registers (64 elements) of the head per pass.
     let mut c0 = 0;
     while c0 < d {

@@ -355,6 +355,16 @@ mod tests {
         fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
             (0..n).map(|_| self.next_f32() * scale).collect()
         }
+        /// `MAX_COLS` random activation vectors of `cols`, quantised to 16-bit blocks.
+        fn q16_vectors(&mut self, cols: usize) -> Vec<Vec<BlockQ16>> {
+            (0..MAX_COLS)
+                .map(|_| {
+                    let mut q = vec![BlockQ16::default(); cols / QK];
+                    quantize_row_q16(&self.vec(cols, 2.0), &mut q);
+                    q
+                })
+                .collect()
+        }
     }
 
     const TYPES: [WeightType; 8] = [
@@ -456,13 +466,7 @@ mod tests {
                 .flat_map(|_| quantize_row(ty, &rng.vec(cols, 1.0)))
                 .collect();
             let row_bytes = rows.len() / 7;
-            let xs_q: Vec<Vec<BlockQ16>> = (0..MAX_COLS)
-                .map(|_| {
-                    let mut q = vec![BlockQ16::default(); cols / QK];
-                    quantize_row_q16(&rng.vec(cols, 2.0), &mut q);
-                    q
-                })
-                .collect();
+            let xs_q = rng.q16_vectors(cols);
             for n in 1..=MAX_COLS {
                 let xs: Vec<&[BlockQ16]> = xs_q[..n].iter().map(|v| v.as_slice()).collect();
                 let mut want = vec![0.0; 7 * n];
@@ -504,13 +508,7 @@ mod tests {
             row_of(group, r % GROUP, &mut back);
             assert_eq!(back, want, "row {r} unpacks to itself");
         }
-        let xs_q: Vec<Vec<BlockQ16>> = (0..MAX_COLS)
-            .map(|_| {
-                let mut q = vec![BlockQ16::default(); cols / QK];
-                quantize_row_q16(&rng.vec(cols, 2.0), &mut q);
-                q
-            })
-            .collect();
+        let xs_q = rng.q16_vectors(cols);
         for n in 1..=MAX_COLS {
             let xs: Vec<&[BlockQ16]> = xs_q[..n].iter().map(|v| v.as_slice()).collect();
             for g in 0..2 {
