@@ -37,6 +37,7 @@ RELEASED_DIRECT=${RELEASED_DIRECT:-240}
 RELEASED=${RELEASED:-240}
 STEPS=${STEPS:-160}
 LR=${LR:-3e-4}
+CUTOFF=${CUTOFF:-768}
 LABELS_DEV_LIMIT=${LABELS_DEV_LIMIT:-300}
 LABELS_SKIP=${LABELS_SKIP:-0}
 RELEASED_SKIP=${RELEASED_SKIP:-0}
@@ -76,14 +77,36 @@ json.dump(records, open(sys.argv[2], "w"))
 PY
 "$BIN" data direct --data "$WORK/released-shuffled.json" --out "$WORK/released-direct.json"
 # What an earlier candidate trained on is skipped (each file is in a fixed order).
-${GUARDREASONER_PYTHON:-python3} - "$WORK" "$LABELS_SKIP" "$RELEASED_SKIP" <<'PY'
-import json, sys
-work, labels_skip, released_skip = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+# RELEASED_MIX=responses keeps, of the released records after the skip, only those with an AI
+# response (the scarce response and refusal tasks): every harmful response among them and as
+# many unharmful ones, shuffled together (seed 2), first; then the rest in their shuffled order.
+# The direct file follows the same selection.
+${GUARDREASONER_PYTHON:-python3} - "$WORK" "$LABELS_SKIP" "$RELEASED_SKIP" "${RELEASED_MIX:-all}" <<'PY'
+import json, random, sys
+work, labels_skip, released_skip, mix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def answers(record):
+    block = record["output"].rsplit("Answers:", 1)[-1]
+    return dict(line.split(":", 1) for line in block.strip().splitlines() if ":" in line)
+reasoned = json.load(open(f"{work}/released-shuffled.json"))[released_skip:]
+order = list(range(len(reasoned)))
+if mix == "responses":
+    tasks = [{k.strip(): v.strip() for k, v in answers(r).items()} for r in reasoned]
+    with_response = [i for i in order if tasks[i].get("Completion", "None") != "None"]
+    harmful = [i for i in with_response if tasks[i].get("Response") == "harmful"]
+    rest = [i for i in with_response if tasks[i].get("Response") != "harmful"]
+    head = harmful + rest[: len(harmful)]
+    random.Random(2).shuffle(head)
+    order = head + rest[len(harmful):]
+    print(f"released records with a response: {len(with_response)} ({len(harmful)} harmful), first")
+elif mix != "all":
+    sys.exit(f"RELEASED_MIX must be all or responses, not {mix}")
 for name, skip in [("labels-direct", labels_skip), ("released-direct", released_skip),
                    ("released-shuffled", released_skip)]:
-    records = json.load(open(f"{work}/{name}.json"))
-    json.dump(records[skip:], open(f"{work}/{name}-from.json", "w"))
-    print(f"{name}: {len(records)} records, training from record {skip}")
+    records = json.load(open(f"{work}/{name}.json"))[skip:]
+    if name != "labels-direct":
+        records = [records[i] for i in order]
+    json.dump(records, open(f"{work}/{name}-from.json", "w"))
+    print(f"{name}: {len(records) + skip} records, training from record {skip} ({len(records)})")
 PY
 done_stage "3. direct answers"
 
@@ -96,7 +119,7 @@ ls -d "$WORK"/sft/checkpoint-* >/dev/null 2>&1 && RESUME=(--resume)
   --data "$WORK/released-shuffled-from.json:$RELEASED" \
   --output "$WORK/sft" --init-adapter "$INIT_ADAPTER" \
   --preset none --grad-accum 8 --learning-rate "$LR" --warmup-ratio 0.05 \
-  --max-steps "$STEPS" --save-steps 20 --cutoff-len 768 \
+  --max-steps "$STEPS" --save-steps 20 --cutoff-len "$CUTOFF" \
   --lora-rank 32 --lora-alpha 32 "${RESUME[@]}"
 done_stage "4. R-SFT"
 
