@@ -17,6 +17,9 @@ pub enum EngineError {
     /// The GGUF reader rejected the file (truncated, corrupt, wrong version, ...).
     #[error(transparent)]
     Gguf(#[from] guardreasoner_gguf::GgufError),
+    /// A Hugging Face directory whose weight files cannot be told (see `guardreasoner_gguf::hf`).
+    #[error(transparent)]
+    HfDir(#[from] guardreasoner_gguf::hf::HfDirError),
     /// A safetensors file could not be parsed.
     #[error("{path}: invalid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },

@@ -5,7 +5,11 @@
 //!
 //! Every length read from the file is checked against the bytes that remain, so a truncated
 //! or corrupt file is a [`GgufError`], never a panic or a huge allocation.
+//!
+//! [`hf`] holds the one rule for which files of a Hugging Face checkpoint directory are its
+//! weights (engine and trainer both follow it).
 
+pub mod hf;
 pub mod write;
 
 use memmap2::Mmap;

@@ -43,6 +43,8 @@ pub enum TrainError {
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
     #[error(transparent)]
+    HfDir(#[from] guardreasoner_gguf::hf::HfDirError),
+    #[error(transparent)]
     Core(#[from] guardreasoner_core::jsonl::DataError),
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),

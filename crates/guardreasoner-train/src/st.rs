@@ -342,8 +342,9 @@ impl Reader {
     }
 }
 
-/// The safetensors files of a checkpoint directory (every `*.safetensors`, in name order: a
-/// sharded checkpoint has several), read tensor by tensor.
+/// The weight files of a checkpoint directory (chosen by the one HF-directory rule,
+/// [`guardreasoner_gguf::hf::weight_files`]: a sharded checkpoint has several), read tensor by
+/// tensor.
 pub struct Checkpoint {
     readers: Vec<Reader>,
     /// The reader holding each tensor (a name found in several files: the last file's).
@@ -351,20 +352,10 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens every safetensors file in `dir`; none is an error naming the directory.
+    /// Opens the weight files of `dir`; none, or several without an index, is an error naming
+    /// the directory.
     pub fn open(dir: &Path) -> Result<Self, TrainError> {
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| TrainError::io(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(TrainError::Format {
-                path: dir.to_path_buf(),
-                message: "no *.safetensors file in the checkpoint directory".into(),
-            });
-        }
+        let files = guardreasoner_gguf::hf::weight_files(dir)?;
         let readers = files
             .iter()
             .map(|f| Reader::open(f))

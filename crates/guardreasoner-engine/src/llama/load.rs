@@ -193,45 +193,7 @@ impl SafetensorsSet {
             let path = path.to_path_buf();
             move |source| EngineError::Io { path, source }
         };
-        let index_path = dir.join("model.safetensors.index.json");
-        let names: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(io(&index_path))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| EngineError::Safetensors {
-                    path: index_path.clone(),
-                    message: e.to_string(),
-                })?;
-            let map = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| EngineError::Safetensors {
-                    path: index_path.clone(),
-                    message: "no weight_map object".into(),
-                })?;
-            let mut shards: Vec<String> = map
-                .values()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect();
-            shards.sort();
-            shards.dedup();
-            shards.into_iter().map(|s| dir.join(s)).collect()
-        } else if dir.join("model.safetensors").exists() {
-            vec![dir.join("model.safetensors")]
-        } else {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(io(dir))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-                .collect();
-            found.sort();
-            found
-        };
-        if names.is_empty() {
-            return Err(EngineError::MissingTensor {
-                path: dir.to_path_buf(),
-                name: "*.safetensors (no weight files)".into(),
-            });
-        }
+        let names = guardreasoner_gguf::hf::weight_files(dir)?;
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for path in names {
