@@ -2,7 +2,6 @@
 //! adapter merge (HF checkpoint + GGUF).
 
 use anyhow::{bail, Context};
-use candle_core::DType;
 use clap::{Args, Subcommand};
 use guardreasoner_tokenizer::Tokenizer;
 use guardreasoner_train::data::{load_records, tokenize, DataSource, TextEncoder};
@@ -17,6 +16,7 @@ use guardreasoner_train::model::{Llama, TrainMode};
 use guardreasoner_train::optim::AdamWConfig;
 use guardreasoner_train::sft::SftObjective;
 use guardreasoner_train::trainer::{train, Objective, Resume, RunOptions, TrainerConfig};
+use guardreasoner_train::WeightDtype;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -100,9 +100,9 @@ struct CommonArgs {
     /// targets must be those of --lora-*; the result is still one adapter on the base.
     #[arg(long, env = "GUARDREASONER_INIT_ADAPTER", requires = "lora_rank")]
     init_adapter: Option<PathBuf>,
-    /// dtype of the saved full model: f32 or bf16.
-    #[arg(long, default_value = "bf16")]
-    save_dtype: String,
+    /// Element type of the saved full model: f32, bf16 or f16.
+    #[arg(long, env = "GUARDREASONER_SAVE_DTYPE", default_value = "bf16")]
+    save_dtype: WeightDtype,
 }
 
 #[derive(Args)]
@@ -137,8 +137,9 @@ pub struct MergeArgs {
     adapter: PathBuf,
     #[arg(long)]
     output: PathBuf,
+    /// Element type of the merged checkpoint: f32, bf16 or f16.
     #[arg(long, default_value = "bf16")]
-    save_dtype: String,
+    save_dtype: WeightDtype,
     /// Element type of the `model.gguf` written beside the checkpoint (f16, f32), or `none`
     /// to write no GGUF.
     #[arg(long, default_value = "f16")]
@@ -175,15 +176,6 @@ fn encoder_for(model_dir: &Path) -> anyhow::Result<TokenizerEncoder> {
         .or_else(|| tokenizer.eos_ids().first().copied())
         .context("neither config.json nor the tokenizer names an EOS token")?;
     Ok(TokenizerEncoder { tokenizer, eos })
-}
-
-fn dtype(name: &str) -> anyhow::Result<DType> {
-    Ok(match name {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => bail!("unknown dtype {other:?} (f32, bf16, f16)"),
-    })
 }
 
 fn mode(c: &CommonArgs) -> anyhow::Result<TrainMode> {
@@ -267,7 +259,7 @@ fn run_training(
     match mode {
         TrainMode::Full => {
             let dir = c.output.join("model");
-            model.save_hf(&dir, dtype(&c.save_dtype)?)?;
+            model.save_hf(&dir, c.save_dtype)?;
             copy_tokenizer(Path::new(&c.model), &dir)?;
             eprintln!("saved the model to {}", dir.display());
         }
@@ -359,7 +351,7 @@ fn base_dir(c: &CommonArgs) -> anyhow::Result<PathBuf> {
 
 /// The model to train, its adapters started from --init-adapter when given.
 fn load_model(c: &CommonArgs, model_dir: &Path, mode: &TrainMode) -> anyhow::Result<Llama> {
-    let mut model = Llama::load_hf(model_dir, DType::F32, mode.clone(), c.seed)?;
+    let mut model = Llama::load_hf(model_dir, WeightDtype::F32, mode.clone(), c.seed)?;
     if let (Some(dir), TrainMode::Lora(lora)) = (&c.init_adapter, mode) {
         let (init, tensors) = load_adapter(dir)
             .with_context(|| format!("reading the initial adapter {}", dir.display()))?;
@@ -464,7 +456,7 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
 
 pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
     let config = guardreasoner_train::model::read_config(&args.base.join("config.json"))?;
-    let out_dtype = dtype(&args.save_dtype)?;
+    let out_dtype = args.save_dtype;
     let weight_type = match args.gguf.as_str() {
         "none" => None,
         "f16" => Some(GgufWeightType::F16),

@@ -50,7 +50,7 @@ fn gguf_merge_matches_the_reference_merge() {
         &cfg,
         &tensors,
         &reference_dir.join("model.safetensors"),
-        candle_core::DType::F32,
+        guardreasoner_train::WeightDtype::F32,
     )
     .expect("reference merge");
     // Ours.

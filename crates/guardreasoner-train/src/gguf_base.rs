@@ -140,7 +140,7 @@ pub fn convert_gguf_to_hf(gguf: &Path, dir: &Path) -> Result<(), TrainError> {
             shape: hf_shape(info),
             data: crate::st::Payload::Lazy {
                 count: info.element_count() as usize,
-                dtype: DType::F32,
+                dtype: crate::WeightDtype::F32,
                 values: Box::new({
                     let hf = hf.clone();
                     move || hf_values(file, info, &hf, config)

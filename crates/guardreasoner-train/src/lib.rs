@@ -80,4 +80,5 @@ pub mod gguf_base;
 pub mod optim;
 pub mod sft;
 mod st;
+pub use st::WeightDtype;
 pub mod trainer;

@@ -237,7 +237,7 @@ pub fn merge_checkpoint(
     cfg: &LoraConfig,
     adapter: &BTreeMap<String, Tensor>,
     out: &Path,
-    dtype: DType,
+    dtype: crate::WeightDtype,
 ) -> Result<(), TrainError> {
     // `from_file` also validates it.
     let config = crate::model::read_config(&base.join("config.json"))?;

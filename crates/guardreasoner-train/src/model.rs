@@ -117,10 +117,11 @@ impl Llama {
     /// converting weights to `dtype`.
     pub fn load_hf(
         dir: &Path,
-        dtype: DType,
+        dtype: crate::WeightDtype,
         mode: TrainMode,
         seed: u64,
     ) -> Result<Self, TrainError> {
+        let dtype = dtype.candle();
         let config = read_config(&dir.join("config.json"))?;
         let mut weights = BTreeMap::new();
         for (name, t) in load_checkpoint_weights(dir)? {
@@ -439,7 +440,7 @@ impl Llama {
     /// Saves an HF-layout checkpoint (`config.json` + `model.safetensors`) with LoRA merged in,
     /// in `dtype`. Each weight is merged and converted only when it is written, so saving holds
     /// one converted weight at a time, not a second copy of the model.
-    pub fn save_hf(&self, dir: &Path, dtype: DType) -> Result<(), TrainError> {
+    pub fn save_hf(&self, dir: &Path, dtype: crate::WeightDtype) -> Result<(), TrainError> {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let config = serde_json::to_string_pretty(&self.config)
             .map_err(|e| TrainError::Model(e.to_string()))?;
@@ -546,14 +547,16 @@ pub fn load_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, TrainEr
 
 /// Writes tensors to a safetensors file atomically, in their own dtypes (see [`crate::st::write`]).
 pub fn save_safetensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), TrainError> {
-    let entries: Vec<crate::st::Entry> = tensors
+    let entries = tensors
         .iter()
-        .map(|(name, t)| crate::st::Entry {
-            name: name.clone(),
-            shape: t.dims().to_vec(),
-            data: crate::st::Payload::Tensor(t, t.dtype()),
+        .map(|(name, t)| {
+            Ok(crate::st::Entry {
+                name: name.clone(),
+                shape: t.dims().to_vec(),
+                data: crate::st::Payload::Tensor(t, crate::WeightDtype::of_candle(t.dtype())?),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, TrainError>>()?;
     crate::st::write(path, &entries)
 }
 

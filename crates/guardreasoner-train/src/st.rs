@@ -19,12 +19,12 @@ pub enum Payload<'a> {
     F32(&'a [f32]),
     /// A candle tensor, converted to the given dtype (f32, f64, bf16, f16) only when its turn
     /// comes, so at most one converted tensor exists at a time.
-    Tensor(&'a Tensor, DType),
+    Tensor(&'a Tensor, WeightDtype),
     /// f32 values of `count` elements, computed only when their turn comes and stored as
     /// `dtype` (f32, f64, bf16, f16; converted as candle converts f32).
     Lazy {
         count: usize,
-        dtype: DType,
+        dtype: WeightDtype,
         values: LazyValues<'a>,
     },
 }
@@ -33,9 +33,9 @@ pub enum Payload<'a> {
 pub type LazyValues<'a> = Box<dyn Fn() -> Result<Vec<f32>, TrainError> + 'a>;
 
 impl Payload<'_> {
-    fn dtype(&self) -> DType {
+    fn dtype(&self) -> WeightDtype {
         match self {
-            Payload::F32(_) => DType::F32,
+            Payload::F32(_) => WeightDtype::F32,
             Payload::Tensor(_, d) | Payload::Lazy { dtype: d, .. } => *d,
         }
     }
@@ -56,28 +56,92 @@ pub struct Entry<'a> {
     pub data: Payload<'a>,
 }
 
-fn dtype_name(d: DType) -> Result<&'static str, TrainError> {
-    Ok(match d {
-        DType::F32 => "F32",
-        DType::F64 => "F64",
-        DType::BF16 => "BF16",
-        DType::F16 => "F16",
-        other => {
-            return Err(TrainError::Model(format!(
-                "cannot write {other:?} tensors to safetensors"
-            )))
-        }
-    })
+/// How a tensor's values are stored in a file (the element types this crate reads and writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    F32,
+    F64,
+    Bf16,
+    F16,
 }
 
-fn dtype_of(name: &str) -> Option<DType> {
-    Some(match name {
-        "F32" => DType::F32,
-        "F64" => DType::F64,
-        "BF16" => DType::BF16,
-        "F16" => DType::F16,
-        _ => return None,
-    })
+impl WeightDtype {
+    /// Bytes per element.
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            WeightDtype::F64 => 8,
+            WeightDtype::F32 => 4,
+            WeightDtype::Bf16 | WeightDtype::F16 => 2,
+        }
+    }
+
+    /// The name in a safetensors header.
+    fn header_name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "F32",
+            WeightDtype::F64 => "F64",
+            WeightDtype::Bf16 => "BF16",
+            WeightDtype::F16 => "F16",
+        }
+    }
+
+    fn from_header_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "F32" => WeightDtype::F32,
+            "F64" => WeightDtype::F64,
+            "BF16" => WeightDtype::Bf16,
+            "F16" => WeightDtype::F16,
+            _ => return None,
+        })
+    }
+
+    /// The candle dtype of the same element type (the autograd model's tensors).
+    pub(crate) fn candle(self) -> DType {
+        match self {
+            WeightDtype::F32 => DType::F32,
+            WeightDtype::F64 => DType::F64,
+            WeightDtype::Bf16 => DType::BF16,
+            WeightDtype::F16 => DType::F16,
+        }
+    }
+}
+
+impl WeightDtype {
+    /// The element type of a candle tensor, where a file can store it.
+    pub(crate) fn of_candle(d: DType) -> Result<Self, TrainError> {
+        Ok(match d {
+            DType::F32 => WeightDtype::F32,
+            DType::F64 => WeightDtype::F64,
+            DType::BF16 => WeightDtype::Bf16,
+            DType::F16 => WeightDtype::F16,
+            other => {
+                return Err(TrainError::Model(format!(
+                    "cannot write {other:?} tensors to safetensors"
+                )))
+            }
+        })
+    }
+}
+
+impl std::str::FromStr for WeightDtype {
+    type Err = String;
+
+    /// `f32`, `bf16`, `f16` or `f64` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(WeightDtype::F32),
+            "bf16" => Ok(WeightDtype::Bf16),
+            "f16" => Ok(WeightDtype::F16),
+            "f64" => Ok(WeightDtype::F64),
+            other => Err(format!("unknown dtype {other:?} (f32, bf16, f16, f64)")),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.header_name().to_ascii_lowercase())
+    }
 }
 
 /// Elements converted per chunk when streaming.
@@ -114,22 +178,20 @@ fn write_payload(out: &mut impl Write, payload: &Payload, path: &Path) -> Result
                 )));
             }
             match dtype {
-                DType::F32 => write_values(out, &v, f32::to_le_bytes),
-                DType::F64 => write_values(out, &v, |x| (x as f64).to_le_bytes()),
-                DType::BF16 => write_values(out, &v, |x| bf16::from_f32(x).to_le_bytes()),
-                DType::F16 => write_values(out, &v, |x| f16::from_f32(x).to_le_bytes()),
-                other => return Err(TrainError::Model(format!("cannot write {other:?}"))),
+                WeightDtype::F32 => write_values(out, &v, f32::to_le_bytes),
+                WeightDtype::F64 => write_values(out, &v, |x| (x as f64).to_le_bytes()),
+                WeightDtype::Bf16 => write_values(out, &v, |x| bf16::from_f32(x).to_le_bytes()),
+                WeightDtype::F16 => write_values(out, &v, |x| f16::from_f32(x).to_le_bytes()),
             }
             .map_err(io)
         }
         Payload::Tensor(t, dtype) => {
-            let flat = t.to_dtype(*dtype)?.flatten_all()?;
+            let flat = t.to_dtype(dtype.candle())?.flatten_all()?;
             match dtype {
-                DType::F32 => write_values(out, &flat.to_vec1::<f32>()?, f32::to_le_bytes),
-                DType::F64 => write_values(out, &flat.to_vec1::<f64>()?, f64::to_le_bytes),
-                DType::BF16 => write_values(out, &flat.to_vec1::<bf16>()?, bf16::to_le_bytes),
-                DType::F16 => write_values(out, &flat.to_vec1::<f16>()?, f16::to_le_bytes),
-                other => return Err(TrainError::Model(format!("cannot write {other:?}"))),
+                WeightDtype::F32 => write_values(out, &flat.to_vec1::<f32>()?, f32::to_le_bytes),
+                WeightDtype::F64 => write_values(out, &flat.to_vec1::<f64>()?, f64::to_le_bytes),
+                WeightDtype::Bf16 => write_values(out, &flat.to_vec1::<bf16>()?, bf16::to_le_bytes),
+                WeightDtype::F16 => write_values(out, &flat.to_vec1::<f16>()?, f16::to_le_bytes),
             }
             .map_err(io)
         }
@@ -153,7 +215,7 @@ pub fn write(path: &Path, entries: &[Entry]) -> Result<(), TrainError> {
         header.insert(
             e.name.clone(),
             serde_json::json!({
-                "dtype": dtype_name(e.data.dtype())?,
+                "dtype": e.data.dtype().header_name(),
                 "shape": e.shape,
                 "data_offsets": [offset, offset + len],
             }),
@@ -190,7 +252,7 @@ fn write_file(tmp: &Path, header: &str, entries: &[Entry]) -> Result<(), TrainEr
 /// Where one tensor lies in a file.
 #[derive(Debug, Clone)]
 pub struct Info {
-    pub dtype: DType,
+    pub dtype: WeightDtype,
     pub shape: Vec<usize>,
     begin: u64,
     end: u64,
@@ -235,7 +297,7 @@ impl Reader {
             }
             let dtype = v["dtype"]
                 .as_str()
-                .and_then(dtype_of)
+                .and_then(WeightDtype::from_header_name)
                 .ok_or_else(|| bad(format!("tensor {name}: unsupported dtype {}", v["dtype"])))?;
             let numbers = |key: &str| -> Option<Vec<u64>> {
                 v[key].as_array()?.iter().map(|x| x.as_u64()).collect()
@@ -314,10 +376,10 @@ impl Reader {
             let mut it = bytes.chunks_exact(size);
             for (o, b) in chunk.iter_mut().zip(&mut it) {
                 *o = match info.dtype {
-                    DType::F32 => f32::from_le_bytes(b.try_into().unwrap_or_default()),
-                    DType::F64 => f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32,
-                    DType::BF16 => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-                    _ => f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                    WeightDtype::F32 => f32::from_le_bytes(b.try_into().unwrap_or_default()),
+                    WeightDtype::F64 => f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32,
+                    WeightDtype::Bf16 => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+                    WeightDtype::F16 => f16::from_le_bytes([b[0], b[1]]).to_f32(),
                 };
             }
         }
@@ -335,7 +397,7 @@ impl Reader {
         self.file.read_exact(&mut bytes).map_err(io)?;
         Ok(Tensor::from_raw_buffer(
             &bytes,
-            info.dtype,
+            info.dtype.candle(),
             &info.shape,
             &candle_core::Device::Cpu,
         )?)
@@ -419,21 +481,21 @@ mod tests {
             Entry {
                 name: "b".into(),
                 shape: vec![2, 2],
-                data: Payload::Tensor(&b, DType::BF16),
+                data: Payload::Tensor(&b, WeightDtype::Bf16),
             },
             Entry {
                 name: "c".into(),
                 shape: vec![3],
                 data: Payload::Lazy {
                     count: 3,
-                    dtype: DType::F32,
+                    dtype: WeightDtype::F32,
                     values: Box::new(|| Ok(vec![4.0, 5.0, 6.0])),
                 },
             },
         ];
         write(&path, &entries).unwrap();
         let mut r = Reader::open(&path).unwrap();
-        assert_eq!(r.tensors()["b"].dtype, DType::BF16);
+        assert_eq!(r.tensors()["b"].dtype, WeightDtype::Bf16);
         assert_eq!(r.tensors()["a"].shape, vec![2, 3]);
         let mut got = vec![0.0; 6];
         r.read_f32("a", &mut got).unwrap();
@@ -460,7 +522,7 @@ mod tests {
             shape: vec![2],
             data: Payload::Lazy {
                 count: 2,
-                dtype: DType::F32,
+                dtype: WeightDtype::F32,
                 values: Box::new(|| Err(TrainError::Model("no values".into()))),
             },
         }];

@@ -3,9 +3,8 @@
 
 mod common;
 
-use candle_core::DType;
 use guardreasoner_train::model::{Llama, TrainMode};
-use guardreasoner_train::TrainError;
+use guardreasoner_train::{TrainError, WeightDtype};
 
 fn reference() -> serde_json::Value {
     let path = common::shared("fixtures/tiny-llama3/reference.json");
@@ -20,7 +19,7 @@ fn last_logits(model: &Llama, ids: &[u32]) -> Vec<f32> {
 #[test]
 fn matches_transformers_logits_and_greedy() {
     let dir = common::shared("fixtures/tiny-llama3");
-    let mut model = Llama::load_hf(&dir, DType::F32, TrainMode::Full, 0).unwrap();
+    let mut model = Llama::load_hf(&dir, WeightDtype::F32, TrainMode::Full, 0).unwrap();
     model.reserve_positions(320).unwrap();
     for seq in reference()["sequences"].as_array().unwrap() {
         let ids: Vec<u32> = seq["ids"]
@@ -68,17 +67,17 @@ fn matches_transformers_logits_and_greedy() {
 #[test]
 fn save_and_reload_round_trips_in_f32_and_bf16() {
     let dir = common::shared("fixtures/tiny-llama3");
-    let model = Llama::load_hf(&dir, DType::F32, TrainMode::Full, 0).unwrap();
+    let model = Llama::load_hf(&dir, WeightDtype::F32, TrainMode::Full, 0).unwrap();
     let ids = [5u32, 17, 300, 4000];
     let want = last_logits(&model, &ids);
     let tmp = tempfile::tempdir().unwrap();
-    model.save_hf(tmp.path(), DType::F32).unwrap();
-    let again = Llama::load_hf(tmp.path(), DType::F32, TrainMode::Full, 0).unwrap();
+    model.save_hf(tmp.path(), WeightDtype::F32).unwrap();
+    let again = Llama::load_hf(tmp.path(), WeightDtype::F32, TrainMode::Full, 0).unwrap();
     assert_eq!(last_logits(&again, &ids), want);
     assert_eq!(again.config.rope_scaling, model.config.rope_scaling);
 
     let bf = tempfile::tempdir().unwrap();
-    model.save_hf(bf.path(), DType::BF16).unwrap();
+    model.save_hf(bf.path(), WeightDtype::Bf16).unwrap();
     // The file is standard safetensors: an independent reader sees every weight, in bf16.
     let bytes = std::fs::read(bf.path().join("model.safetensors")).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -88,7 +87,7 @@ fn save_and_reload_round_trips_in_f32_and_bf16() {
         assert_eq!(t.dtype(), safetensors::Dtype::BF16, "{name}");
         assert_eq!(t.shape(), w.dims(), "{name}");
     }
-    let from_bf16 = Llama::load_hf(bf.path(), DType::F32, TrainMode::Full, 0).unwrap();
+    let from_bf16 = Llama::load_hf(bf.path(), WeightDtype::F32, TrainMode::Full, 0).unwrap();
     let got = last_logits(&from_bf16, &ids);
     let worst = got
         .iter()
@@ -108,7 +107,7 @@ fn corrupt_or_mismatched_checkpoints_are_errors() {
         b"\x10\x00\x00\x00\x00\x00\x00\x00{not json",
     )
     .unwrap();
-    let err = Llama::load_hf(tmp.path(), DType::F32, TrainMode::Full, 0)
+    let err = Llama::load_hf(tmp.path(), WeightDtype::F32, TrainMode::Full, 0)
         .err()
         .expect("corrupt file must fail");
     assert!(matches!(err, TrainError::Format { .. }), "{err}");
@@ -124,7 +123,7 @@ fn corrupt_or_mismatched_checkpoints_are_errors() {
         tmp.path().join("model.safetensors"),
     )
     .unwrap();
-    let err = Llama::load_hf(tmp.path(), DType::F32, TrainMode::Full, 0)
+    let err = Llama::load_hf(tmp.path(), WeightDtype::F32, TrainMode::Full, 0)
         .err()
         .expect("shape mismatch must fail");
     assert!(err.to_string().contains("shape"), "{err}");

@@ -8,7 +8,7 @@ use guardreasoner_train::lora::{
     load_adapter, merge_checkpoint, peft_prefix, save_adapter, LoraConfig,
 };
 use guardreasoner_train::model::{load_safetensors, Llama, TrainMode};
-use guardreasoner_train::TrainError;
+use guardreasoner_train::{TrainError, WeightDtype};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -33,7 +33,7 @@ fn lora_config() -> LoraConfig {
 
 fn trained_lora_model() -> Llama {
     let dir = common::shared("fixtures/tiny-llama3");
-    let model = Llama::load_hf(&dir, DType::F32, TrainMode::Lora(lora_config()), 9).unwrap();
+    let model = Llama::load_hf(&dir, WeightDtype::F32, TrainMode::Lora(lora_config()), 9).unwrap();
     // Stand in for training: give every B a non-zero value so the adapters matter.
     for (name, var) in model.trainable() {
         if name.ends_with("lora_B.weight") {
@@ -67,13 +67,13 @@ fn merged_logits_equal_unmerged_and_differ_from_base() {
     let ids = [14917u32, 2914, 42, 198, 19556, 198];
     let unmerged = logits(&model, &ids);
     let dir = tempfile::tempdir().unwrap();
-    model.save_hf(dir.path(), DType::F32).unwrap();
-    let merged = Llama::load_hf(dir.path(), DType::F32, TrainMode::Full, 0).unwrap();
+    model.save_hf(dir.path(), WeightDtype::F32).unwrap();
+    let merged = Llama::load_hf(dir.path(), WeightDtype::F32, TrainMode::Full, 0).unwrap();
     let diff = max_diff(&unmerged, &logits(&merged, &ids));
     assert!(diff < 1e-4, "merged vs unmerged: {diff}");
     let base = Llama::load_hf(
         &common::shared("fixtures/tiny-llama3"),
-        DType::F32,
+        WeightDtype::F32,
         TrainMode::Full,
         0,
     )
@@ -118,7 +118,7 @@ fn peft_adapter_files_have_peft_names_and_merge_back() {
     assert_eq!(read_cfg, cfg);
     let out = dir.path().join("merged.safetensors");
     let base = common::shared("fixtures/tiny-llama3");
-    merge_checkpoint(&base, &read_cfg, &adapter, &out, DType::F32).unwrap();
+    merge_checkpoint(&base, &read_cfg, &adapter, &out, WeightDtype::F32).unwrap();
     let merged = load_safetensors(&out).unwrap();
     let in_memory = model.merged_weights().unwrap();
     assert_eq!(merged.len(), in_memory.len());
@@ -143,7 +143,7 @@ fn reference_merge(
     adapter: &BTreeMap<String, Tensor>,
     dtype: DType,
 ) -> BTreeMap<String, Tensor> {
-    let model = Llama::load_hf(base, DType::F32, TrainMode::Full, 0).unwrap();
+    let model = Llama::load_hf(base, WeightDtype::F32, TrainMode::Full, 0).unwrap();
     let mut out: BTreeMap<String, Tensor> = model
         .weights()
         .iter()
@@ -191,9 +191,13 @@ fn streaming_merge_equals_the_in_memory_merge_bit_for_bit() {
     save_adapter(&model, &cfg, "tiny-llama3", dir.path()).unwrap();
     let (cfg, adapter) = load_adapter(dir.path()).unwrap();
     let base = common::shared("fixtures/tiny-llama3");
-    for dtype in [DType::F32, DType::BF16, DType::F16] {
-        let out = dir.path().join(format!("{dtype:?}.safetensors"));
-        merge_checkpoint(&base, &cfg, &adapter, &out, dtype).unwrap();
+    for (stored, dtype) in [
+        (WeightDtype::F32, DType::F32),
+        (WeightDtype::Bf16, DType::BF16),
+        (WeightDtype::F16, DType::F16),
+    ] {
+        let out = dir.path().join(format!("{stored}.safetensors"));
+        merge_checkpoint(&base, &cfg, &adapter, &out, stored).unwrap();
         let streamed = load_safetensors(&out).unwrap();
         let reference = reference_merge(&base, &cfg, &adapter, dtype);
         assert_eq!(
@@ -226,7 +230,7 @@ fn merge_errors_name_the_tensor_at_fault_and_write_nothing() {
     let base = common::shared("fixtures/tiny-llama3");
     let out = dir.path().join("merged.safetensors");
     let merge = |adapter: &BTreeMap<String, Tensor>, cfg: &LoraConfig| -> String {
-        let err: TrainError = merge_checkpoint(&base, cfg, adapter, &out, DType::BF16)
+        let err: TrainError = merge_checkpoint(&base, cfg, adapter, &out, WeightDtype::Bf16)
             .expect_err("the merge must fail");
         assert!(!out.exists() && !out.with_extension("safetensors.tmp").exists());
         err.to_string()
@@ -271,7 +275,8 @@ fn a_saved_adapter_restarts_training_where_it_ended() {
     .unwrap();
     let (_, tensors) = load_adapter(dir.path()).unwrap();
     // A fresh model with another seed starts elsewhere; set from the adapter, it is the trained one.
-    let mut fresh = Llama::load_hf(&base, DType::F32, TrainMode::Lora(lora_config()), 1).unwrap();
+    let mut fresh =
+        Llama::load_hf(&base, WeightDtype::F32, TrainMode::Lora(lora_config()), 1).unwrap();
     let ids = [14917u32, 2914, 42, 198];
     assert!(max_diff(&logits(&fresh, &ids), &logits(&trained, &ids)) > 1e-3);
     fresh.set_trainable(&tensors).unwrap();
@@ -280,7 +285,7 @@ fn a_saved_adapter_restarts_training_where_it_ended() {
     // An adapter of another rank or with a missing tensor is refused by name.
     let mut other = lora_config();
     other.rank = 2;
-    let mut small = Llama::load_hf(&base, DType::F32, TrainMode::Lora(other), 1).unwrap();
+    let mut small = Llama::load_hf(&base, WeightDtype::F32, TrainMode::Lora(other), 1).unwrap();
     let err = small.set_trainable(&tensors).unwrap_err().to_string();
     assert!(err.contains("shape"), "{err}");
     let mut partial = tensors.clone();
