@@ -1,13 +1,20 @@
 //! Downloading a checkpoint from the Hugging Face Hub into the Hugging Face cache layout
-//! (`<cache>/models--owner--name/{refs/<revision>, snapshots/<commit>/<file>}`), so that files
-//! fetched here are found by Python tools and the other way round.
+//! (`<cache>/models--owner--name/{blobs/<etag>, snapshots/<commit>/<file>, refs/<revision>}`),
+//! so that files fetched here are found by Python tools and the other way round.
 //!
-//! Plain HTTPS with `ureq` (rustls): one API call lists the files of a revision and gives its
-//! commit, then each needed file is streamed to a temporary file and renamed into the snapshot.
+//! Through the `hf-hub` crate (its async API, over the same `reqwest` client the rest of the
+//! workspace uses): one API call lists the files of a revision and gives its commit, then each
+//! needed file is downloaded at that commit into a blob and linked into the snapshot; an
+//! interrupted download resumes from its last committed chunk. What `hf-hub` does not read from
+//! the environment (`HF_HUB_CACHE`, `HF_HUB_OFFLINE`, `HF_TOKEN`) is read here, in
+//! [`HubConfig::from_env`].
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Duration;
+
+use hf_hub::api::tokio::{ApiBuilder, ApiError, ApiRepo};
+use hf_hub::{Repo, RepoType};
 
 use crate::{io_error, HubError, Progress, Result};
 
@@ -32,7 +39,8 @@ pub struct HubConfig {
     pub offline: bool,
     /// Access token for gated or private models (`HF_TOKEN`).
     pub token: Option<String>,
-    /// How long to wait for a TCP/TLS connection before giving up.
+    /// How long the first call (the revision listing) may take before the Hub counts as
+    /// unreachable.
     pub connect_timeout: Duration,
 }
 
@@ -87,45 +95,121 @@ pub fn download_repo(
             cache: config.cache_dir.clone(),
         });
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(config.connect_timeout))
-        .timeout_resolve(Some(config.connect_timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
-
-    let api_url = format!("{}/api/models/{repo}/revision/{revision}", config.endpoint);
     progress.message(&format!(
         "asking the Hugging Face Hub for {repo}@{revision}"
     ));
-    let listing: serde_json::Value = {
-        let mut response = get(&agent, config, &api_url)?;
-        let body = response
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| HubError::Unreachable {
-                url: api_url.clone(),
-                message: e.to_string(),
-            })?;
-        serde_json::from_str(&body).map_err(|e| HubError::BadResponse {
-            url: api_url.clone(),
-            message: format!("not JSON: {e}"),
-        })?
+    // hf-hub is async: it runs on a runtime of its own, on a thread of its own (so a caller
+    // inside another runtime is not blocked), and reports progress back over a channel.
+    let (events, received) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(io_error(&config.cache_dir))?;
+            runtime.block_on(fetch(config, repo, revision, &repo_dir, events))
+        });
+        for event in received {
+            match event {
+                Event::Message(text) => progress.message(&text),
+                Event::Bytes { label, done, total } => progress.bytes(&label, done, Some(total)),
+                Event::Finish => progress.finish(),
+            }
+        }
+        worker.join().unwrap_or_else(|_| {
+            Err(HubError::BadResponse {
+                url: config.endpoint.clone(),
+                message: "the download thread panicked".into(),
+            })
+        })
+    })
+}
+
+/// What the download thread tells the caller's progress display.
+enum Event {
+    Message(String),
+    Bytes {
+        label: String,
+        done: u64,
+        total: u64,
+    },
+    Finish,
+}
+
+/// hf-hub's progress callbacks, forwarded as [`Event`]s.
+#[derive(Clone)]
+struct Forward {
+    events: mpsc::Sender<Event>,
+    label: String,
+    done: u64,
+    total: u64,
+}
+
+impl hf_hub::api::tokio::Progress for Forward {
+    async fn init(&mut self, size: usize, _filename: &str) {
+        self.total = size as u64;
+    }
+
+    async fn update(&mut self, size: usize) {
+        self.done += size as u64;
+        // The receiver only stops listening once the download has returned.
+        let _ = self.events.send(Event::Bytes {
+            label: self.label.clone(),
+            done: self.done,
+            total: self.total,
+        });
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.events.send(Event::Finish);
+    }
+}
+
+async fn fetch(
+    config: &HubConfig,
+    repo: &str,
+    revision: &str,
+    repo_dir: &Path,
+    events: mpsc::Sender<Event>,
+) -> Result<PathBuf> {
+    let api = ApiBuilder::new()
+        .with_endpoint(config.endpoint.clone())
+        .with_cache_dir(config.cache_dir.clone())
+        .with_token(config.token.clone())
+        .with_progress(false)
+        .build()
+        .map_err(|e| api_error(config, &config.endpoint, e))?;
+    let model = |revision: &str| {
+        api.repo(Repo::with_revision(
+            repo.to_string(),
+            RepoType::Model,
+            revision.to_string(),
+        ))
     };
+    let api_url = format!("{}/api/models/{repo}/revision/{revision}", config.endpoint);
+    // The first contact is bounded: a Hub that cannot be reached fails in seconds, not minutes.
+    let info = tokio::time::timeout(config.connect_timeout, model(revision).info())
+        .await
+        .map_err(|_| HubError::Unreachable {
+            url: api_url.clone(),
+            message: format!(
+                "no answer within {:?} (no network, or set HF_HUB_OFFLINE=1 to use the cache only)",
+                config.connect_timeout
+            ),
+        })?
+        .map_err(|e| api_error(config, &api_url, e))?;
     let bad = |message: &str| HubError::BadResponse {
         url: api_url.clone(),
         message: message.to_string(),
     };
-    let commit = listing["sha"]
-        .as_str()
+    let commit = Some(info.sha.as_str())
         .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()))
         .ok_or_else(|| bad("no commit sha"))?
         .to_string();
-    let files: Vec<String> = listing["siblings"]
-        .as_array()
-        .ok_or_else(|| bad("no file list (siblings)"))?
+    let files: Vec<String> = info
+        .siblings
         .iter()
-        .filter_map(|s| s["rfilename"].as_str())
+        .map(|s| s.rfilename.as_str())
         .filter(|name| {
             WANTED_FILES.contains(name) || (name.ends_with(".safetensors") && !name.contains('/'))
         })
@@ -137,21 +221,31 @@ pub fn download_repo(
         ));
     }
 
+    // Every file at the listed commit, so the snapshot is one consistent revision.
+    let pinned: ApiRepo = model(&commit);
     let snapshot = repo_dir.join("snapshots").join(&commit);
-    std::fs::create_dir_all(&snapshot).map_err(io_error(&snapshot))?;
     for file in &files {
-        let dest = snapshot.join(file);
-        if dest.is_file() {
+        if snapshot.join(file).is_file() {
             continue;
         }
-        let url = format!("{}/{repo}/resolve/{commit}/{file}", config.endpoint);
-        progress.message(&format!("downloading {repo}/{file}"));
-        download_file(&agent, config, &url, &dest, file, progress)?;
+        let _ = events.send(Event::Message(format!("downloading {repo}/{file}")));
+        let forward = Forward {
+            events: events.clone(),
+            label: file.clone(),
+            done: 0,
+            total: 0,
+        };
+        let url = pinned.url(file);
+        pinned
+            .download_with_progress(file, forward)
+            .await
+            .map_err(|e| api_error(config, &url, e))?;
     }
-    let refs = repo_dir.join("refs");
-    std::fs::create_dir_all(&refs).map_err(io_error(&refs))?;
+    // hf-hub records the revision it was asked for (here the commit itself); the Hub's own
+    // clients keep refs for branch and tag names only.
+    let _ = std::fs::remove_file(repo_dir.join("refs").join(&commit));
     if revision != commit {
-        let ref_file = refs.join(revision);
+        let ref_file = repo_dir.join("refs").join(revision);
         if let Some(parent) = ref_file.parent() {
             std::fs::create_dir_all(parent).map_err(io_error(parent))?;
         }
@@ -169,90 +263,45 @@ fn cached_snapshot(repo_dir: &Path, revision: &str) -> Option<PathBuf> {
     crate::check_hf_dir(&snapshot).ok().map(|_| snapshot)
 }
 
-fn get(
-    agent: &ureq::Agent,
-    config: &HubConfig,
-    url: &str,
-) -> Result<ureq::http::Response<ureq::Body>> {
-    let mut request = agent.get(url);
-    if let Some(token) = &config.token {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    let response = request.call().map_err(|e| HubError::Unreachable {
-        url: url.to_string(),
-        message: match e {
-            ureq::Error::Timeout(_) => format!(
-                "no answer within {:?} (no network, or set HF_HUB_OFFLINE=1 to use the cache only)",
-                config.connect_timeout
-            ),
-            other => format!("{other} (no network? set HF_HUB_OFFLINE=1 to use the cache only)"),
-        },
-    })?;
-    let status = response.status().as_u16();
-    if !(200..300).contains(&status) {
-        let hint = match status {
-            401 | 403 => {
-                ": the model is gated or private; accept its terms on the Hub and set HF_TOKEN"
+/// A Hub error as ours: HTTP statuses with what to do about them, connection failures with
+/// the offline hint.
+fn api_error(config: &HubConfig, url: &str, error: ApiError) -> HubError {
+    match error {
+        ApiError::RequestError(e) => {
+            if let Some(status) = e.status() {
+                let hint = match status.as_u16() {
+                    401 | 403 => {
+                        ": the model is gated or private; accept its terms on the Hub and set HF_TOKEN"
+                    }
+                    404 => ": no such model, revision or file",
+                    _ => "",
+                };
+                return HubError::Http {
+                    url: e.url().map_or(url.to_string(), |u| u.to_string()),
+                    status: status.as_u16(),
+                    hint: hint.to_string(),
+                };
             }
-            404 => ": no such model, revision or file",
-            _ => "",
-        };
-        return Err(HubError::Http {
-            url: url.to_string(),
-            status,
-            hint: hint.to_string(),
-        });
-    }
-    Ok(response)
-}
-
-fn download_file(
-    agent: &ureq::Agent,
-    config: &HubConfig,
-    url: &str,
-    dest: &Path,
-    label: &str,
-    progress: &mut dyn Progress,
-) -> Result<()> {
-    let mut response = get(agent, config, url)?;
-    let total = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-    let mut out = tempfile::Builder::new()
-        .prefix(".partial-")
-        .tempfile_in(dir)
-        .map_err(io_error(dir))?;
-    let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| HubError::Unreachable {
-            url: url.to_string(),
-            message: format!("download interrupted after {done} bytes: {e}"),
-        })?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n]).map_err(io_error(out.path()))?;
-        done += n as u64;
-        progress.bytes(label, done, total);
-    }
-    progress.finish();
-    if let Some(total) = total {
-        if done != total {
-            return Err(HubError::Unreachable {
+            let message = if e.is_timeout() {
+                format!(
+                    "no answer within {:?} (no network, or set HF_HUB_OFFLINE=1 to use the cache only)",
+                    config.connect_timeout
+                )
+            } else {
+                format!("{e} (no network? set HF_HUB_OFFLINE=1 to use the cache only)")
+            };
+            HubError::Unreachable {
                 url: url.to_string(),
-                message: format!("download ended after {done} of {total} bytes"),
-            });
+                message,
+            }
         }
+        ApiError::IoError(source) => HubError::Io {
+            path: config.cache_dir.clone(),
+            source,
+        },
+        other => HubError::BadResponse {
+            url: url.to_string(),
+            message: other.to_string(),
+        },
     }
-    out.persist(dest).map_err(|e| HubError::Io {
-        path: dest.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
 }

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use guardreasoner_hub::{
@@ -35,23 +36,34 @@ const FILES: &[&str] = &[
     "model.safetensors",
 ];
 
-/// A minimal Hub: the revision API and `resolve` downloads for `org/tiny`, 404 otherwise.
-/// Serves `requests` requests, one per connection, and returns the paths it was asked for.
-fn serve_hub(requests: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
+/// A minimal Hub: the revision API and `resolve` downloads for `org/tiny` (with the headers a
+/// Hub client reads: `x-repo-commit`, `etag`, and byte ranges answered as `206` with
+/// `content-range`), 404 otherwise. Serves one request per connection, for as long as the test
+/// runs, and records the paths it was asked for.
+fn serve_hub() -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let handle = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for _ in 0..requests {
-            let (mut stream, _) = listener.accept().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut request_line = String::new();
             reader.read_line(&mut request_line).unwrap();
+            let mut range = None;
             loop {
                 let mut header = String::new();
                 reader.read_line(&mut header).unwrap();
                 if header.trim().is_empty() {
                     break;
+                }
+                if let Some((name, value)) = header.split_once(':') {
+                    if name.eq_ignore_ascii_case("range") {
+                        let bytes = value.trim().trim_start_matches("bytes=");
+                        let (a, b) = bytes.split_once('-').unwrap();
+                        range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+                    }
                 }
             }
             let path = request_line
@@ -59,7 +71,8 @@ fn serve_hub(requests: usize) -> (String, std::thread::JoinHandle<Vec<String>>) 
                 .nth(1)
                 .unwrap_or("")
                 .to_string();
-            seen.push(path.clone());
+            log.lock().unwrap().push(path.clone());
+            let mut headers = String::new();
             let (status, body) = if path == "/api/models/org/tiny/revision/main" {
                 let siblings: Vec<_> = FILES
                     .iter()
@@ -70,31 +83,41 @@ fn serve_hub(requests: usize) -> (String, std::thread::JoinHandle<Vec<String>>) 
                 ("200 OK", body.to_string().into_bytes())
             } else if let Some(file) = path.strip_prefix(&format!("/org/tiny/resolve/{COMMIT}/")) {
                 match FILES.contains(&file) {
-                    true => (
-                        "200 OK",
-                        std::fs::read(fixture(&format!("tiny-llama3/{file}"))).unwrap(),
-                    ),
+                    true => {
+                        let whole = std::fs::read(fixture(&format!("tiny-llama3/{file}"))).unwrap();
+                        headers = format!("x-repo-commit: {COMMIT}\r\netag: \"{file}-etag\"\r\n");
+                        match range {
+                            Some((a, b)) => {
+                                let b = b.min(whole.len() - 1);
+                                headers +=
+                                    &format!("content-range: bytes {a}-{b}/{}\r\n", whole.len());
+                                ("206 Partial Content", whole[a..=b].to_vec())
+                            }
+                            None => ("200 OK", whole),
+                        }
+                    }
                     false => ("404 Not Found", b"not found".to_vec()),
                 }
+            } else if path.starts_with("/api/models/org/gated/") {
+                ("401 Unauthorized", b"gated".to_vec())
             } else {
                 ("404 Not Found", b"not found".to_vec())
             };
             let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             stream.write_all(head.as_bytes()).unwrap();
             stream.write_all(&body).unwrap();
         }
-        seen
     });
-    (endpoint, handle)
+    (endpoint, seen)
 }
 
 #[test]
 fn downloads_a_repo_into_the_hf_cache_layout() {
     let cache = tempfile::tempdir().unwrap();
-    let (endpoint, server) = serve_hub(1 + FILES.len() + 1 + 1);
+    let (endpoint, seen) = serve_hub();
     let hub = config(&endpoint, cache.path(), false);
     let snapshot = download_repo(&hub, "org/tiny", "main", &mut QuietProgress).expect("download");
     assert_eq!(
@@ -122,11 +145,39 @@ fn downloads_a_repo_into_the_hf_cache_layout() {
     let err = download_repo(&hub, "org/missing", "main", &mut QuietProgress).unwrap_err();
     assert!(matches!(err, HubError::Http { status: 404, .. }), "{err}");
     assert!(err.to_string().contains("no such model"), "{err}");
-    let seen = server.join().unwrap();
-    assert_eq!(
-        seen.iter().filter(|p| p.contains("/resolve/")).count(),
-        FILES.len()
-    );
+    // A gated one is a 401 that says what to do.
+    let err = download_repo(&hub, "org/gated", "main", &mut QuietProgress).unwrap_err();
+    assert!(matches!(err, HubError::Http { status: 401, .. }), "{err}");
+    assert!(err.to_string().contains("set HF_TOKEN"), "{err}");
+    // Per file its metadata (a one-byte range), then its bytes in 10 MB ranges; nothing
+    // fetched twice.
+    let resolves: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p.contains("/resolve/"))
+        .cloned()
+        .collect();
+    for file in FILES {
+        let size = std::fs::metadata(fixture(&format!("tiny-llama3/{file}")))
+            .unwrap()
+            .len();
+        let asked = resolves
+            .iter()
+            .filter(|p| p.ends_with(&format!("/{file}")))
+            .count();
+        assert_eq!(asked as u64, 1 + size.div_ceil(10_000_000), "{file}");
+    }
+    // The Hub's own layout: the snapshot links into the blobs, no ref is kept for the commit.
+    assert!(std::fs::symlink_metadata(snapshot.join("config.json"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(!cache
+        .path()
+        .join("models--org--tiny/refs")
+        .join(COMMIT)
+        .exists());
 
     // Offline, the cached snapshot is used and loads as a model directory.
     let offline = config("http://127.0.0.1:9", cache.path(), true);
