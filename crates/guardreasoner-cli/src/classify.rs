@@ -132,32 +132,23 @@ pub fn guard_defaults(model: Option<&str>) -> anyhow::Result<GuardDefaults> {
     if guardreasoner_hub::ModelSpec::parse(model)? != guardreasoner_hub::ModelSpec::Default {
         return Ok(fallback);
     }
-    let card: serde_json::Value = serde_json::from_str(guardreasoner_hub::guard::GUARD_CARD)
-        .context("the shipped guard card (guard/guard.json) is not JSON")?;
-    let reasoning = &card["reasoning"];
-    let mode = match reasoning["default"].as_str() {
+    let card = guardreasoner_hub::guard::GuardCard::embedded()?;
+    let reasoning = card.reasoning.as_ref();
+    let mode = match reasoning.and_then(|r| r.default.as_deref()) {
         None => fallback.reasoning,
         Some(mode) => mode
             .parse()
             .map_err(|e| anyhow::anyhow!("the shipped guard card's reasoning.default: {e}"))?,
     };
-    let band = match reasoning["uncertainty_band"]
-        .as_array()
-        .map(|b| b.as_slice())
-    {
+    let band = match reasoning.and_then(|r| r.uncertainty_band) {
         None => fallback.band,
-        Some([lo, hi]) => lo
-            .as_f64()
-            .zip(hi.as_f64())
-            .and_then(|(lo, hi)| UncertaintyBand::new(lo as f32, hi as f32).ok())
+        Some([lo, hi]) => UncertaintyBand::new(lo, hi)
+            .ok()
             .context("the shipped guard card's reasoning.uncertainty_band is not a band")?,
-        Some(_) => {
-            anyhow::bail!("the shipped guard card's reasoning.uncertainty_band is not [low, high]")
-        }
     };
-    let calibration = match &card["calibration"] {
-        serde_json::Value::Null => None,
-        value => Some(Arc::new(
+    let calibration = match &card.calibration {
+        None => None,
+        Some(value) => Some(Arc::new(
             GuardCalibration::from_json(&value.to_string())
                 .context("the shipped guard card's calibration is not a calibration")?,
         )),

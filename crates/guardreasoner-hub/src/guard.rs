@@ -30,12 +30,50 @@ static ADAPTER_CONFIG: &str = include_str!("../guard/adapter_config.json");
 /// What the guard is: training data, recipe, measured scores (`guard/guard.json`).
 pub static GUARD_CARD: &str = include_str!("../guard/guard.json");
 
-/// The key/value cache layout the card says this guard runs with unless told otherwise
-/// (`engine.kv_cache`; chosen by the guard's F1 and parse rate on its development splits,
-/// MODEL_CARD.md), or `None` where the card names none or is not JSON.
-pub fn card_kv_cache() -> Option<String> {
-    let card: serde_json::Value = serde_json::from_str(GUARD_CARD).ok()?;
-    card["engine"]["kv_cache"].as_str().map(str::to_owned)
+/// The parts of the guard card (`guard/guard.json`) that decide how the guard runs; the rest
+/// (training data, recipe, scores) is shown as it is by `model info default`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct GuardCard {
+    pub name: String,
+    pub version: String,
+    /// Must equal [`ADAPTER_SHA256`] (checked by the tests).
+    pub adapter_sha256: String,
+    #[serde(default)]
+    pub reasoning: Option<CardReasoning>,
+    #[serde(default)]
+    pub engine: Option<CardEngine>,
+    /// The fitted score calibration, in the backend's own JSON form (parsed there).
+    #[serde(default)]
+    pub calibration: Option<serde_json::Value>,
+}
+
+/// `reasoning`: the default mode and the `auto` band, chosen on the development splits.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct CardReasoning {
+    /// `full`, `none` or `auto`.
+    pub default: Option<String>,
+    /// `[low, high]`.
+    pub uncertainty_band: Option<[f32; 2]>,
+}
+
+/// `engine`: how the engine runs this guard unless told otherwise.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct CardEngine {
+    /// The key/value cache layout (chosen by the guard's F1 and parse rate on its development
+    /// splits, MODEL_CARD.md).
+    pub kv_cache: Option<String>,
+}
+
+impl GuardCard {
+    /// The card this build ships, parsed once; a malformed card is an error that names it.
+    pub fn embedded() -> Result<&'static GuardCard, HubError> {
+        static CARD: std::sync::OnceLock<Result<GuardCard, String>> = std::sync::OnceLock::new();
+        CARD.get_or_init(|| serde_json::from_str(GUARD_CARD).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|message| HubError::BadAdapter {
+                message: format!("the shipped guard card (guard/guard.json): {message}"),
+            })
+    }
 }
 
 /// A PEFT LoRA adapter in memory, with the hash it must have.
@@ -408,8 +446,8 @@ mod tests {
         assert!(!lora_pairs(ADAPTER_WEIGHTS, settings.rank)
             .unwrap()
             .is_empty());
-        let card: serde_json::Value = serde_json::from_str(GUARD_CARD).unwrap();
-        assert_eq!(card["adapter_sha256"], ADAPTER_SHA256);
+        let card = GuardCard::embedded().unwrap();
+        assert_eq!(card.adapter_sha256, ADAPTER_SHA256);
         assert!(
             ADAPTER_WEIGHTS.len() <= 32 << 20,
             "the adapter must stay under 32 MB"

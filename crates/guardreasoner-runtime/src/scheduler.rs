@@ -143,12 +143,15 @@ pub struct LocalBackend {
 
 /// The key/value cache the shipped guard's card names (`None`: the engine's own choice).
 pub fn default_guard_kv_cache() -> Result<Option<KvType>, RuntimeError> {
-    guardreasoner_hub::guard::card_kv_cache()
+    let invalid = |message: String| RuntimeError::Engine(EngineError::InvalidParams(message));
+    let card =
+        guardreasoner_hub::guard::GuardCard::embedded().map_err(|e| invalid(e.to_string()))?;
+    card.engine
+        .as_ref()
+        .and_then(|engine| engine.kv_cache.as_deref())
         .map(|name| {
             name.parse().map_err(|e: String| {
-                RuntimeError::Engine(EngineError::InvalidParams(format!(
-                    "the shipped guard card's engine.kv_cache: {e}"
-                )))
+                invalid(format!("the shipped guard card's engine.kv_cache: {e}"))
             })
         })
         .transpose()
