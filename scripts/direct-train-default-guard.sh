@@ -23,6 +23,8 @@
 # r-sft-6 (2026-12-06, measured, not shipped: dev mean 76.88 against r-sft-5's 78.00) the same
 # from r-sft-5's adapter with TAG=r-sft-6 LABELS_SKIP=3440 RELEASED_SKIP=520 LABELS_DIRECT=1200
 # RELEASED_DIRECT=240 RELEASED=160 STEPS=200.
+# FULL_FT=1 trains every weight instead of the LoRA adapters (from the base merged with
+# INIT_ADAPTER; LR should then be near the paper's 5e-5).
 # (LABELS_DEV_LIMIT=0: the whole train-labels dev split; 300, the default, is the sample the
 # model card compares candidates on). Stage 7 picks the band (scripts/choose-auto-band.py).
 # Usage: scripts/direct-train-default-guard.sh [WORKDIR]   (default: runs/direct)
@@ -38,6 +40,7 @@ RELEASED=${RELEASED:-240}
 STEPS=${STEPS:-160}
 LR=${LR:-3e-4}
 CUTOFF=${CUTOFF:-768}
+FULL_FT=${FULL_FT:-0}
 LABELS_DEV_LIMIT=${LABELS_DEV_LIMIT:-300}
 LABELS_SKIP=${LABELS_SKIP:-0}
 RELEASED_SKIP=${RELEASED_SKIP:-0}
@@ -110,22 +113,38 @@ for name, skip in [("labels-direct", labels_skip), ("released-direct", released_
 PY
 done_stage "3. direct answers"
 
-stage "4. R-SFT from $INIT_ADAPTER ($STEPS steps of 8: $LABELS_DIRECT + $RELEASED_DIRECT direct, $RELEASED reasoning)"
+if [ "$FULL_FT" = 1 ]; then
+  # Full fine-tuning (LoRA's comparison, issue 11): every weight of the model INIT_ADAPTER
+  # makes of the base, merged in f32, trains; the result is saved in f32 for the GGUF.
+  stage "4. full fine-tuning from the base merged with $INIT_ADAPTER ($STEPS steps of 8: $LABELS_DIRECT + $RELEASED_DIRECT direct, $RELEASED reasoning)"
+  [ -f "$WORK/base-hf/config.json" ] || "$BIN" model convert smollm2-base --to-hf "$WORK/base-hf"
+  [ -f "$WORK/init/model.safetensors" ] || "$BIN" model merge --base "$WORK/base-hf" \
+    --adapter "$INIT_ADAPTER" --output "$WORK/init" --save-dtype f32 --gguf none
+  TRAIN_FROM=(--model "$WORK/init" --save-dtype f32)
+else
+  stage "4. R-SFT from $INIT_ADAPTER ($STEPS steps of 8: $LABELS_DIRECT + $RELEASED_DIRECT direct, $RELEASED reasoning)"
+  TRAIN_FROM=(--model smollm2-base --init-adapter "$INIT_ADAPTER" --lora-rank 32 --lora-alpha 32)
+fi
 RESUME=()
 ls -d "$WORK"/sft/checkpoint-* >/dev/null 2>&1 && RESUME=(--resume)
-"$BIN" train sft --model smollm2-base \
+"$BIN" train sft "${TRAIN_FROM[@]}" \
   --data "$WORK/labels-direct-from.json:$LABELS_DIRECT" \
   --data "$WORK/released-direct-from.json:$RELEASED_DIRECT" \
   --data "$WORK/released-shuffled-from.json:$RELEASED" \
-  --output "$WORK/sft" --init-adapter "$INIT_ADAPTER" \
+  --output "$WORK/sft" \
   --preset none --grad-accum 8 --learning-rate "$LR" --warmup-ratio 0.05 \
-  --max-steps "$STEPS" --save-steps 20 --cutoff-len "$CUTOFF" \
-  --lora-rank 32 --lora-alpha 32 "${RESUME[@]}"
+  --max-steps "$STEPS" --save-steps 20 --cutoff-len "$CUTOFF" "${RESUME[@]}"
 done_stage "4. R-SFT"
 
 stage "5. train-labels dev split ($LABELS_DEV_LIMIT prompts, stratified, seed 1; 0: all): none and full"
-[ -f "$WORK/rsft/model.gguf" ] || "$BIN" model merge --base "$WORK/sft/base" \
-  --adapter "$WORK/sft/adapter" --output "$WORK/rsft" --gguf f16
+if [ "$FULL_FT" = 1 ]; then
+  mkdir -p "$WORK/rsft"
+  [ -f "$WORK/rsft/model.gguf" ] || "$BIN" model convert "$WORK/sft/model" \
+    --to-gguf "$WORK/rsft/model.gguf" --gguf-type f16
+else
+  [ -f "$WORK/rsft/model.gguf" ] || "$BIN" model merge --base "$WORK/sft/base" \
+    --adapter "$WORK/sft/adapter" --output "$WORK/rsft" --gguf f16
+fi
 SAMPLE=()
 [ "$LABELS_DEV_LIMIT" != 0 ] && SAMPLE=(--limit "$LABELS_DEV_LIMIT" --seed 1)
 labels_dev() {
