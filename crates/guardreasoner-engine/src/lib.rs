@@ -37,6 +37,7 @@ pub mod layout;
 pub mod llama;
 mod lookup;
 pub mod matrix;
+pub mod norm;
 mod probe;
 pub mod quant;
 pub mod roofline;

@@ -530,11 +530,7 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, h: usize, out: &mut Vec<f32>) {
         .with_min_len(PARALLEL_TOKENS)
         .zip(x.par_chunks(h))
         .for_each(|(o, x)| {
-            let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / h as f32;
-            let inv = 1.0 / (mean_sq + eps).sqrt();
-            for ((o, &v), &w) in o.iter_mut().zip(x).zip(weight) {
-                *o = v * inv * w;
-            }
+            crate::norm::rms_norm_row(x, weight, eps, o);
         });
 }
 

@@ -1,6 +1,7 @@
 //! Row kernels: RMSNorm forward and backward, RoPE tables and rotation, sigmoid.
 
 use super::*;
+use guardreasoner_engine::norm::{rms_norm_row, scale_row};
 
 /// RMSNorm rows of `x` into `out`, saving the reciprocal RMS per row.
 pub(super) fn rms_norm_fwd(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], rstd: &mut [f32]) {
@@ -8,13 +9,7 @@ pub(super) fn rms_norm_fwd(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], rstd
     out.par_chunks_mut(d)
         .zip(x.par_chunks(d))
         .zip(rstd.par_iter_mut())
-        .for_each(|((o, x), r)| {
-            let ss: f32 = x.iter().map(|v| v * v).sum();
-            *r = 1.0 / (ss / d as f32 + eps).sqrt();
-            for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
-                *o = x * *r * w;
-            }
-        });
+        .for_each(|((o, x), r)| *r = rms_norm_row(x, w, eps, o));
 }
 
 /// Recomputes normalised rows from the saved reciprocal RMS.
@@ -23,11 +18,7 @@ pub(super) fn rms_norm_apply(x: &[f32], w: &[f32], rstd: &[f32], out: &mut [f32]
     out.par_chunks_mut(d)
         .zip(x.par_chunks(d))
         .zip(rstd.par_iter())
-        .for_each(|((o, x), r)| {
-            for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
-                *o = x * r * w;
-            }
-        });
+        .for_each(|((o, x), &r)| scale_row(x, w, r, o));
 }
 
 /// RMSNorm backward: adds d(loss)/dx to `dx` and, when given, d(loss)/dw to `dw`.
