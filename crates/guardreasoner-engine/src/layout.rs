@@ -30,6 +30,64 @@ pub const LAYER_NAMES: [(&str, &str); 9] = [
     ("ffn_down.weight", "mlp.down_proj.weight"),
 ];
 
+/// The HF names of every weight of a model with `layers` decoder layers, in the one fixed
+/// order the trainer keeps them in: the embedding, each layer's nine ([`LAYER_NAMES`]), the
+/// final norm, and `lm_head` unless the embeddings are tied.
+pub fn hf_weight_names(layers: usize, tied: bool) -> Vec<String> {
+    let mut names = vec![MODEL_NAMES[0].1.to_string()];
+    for l in 0..layers {
+        names.extend(
+            LAYER_NAMES
+                .iter()
+                .map(|(_, hf)| format!("model.layers.{l}.{hf}")),
+        );
+    }
+    names.push(MODEL_NAMES[1].1.to_string());
+    if !tied {
+        names.push(MODEL_NAMES[2].1.to_string());
+    }
+    names
+}
+
+/// [`hf_weight_names`] with each weight's HF shape (`[out, in]` for matrices): the weight
+/// schema that checkpoints are checked against.
+pub fn hf_weights(config: &crate::config::Config) -> Vec<(String, Vec<usize>)> {
+    let (h, i, vocab) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+    );
+    let q = config.num_attention_heads * config.head_dim();
+    let kv = config.num_key_value_heads() * config.head_dim();
+    // In LAYER_NAMES order: norm, q, k, v, o, norm, gate, up, down.
+    let layer = [
+        vec![h],
+        vec![q, h],
+        vec![kv, h],
+        vec![kv, h],
+        vec![h, q],
+        vec![h],
+        vec![i, h],
+        vec![i, h],
+        vec![h, i],
+    ];
+    let names = hf_weight_names(config.num_hidden_layers, config.tie_word_embeddings);
+    let last_layer_slot = 1 + LAYER_NAMES.len() * config.num_hidden_layers;
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(slot, name)| {
+            let shape = match slot {
+                0 => vec![vocab, h],
+                s if s < last_layer_slot => layer[(s - 1) % LAYER_NAMES.len()].clone(),
+                s if s == last_layer_slot => vec![h],
+                _ => vec![vocab, h],
+            };
+            (name, shape)
+        })
+        .collect()
+}
+
 /// Translates a tensor name between the two layouts: `to_hf` from GGUF to HF, else back.
 /// `None` for tensors that carry nothing the other layout stores.
 pub fn translate_name(name: &str, to_hf: bool) -> Option<String> {

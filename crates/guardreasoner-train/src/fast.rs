@@ -27,24 +27,15 @@ use crate::model::Config;
 use crate::optim::{decays, AdamWConfig};
 use crate::TrainError;
 use gemm::Parallelism;
+use guardreasoner_engine::layout::{hf_weight_names, LAYER_NAMES};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 /// The adaptable projections in layer order; index `p` of [`crate::lora::ALL_TARGETS`].
 const PROJ_SLOT: [usize; 7] = [1, 2, 3, 4, 6, 7, 8];
-/// The per-layer parameters, in slot order.
-const LAYER_PARAMS: [&str; 9] = [
-    "input_layernorm",
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "post_attention_layernorm",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
+/// The per-layer parameters, in slot order: the engine's one list ([`LAYER_NAMES`]).
+const LAYER_PARAMS: usize = LAYER_NAMES.len();
 const Q: usize = 0;
 const K: usize = 1;
 const V: usize = 2;
@@ -103,7 +94,7 @@ impl Dims {
 
     /// Shape of base slot `s` (see [`FastLlama::base_names`]).
     fn slot_shape(&self, s: usize) -> Vec<usize> {
-        let per = LAYER_PARAMS.len();
+        let per = LAYER_PARAMS;
         let n_layer_slots = 1 + per * self.layers;
         if s == 0 || s == n_layer_slots + 1 {
             return vec![self.vocab, self.hidden];
@@ -123,7 +114,7 @@ impl Dims {
 }
 
 fn slot(l: usize, j: usize) -> usize {
-    1 + l * LAYER_PARAMS.len() + j
+    1 + l * LAYER_PARAMS + j
 }
 
 /// LoRA adapters over the frozen base: `A: [r, in]`, `B: [out, r]`, per layer and projection.
@@ -233,17 +224,7 @@ use ops::*;
 impl FastLlama {
     /// Base weight names in slot order (HF names).
     pub fn base_names(dims: &Dims) -> Vec<String> {
-        let mut names = vec!["model.embed_tokens.weight".to_string()];
-        for l in 0..dims.layers {
-            for p in LAYER_PARAMS {
-                names.push(format!("model.layers.{l}.{p}.weight"));
-            }
-        }
-        names.push("model.norm.weight".into());
-        if !dims.tie {
-            names.push("lm_head.weight".into());
-        }
-        names
+        hf_weight_names(dims.layers, dims.tie)
     }
 
     /// Shapes of the base weights in slot order.

@@ -44,47 +44,10 @@ pub struct Llama {
     device: Device,
 }
 
-/// The weight names of one decoder layer, HF layout.
-pub const LAYER_WEIGHTS: [&str; 9] = [
-    "input_layernorm.weight",
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-];
-
 impl Llama {
-    /// The expected weight names and shapes for `config`.
+    /// The expected weight names and shapes for `config` (the engine's one weight schema).
     pub fn expected_shapes(config: &Config) -> Vec<(String, Vec<usize>)> {
-        let h = config.hidden_size;
-        let i = config.intermediate_size;
-        let q = config.num_attention_heads * config.head_dim();
-        let kv = config.num_key_value_heads() * config.head_dim();
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            vec![config.vocab_size, h],
-        )];
-        for l in 0..config.num_hidden_layers {
-            let p = format!("model.layers.{l}.");
-            out.push((format!("{p}input_layernorm.weight"), vec![h]));
-            out.push((format!("{p}self_attn.q_proj.weight"), vec![q, h]));
-            out.push((format!("{p}self_attn.k_proj.weight"), vec![kv, h]));
-            out.push((format!("{p}self_attn.v_proj.weight"), vec![kv, h]));
-            out.push((format!("{p}self_attn.o_proj.weight"), vec![h, q]));
-            out.push((format!("{p}post_attention_layernorm.weight"), vec![h]));
-            out.push((format!("{p}mlp.gate_proj.weight"), vec![i, h]));
-            out.push((format!("{p}mlp.up_proj.weight"), vec![i, h]));
-            out.push((format!("{p}mlp.down_proj.weight"), vec![h, i]));
-        }
-        out.push(("model.norm.weight".to_string(), vec![h]));
-        if !config.tie_word_embeddings {
-            out.push(("lm_head.weight".to_string(), vec![config.vocab_size, h]));
-        }
-        out
+        guardreasoner_engine::layout::hf_weights(config)
     }
 
     /// A randomly initialised model (normal(0, std) matrices, unit norms), seeded.

@@ -170,3 +170,19 @@ fn fast_gradients_match_finite_differences() {
     }
     assert!(checked > 20);
 }
+
+#[test]
+fn the_fast_model_and_the_checkpoint_checks_share_one_weight_schema() {
+    for (config, tied) in [
+        (untied_llama3_config(2), false),
+        (Config::tiny(common::VOCAB, 32, 48, 3, 4, 2, true), true),
+    ] {
+        let dims = guardreasoner_train::fast::Dims::from_config(&config);
+        let fast: Vec<(String, Vec<usize>)> = FastLlama::base_names(&dims)
+            .into_iter()
+            .zip(FastLlama::base_shapes(&dims))
+            .collect();
+        assert_eq!(fast, Llama::expected_shapes(&config), "tied {tied}");
+        assert_eq!(fast.len(), 1 + 9 * config.num_hidden_layers + 1 + usize::from(!tied));
+    }
+}
