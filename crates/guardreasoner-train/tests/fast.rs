@@ -183,6 +183,9 @@ fn the_fast_model_and_the_checkpoint_checks_share_one_weight_schema() {
             .zip(FastLlama::base_shapes(&dims))
             .collect();
         assert_eq!(fast, Llama::expected_shapes(&config), "tied {tied}");
-        assert_eq!(fast.len(), 1 + 9 * config.num_hidden_layers + 1 + usize::from(!tied));
+        assert_eq!(
+            fast.len(),
+            1 + 9 * config.num_hidden_layers + 1 + usize::from(!tied)
+        );
     }
 }
