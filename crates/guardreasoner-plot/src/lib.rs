@@ -206,6 +206,13 @@ fn empty(title: &str, why: &'static str) -> PlotError {
     }
 }
 
+/// A tick value as people write it: `20`, not `20.0`; `0.25`, not `0.250`; never `-0`.
+fn tick_label(v: f64) -> String {
+    let v = if v.abs() < 5e-4 { 0.0 } else { v };
+    let text = format!("{v:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// `(lo, hi)` of the values, widened where they are one point.
 fn span(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     let (lo, hi) = values
@@ -246,6 +253,8 @@ fn draw_lines<DB: DrawingBackend>(c: &LineChart, root: &DrawingArea<DB, Shift>) 
             .configure_mesh()
             .x_desc(&c.x_label)
             .y_desc(&c.y_label)
+            .x_label_formatter(&|v| tick_label(*v))
+            .y_label_formatter(&|v| tick_label(*v))
             .label_style((FONT, 13))
             .max_light_lines(1)
             .draw()?;
@@ -345,4 +354,20 @@ fn draw_bars<DB: DrawingBackend>(c: &BarChart, root: &DrawingArea<DB, Shift>) ->
         }
         Ok(())
     })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick_label;
+
+    #[test]
+    fn tick_labels_drop_what_adds_nothing() {
+        assert_eq!(tick_label(20.0), "20");
+        assert_eq!(tick_label(0.25), "0.25");
+        assert_eq!(tick_label(0.1), "0.1");
+        assert_eq!(tick_label(-0.0), "0");
+        assert_eq!(tick_label(-0.0001), "0");
+        assert_eq!(tick_label(-1.5), "-1.5");
+        assert_eq!(tick_label(1200.0), "1200");
+    }
 }
