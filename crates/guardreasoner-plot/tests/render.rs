@@ -157,3 +157,11 @@ fn samples_for_a_look() {
         chart.write(&dir.join(name)).unwrap();
     }
 }
+
+#[test]
+fn axis_ticks_are_written_without_empty_decimals() {
+    let svg = loss_chart().svg().unwrap();
+    // Steps 1-50: whole-number ticks such as 10 and 20, never 10.0.
+    assert!(svg.contains("\n10\n") && svg.contains("\n20\n"), "{svg}");
+    assert!(!svg.contains(".0\n"), "{svg}");
+}
