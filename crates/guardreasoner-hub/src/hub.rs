@@ -98,8 +98,9 @@ pub fn download_repo(
     progress.message(&format!(
         "asking the Hugging Face Hub for {repo}@{revision}"
     ));
-    // hf-hub is async: it runs on a runtime of its own, on a thread of its own (so a caller
-    // inside another runtime is not blocked), and reports progress back over a channel.
+    // hf-hub is async: it runs on a runtime of its own, on a thread of its own (a runtime
+    // cannot be started on a thread that is inside another, as a caller's may be), and
+    // reports progress back over a channel.
     let (events, received) = mpsc::channel();
     std::thread::scope(|scope| {
         let worker = scope.spawn(|| {
