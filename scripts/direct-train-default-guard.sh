@@ -23,6 +23,10 @@
 # r-sft-6 (2026-12-06, measured, not shipped: dev mean 76.88 against r-sft-5's 78.00) the same
 # from r-sft-5's adapter with TAG=r-sft-6 LABELS_SKIP=3440 RELEASED_SKIP=520 LABELS_DIRECT=1200
 # RELEASED_DIRECT=240 RELEASED=160 STEPS=200.
+# r-sft-7 (2026-12-06, measured, not shipped: dev mean 77.26) from r-sft-5's adapter with
+# TAG=r-sft-7 LABELS_SKIP=3440 RELEASED_SKIP=520 RELEASED_MIX=responses LABELS_DIRECT=480
+# RELEASED_DIRECT=200 RELEASED=280 STEPS=120 CUTOFF=1280; full-ft-7 (dev mean 79.08, the best
+# so far, not yet in a shippable form) the same with TAG=full-ft-7 FULL_FT=1 LR=5e-5.
 # FULL_FT=1 trains every weight instead of the LoRA adapters (from the base merged with
 # INIT_ADAPTER; LR should then be near the paper's 5e-5).
 # (LABELS_DEV_LIMIT=0: the whole train-labels dev split; 300, the default, is the sample the
