@@ -10,7 +10,8 @@
 //! [`HubConfig::from_env`].
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use hf_hub::api::tokio::{ApiBuilder, ApiError, ApiRepo};
@@ -137,12 +138,13 @@ enum Event {
     Finish,
 }
 
-/// hf-hub's progress callbacks, forwarded as [`Event`]s.
+/// hf-hub's progress callbacks, forwarded as [`Event`]s. hf-hub clones it once per chunk of
+/// a file, so the bytes done are counted in one place that every clone shares.
 #[derive(Clone)]
 struct Forward {
     events: mpsc::Sender<Event>,
     label: String,
-    done: u64,
+    done: Arc<AtomicU64>,
     total: u64,
 }
 
@@ -152,11 +154,11 @@ impl hf_hub::api::tokio::Progress for Forward {
     }
 
     async fn update(&mut self, size: usize) {
-        self.done += size as u64;
+        let done = self.done.fetch_add(size as u64, Ordering::Relaxed) + size as u64;
         // The receiver only stops listening once the download has returned.
         let _ = self.events.send(Event::Bytes {
             label: self.label.clone(),
-            done: self.done,
+            done,
             total: self.total,
         });
     }
@@ -193,10 +195,7 @@ async fn fetch(
         .await
         .map_err(|_| HubError::Unreachable {
             url: api_url.clone(),
-            message: format!(
-                "no answer within {:?} (no network, or set HF_HUB_OFFLINE=1 to use the cache only)",
-                config.connect_timeout
-            ),
+            message: no_answer(config),
         })?
         .map_err(|e| api_error(config, &api_url, e))?;
     let bad = |message: &str| HubError::BadResponse {
@@ -233,7 +232,7 @@ async fn fetch(
         let forward = Forward {
             events: events.clone(),
             label: file.clone(),
-            done: 0,
+            done: Arc::new(AtomicU64::new(0)),
             total: 0,
         };
         let url = pinned.url(file);
@@ -264,6 +263,14 @@ fn cached_snapshot(repo_dir: &Path, revision: &str) -> Option<PathBuf> {
     crate::check_hf_dir(&snapshot).ok().map(|_| snapshot)
 }
 
+/// Why a Hub that did not answer in time counts as unreachable, and what to do about it.
+fn no_answer(config: &HubConfig) -> String {
+    format!(
+        "no answer within {:?} (no network, or set HF_HUB_OFFLINE=1 to use the cache only)",
+        config.connect_timeout
+    )
+}
+
 /// A Hub error as ours: HTTP statuses with what to do about them, connection failures with
 /// the offline hint.
 fn api_error(config: &HubConfig, url: &str, error: ApiError) -> HubError {
@@ -284,10 +291,7 @@ fn api_error(config: &HubConfig, url: &str, error: ApiError) -> HubError {
                 };
             }
             let message = if e.is_timeout() {
-                format!(
-                    "no answer within {:?} (no network, or set HF_HUB_OFFLINE=1 to use the cache only)",
-                    config.connect_timeout
-                )
+                no_answer(config)
             } else {
                 format!("{e} (no network? set HF_HUB_OFFLINE=1 to use the cache only)")
             };

@@ -8,9 +8,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use guardreasoner_hub::{
-    download_repo, inspect, resolve, DefaultModelSource, HubConfig, HubError, ModelSpec,
+    download_repo, inspect, resolve, DefaultModelSource, HubConfig, HubError, ModelSpec, Progress,
     QuietProgress, ResolvedModel,
 };
+
+/// Every byte count reported, by file.
+#[derive(Default)]
+struct Recorded(Vec<(String, u64, Option<u64>)>);
+
+impl Progress for Recorded {
+    fn message(&mut self, _text: &str) {}
+    fn bytes(&mut self, label: &str, done: u64, total: Option<u64>) {
+        self.0.push((label.to_string(), done, total));
+    }
+}
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -119,7 +130,8 @@ fn downloads_a_repo_into_the_hf_cache_layout() {
     let cache = tempfile::tempdir().unwrap();
     let (endpoint, seen) = serve_hub();
     let hub = config(&endpoint, cache.path(), false);
-    let snapshot = download_repo(&hub, "org/tiny", "main", &mut QuietProgress).expect("download");
+    let mut progress = Recorded::default();
+    let snapshot = download_repo(&hub, "org/tiny", "main", &mut progress).expect("download");
     assert_eq!(
         snapshot,
         cache
@@ -127,6 +139,24 @@ fn downloads_a_repo_into_the_hf_cache_layout() {
             .join("models--org--tiny/snapshots")
             .join(COMMIT)
     );
+    // Progress only moves forward, across the 10 MB chunks of model.safetensors too, and ends
+    // at each file's size.
+    for file in FILES {
+        let size = std::fs::metadata(fixture(&format!("tiny-llama3/{file}")))
+            .unwrap()
+            .len();
+        let counts: Vec<u64> = progress
+            .0
+            .iter()
+            .filter(|(label, _, total)| label == file && *total == Some(size))
+            .map(|(_, done, _)| *done)
+            .collect();
+        assert!(
+            counts.windows(2).all(|w| w[0] <= w[1]),
+            "{file}: {counts:?}"
+        );
+        assert_eq!(counts.last(), Some(&size), "{file}");
+    }
     for file in FILES {
         assert_eq!(
             std::fs::read(snapshot.join(file)).unwrap(),
