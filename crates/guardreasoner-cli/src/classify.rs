@@ -146,13 +146,15 @@ pub fn guard_defaults(model: Option<&str>) -> anyhow::Result<GuardDefaults> {
             .ok()
             .context("the shipped guard card's reasoning.uncertainty_band is not a band")?,
     };
-    let calibration = match &card.calibration {
-        None => None,
-        Some(value) => Some(Arc::new(
+    let calibration = card
+        .calibration
+        .as_ref()
+        .map(|value| {
             GuardCalibration::from_json(&value.to_string())
-                .context("the shipped guard card's calibration is not a calibration")?,
-        )),
-    };
+                .map(Arc::new)
+                .context("the shipped guard card's calibration is not a calibration")
+        })
+        .transpose()?;
     Ok(GuardDefaults {
         reasoning: mode,
         band,

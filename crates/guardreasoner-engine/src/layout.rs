@@ -71,20 +71,13 @@ pub fn hf_weights(config: &crate::config::Config) -> Vec<(String, Vec<usize>)> {
         vec![i, h],
         vec![h, i],
     ];
-    let names = hf_weight_names(config.num_hidden_layers, config.tie_word_embeddings);
-    let last_layer_slot = 1 + LAYER_NAMES.len() * config.num_hidden_layers;
-    names
+    // In hf_weight_names' order; a tied model has no lm_head name, so zip drops its shape.
+    let shapes = std::iter::once(vec![vocab, h])
+        .chain((0..config.num_hidden_layers).flat_map(|_| layer.clone()))
+        .chain([vec![h], vec![vocab, h]]);
+    hf_weight_names(config.num_hidden_layers, config.tie_word_embeddings)
         .into_iter()
-        .enumerate()
-        .map(|(slot, name)| {
-            let shape = match slot {
-                0 => vec![vocab, h],
-                s if s < last_layer_slot => layer[(s - 1) % LAYER_NAMES.len()].clone(),
-                s if s == last_layer_slot => vec![h],
-                _ => vec![vocab, h],
-            };
-            (name, shape)
-        })
+        .zip(shapes)
         .collect()
 }
 

@@ -70,8 +70,8 @@ impl GuardCard {
         static CARD: std::sync::OnceLock<Result<GuardCard, String>> = std::sync::OnceLock::new();
         CARD.get_or_init(|| serde_json::from_str(GUARD_CARD).map_err(|e| e.to_string()))
             .as_ref()
-            .map_err(|message| HubError::BadAdapter {
-                message: format!("the shipped guard card (guard/guard.json): {message}"),
+            .map_err(|message| HubError::BadCard {
+                message: message.clone(),
             })
     }
 }

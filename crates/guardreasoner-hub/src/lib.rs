@@ -82,6 +82,8 @@ pub enum HubError {
     BadResponse { url: String, message: String },
     #[error("the guard adapter cannot be merged: {message}")]
     BadAdapter { message: String },
+    #[error("the shipped guard card (guard/guard.json) is not readable: {message}")]
+    BadCard { message: String },
     #[error(transparent)]
     Gguf(#[from] guardreasoner_gguf::GgufError),
     #[error(transparent)]

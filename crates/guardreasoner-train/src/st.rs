@@ -104,9 +104,7 @@ impl WeightDtype {
             WeightDtype::F16 => DType::F16,
         }
     }
-}
 
-impl WeightDtype {
     /// The element type of a candle tensor, where a file can store it.
     pub(crate) fn of_candle(d: DType) -> Result<Self, TrainError> {
         Ok(match d {
@@ -128,13 +126,12 @@ impl std::str::FromStr for WeightDtype {
 
     /// `f32`, `bf16`, `f16` or `f64` (case-insensitive).
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" => Ok(WeightDtype::F32),
-            "bf16" => Ok(WeightDtype::Bf16),
-            "f16" => Ok(WeightDtype::F16),
-            "f64" => Ok(WeightDtype::F64),
-            other => Err(format!("unknown dtype {other:?} (f32, bf16, f16, f64)")),
-        }
+        WeightDtype::from_header_name(&s.to_ascii_uppercase()).ok_or_else(|| {
+            format!(
+                "unknown dtype {:?} (f32, bf16, f16, f64)",
+                s.to_ascii_lowercase()
+            )
+        })
     }
 }
 
