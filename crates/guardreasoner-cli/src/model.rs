@@ -1,5 +1,6 @@
-//! `guardreasoner model pull|path|info|merge|convert|pack-adapter`: fetch, locate, describe,
-//! merge, convert models, and pack the default guard's adapter.
+//! `guardreasoner model pull|path|info|merge|extract-adapter|convert|pack-adapter`: fetch,
+//! locate, describe, merge, cut adapters from, convert models, and pack the default guard's
+//! adapter.
 //!
 //! A model spec is `default` (or nothing: the shipped guard), `smollm2-base`, a `.gguf` file, a
 //! Hugging Face layout directory, or a Hub id such as `yueliu1999/GuardReasoner-1B[@revision]`.
@@ -44,6 +45,9 @@ enum ModelCommand {
     },
     /// Merge a PEFT LoRA adapter into its base model: an HF-layout checkpoint and a GGUF.
     Merge(crate::train::MergeArgs),
+    /// Cut a LoRA adapter from a fully fine-tuned model: each adapted weight's difference to
+    /// the base, truncated by SVD to --rank (PEFT layout; pack it with pack-adapter).
+    ExtractAdapter(crate::train::ExtractAdapterArgs),
     /// Write a LoRA adapter as f16 for shipping as the default guard (into
     /// crates/guardreasoner-hub/guard by default) and print its sha256 to pin in
     /// `guard::ADAPTER_SHA256`.
@@ -93,6 +97,7 @@ pub fn run(args: ModelArgs) -> Result<()> {
             println!("{}", model.path().display());
         }
         ModelCommand::Merge(args) => crate::train::merge(args)?,
+        ModelCommand::ExtractAdapter(args) => crate::train::extract_adapter(args)?,
         ModelCommand::PackAdapter {
             weights,
             config,

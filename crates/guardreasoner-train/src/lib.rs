@@ -13,12 +13,14 @@
 //! - [`trainer::train`]: the loop (AdamW, cosine schedule, accumulation, clipping, exact resume,
 //!   JSONL log, SVG loss curve) over an [`trainer::Objective`]: [`sft::SftObjective`] or
 //!   [`dpo::DpoObjective`].
-//! - [`lora`]: adapters, PEFT files, merge. [`export`]: LLaMA-Factory datasets and configs.
+//! - [`lora`]: adapters, PEFT files, merge; [`extract`]: an adapter cut by SVD from a fully
+//!   fine-tuned model. [`export`]: LLaMA-Factory datasets and configs.
 //!
 //! Paper presets: [`trainer::TrainerConfig::paper_sft`] (lr 5e-5, 3 epochs, cutoff 2048,
 //! effective batch 384, cosine, no warmup) and [`trainer::TrainerConfig::paper_dpo`] (lr 5e-6,
 //! 2 epochs, batch 256) with [`dpo::DpoConfig::default`] (beta 0.01, ftx 2.0).
 
+pub mod extract;
 pub mod lora;
 pub mod model;
 

@@ -154,6 +154,20 @@ pub fn save_adapter(
     base_model: &str,
     dir: &Path,
 ) -> Result<(), TrainError> {
+    write_adapter_config(cfg, base_model, dir)?;
+    let mut tensors = BTreeMap::new();
+    for (name, var) in model.trainable() {
+        tensors.insert(name.clone(), var.as_tensor().to_dtype(DType::F32)?);
+    }
+    save_safetensors(&tensors, &dir.join("adapter_model.safetensors"))
+}
+
+/// Creates `dir` and writes PEFT's `adapter_config.json` for `cfg` there.
+pub fn write_adapter_config(
+    cfg: &LoraConfig,
+    base_model: &str,
+    dir: &Path,
+) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let config = serde_json::json!({
         "peft_type": "LORA",
@@ -173,12 +187,7 @@ pub fn save_adapter(
     let path = dir.join("adapter_config.json");
     let text =
         serde_json::to_string_pretty(&config).map_err(|e| TrainError::Config(e.to_string()))?;
-    std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))?;
-    let mut tensors = BTreeMap::new();
-    for (name, var) in model.trainable() {
-        tensors.insert(name.clone(), var.as_tensor().to_dtype(DType::F32)?);
-    }
-    save_safetensors(&tensors, &dir.join("adapter_model.safetensors"))
+    std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
 }
 
 /// Reads a PEFT adapter directory: its config and tensors by PEFT name.
