@@ -28,7 +28,10 @@
 # RELEASED_DIRECT=200 RELEASED=280 STEPS=120 CUTOFF=1280; full-ft-7 (dev mean 79.08, the best
 # so far, not yet in a shippable form) the same with TAG=full-ft-7 FULL_FT=1 LR=5e-5.
 # FULL_FT=1 trains every weight instead of the LoRA adapters (from the base merged with
-# INIT_ADAPTER; LR should then be near the paper's 5e-5).
+# INIT_ADAPTER; LR should then be near the paper's 5e-5). With EXTRACT_RANK=R as well, the
+# candidate measured (and shippable) is the fine-tuning's difference to the base cut by SVD
+# to a rank-R LoRA in $WORK/sft/adapter (`model extract-adapter`; svd-ft-7-r54, measured and
+# not shipped, is full-ft-7 with EXTRACT_RANK=54).
 # (LABELS_DEV_LIMIT=0: the whole train-labels dev split; 300, the default, is the sample the
 # model card compares candidates on). Stage 7 picks the band (scripts/choose-auto-band.py).
 # Usage: scripts/direct-train-default-guard.sh [WORKDIR]   (default: runs/direct)
@@ -45,6 +48,7 @@ STEPS=${STEPS:-160}
 LR=${LR:-3e-4}
 CUTOFF=${CUTOFF:-768}
 FULL_FT=${FULL_FT:-0}
+EXTRACT_RANK=${EXTRACT_RANK:-0}
 LABELS_DEV_LIMIT=${LABELS_DEV_LIMIT:-300}
 LABELS_SKIP=${LABELS_SKIP:-0}
 RELEASED_SKIP=${RELEASED_SKIP:-0}
@@ -141,7 +145,12 @@ ls -d "$WORK"/sft/checkpoint-* >/dev/null 2>&1 && RESUME=(--resume)
 done_stage "4. R-SFT"
 
 stage "5. train-labels dev split ($LABELS_DEV_LIMIT prompts, stratified, seed 1; 0: all): none and full"
-if [ "$FULL_FT" = 1 ]; then
+if [ "$FULL_FT" = 1 ] && [ "$EXTRACT_RANK" != 0 ]; then
+  [ -f "$WORK/sft/adapter/adapter_model.safetensors" ] || "$BIN" model extract-adapter \
+    --base "$WORK/base-hf" --tuned "$WORK/sft/model" --rank "$EXTRACT_RANK" --output "$WORK/sft/adapter"
+  [ -f "$WORK/rsft/model.gguf" ] || "$BIN" model merge --base "$WORK/base-hf" \
+    --adapter "$WORK/sft/adapter" --output "$WORK/rsft" --gguf f16
+elif [ "$FULL_FT" = 1 ]; then
   mkdir -p "$WORK/rsft"
   [ -f "$WORK/rsft/model.gguf" ] || "$BIN" model convert "$WORK/sft/model" \
     --to-gguf "$WORK/rsft/model.gguf" --gguf-type f16

@@ -129,7 +129,10 @@ struct DpoArgs {
 
 #[derive(Args)]
 pub struct MergeArgs {
-    /// HF-layout base model directory.
+    /// The base model: an HF-layout directory (writes an HF checkpoint and a GGUF of
+    /// --gguf's type), or a GGUF file or `smollm2-base` (writes `<output>/model.gguf` as the
+    /// shipped guard is merged: adapted projections Q8_0, every other tensor as in the base,
+    /// so a candidate can be measured in the form it would ship).
     #[arg(long)]
     base: PathBuf,
     /// PEFT adapter directory (adapter_config.json, adapter_model.safetensors).
@@ -255,6 +258,47 @@ pub fn extract_adapter(args: ExtractAdapterArgs) -> anyhow::Result<()> {
             shown.join(", ")
         );
     }
+    Ok(())
+}
+
+/// `model merge` from a GGUF base: the shipped guard's merge, for any adapter.
+fn merge_into_gguf(args: &MergeArgs) -> anyhow::Result<()> {
+    let spec = args.base.display().to_string();
+    let base = match guardreasoner_hub::resolve_from_env(Some(&spec))
+        .with_context(|| format!("cannot find the base model {spec:?}"))?
+    {
+        guardreasoner_hub::ResolvedModel::Gguf(file) => file,
+        guardreasoner_hub::ResolvedModel::HfDir(dir) => dir, // a Hub id: the HF path instead
+    };
+    if base.is_dir() {
+        return merge(MergeArgs {
+            base,
+            adapter: args.adapter.clone(),
+            output: args.output.clone(),
+            save_dtype: args.save_dtype,
+            gguf: args.gguf.clone(),
+        });
+    }
+    let read = |name: &str| {
+        let path = args.adapter.join(name);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let config_json = String::from_utf8(read("adapter_config.json")?)
+        .context("adapter_config.json is not UTF-8")?;
+    let weights = read("adapter_model.safetensors")?;
+    let adapter = guardreasoner_hub::guard::Adapter {
+        config_json: &config_json,
+        weights: &weights,
+        sha256: "", // only the embedded adapter has a pinned hash to verify
+    };
+    std::fs::create_dir_all(&args.output)?;
+    let out = args.output.join("model.gguf");
+    guardreasoner_hub::guard::merge_adapter_into_gguf(&base, &adapter, &out, &[])
+        .with_context(|| format!("merging {} into {}", args.adapter.display(), base.display()))?;
+    eprintln!(
+        "wrote {} (adapted projections Q8_0; serve it with --model {0})",
+        out.display()
+    );
     Ok(())
 }
 
@@ -567,6 +611,9 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
 }
 
 pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
+    if !args.base.is_dir() {
+        return merge_into_gguf(&args);
+    }
     let config = guardreasoner_train::model::read_config(&args.base.join("config.json"))?;
     let out_dtype = args.save_dtype;
     let weight_type = match args.gguf.as_str() {

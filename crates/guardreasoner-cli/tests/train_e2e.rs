@@ -119,6 +119,78 @@ fn sft_merge_classify_mine_and_dpo_on_the_default_gguf() {
     ]);
     let verdict: Value = serde_json::from_slice(&classify.stdout).unwrap();
     assert!(verdict.is_object(), "{verdict}");
+
+    // Cut an adapter back out of the merged model (the q/v projections only, to keep it quick):
+    // the rank-4 training fits rank 4 whole, and the other adapted projections are named as
+    // what this adapter cannot carry.
+    let extract = run(&[
+        "model",
+        "extract-adapter",
+        "--base",
+        &p("sft/base"),
+        "--tuned",
+        &p("merged"),
+        "--rank",
+        "4",
+        "--targets",
+        "q_proj,v_proj",
+        "--output",
+        &p("extracted"),
+    ]);
+    let stderr = String::from_utf8_lossy(&extract.stderr);
+    assert!(stderr.contains("cannot carry"), "{stderr}");
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("extracted/extract-report.json")).unwrap(),
+    )
+    .unwrap();
+    let weights = report["weights"].as_array().unwrap();
+    assert_eq!(weights.len(), 2 * 30, "q and v of 30 layers");
+    assert!(
+        weights.iter().all(|w| w["kept"].as_f64().unwrap() > 0.999),
+        "a rank-4 training fits rank 4: {report}"
+    );
+    let not_carried: Vec<&str> = report["not_carried"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["weight"].as_str().unwrap())
+        .collect();
+    assert!(
+        not_carried.contains(&"model.layers.0.mlp.down_proj.weight"),
+        "{not_carried:?}"
+    );
+    assert!(!not_carried.iter().any(|w| w.ends_with("q_proj.weight")));
+    assert!(tmp
+        .path()
+        .join("extracted/adapter_model.safetensors")
+        .is_file());
+
+    // The same adapter merged into the GGUF base, as the default guard ships (Q8_0), serves.
+    run(&[
+        "model",
+        "merge",
+        "--base",
+        gguf.to_str().unwrap(),
+        "--adapter",
+        &p("sft/adapter"),
+        "--output",
+        &p("merged-q8"),
+    ]);
+    let from_q8 = run(&[
+        "classify",
+        "--model",
+        &p("merged-q8/model.gguf"),
+        "--prompt",
+        "How do I pick a lock?",
+        "--json",
+        "--max-new-tokens",
+        "8",
+    ]);
+    let verdict_q8: Value = serde_json::from_slice(&from_q8.stdout).unwrap();
+    assert!(verdict_q8.is_object(), "{verdict_q8}");
+    let info = run(&["model", "info", &p("merged-q8/model.gguf"), "--json"]);
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(info["tensor_types"]["Q8_0"].is_object(), "{info}");
     // ... and so does the GGUF written beside it (f16), here with the 8-bit key/value cache.
     let gguf_out = tmp.path().join("merged/model.gguf");
     assert!(gguf_out.is_file());
