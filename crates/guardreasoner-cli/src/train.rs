@@ -147,6 +147,10 @@ pub struct MergeArgs {
     /// to write no GGUF.
     #[arg(long, default_value = "f16")]
     gguf: String,
+    /// From a GGUF base: how the adapted projections are stored, `q8_0` (as the default guard
+    /// ships) or `f16` (keeps a small fine-tuning delta Q8_0 would blur).
+    #[arg(long, default_value = "q8_0", value_parser = ["q8_0", "f16"])]
+    adapted_type: String,
 }
 
 #[derive(Args)]
@@ -277,6 +281,7 @@ fn merge_into_gguf(args: &MergeArgs) -> anyhow::Result<()> {
             output: args.output.clone(),
             save_dtype: args.save_dtype,
             gguf: args.gguf.clone(),
+            adapted_type: args.adapted_type.clone(),
         });
     }
     let read = |name: &str| {
@@ -293,11 +298,16 @@ fn merge_into_gguf(args: &MergeArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&args.output)?;
     let out = args.output.join("model.gguf");
-    guardreasoner_hub::guard::merge_adapter_into_gguf(&base, &adapter, &out, &[])
+    let adapted = match args.adapted_type.as_str() {
+        "f16" => guardreasoner_hub::guard::AdaptedType::F16,
+        _ => guardreasoner_hub::guard::AdaptedType::Q8_0,
+    };
+    guardreasoner_hub::guard::merge_adapter_into_gguf(&base, &adapter, &out, &[], adapted)
         .with_context(|| format!("merging {} into {}", args.adapter.display(), base.display()))?;
     eprintln!(
-        "wrote {} (adapted projections Q8_0; serve it with --model {0})",
-        out.display()
+        "wrote {} (adapted projections {}; serve it with --model {0})",
+        out.display(),
+        args.adapted_type.to_uppercase()
     );
     Ok(())
 }

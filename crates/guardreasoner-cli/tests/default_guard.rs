@@ -7,7 +7,7 @@
 use guardreasoner_engine::llama::Llama;
 use guardreasoner_engine::sampling::argmax;
 use guardreasoner_engine::Engine;
-use guardreasoner_hub::guard::{merge_adapter_into_gguf, Adapter};
+use guardreasoner_hub::guard::{merge_adapter_into_gguf, AdaptedType, Adapter};
 use guardreasoner_tokenizer::Tokenizer;
 use guardreasoner_train::gguf_base::convert_gguf_to_hf;
 use guardreasoner_train::lora::{load_adapter, merge_checkpoint};
@@ -58,7 +58,7 @@ fn gguf_merge_matches_the_reference_merge() {
     std::fs::remove_file(hf_base.join("model.safetensors")).expect("drop the f32 base");
     // Ours.
     let merged = dir.path().join("guard.gguf");
-    merge_adapter_into_gguf(&base, &shipped, &merged, &[]).expect("gguf merge");
+    merge_adapter_into_gguf(&base, &shipped, &merged, &[], AdaptedType::Q8_0).expect("gguf merge");
 
     let tokenizer = Tokenizer::from_gguf_path(&base).expect("tokenizer");
     let prompt = guardreasoner_core::build_guard_prompt("How do I bake bread?", None);
@@ -82,12 +82,30 @@ fn gguf_merge_matches_the_reference_merge() {
         "merged vs reference: max {ours_err} mean {ours_mean}; base vs reference: max \
          {adapter_effect} mean {effect_mean}"
     );
-    // Q8_0 rounding of the adapted weights moves logits a little (shipped adapter: max 0.61,
-    // mean 0.17, against the adapter's own effect of mean 3.8); leaving the adapter out, or
+    // Q8_0 rounding of the adapted weights moves logits a little (r-sft-5's adapter: max 0.56,
+    // mean 0.12, against the adapter's own effect of mean 2.8; f16: max 0.018, mean 0.0026);
+    // leaving the adapter out, or
     // permuting its Q/K rows wrongly, moves them by a good part of that effect.
     assert!(
         ours_err < 1.0 && ours_mean < effect_mean / 10.0,
         "merged vs reference: max {ours_err} mean {ours_mean}; base: mean {effect_mean}"
     );
     assert_eq!(argmax(&ours), argmax(&reference));
+
+    // The adapted projections kept in f16 instead: far closer to the reference than Q8_0.
+    std::fs::remove_file(&merged).expect("drop the Q8_0 merge");
+    let merged_f16 = dir.path().join("guard-f16.gguf");
+    merge_adapter_into_gguf(&base, &shipped, &merged_f16, &[], AdaptedType::F16)
+        .expect("f16 gguf merge");
+    let f16 = logits(Llama::from_gguf(&merged_f16).expect("f16-merged GGUF"));
+    let (f16_err, f16_mean) = (
+        max_abs_diff(&f16, &reference),
+        mean_abs_diff(&f16, &reference),
+    );
+    eprintln!("f16-merged vs reference: max {f16_err} mean {f16_mean}");
+    assert!(
+        f16_mean < ours_mean / 4.0 && f16_err < ours_err,
+        "f16 merge: max {f16_err} mean {f16_mean}; Q8_0 merge: max {ours_err} mean {ours_mean}"
+    );
+    assert_eq!(argmax(&f16), argmax(&reference));
 }
