@@ -43,7 +43,9 @@ enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Merge a PEFT LoRA adapter into its base model: an HF-layout checkpoint and a GGUF.
+    /// Merge a PEFT LoRA adapter into its base model: from an HF base, an HF-layout checkpoint
+    /// and a GGUF; from a GGUF base, one GGUF as the default guard is merged (Q8_0 or f16
+    /// adapted projections).
     Merge(crate::train::MergeArgs),
     /// Cut a LoRA adapter from a fully fine-tuned model: each adapted weight's difference to
     /// the base, truncated by SVD to --rank (PEFT layout; pack it with pack-adapter).
