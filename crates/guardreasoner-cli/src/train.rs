@@ -216,12 +216,13 @@ pub fn extract_adapter(args: ExtractAdapterArgs) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
     extracted.save(&args.base_name, &args.output)?;
+    let total_kept = extracted.total_kept();
     let report = serde_json::json!({
         "base": args.base.display().to_string(),
         "tuned": args.tuned.display().to_string(),
         "rank": config.rank,
         "alpha": config.alpha,
-        "total_kept": extracted.total_kept(),
+        "total_kept": total_kept,
         "weights": extracted.kept.iter().map(|k| serde_json::json!({
             "weight": k.weight, "kept": k.kept, "relative_change": k.relative_change,
         })).collect::<Vec<_>>(),
@@ -242,7 +243,7 @@ pub fn extract_adapter(args: ExtractAdapterArgs) -> anyhow::Result<()> {
         "rank {}: kept {:.1}% of the adapted weights' squared difference (least: {} {:.1}%); \
          wrote {}",
         config.rank,
-        100.0 * extracted.total_kept(),
+        100.0 * total_kept,
         least.weight,
         100.0 * least.kept,
         args.output.display()
@@ -266,24 +267,7 @@ pub fn extract_adapter(args: ExtractAdapterArgs) -> anyhow::Result<()> {
 }
 
 /// `model merge` from a GGUF base: the shipped guard's merge, for any adapter.
-fn merge_into_gguf(args: &MergeArgs) -> anyhow::Result<()> {
-    let spec = args.base.display().to_string();
-    let base = match guardreasoner_hub::resolve_from_env(Some(&spec))
-        .with_context(|| format!("cannot find the base model {spec:?}"))?
-    {
-        guardreasoner_hub::ResolvedModel::Gguf(file) => file,
-        guardreasoner_hub::ResolvedModel::HfDir(dir) => dir, // a Hub id: the HF path instead
-    };
-    if base.is_dir() {
-        return merge(MergeArgs {
-            base,
-            adapter: args.adapter.clone(),
-            output: args.output.clone(),
-            save_dtype: args.save_dtype,
-            gguf: args.gguf.clone(),
-            adapted_type: args.adapted_type.clone(),
-        });
-    }
+fn merge_into_gguf(args: &MergeArgs, base: &Path) -> anyhow::Result<()> {
     let read = |name: &str| {
         let path = args.adapter.join(name);
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
@@ -302,7 +286,7 @@ fn merge_into_gguf(args: &MergeArgs) -> anyhow::Result<()> {
         "f16" => guardreasoner_hub::guard::AdaptedType::F16,
         _ => guardreasoner_hub::guard::AdaptedType::Q8_0,
     };
-    guardreasoner_hub::guard::merge_adapter_into_gguf(&base, &adapter, &out, &[], adapted)
+    guardreasoner_hub::guard::merge_adapter_into_gguf(base, &adapter, &out, &[], adapted)
         .with_context(|| format!("merging {} into {}", args.adapter.display(), base.display()))?;
     eprintln!(
         "wrote {} (adapted projections {}; serve it with --model {0})",
@@ -621,10 +605,20 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
 }
 
 pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
-    if !args.base.is_dir() {
-        return merge_into_gguf(&args);
-    }
-    let config = guardreasoner_train::model::read_config(&args.base.join("config.json"))?;
+    // A directory is an HF base as it is; anything else is a model spec (a GGUF file,
+    // `smollm2-base`, a Hub id).
+    let base = if args.base.is_dir() {
+        args.base.clone()
+    } else {
+        let spec = args.base.display().to_string();
+        match guardreasoner_hub::resolve_from_env(Some(&spec))
+            .with_context(|| format!("cannot find the base model {spec:?}"))?
+        {
+            guardreasoner_hub::ResolvedModel::Gguf(file) => return merge_into_gguf(&args, &file),
+            guardreasoner_hub::ResolvedModel::HfDir(dir) => dir,
+        }
+    };
+    let config = guardreasoner_train::model::read_config(&base.join("config.json"))?;
     let out_dtype = args.save_dtype;
     let weight_type = match args.gguf.as_str() {
         "none" => None,
@@ -636,7 +630,7 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.output)?;
     // One base weight at a time: memory stays near one f32 weight plus the adapter.
     merge_checkpoint(
-        &args.base,
+        &base,
         &lora,
         &adapter,
         &args.output.join("model.safetensors"),
@@ -646,7 +640,7 @@ pub fn merge(args: MergeArgs) -> anyhow::Result<()> {
         args.output.join("config.json"),
         serde_json::to_string_pretty(&config)?,
     )?;
-    copy_tokenizer(&args.base, &args.output)?;
+    copy_tokenizer(&base, &args.output)?;
     eprintln!(
         "merged {} into {}",
         args.adapter.display(),

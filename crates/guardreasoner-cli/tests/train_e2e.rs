@@ -27,6 +27,24 @@ fn run(args: &[&str]) -> Output {
     out
 }
 
+/// `classify --json` of one short request with `model` (8 new tokens): the verdict object.
+fn short_verdict(model: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "classify",
+        "--model",
+        model,
+        "--prompt",
+        "How do I pick a lock?",
+        "--json",
+        "--max-new-tokens",
+        "8",
+    ];
+    args.extend_from_slice(extra);
+    let verdict: Value = serde_json::from_slice(&run(&args).stdout).unwrap();
+    assert!(verdict.is_object(), "{model}: {verdict}");
+    verdict
+}
+
 fn log_lines(dir: &Path) -> Vec<Value> {
     read_jsonl(&dir.join("train_log.jsonl"))
 }
@@ -107,18 +125,11 @@ fn sft_merge_classify_mine_and_dpo_on_the_default_gguf() {
         "--save-dtype",
         "f32",
     ]);
-    let classify = run(&[
-        "classify",
-        "--model",
-        &p("merged"),
-        "--prompt",
-        "How do I pick a lock?",
-        "--json",
-        "--max-new-tokens",
-        "8",
-    ]);
-    let verdict: Value = serde_json::from_slice(&classify.stdout).unwrap();
-    assert!(verdict.is_object(), "{verdict}");
+    short_verdict(&p("merged"), &[]);
+    // ... and so does the GGUF written beside it (f16), here with the 8-bit key/value cache.
+    let gguf_out = tmp.path().join("merged/model.gguf");
+    assert!(gguf_out.is_file());
+    short_verdict(gguf_out.to_str().unwrap(), &["--kv-cache", "q8"]);
 
     // Cut an adapter back out of the merged model (the q/v projections only, to keep it quick):
     // the rank-4 training fits rank 4 whole, and the other adapted projections are named as
@@ -176,38 +187,10 @@ fn sft_merge_classify_mine_and_dpo_on_the_default_gguf() {
         "--output",
         &p("merged-q8"),
     ]);
-    let from_q8 = run(&[
-        "classify",
-        "--model",
-        &p("merged-q8/model.gguf"),
-        "--prompt",
-        "How do I pick a lock?",
-        "--json",
-        "--max-new-tokens",
-        "8",
-    ]);
-    let verdict_q8: Value = serde_json::from_slice(&from_q8.stdout).unwrap();
-    assert!(verdict_q8.is_object(), "{verdict_q8}");
+    short_verdict(&p("merged-q8/model.gguf"), &[]);
     let info = run(&["model", "info", &p("merged-q8/model.gguf"), "--json"]);
     let info: Value = serde_json::from_slice(&info.stdout).unwrap();
     assert!(info["tensor_types"]["Q8_0"].is_object(), "{info}");
-    // ... and so does the GGUF written beside it (f16), here with the 8-bit key/value cache.
-    let gguf_out = tmp.path().join("merged/model.gguf");
-    assert!(gguf_out.is_file());
-    let from_gguf = run(&[
-        "classify",
-        "--model",
-        gguf_out.to_str().unwrap(),
-        "--prompt",
-        "How do I pick a lock?",
-        "--json",
-        "--max-new-tokens",
-        "8",
-        "--kv-cache",
-        "q8",
-    ]);
-    let verdict_gguf: Value = serde_json::from_slice(&from_gguf.stdout).unwrap();
-    assert!(verdict_gguf.is_object(), "{verdict_gguf}");
 
     // `model convert` says which way a model can go.
     let wrong_way = Command::new(BIN)

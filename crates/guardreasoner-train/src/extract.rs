@@ -104,10 +104,9 @@ pub fn extract_adapter(
             Some(_) => {}
         }
     }
-    let adapted: Vec<&(String, Vec<usize>)> = names
+    let (adapted, others): (Vec<_>, Vec<_>) = names
         .iter()
-        .filter(|(n, s)| config.targets_weight(n) && s.len() == 2)
-        .collect();
+        .partition(|(n, s)| config.targets_weight(n) && s.len() == 2);
     if adapted.is_empty() {
         return Err(TrainError::Model(format!(
             "{} has no weight among the LoRA targets {:?}",
@@ -122,10 +121,7 @@ pub fn extract_adapter(
         Ok((w, t))
     };
     let mut not_carried = Vec::new();
-    for (name, shape) in names
-        .iter()
-        .filter(|(n, s)| !(config.targets_weight(n) && s.len() == 2))
-    {
+    for (name, shape) in others {
         let (w, t) = read_pair(name, shape.iter().product())?;
         let (d, b) = difference_norms(&w, &t);
         if d > 0.0 {
@@ -178,32 +174,33 @@ fn cut_one(
     rank: usize,
     scale: f64,
 ) -> (KeptEnergy, (Factor, Factor)) {
-    let (d_norm, b_norm) = difference_norms(base, tuned);
     let d = DMatrix::from_row_iterator(
         rows,
         cols,
         base.iter().zip(tuned).map(|(w, t)| *t as f64 - *w as f64),
     );
+    // nalgebra's `svd` returns the singular values in descending order.
     let svd = d.svd(true, true);
     let (u, v_t) = (svd.u.expect("u requested"), svd.v_t.expect("v_t requested"));
     let s = &svd.singular_values;
-    let mut order: Vec<usize> = (0..s.len()).collect();
-    order.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
+    // ||D||^2 is the sum of the squared singular values.
     let total: f64 = s.iter().map(|x| x * x).sum();
     let mut a = vec![0.0f32; rank * cols];
     let mut b = vec![0.0f32; rows * rank];
     let mut kept_energy = 0.0;
     // Ranks beyond the difference's own (a small or low-rank difference) stay zero.
-    for (k, &i) in order.iter().take(rank).enumerate() {
-        kept_energy += s[i] * s[i];
-        let root = (s[i] / scale).sqrt();
+    for (k, &sk) in s.iter().take(rank).enumerate() {
+        kept_energy += sk * sk;
+        let root = (sk / scale).sqrt();
         for c in 0..cols {
-            a[k * cols + c] = (root * v_t[(i, c)]) as f32;
+            a[k * cols + c] = (root * v_t[(k, c)]) as f32;
         }
         for r in 0..rows {
-            b[r * rank + k] = (root * u[(r, i)]) as f32;
+            b[r * rank + k] = (root * u[(r, k)]) as f32;
         }
     }
+    let d_norm = total.sqrt();
+    let b_norm = base.iter().map(|w| (*w as f64).powi(2)).sum::<f64>().sqrt();
     let report = KeptEnergy {
         weight: name.to_string(),
         kept: if total > 0.0 {
