@@ -147,10 +147,12 @@ pub struct MergeArgs {
     /// to write no GGUF.
     #[arg(long, default_value = "f16")]
     gguf: String,
-    /// From a GGUF base: how the adapted projections are stored, `q8_0` (as the default guard
-    /// ships) or `f16` (keeps a small fine-tuning delta Q8_0 would blur).
-    #[arg(long, default_value = "q8_0", value_parser = ["q8_0", "f16"])]
-    adapted_type: String,
+    /// From a GGUF base: how the adapted projections are stored: `q8_0` (merged, portable to
+    /// llama.cpp), `f16` (merged, keeps a small fine-tuning delta Q8_0 would blur) or `lora`
+    /// (not merged: the factors beside the unchanged base tensors, applied at run time by
+    /// this engine only; exact and the fewest bytes per step).
+    #[arg(long, default_value = "q8_0")]
+    adapted_type: guardreasoner_hub::guard::AdaptedType,
 }
 
 #[derive(Args)]
@@ -282,16 +284,12 @@ fn merge_into_gguf(args: &MergeArgs, base: &Path) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&args.output)?;
     let out = args.output.join("model.gguf");
-    let adapted = match args.adapted_type.as_str() {
-        "f16" => guardreasoner_hub::guard::AdaptedType::F16,
-        _ => guardreasoner_hub::guard::AdaptedType::Q8_0,
-    };
-    guardreasoner_hub::guard::merge_adapter_into_gguf(base, &adapter, &out, &[], adapted)
+    guardreasoner_hub::guard::merge_adapter_into_gguf(base, &adapter, &out, &[], args.adapted_type)
         .with_context(|| format!("merging {} into {}", args.adapter.display(), base.display()))?;
     eprintln!(
         "wrote {} (adapted projections {}; serve it with --model {0})",
         out.display(),
-        args.adapted_type.to_uppercase()
+        args.adapted_type.name()
     );
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The default guard's merge (done in the GGUF layout, adapted weights as Q8_0) computes what
+//! The default guard's merge (done in the GGUF layout: adapted weights as Q8_0, as f16, or
+//! not merged, the LoRA factors applied at run time) computes what
 //! the trainer's reference merge computes: the base converted to an f32 HF checkpoint, the
 //! shipped adapter merged with `merge_checkpoint` (stored f16, rounding far finer than Q8_0's),
 //! run by the engine in f32. The scratch files (about 0.8 GB at the peak) live under the target
@@ -108,4 +109,25 @@ fn gguf_merge_matches_the_reference_merge() {
         "f16 merge: max {f16_err} mean {f16_mean}; Q8_0 merge: max {ours_err} mean {ours_mean}"
     );
     assert_eq!(argmax(&f16), argmax(&reference));
+
+    // Not merged: the base tensors as stored, the factors applied at run time. The update is
+    // exact, so only the f16 factors and the base product's own arithmetic separate it from
+    // the reference: closer than Q8_0, about as close as the f16 merge.
+    std::fs::remove_file(&merged_f16).expect("drop the f16 merge");
+    let unmerged = dir.path().join("guard-lora.gguf");
+    merge_adapter_into_gguf(&base, &shipped, &unmerged, &[], AdaptedType::Lora)
+        .expect("lora-form gguf");
+    let model = Llama::from_gguf(&unmerged).expect("lora-form GGUF");
+    assert!(model.has_low_rank());
+    let lora = logits(model);
+    let (lora_err, lora_mean) = (
+        max_abs_diff(&lora, &reference),
+        mean_abs_diff(&lora, &reference),
+    );
+    eprintln!("run-time LoRA vs reference: max {lora_err} mean {lora_mean}");
+    assert!(
+        lora_mean < ours_mean / 4.0 && lora_err < ours_err,
+        "run-time LoRA: max {lora_err} mean {lora_mean}; Q8_0 merge: max {ours_err} mean {ours_mean}"
+    );
+    assert_eq!(argmax(&lora), argmax(&reference));
 }

@@ -7,7 +7,11 @@
 //! layout (rotating adjacent pairs instead of the two halves of each head); the model keeps
 //! the stored order and rotates accordingly ([`RopeLayout`]), which gives the same result.
 
+mod linear;
 mod load;
+
+pub use linear::LowRank;
+use linear::{Linear, LinearScratch};
 
 use crate::kv_cache::KvSlice;
 pub use crate::kv_cache::{KvCache, KvType, KV_GROW_STEP};
@@ -15,7 +19,7 @@ pub use crate::kv_cache::{KvCache, KvType, KV_GROW_STEP};
 use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::kernels::{self, Isa, KV_Q8_BLOCK};
-use crate::matrix::{matmul, MatmulScratch, Matrix};
+use crate::matrix::{matmul, Matrix};
 use crate::quant::WeightType;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -27,67 +31,6 @@ pub enum RopeLayout {
     Halves,
     /// GGUF (permuted Q/K weights): element `2i` with `2i + 1`.
     Adjacent,
-}
-
-/// A linear layer whose output is the concatenation of one or more stored matrices (Q/K/V and
-/// gate/up are fused when their formats agree, so one parallel pass computes them).
-pub(crate) struct Linear {
-    parts: Vec<Matrix>,
-    rows: usize,
-}
-
-impl Linear {
-    fn fused(parts: Vec<Matrix>) -> Linear {
-        let refs: Vec<&Matrix> = parts.iter().collect();
-        let parts = match Matrix::concat_rows(&refs) {
-            Some(m) if parts.len() > 1 => vec![m],
-            _ => parts,
-        };
-        let isa = Isa::detect();
-        let parts: Vec<Matrix> = parts.into_iter().map(|m| m.prepared_for(isa)).collect();
-        let rows = parts.iter().map(Matrix::rows).sum();
-        Linear { parts, rows }
-    }
-
-    fn forward(
-        &self,
-        isa: Isa,
-        x: &[f32],
-        n: usize,
-        out: &mut [f32],
-        part_out: &mut Vec<f32>,
-        mm: &mut MatmulScratch,
-    ) {
-        if let [only] = self.parts.as_slice() {
-            return matmul(isa, only, x, n, out, mm);
-        }
-        let mut offset = 0;
-        for part in &self.parts {
-            let rows = part.rows();
-            part_out.resize(n * rows, 0.0);
-            matmul(isa, part, x, n, part_out, mm);
-            for t in 0..n {
-                out[t * self.rows + offset..t * self.rows + offset + rows]
-                    .copy_from_slice(&part_out[t * rows..(t + 1) * rows]);
-            }
-            offset += rows;
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        self.parts.iter().map(Matrix::byte_len).sum()
-    }
-
-    fn all_f32(&self) -> bool {
-        self.parts.iter().all(|m| m.ty() == WeightType::F32)
-    }
-
-    fn map(self, f: impl Fn(&Matrix) -> Matrix) -> Linear {
-        Linear {
-            parts: self.parts.iter().map(f).collect(),
-            rows: self.rows,
-        }
-    }
 }
 
 struct Layer {
@@ -146,8 +89,7 @@ pub struct ForwardScratch {
     proj: Vec<f32>,
     gate_up: Vec<f32>,
     act: Vec<f32>,
-    part: Vec<f32>,
-    matmul: MatmulScratch,
+    linear: LinearScratch,
 }
 
 impl Llama {
@@ -203,7 +145,17 @@ impl Llama {
     pub fn weight_type(&self) -> WeightType {
         self.layers
             .first()
-            .map_or(self.embed_tokens.ty(), |l| l.qkv_proj.parts[0].ty())
+            .map_or(self.embed_tokens.ty(), |l| l.qkv_proj.weight_type())
+    }
+
+    /// Whether LoRA updates are applied at run time beside the stored weights ([`LowRank`]).
+    pub fn has_low_rank(&self) -> bool {
+        self.layers.iter().any(|l| {
+            l.qkv_proj.has_low_rank()
+                || l.o_proj.has_low_rank()
+                || l.gate_up_proj.has_low_rank()
+                || l.down_proj.has_low_rank()
+        })
     }
 
     /// How this model's key/value cache is stored: as set by [`Llama::set_kv_type`], or else
@@ -344,7 +296,7 @@ impl Llama {
             s.qkv.resize(n * qkv_dim, 0.0);
             layer
                 .qkv_proj
-                .forward(isa, &s.normed, n, &mut s.qkv, &mut s.part, &mut s.matmul);
+                .forward(isa, &s.normed, n, &mut s.qkv, &mut s.linear);
             let qkv = &mut s.qkv;
             qkv.par_chunks_mut(qkv_dim)
                 .with_min_len(PARALLEL_TOKENS)
@@ -398,20 +350,15 @@ impl Llama {
             s.proj.resize(n * h, 0.0);
             layer
                 .o_proj
-                .forward(isa, &s.attn, n, &mut s.proj, &mut s.part, &mut s.matmul);
+                .forward(isa, &s.attn, n, &mut s.proj, &mut s.linear);
             add_in_place(&mut s.x, &s.proj);
 
             // MLP block.
             rms_norm(&s.x, &layer.post_attention_layernorm, eps, h, &mut s.normed);
             s.gate_up.resize(n * 2 * inter, 0.0);
-            layer.gate_up_proj.forward(
-                isa,
-                &s.normed,
-                n,
-                &mut s.gate_up,
-                &mut s.part,
-                &mut s.matmul,
-            );
+            layer
+                .gate_up_proj
+                .forward(isa, &s.normed, n, &mut s.gate_up, &mut s.linear);
             s.act.resize(n * inter, 0.0);
             s.act
                 .par_chunks_mut(inter)
@@ -423,7 +370,7 @@ impl Llama {
                 });
             layer
                 .down_proj
-                .forward(isa, &s.act, n, &mut s.proj, &mut s.part, &mut s.matmul);
+                .forward(isa, &s.act, n, &mut s.proj, &mut s.linear);
             add_in_place(&mut s.x, &s.proj);
         }
 
@@ -451,21 +398,14 @@ impl Llama {
         rms_norm(&last, &self.norm, eps, h, &mut s.normed);
         let mut logits = vec![0.0f32; wanted.len() * c.vocab_size];
         match &self.lm_head {
-            Some(head) => head.forward(
-                isa,
-                &s.normed,
-                wanted.len(),
-                &mut logits,
-                &mut s.part,
-                &mut s.matmul,
-            ),
+            Some(head) => head.forward(isa, &s.normed, wanted.len(), &mut logits, &mut s.linear),
             None => matmul(
                 isa,
                 &self.embed_tokens,
                 &s.normed,
                 wanted.len(),
                 &mut logits,
-                &mut s.matmul,
+                &mut s.linear.matmul,
             ),
         }
         Ok(logits)

@@ -314,27 +314,46 @@ fn lora_delta(pair: &LoraPair, scale: f32) -> Vec<f32> {
 /// How the projections an adapter changes are stored in a merged GGUF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AdaptedType {
-    /// The shipped guard's choice: 8.5 bits per weight.
+    /// 8.5 bits per weight: `W + scale * B A` re-quantised (portable: llama.cpp runs it).
     #[default]
     Q8_0,
     /// 16 bits per weight: keeps a small fine-tuning delta that Q8_0's rounding would blur
     /// (twice the bytes read per decode step for those projections).
     F16,
+    /// Not merged: the base tensors stay as stored and each adapted one gets its factors
+    /// beside it, `<name>.lora_a` (`A`, f16) and `<name>.lora_b` (`scale * B`, f16, Q/K rows
+    /// in the rotary order), which this engine applies at run time. Exact (no rounding of
+    /// `W + ΔW`) and the fewest bytes per step; only this engine reads the extra tensors.
+    Lora,
 }
 
 impl AdaptedType {
-    fn weight_type(self) -> WeightType {
+    /// The name `model merge --adapted-type` takes and the merged file records.
+    pub fn name(self) -> &'static str {
         match self {
-            AdaptedType::Q8_0 => WeightType::Q8_0,
-            AdaptedType::F16 => WeightType::F16,
+            AdaptedType::Q8_0 => "q8_0",
+            AdaptedType::F16 => "f16",
+            AdaptedType::Lora => "lora",
         }
     }
 
-    fn ggml(self) -> GgmlType {
+    /// The merged projections' format (`None`: not merged).
+    fn merged_type(self) -> Option<(WeightType, GgmlType)> {
         match self {
-            AdaptedType::Q8_0 => GgmlType::Q8_0,
-            AdaptedType::F16 => GgmlType::F16,
+            AdaptedType::Q8_0 => Some((WeightType::Q8_0, GgmlType::Q8_0)),
+            AdaptedType::F16 => Some((WeightType::F16, GgmlType::F16)),
+            AdaptedType::Lora => None,
         }
+    }
+}
+
+impl std::str::FromStr for AdaptedType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        [AdaptedType::Q8_0, AdaptedType::F16, AdaptedType::Lora]
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown adapted type {s:?}; expected q8_0, f16 or lora"))
     }
 }
 
@@ -361,30 +380,48 @@ pub fn merge_adapter_into_gguf(
     for (k, v) in extra {
         metadata.insert(k.to_string(), v.clone());
     }
+    metadata.insert(
+        "guardreasoner.adapted_type".into(),
+        Value::String(adapted.name().into()),
+    );
     let metadata: Vec<(String, Value)> = metadata.into_iter().collect();
     let mut plans = Vec::with_capacity(file.tensors.len());
     let mut merged: Vec<Option<LoraPair>> = Vec::with_capacity(file.tensors.len());
     for info in &file.tensors {
         let pair = hf_name(&info.name).and_then(|hf| pairs.remove(&hf));
-        if let Some(p) = &pair {
-            let (rows, cols) = (p.b_shape[0], p.a_shape[1]);
-            let dims: Vec<u64> = info.dims.clone();
-            if dims != [cols as u64, rows as u64] || cols % 32 != 0 {
-                return Err(bad_adapter(format!(
-                    "{}: the adapter is [{rows}, {cols}], the base tensor {:?}",
-                    info.name, dims
-                )));
-            }
+        let Some(p) = &pair else {
+            plans.push(TensorPlan {
+                name: info.name.clone(),
+                dims: info.dims.clone(),
+                dtype: info.dtype,
+            });
+            merged.push(None);
+            continue;
+        };
+        let (rows, cols, rank) = (p.b_shape[0], p.a_shape[1], p.a_shape[0]);
+        if info.dims != [cols as u64, rows as u64] || cols % 32 != 0 {
+            return Err(bad_adapter(format!(
+                "{}: the adapter is [{rows}, {cols}], the base tensor {:?}",
+                info.name, info.dims
+            )));
         }
         plans.push(TensorPlan {
             name: info.name.clone(),
             dims: info.dims.clone(),
-            dtype: if pair.is_some() {
-                adapted.ggml()
-            } else {
-                info.dtype
-            },
+            dtype: adapted.merged_type().map_or(info.dtype, |(_, ggml)| ggml),
         });
+        if adapted.merged_type().is_none() {
+            plans.push(TensorPlan {
+                name: format!("{}.lora_a", info.name),
+                dims: vec![cols as u64, rank as u64],
+                dtype: GgmlType::F16,
+            });
+            plans.push(TensorPlan {
+                name: format!("{}.lora_b", info.name),
+                dims: vec![rank as u64, rows as u64],
+                dtype: GgmlType::F16,
+            });
+        }
         merged.push(pair);
     }
     if let Some(unused) = pairs.keys().next() {
@@ -396,32 +433,52 @@ pub fn merge_adapter_into_gguf(
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     }
     let mut writer = GgufWriter::create(out, &metadata, plans).map_err(io_error(out))?;
+    let f16_bytes = |values: &[f32]| -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect()
+    };
     for (info, pair) in file.tensors.iter().zip(merged) {
         let write = |writer: &mut GgufWriter, bytes: &[u8]| {
             writer.write_tensor(bytes).map_err(io_error(out))
         };
-        match pair {
-            None => write(&mut writer, file.tensor_data(info)?)?,
-            Some(pair) => {
+        let Some(pair) = pair else {
+            write(&mut writer, file.tensor_data(info)?)?;
+            continue;
+        };
+        let cols = pair.a_shape[1];
+        // The HF-layout Q/K rows are permuted to llama.cpp's rotary order, as the base's are.
+        let rotary_heads = if info.name.ends_with("attn_q.weight") {
+            Some(config.num_attention_heads)
+        } else if info.name.ends_with("attn_k.weight") {
+            Some(config.num_key_value_heads())
+        } else {
+            None
+        };
+        match adapted.merged_type() {
+            Some((weight_type, _)) => {
                 let mut values = dequantize_tensor(&file, info).map_err(bad_adapter)?;
                 let mut delta = lora_delta(&pair, settings.scale);
-                let cols = pair.a_shape[1];
-                let heads = if info.name.ends_with("attn_q.weight") {
-                    Some(config.num_attention_heads)
-                } else if info.name.ends_with("attn_k.weight") {
-                    Some(config.num_key_value_heads())
-                } else {
-                    None
-                };
-                if let Some(heads) = heads {
+                if let Some(heads) = rotary_heads {
                     delta = reorder_rotary_rows(&delta, heads, cols, false);
                 }
                 values.iter_mut().zip(&delta).for_each(|(w, d)| *w += d);
                 let mut bytes = Vec::new();
                 for row in values.chunks_exact(cols) {
-                    bytes.extend_from_slice(&quantize_row(adapted.weight_type(), row));
+                    bytes.extend_from_slice(&quantize_row(weight_type, row));
                 }
                 write(&mut writer, &bytes)?;
+            }
+            None => {
+                let rank = pair.a_shape[0];
+                let mut b: Vec<f32> = pair.b.iter().map(|v| v * settings.scale).collect();
+                if let Some(heads) = rotary_heads {
+                    b = reorder_rotary_rows(&b, heads, rank, false);
+                }
+                write(&mut writer, file.tensor_data(info)?)?;
+                write(&mut writer, &f16_bytes(&pair.a))?;
+                write(&mut writer, &f16_bytes(&b))?;
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Loading a [`Llama`] from a GGUF file or a Hugging Face directory (safetensors, memory-mapped).
 
-use super::{Layer, Linear, Llama, RopeLayout};
+use super::{Layer, Linear, Llama, LowRank, RopeLayout};
 use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::matrix::Matrix;
@@ -26,23 +26,31 @@ impl Llama {
             m.dequantize_row_into(0, &mut v);
             Ok(v)
         };
+        // A stored matrix and its run-time LoRA update, if the file carries one.
+        let linear = |parts: &[(String, usize)], cols: usize| -> Result<Linear> {
+            let matrices = parts
+                .iter()
+                .map(|(name, rows)| matrix(name, *rows, cols))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Linear::fused(matrices).with_low_rank(gguf_low_rank(&file, parts, cols)?))
+        };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
             layers.push(Layer {
                 input_layernorm: vector(&n("attn_norm"), h)?,
-                qkv_proj: Linear::fused(vec![
-                    matrix(&n("attn_q"), q_dim, h)?,
-                    matrix(&n("attn_k"), kv_dim, h)?,
-                    matrix(&n("attn_v"), kv_dim, h)?,
-                ]),
-                o_proj: Linear::fused(vec![matrix(&n("attn_output"), h, q_dim)?]),
+                qkv_proj: linear(
+                    &[
+                        (n("attn_q"), q_dim),
+                        (n("attn_k"), kv_dim),
+                        (n("attn_v"), kv_dim),
+                    ],
+                    h,
+                )?,
+                o_proj: linear(&[(n("attn_output"), h)], q_dim)?,
                 post_attention_layernorm: vector(&n("ffn_norm"), h)?,
-                gate_up_proj: Linear::fused(vec![
-                    matrix(&n("ffn_gate"), i, h)?,
-                    matrix(&n("ffn_up"), i, h)?,
-                ]),
-                down_proj: Linear::fused(vec![matrix(&n("ffn_down"), h, i)?]),
+                gate_up_proj: linear(&[(n("ffn_gate"), i), (n("ffn_up"), i)], h)?,
+                down_proj: linear(&[(n("ffn_down"), h)], i)?,
             });
         }
         let mut inv_freq = config.rope_inv_freq();
@@ -132,6 +140,48 @@ impl Llama {
             kv_choice: None,
         })
     }
+}
+
+/// The run-time LoRA update of a linear layer made of `parts` (GGUF name, rows), if the file
+/// carries one: per adapted part, `<name>.lora_a` (ggml dims `[cols, rank]`) and
+/// `<name>.lora_b` (`[rank, rows]`, the LoRA scale folded in), as `guardreasoner model merge
+/// --adapted-type lora` writes them beside the unchanged base tensors.
+fn gguf_low_rank(
+    file: &GgufFile,
+    parts: &[(String, usize)],
+    cols: usize,
+) -> Result<Option<LowRank>> {
+    let mut segments = Vec::new();
+    let mut offset = 0;
+    for (name, rows) in parts {
+        let (a_name, b_name) = (format!("{name}.lora_a"), format!("{name}.lora_b"));
+        match (file.tensor(&a_name), file.tensor(&b_name)) {
+            (None, None) => {}
+            (Some(a), Some(_)) => {
+                let rank = a.dims.get(1).copied().unwrap_or(0) as usize;
+                segments.push((
+                    offset,
+                    gguf_matrix(file, &a_name, rank, cols)?,
+                    gguf_matrix(file, &b_name, *rows, rank)?,
+                ));
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(EngineError::MissingTensor {
+                    path: file.path().to_path_buf(),
+                    name: if file.tensor(&a_name).is_some() {
+                        b_name
+                    } else {
+                        a_name
+                    },
+                })
+            }
+        }
+        offset += rows;
+    }
+    LowRank::new(segments).map_err(|message| EngineError::Config {
+        path: file.path().to_path_buf(),
+        message: format!("{}: {message}", parts[0].0),
+    })
 }
 
 /// Read one GGUF tensor as a `rows × cols` matrix (ggml dims `[cols, rows]`).
