@@ -41,25 +41,27 @@ fn main() {
                 println!("{line}");
             }
         }
-        // Q8_0 with sixteen rows interleaved (what the forward pass uses on AVX-512 VNNI).
-        let row = quantize_row(WeightType::Q8_0, &values);
-        let rb = row.len();
-        let data: Vec<u8> = (0..rows).flat_map(|_| row.iter().copied()).collect();
-        let packed = interleaved::interleave(&data, rb).expect("whole groups");
-        for n in 1..=4 {
-            let mut line = format!("  Q8_0x16 x {n} vectors:");
-            for isa in Isa::all_available() {
-                let mut out = vec![0.0f32; interleaved::GROUP * n];
-                let t = Instant::now();
-                for _ in 0..reps {
-                    for group in packed.chunks_exact(interleaved::GROUP * rb) {
-                        dot_q16_group(isa, group, &all[..n], &mut out);
+        // Sixteen rows interleaved (what the forward pass uses on AVX-512 VNNI).
+        for ty in [WeightType::Q4_1, WeightType::Q8_0] {
+            let row = quantize_row(ty, &values);
+            let rb = row.len();
+            let data: Vec<u8> = (0..rows).flat_map(|_| row.iter().copied()).collect();
+            let packed = interleaved::interleave(ty, &data, rb).expect("whole groups");
+            for n in 1..=4 {
+                let mut line = format!("  {}x16 x {n} vectors:", ty.name());
+                for isa in Isa::all_available() {
+                    let mut out = vec![0.0f32; interleaved::GROUP * n];
+                    let t = Instant::now();
+                    for _ in 0..reps {
+                        for group in packed.chunks_exact(interleaved::GROUP * rb) {
+                            dot_q16_group(isa, ty, group, &all[..n], &mut out);
+                        }
                     }
+                    let rate = (reps * rows * COLS * n) as f64 / t.elapsed().as_secs_f64() / 1e9;
+                    line.push_str(&format!("  {} {rate:.1} G mul-adds/s", isa.name()));
                 }
-                let rate = (reps * rows * COLS * n) as f64 / t.elapsed().as_secs_f64() / 1e9;
-                line.push_str(&format!("  {} {rate:.1} G mul-adds/s", isa.name()));
+                println!("{line}");
             }
-            println!("{line}");
         }
     }
 }

@@ -10,8 +10,8 @@
 mod linear;
 mod load;
 
-pub use linear::LowRank;
 use linear::{Linear, LinearScratch};
+pub use linear::{LowRank, LowRankPart};
 
 use crate::kv_cache::KvSlice;
 pub use crate::kv_cache::{KvCache, KvType, KV_GROW_STEP};

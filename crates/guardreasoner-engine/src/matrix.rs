@@ -5,8 +5,8 @@ use crate::quant::{dequantize_row, quantize_row_q16, BlockQ16, WeightType, QK};
 use rayon::prelude::*;
 
 /// A `rows × cols` weight matrix, each row stored in format `ty` (the layout of
-/// `nn.Linear.weight`: one row per output feature), row-major or, for Q8_0 on AVX-512 VNNI,
-/// with groups of rows interleaved ([`Matrix::prepared_for`], [`interleaved`]).
+/// `nn.Linear.weight`: one row per output feature), row-major or, for Q8_0 and Q4_1 on
+/// AVX-512 VNNI, with groups of rows interleaved ([`Matrix::prepared_for`], [`interleaved`]).
 #[derive(Clone)]
 pub struct Matrix {
     ty: WeightType,
@@ -14,7 +14,7 @@ pub struct Matrix {
     cols: usize,
     row_bytes: usize,
     data: Vec<u8>,
-    /// Rows interleaved by [`interleaved::GROUP`] (Q8_0 only).
+    /// Rows interleaved by [`interleaved::GROUP`] (Q8_0 and Q4_1 only).
     interleaved: bool,
 }
 
@@ -44,14 +44,14 @@ impl Matrix {
         })
     }
 
-    /// The layout `matmul` on `isa` runs fastest: Q8_0 matrices of whole row groups are
-    /// interleaved for the AVX-512 VNNI kernel (2.2x its row-by-row rate, measured in
-    /// `examples/kernel_bench.rs`); everything else is kept as stored.
+    /// The layout `matmul` on `isa` runs fastest: Q8_0 and Q4_1 matrices of whole row groups
+    /// are interleaved for the AVX-512 VNNI kernel (2.2x its row-by-row rate for Q8_0,
+    /// measured in `examples/kernel_bench.rs`); everything else is kept as stored.
     pub fn prepared_for(self, isa: Isa) -> Matrix {
-        if isa != Isa::Avx512 || self.ty != WeightType::Q8_0 || self.interleaved {
+        if isa != Isa::Avx512 || !interleaved::supports(self.ty) || self.interleaved {
             return self;
         }
-        match interleaved::interleave(&self.data, self.row_bytes) {
+        match interleaved::interleave(self.ty, &self.data, self.row_bytes) {
             Some(data) => Matrix {
                 data,
                 interleaved: true,
@@ -99,7 +99,7 @@ impl Matrix {
             let g = interleaved::GROUP;
             let group = &self.data[r / g * g * self.row_bytes..(r / g + 1) * g * self.row_bytes];
             let mut row = vec![0u8; self.row_bytes];
-            interleaved::row_of(group, r % g, &mut row);
+            interleaved::row_of(self.ty, group, r % g, &mut row);
             return dequantize_row(self.ty, &row, out);
         }
         dequantize_row(self.ty, self.row(r), out);
@@ -243,7 +243,7 @@ pub fn matmul(
                         let data = &w.data[r * w.row_bytes..(r + k) * w.row_bytes];
                         let o = &mut block_dots[..k * n];
                         if w.interleaved {
-                            kernels::dot_q16_group(isa, data, &xs[..n], o);
+                            kernels::dot_q16_group(isa, w.ty, data, &xs[..n], o);
                         } else {
                             kernels::dot_q16_rows(isa, w.ty, data, w.row_bytes, &xs[..n], o);
                         }
@@ -305,43 +305,45 @@ mod tests {
         let values: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 29 % 89) as f32 - 44.0) / 40.0)
             .collect();
-        let data: Vec<u8> = values
-            .chunks(cols)
-            .flat_map(|r| quantize_row(WeightType::Q8_0, r))
-            .collect();
-        let plain = Matrix::new(WeightType::Q8_0, rows, cols, data).unwrap();
-        let packed = plain.clone().prepared_for(Isa::Avx512);
-        assert!(packed.is_interleaved());
-        assert!(!plain.clone().prepared_for(Isa::Avx2).is_interleaved());
-        let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
-        for r in 0..rows {
-            plain.dequantize_row_into(r, &mut a);
-            packed.dequantize_row_into(r, &mut b);
-            assert_eq!(a, b, "row {r}");
-        }
-        let both = Matrix::concat_rows(&[&packed, &packed]).unwrap();
-        assert!(both.is_interleaved() && both.rows() == 2 * rows);
-        assert!(
-            Matrix::concat_rows(&[&packed, &plain]).is_none(),
-            "layouts do not mix"
-        );
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for n in [1usize, 4, 7] {
-            let x: Vec<f32> = (0..n * cols)
-                .map(|i| ((i * 13 % 31) as f32 - 15.0) / 10.0)
+        for ty in [WeightType::Q8_0, WeightType::Q4_1] {
+            let data: Vec<u8> = values
+                .chunks(cols)
+                .flat_map(|r| quantize_row(ty, r))
                 .collect();
-            for isa in Isa::all_available() {
-                let (mut want, mut got) = (vec![0.0; n * rows], vec![0.0; n * rows]);
-                let mut scratch = MatmulScratch::default();
-                pool.install(|| {
-                    matmul(isa, &plain, &x, n, &mut want, &mut scratch);
-                    matmul(isa, &packed, &x, n, &mut got, &mut scratch);
-                });
-                for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() < 1e-3, "{isa:?} n={n}: {g} vs {w}");
+            let plain = Matrix::new(ty, rows, cols, data).unwrap();
+            let packed = plain.clone().prepared_for(Isa::Avx512);
+            assert!(packed.is_interleaved());
+            assert!(!plain.clone().prepared_for(Isa::Avx2).is_interleaved());
+            let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
+            for r in 0..rows {
+                plain.dequantize_row_into(r, &mut a);
+                packed.dequantize_row_into(r, &mut b);
+                assert_eq!(a, b, "row {r}");
+            }
+            let both = Matrix::concat_rows(&[&packed, &packed]).unwrap();
+            assert!(both.is_interleaved() && both.rows() == 2 * rows);
+            assert!(
+                Matrix::concat_rows(&[&packed, &plain]).is_none(),
+                "layouts do not mix"
+            );
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            for n in [1usize, 4, 7] {
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| ((i * 13 % 31) as f32 - 15.0) / 10.0)
+                    .collect();
+                for isa in Isa::all_available() {
+                    let (mut want, mut got) = (vec![0.0; n * rows], vec![0.0; n * rows]);
+                    let mut scratch = MatmulScratch::default();
+                    pool.install(|| {
+                        matmul(isa, &plain, &x, n, &mut want, &mut scratch);
+                        matmul(isa, &packed, &x, n, &mut got, &mut scratch);
+                    });
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((g - w).abs() < 1e-3, "{isa:?} n={n}: {g} vs {w}");
+                    }
                 }
             }
         }

@@ -1,4 +1,5 @@
-//! Q8_0 weights with [`GROUP`] rows interleaved, the layout of the AVX-512 VNNI matrix kernel.
+//! Q8_0 and Q4_1 weights with [`GROUP`] rows interleaved, the layout of the AVX-512 VNNI
+//! matrix kernel.
 //!
 //! In the row-major layout a kernel dots one row at a time: every 32-element block ends in a
 //! horizontal sum and a float multiply-add with that block's scales, for each activation vector,
@@ -7,41 +8,79 @@
 //! block for sixteen rows in sixteen instructions without any horizontal sum, and the block's
 //! scales are applied to all sixteen rows by one multiply-add.
 //!
-//! Layout of a group (rows `16g..16g + 16`), block after block, each `16 × 34` bytes like the
-//! row-major rows it replaces: the sixteen rows' f16 scales (32 bytes), then for each pair of
-//! elements `2k, 2k + 1` (`k < 16`) the sixteen rows' two quantised weights (32 bytes).
+//! A group (rows `16g..16g + 16`) is stored block after block, each as many bytes as the
+//! sixteen row-major blocks it replaces:
+//! - Q8_0 (`16 × 34` bytes): the sixteen rows' f16 scales (32 bytes), then for each pair of
+//!   elements `2k, 2k + 1` (`k < 16`) the sixteen rows' two quantised weights (32 bytes).
+//! - Q4_1 (`16 × 20` bytes): the sixteen f16 scales, the sixteen f16 minima, then for each pair
+//!   `2k, 2k + 1` one byte per row holding both 4-bit weights (`2k` in the low nibble; 16
+//!   bytes), which the kernel spreads into the two 16-bit halves of the row's lane.
 
-use crate::quant::{BlockQ16, QK};
+use crate::quant::{BlockQ16, WeightType, QK};
 
 /// Rows interleaved in one group.
 pub const GROUP: usize = 16;
-/// Bytes of one Q8_0 block (an f16 scale and 32 `i8`).
-const BLOCK: usize = 2 + QK;
-/// Bytes of one interleaved block of a group.
-pub const GROUP_BLOCK: usize = GROUP * BLOCK;
 
-/// Interleaves row-major Q8_0 rows (`row_bytes` each, a multiple of [`GROUP`] rows).
-pub fn interleave(rows: &[u8], row_bytes: usize) -> Option<Vec<u8>> {
-    if row_bytes == 0
-        || !row_bytes.is_multiple_of(BLOCK)
+/// Whether rows of `ty` can be interleaved.
+pub fn supports(ty: WeightType) -> bool {
+    matches!(ty, WeightType::Q8_0 | WeightType::Q4_1)
+}
+
+/// Bytes of one interleaved block of a group of `ty` rows.
+pub fn group_block(ty: WeightType) -> usize {
+    GROUP * ty.block_bytes()
+}
+
+/// Where the per-row header (scales, then minima for Q4_1) ends within a group block.
+fn header(ty: WeightType) -> usize {
+    match ty {
+        WeightType::Q4_1 => 4 * GROUP,
+        _ => 2 * GROUP,
+    }
+}
+
+/// The 4-bit weight `i` (`< 32`) of a row-major Q4_1 block's nibbles (`16` bytes, ggml order:
+/// element `i < 16` in the low nibble of byte `i`, element `i + 16` in its high nibble).
+fn nibble(qs: &[u8], i: usize) -> u8 {
+    if i < QK / 2 {
+        qs[i] & 0x0F
+    } else {
+        qs[i - QK / 2] >> 4
+    }
+}
+
+/// Interleaves row-major rows of `ty` (`row_bytes` each, a multiple of [`GROUP`] rows).
+pub fn interleave(ty: WeightType, rows: &[u8], row_bytes: usize) -> Option<Vec<u8>> {
+    let bb = ty.block_bytes();
+    if !supports(ty)
+        || row_bytes == 0
+        || !row_bytes.is_multiple_of(bb)
         || !rows.len().is_multiple_of(row_bytes * GROUP)
     {
         return None;
     }
-    let blocks = row_bytes / BLOCK;
+    let (blocks, gb, head) = (row_bytes / bb, group_block(ty), header(ty));
     let mut out = vec![0u8; rows.len()];
     for (group, dst) in rows
         .chunks_exact(row_bytes * GROUP)
         .zip(out.chunks_exact_mut(row_bytes * GROUP))
     {
         for b in 0..blocks {
-            let d = &mut dst[b * GROUP_BLOCK..(b + 1) * GROUP_BLOCK];
+            let d = &mut dst[b * gb..(b + 1) * gb];
             for (j, row) in group.chunks_exact(row_bytes).enumerate() {
-                let src = &row[b * BLOCK..(b + 1) * BLOCK];
+                let src = &row[b * bb..(b + 1) * bb];
                 d[2 * j..2 * j + 2].copy_from_slice(&src[..2]);
-                for k in 0..QK / 2 {
-                    let at = 32 + k * 32 + 2 * j;
-                    d[at..at + 2].copy_from_slice(&src[2 + 2 * k..4 + 2 * k]);
+                if ty == WeightType::Q4_1 {
+                    d[2 * GROUP + 2 * j..2 * GROUP + 2 * j + 2].copy_from_slice(&src[2..4]);
+                    for k in 0..QK / 2 {
+                        let qs = &src[4..];
+                        d[head + k * GROUP + j] = nibble(qs, 2 * k) | nibble(qs, 2 * k + 1) << 4;
+                    }
+                } else {
+                    for k in 0..QK / 2 {
+                        let at = head + k * 2 * GROUP + 2 * j;
+                        d[at..at + 2].copy_from_slice(&src[2 + 2 * k..4 + 2 * k]);
+                    }
                 }
             }
         }
@@ -49,40 +88,66 @@ pub fn interleave(rows: &[u8], row_bytes: usize) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Row `j` (`< GROUP`) of an interleaved group, back in the row-major Q8_0 layout.
-pub fn row_of(group: &[u8], j: usize, out: &mut [u8]) {
+/// Row `j` (`< GROUP`) of an interleaved group of `ty`, back in the row-major layout.
+pub fn row_of(ty: WeightType, group: &[u8], j: usize, out: &mut [u8]) {
     debug_assert!(j < GROUP && group.len() == out.len() * GROUP);
-    for (d, src) in group
-        .chunks_exact(GROUP_BLOCK)
-        .zip(out.chunks_exact_mut(BLOCK))
-        .map(|(s, d)| (d, s))
+    let head = header(ty);
+    for (src, d) in group
+        .chunks_exact(group_block(ty))
+        .zip(out.chunks_exact_mut(ty.block_bytes()))
     {
         d[..2].copy_from_slice(&src[2 * j..2 * j + 2]);
-        for k in 0..QK / 2 {
-            let at = 32 + k * 32 + 2 * j;
-            d[2 + 2 * k..4 + 2 * k].copy_from_slice(&src[at..at + 2]);
+        if ty == WeightType::Q4_1 {
+            d[2..4].copy_from_slice(&src[2 * GROUP + 2 * j..2 * GROUP + 2 * j + 2]);
+            let qs = &mut d[4..];
+            qs.fill(0);
+            for k in 0..QK / 2 {
+                let both = src[head + k * GROUP + j];
+                for (i, v) in [(2 * k, both & 0x0F), (2 * k + 1, both >> 4)] {
+                    if i < QK / 2 {
+                        qs[i] |= v;
+                    } else {
+                        qs[i - QK / 2] |= v << 4;
+                    }
+                }
+            }
+        } else {
+            for k in 0..QK / 2 {
+                let at = head + k * 2 * GROUP + 2 * j;
+                d[2 + 2 * k..4 + 2 * k].copy_from_slice(&src[at..at + 2]);
+            }
         }
     }
 }
 
-/// `out[j * n + c] = row_j · xs[c]` for the sixteen rows of one interleaved group (portable
-/// reference; each block's integer sum is scaled by one fused multiply-add, as in the
-/// AVX-512 kernel, so both give the same floats).
-pub fn dot_q16_group(group: &[u8], xs: &[&[BlockQ16]], out: &mut [f32]) {
+/// `out[j * n + c] = row_j · xs[c]` for the sixteen rows of one interleaved group of `ty`
+/// (portable reference; each block's integer sum is scaled by one fused multiply-add, and a
+/// Q4_1 block's minimum applied by a second, as in the AVX-512 kernel, so both give the same
+/// floats).
+pub fn dot_q16_group(ty: WeightType, group: &[u8], xs: &[&[BlockQ16]], out: &mut [f32]) {
     let n = xs.len();
     debug_assert!(out.len() >= GROUP * n);
+    let head = header(ty);
+    let f16 = |b: &[u8], at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
     for (c, x) in xs.iter().enumerate() {
         let mut acc = [0.0f32; GROUP];
-        for (blk, xb) in group.chunks_exact(GROUP_BLOCK).zip(x.iter()) {
+        for (blk, xb) in group.chunks_exact(group_block(ty)).zip(x.iter()) {
             for (j, a) in acc.iter_mut().enumerate() {
-                let d = half::f16::from_le_bytes([blk[2 * j], blk[2 * j + 1]]).to_f32();
                 let mut s = 0i32;
                 for k in 0..QK / 2 {
-                    let at = 32 + k * 32 + 2 * j;
-                    s += blk[at] as i8 as i32 * xb.qs[2 * k] as i32
-                        + blk[at + 1] as i8 as i32 * xb.qs[2 * k + 1] as i32;
+                    let (w0, w1) = if ty == WeightType::Q4_1 {
+                        let both = blk[head + k * GROUP + j];
+                        ((both & 0x0F) as i32, (both >> 4) as i32)
+                    } else {
+                        let at = head + k * 2 * GROUP + 2 * j;
+                        (blk[at] as i8 as i32, blk[at + 1] as i8 as i32)
+                    };
+                    s += w0 * xb.qs[2 * k] as i32 + w1 * xb.qs[2 * k + 1] as i32;
                 }
-                *a = (s as f32).mul_add(d * xb.d, *a);
+                *a = (s as f32).mul_add(f16(blk, 2 * j) * xb.d, *a);
+                if ty == WeightType::Q4_1 {
+                    *a = f16(blk, 2 * GROUP + 2 * j).mul_add(xb.s, *a);
+                }
             }
         }
         for (j, a) in acc.iter().enumerate() {

@@ -124,14 +124,14 @@ pub fn dot_q16_rows(
 }
 
 /// [`interleaved::dot_q16_group`] on the best kernel `isa` has (AVX-512 VNNI, else the portable
-/// one): sixteen interleaved Q8_0 rows against `xs` (`1..=MAX_COLS` vectors).
-pub fn dot_q16_group(isa: Isa, group: &[u8], xs: &[&[BlockQ16]], out: &mut [f32]) {
+/// one): sixteen interleaved rows of `ty` (Q8_0 or Q4_1) against `xs` (`1..=MAX_COLS` vectors).
+pub fn dot_q16_group(isa: Isa, ty: WeightType, group: &[u8], xs: &[&[BlockQ16]], out: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced after detecting avx512f/bw/vnni besides avx2,
         // fma and f16c.
-        Isa::Avx512 if unsafe { avx512::dot_q16_group(group, xs, out) } => {}
-        _ => interleaved::dot_q16_group(group, xs, out),
+        Isa::Avx512 if unsafe { avx512::dot_q16_group(ty, group, xs, out) } => {}
+        _ => interleaved::dot_q16_group(ty, group, xs, out),
     }
 }
 
@@ -488,49 +488,51 @@ mod tests {
     }
 
     #[test]
-    fn interleaved_q8_0_groups_match_their_rows() {
+    fn interleaved_groups_match_their_rows() {
         use interleaved::{interleave, row_of, GROUP};
-        let mut rng = Lcg(17);
-        let cols = 576;
-        let rows: Vec<u8> = (0..2 * GROUP)
-            .flat_map(|_| quantize_row(WeightType::Q8_0, &rng.vec(cols, 1.0)))
-            .collect();
-        let row_bytes = rows.len() / (2 * GROUP);
-        assert!(
-            interleave(&rows[..row_bytes * 3], row_bytes).is_none(),
-            "whole groups only"
-        );
-        let packed = interleave(&rows, row_bytes).unwrap();
-        assert_eq!(packed.len(), rows.len());
-        let mut back = vec![0u8; row_bytes];
-        for (r, want) in rows.chunks_exact(row_bytes).enumerate() {
-            let group = &packed[r / GROUP * GROUP * row_bytes..][..GROUP * row_bytes];
-            row_of(group, r % GROUP, &mut back);
-            assert_eq!(back, want, "row {r} unpacks to itself");
-        }
-        let xs_q = rng.q16_vectors(cols);
-        for n in 1..=MAX_COLS {
-            let xs: Vec<&[BlockQ16]> = xs_q[..n].iter().map(|v| v.as_slice()).collect();
-            for g in 0..2 {
-                let group = &packed[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
-                let mut reference = vec![0.0; GROUP * n];
-                interleaved::dot_q16_group(group, &xs, &mut reference);
-                let mut by_row = vec![0.0; GROUP * n];
-                let plain = &rows[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
-                for (r, o) in plain
-                    .chunks_exact(row_bytes)
-                    .zip(by_row.chunks_exact_mut(n))
-                {
-                    scalar::dot_q16(WeightType::Q8_0, r, &xs, o);
-                }
-                for (a, b) in reference.iter().zip(&by_row) {
-                    assert!(close(*a, *b, cols as f32 * 3.0), "n={n}: {a} vs {b}");
-                }
-                for isa in Isa::all_available() {
-                    let mut got = vec![0.0; GROUP * n];
-                    dot_q16_group(isa, group, &xs, &mut got);
-                    // The same integer sums, scaled in the same order: the same floats.
-                    assert_eq!(got, reference, "{isa:?} n={n}");
+        for ty in [WeightType::Q8_0, WeightType::Q4_1] {
+            let mut rng = Lcg(17);
+            let cols = 576;
+            let rows: Vec<u8> = (0..2 * GROUP)
+                .flat_map(|_| quantize_row(ty, &rng.vec(cols, 1.0)))
+                .collect();
+            let row_bytes = rows.len() / (2 * GROUP);
+            assert!(
+                interleave(ty, &rows[..row_bytes * 3], row_bytes).is_none(),
+                "whole groups only"
+            );
+            let packed = interleave(ty, &rows, row_bytes).unwrap();
+            assert_eq!(packed.len(), rows.len());
+            let mut back = vec![0u8; row_bytes];
+            for (r, want) in rows.chunks_exact(row_bytes).enumerate() {
+                let group = &packed[r / GROUP * GROUP * row_bytes..][..GROUP * row_bytes];
+                row_of(ty, group, r % GROUP, &mut back);
+                assert_eq!(back, want, "{ty:?} row {r} unpacks to itself");
+            }
+            let xs_q = rng.q16_vectors(cols);
+            for n in 1..=MAX_COLS {
+                let xs: Vec<&[BlockQ16]> = xs_q[..n].iter().map(|v| v.as_slice()).collect();
+                for g in 0..2 {
+                    let group = &packed[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
+                    let mut reference = vec![0.0; GROUP * n];
+                    interleaved::dot_q16_group(ty, group, &xs, &mut reference);
+                    let mut by_row = vec![0.0; GROUP * n];
+                    let plain = &rows[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
+                    for (r, o) in plain
+                        .chunks_exact(row_bytes)
+                        .zip(by_row.chunks_exact_mut(n))
+                    {
+                        scalar::dot_q16(ty, r, &xs, o);
+                    }
+                    for (a, b) in reference.iter().zip(&by_row) {
+                        assert!(close(*a, *b, cols as f32 * 3.0), "{ty:?} n={n}: {a} vs {b}");
+                    }
+                    for isa in Isa::all_available() {
+                        let mut got = vec![0.0; GROUP * n];
+                        dot_q16_group(isa, ty, group, &xs, &mut got);
+                        // The same integer sums, scaled in the same order: the same floats.
+                        assert_eq!(got, reference, "{ty:?} {isa:?} n={n}");
+                    }
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! Loading a [`Llama`] from a GGUF file or a Hugging Face directory (safetensors, memory-mapped).
 
-use super::{Layer, Linear, Llama, LowRank, RopeLayout};
+use super::{Layer, Linear, Llama, LowRank, LowRankPart, RopeLayout};
 use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::matrix::Matrix;
@@ -151,7 +151,14 @@ fn gguf_low_rank(
     parts: &[(String, usize)],
     cols: usize,
 ) -> Result<Option<LowRank>> {
-    let mut segments = Vec::new();
+    let floats = |m: &Matrix| {
+        let mut v = vec![0.0f32; m.rows() * m.cols()];
+        for (r, row) in v.chunks_exact_mut(m.cols()).enumerate() {
+            m.dequantize_row_into(r, row);
+        }
+        v
+    };
+    let mut updates = Vec::new();
     let mut offset = 0;
     for (name, rows) in parts {
         let (a_name, b_name) = (format!("{name}.lora_a"), format!("{name}.lora_b"));
@@ -159,26 +166,23 @@ fn gguf_low_rank(
             (None, None) => {}
             (Some(a), Some(_)) => {
                 let rank = a.dims.get(1).copied().unwrap_or(0) as usize;
-                segments.push((
-                    offset,
-                    gguf_matrix(file, &a_name, rank, cols)?,
-                    gguf_matrix(file, &b_name, *rows, rank)?,
-                ));
+                updates.push(LowRankPart {
+                    out_offset: offset,
+                    rows: *rows,
+                    a: floats(&gguf_matrix(file, &a_name, rank, cols)?),
+                    b: floats(&gguf_matrix(file, &b_name, *rows, rank)?),
+                });
             }
-            (Some(_), None) | (None, Some(_)) => {
+            (a, _) => {
                 return Err(EngineError::MissingTensor {
                     path: file.path().to_path_buf(),
-                    name: if file.tensor(&a_name).is_some() {
-                        b_name
-                    } else {
-                        a_name
-                    },
+                    name: if a.is_some() { b_name } else { a_name },
                 })
             }
         }
         offset += rows;
     }
-    LowRank::new(segments).map_err(|message| EngineError::Config {
+    LowRank::new(offset, cols, &updates, WeightType::Q8_0).map_err(|message| EngineError::Config {
         path: file.path().to_path_buf(),
         message: format!("{}: {message}", parts[0].0),
     })
