@@ -177,20 +177,70 @@ pub fn matmul(
     out: &mut [f32],
     scratch: &mut MatmulScratch,
 ) {
-    let (rows, cols) = (w.rows, w.cols);
-    assert!(
-        x.len() >= n_tokens * cols && out.len() >= n_tokens * rows,
-        "matmul: buffer sizes"
-    );
-    let quantised = w.ty.uses_q16_activations();
-    if quantised {
-        let blocks = cols / QK;
-        scratch.q16.resize(n_tokens * blocks, BlockQ16::default());
+    let product = Product {
+        w,
+        x_offset: 0,
+        out: 0,
+        out_stride: w.rows,
+        out_offset: 0,
+        accumulate: false,
+    };
+    matmul_many(isa, &[product], x, w.cols, n_tokens, &mut [out], scratch);
+}
+
+/// One product of [`matmul_many`]: `outs[out][t * out_stride + out_offset + r]` is set to (or,
+/// with `accumulate`, increased by) `Σ_k w[r][k] · x[t][x_offset + k]`.
+#[derive(Clone, Copy)]
+pub struct Product<'a> {
+    pub w: &'a Matrix,
+    /// First column of `x` the product reads (a multiple of 32 for quantised matrices).
+    pub x_offset: usize,
+    /// Index of the output buffer.
+    pub out: usize,
+    pub out_stride: usize,
+    pub out_offset: usize,
+    pub accumulate: bool,
+}
+
+/// Several products of the same activations `x` (`n_tokens × x_cols`) in one parallel pass:
+/// the activations are quantised once, and a layer's parts (the stored matrices of an unfused
+/// layer, a LoRA update's `A` beside the weights, its `B`s over their shares of `A x`) cost
+/// one wake-up of the pool instead of one each. Products must write disjoint elements.
+pub fn matmul_many(
+    isa: Isa,
+    products: &[Product<'_>],
+    x: &[f32],
+    x_cols: usize,
+    n_tokens: usize,
+    outs: &mut [&mut [f32]],
+    scratch: &mut MatmulScratch,
+) {
+    assert!(x.len() >= n_tokens * x_cols, "matmul: input size");
+    for p in products {
+        let out_len = outs.get(p.out).map_or(0, |o| o.len());
+        assert!(
+            p.x_offset + p.w.cols <= x_cols
+                && p.out_offset + p.w.rows <= p.out_stride
+                && n_tokens.saturating_sub(1) * p.out_stride + p.out_offset + p.w.rows <= out_len,
+            "matmul: buffer sizes"
+        );
+        assert!(
+            !p.w.ty.uses_q16_activations() || p.x_offset.is_multiple_of(QK),
+            "matmul: a quantised product must start at a block boundary"
+        );
+    }
+    if n_tokens == 0 || products.is_empty() {
+        return;
+    }
+    let x_blocks = x_cols / QK;
+    if products.iter().any(|p| p.w.ty.uses_q16_activations()) {
+        assert!(x_cols.is_multiple_of(QK), "matmul: quantised input width");
+        scratch.q16.resize(n_tokens * x_blocks, BlockQ16::default());
         scratch
             .q16
-            .par_chunks_mut(blocks)
+            .par_chunks_mut(x_blocks)
             .with_min_len(8)
-            .zip(x.par_chunks(cols))
+            .zip(x.par_chunks(x_cols))
             .for_each(|(q, xs)| quantize_row_q16(xs, q));
     }
     let q16 = &scratch.q16[..];
@@ -198,84 +248,108 @@ pub fn matmul(
     // Enough tasks to balance, few enough that scheduling stays cheap: a decode step's
     // matrix-vector product is only microseconds of work per thread.
     let tasks_per_thread = if n_tokens <= MAX_COLS { 2 } else { 8 };
-    let mut chunk = rows.div_ceil(threads * tasks_per_thread).clamp(4, 256);
-    if w.interleaved {
-        chunk = chunk.next_multiple_of(interleaved::GROUP);
+    let total_rows: usize = products.iter().map(|p| p.w.rows).sum();
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, p) in products.iter().enumerate() {
+        // Chunks sized by the whole call's rows, so small products are not split finely.
+        let mut chunk = total_rows
+            .div_ceil(threads * tasks_per_thread)
+            .clamp(4, 256);
+        if p.w.interleaved {
+            chunk = chunk.next_multiple_of(interleaved::GROUP);
+        }
+        let mut r0 = 0;
+        while r0 < p.w.rows {
+            tasks.push((i, r0, (r0 + chunk).min(p.w.rows)));
+            r0 += chunk;
+        }
     }
-    let outp = OutPtr(out.as_mut_ptr());
-    (0..rows.div_ceil(chunk))
-        .into_par_iter()
-        .for_each(move |task| {
-            let outp = outp;
-            let r0 = task * chunk;
-            let r1 = (r0 + chunk).min(rows);
-            let mut dots = [0.0f32; MAX_COLS];
-            let mut block_dots = [0.0f32; MAX_COLS * ROWS_PER_CALL];
-            let mut t0 = 0;
-            // While the token groups after the first compute from cache, the next chunk's rows
-            // (usually this thread's next task) are fetched into L2 a part per group, so its
-            // first group need not wait on memory.
-            let groups = n_tokens.div_ceil(MAX_COLS);
-            let next = &w.data[(r1 * w.row_bytes).min(w.data.len())
-                ..((r1 + chunk) * w.row_bytes).min(w.data.len())];
-            let mut prefetch = next.chunks(next.len().div_ceil(groups.max(2) - 1).max(1));
-            while t0 < n_tokens {
-                let n = (n_tokens - t0).min(MAX_COLS);
-                if t0 > 0 {
-                    if let Some(part) = prefetch.next() {
-                        prefetch_l2(part);
+    let outp: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let outp = &outp[..];
+    tasks.into_par_iter().for_each(move |(i, r0, r1)| {
+        let p = &products[i];
+        let (w, cols) = (p.w, p.w.cols);
+        let outp = outp[p.out];
+        // `dots[i * n + c]` is row `r + i` for token `t0 + c`. The product's fields are read
+        // into locals once: stores through the raw pointer would otherwise make the compiler
+        // reload them per element.
+        let (stride, offset, accumulate) = (p.out_stride, p.out_offset, p.accumulate);
+        let store = move |t0: usize, r: usize, n: usize, dots: &[f32]| {
+            // SAFETY (both loops): (t0 + c, r + i) is inside this product's output (checked
+            // above), row r + i of it belongs to this task only, and products write disjoint
+            // elements.
+            let at = |i: usize, c: usize| unsafe { outp.0.add((t0 + c) * stride + offset + r + i) };
+            if accumulate {
+                for (i, d) in dots.chunks_exact(n).enumerate() {
+                    for (c, &v) in d.iter().enumerate() {
+                        unsafe { *at(i, c) += v };
                     }
                 }
-                if quantised {
-                    let blocks = cols / QK;
-                    let xs: [&[BlockQ16]; MAX_COLS] = std::array::from_fn(|c| {
-                        &q16[(t0 + c.min(n - 1)) * blocks..(t0 + c.min(n - 1) + 1) * blocks]
-                    });
-                    // A call covers one interleaved group, or up to ROWS_PER_CALL plain rows.
-                    let step = if w.interleaved {
-                        interleaved::GROUP
-                    } else {
-                        ROWS_PER_CALL
-                    };
-                    let mut r = r0;
-                    while r < r1 {
-                        let k = (r1 - r).min(step);
-                        let data = &w.data[r * w.row_bytes..(r + k) * w.row_bytes];
-                        let o = &mut block_dots[..k * n];
-                        if w.interleaved {
-                            kernels::dot_q16_group(isa, w.ty, data, &xs[..n], o);
-                        } else {
-                            kernels::dot_q16_rows(isa, w.ty, data, w.row_bytes, &xs[..n], o);
-                        }
-                        for (i, d) in o.chunks_exact(n).enumerate() {
-                            for (c, &v) in d.iter().enumerate() {
-                                // SAFETY: (t0 + c, r + i) is inside `out` (checked above) and
-                                // row r + i belongs to this task only.
-                                unsafe { *outp.0.add((t0 + c) * rows + r + i) = v };
-                            }
-                        }
-                        r += k;
-                    }
-                    t0 += n;
-                    continue;
-                }
-                for r in r0..r1 {
-                    let row = w.row(r);
-                    {
-                        let xs: [&[f32]; MAX_COLS] = std::array::from_fn(|c| {
-                            &x[(t0 + c.min(n - 1)) * cols..(t0 + c.min(n - 1) + 1) * cols]
-                        });
-                        kernels::dot_f32(isa, w.ty, row, &xs[..n], &mut dots[..n]);
-                    }
-                    for (c, &v) in dots[..n].iter().enumerate() {
-                        // SAFETY: (t0 + c, r) is inside `out` (checked above) and row r belongs to
-                        // this task only.
-                        unsafe { *outp.0.add((t0 + c) * rows + r) = v };
+            } else {
+                for (i, d) in dots.chunks_exact(n).enumerate() {
+                    for (c, &v) in d.iter().enumerate() {
+                        unsafe { *at(i, c) = v };
                     }
                 }
-                t0 += n;
             }
-        });
+        };
+        let mut dots = [0.0f32; MAX_COLS];
+        let mut block_dots = [0.0f32; MAX_COLS * ROWS_PER_CALL];
+        let mut t0 = 0;
+        // While the token groups after the first compute from cache, the next chunk's rows
+        // (usually this thread's next task) are fetched into L2 a part per group, so its
+        // first group need not wait on memory.
+        let groups = n_tokens.div_ceil(MAX_COLS);
+        let chunk = r1 - r0;
+        let next = &w.data
+            [(r1 * w.row_bytes).min(w.data.len())..((r1 + chunk) * w.row_bytes).min(w.data.len())];
+        let mut prefetch = next.chunks(next.len().div_ceil(groups.max(2) - 1).max(1));
+        while t0 < n_tokens {
+            let n = (n_tokens - t0).min(MAX_COLS);
+            if t0 > 0 {
+                if let Some(part) = prefetch.next() {
+                    prefetch_l2(part);
+                }
+            }
+            if w.ty.uses_q16_activations() {
+                let blocks = cols / QK;
+                let first = p.x_offset / QK;
+                let xs: [&[BlockQ16]; MAX_COLS] = std::array::from_fn(|c| {
+                    let t = t0 + c.min(n - 1);
+                    &q16[t * x_blocks + first..t * x_blocks + first + blocks]
+                });
+                // A call covers one interleaved group, or up to ROWS_PER_CALL plain rows.
+                let step = if w.interleaved {
+                    interleaved::GROUP
+                } else {
+                    ROWS_PER_CALL
+                };
+                let mut r = r0;
+                while r < r1 {
+                    let k = (r1 - r).min(step);
+                    let data = &w.data[r * w.row_bytes..(r + k) * w.row_bytes];
+                    let o = &mut block_dots[..k * n];
+                    if w.interleaved {
+                        kernels::dot_q16_group(isa, w.ty, data, &xs[..n], o);
+                    } else {
+                        kernels::dot_q16_rows(isa, w.ty, data, w.row_bytes, &xs[..n], o);
+                    }
+                    store(t0, r, n, o);
+                    r += k;
+                }
+            } else {
+                let xs: [&[f32]; MAX_COLS] = std::array::from_fn(|c| {
+                    let t = t0 + c.min(n - 1);
+                    &x[t * x_cols + p.x_offset..t * x_cols + p.x_offset + cols]
+                });
+                for r in r0..r1 {
+                    kernels::dot_f32(isa, w.ty, w.row(r), &xs[..n], &mut dots[..n]);
+                    store(t0, r, n, &dots[..n]);
+                }
+            }
+            t0 += n;
+        }
+    });
 }
 
 /// Ask for `bytes` to be brought into the L2 cache (a hint: no effect where unsupported).
@@ -396,6 +470,108 @@ mod tests {
                             "{ty:?} n={n} t={t} r={r}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// Products of mixed formats writing side by side into one output, reading the input at
+    /// an offset, and adding into what is there, in one pass: each equals its own `matmul`.
+    #[test]
+    fn many_products_in_one_pass_match_separate_products() {
+        let (x_cols, n) = (128usize, 5usize);
+        let x: Vec<f32> = (0..n * x_cols)
+            .map(|i| ((i * 17 % 41) as f32 - 20.0) / 15.0)
+            .collect();
+        let make = |ty: WeightType, rows: usize, cols: usize, seed: usize| {
+            let values: Vec<f32> = (0..rows * cols)
+                .map(|i| (((i + seed) * 29 % 83) as f32 - 41.0) / 50.0)
+                .collect();
+            let data = values
+                .chunks(cols)
+                .flat_map(|r| quantize_row(ty, r))
+                .collect();
+            Matrix::new(ty, rows, cols, data)
+                .unwrap()
+                .prepared_for(Isa::detect())
+        };
+        let q = make(WeightType::Q4_1, 32, 96, 1); // reads x[.., 32..128]
+        let f = make(WeightType::F32, 8, 64, 2); // reads x[.., 0..64]
+        let acc = make(WeightType::Q8_0, 16, 64, 3); // reads x[.., 64..128], adds
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let slice = |from: usize, cols: usize| -> Vec<f32> {
+            (0..n)
+                .flat_map(|t| x[t * x_cols + from..t * x_cols + from + cols].to_vec())
+                .collect()
+        };
+        for isa in Isa::all_available() {
+            let (mut side, mut other) = (vec![0.0f32; n * 40], vec![1.5f32; n * 16]);
+            let products = [
+                Product {
+                    w: &q,
+                    x_offset: 32,
+                    out: 0,
+                    out_stride: 40,
+                    out_offset: 0,
+                    accumulate: false,
+                },
+                Product {
+                    w: &f,
+                    x_offset: 0,
+                    out: 0,
+                    out_stride: 40,
+                    out_offset: 32,
+                    accumulate: false,
+                },
+                Product {
+                    w: &acc,
+                    x_offset: 64,
+                    out: 1,
+                    out_stride: 16,
+                    out_offset: 0,
+                    accumulate: true,
+                },
+            ];
+            pool.install(|| {
+                matmul_many(
+                    isa,
+                    &products,
+                    &x,
+                    x_cols,
+                    n,
+                    &mut [&mut side, &mut other],
+                    &mut MatmulScratch::default(),
+                )
+            });
+            let one = |w: &Matrix, input: &[f32]| {
+                let mut out = vec![0.0f32; n * w.rows()];
+                pool.install(|| matmul(isa, w, input, n, &mut out, &mut MatmulScratch::default()));
+                out
+            };
+            let (wq, wf, wa) = (
+                one(&q, &slice(32, 96)),
+                one(&f, &slice(0, 64)),
+                one(&acc, &slice(64, 64)),
+            );
+            for t in 0..n {
+                assert_eq!(
+                    &side[t * 40..t * 40 + 32],
+                    &wq[t * 32..(t + 1) * 32],
+                    "{isa:?}"
+                );
+                assert_eq!(
+                    &side[t * 40 + 32..(t + 1) * 40],
+                    &wf[t * 8..(t + 1) * 8],
+                    "{isa:?}"
+                );
+                for (g, w) in other[t * 16..(t + 1) * 16]
+                    .iter()
+                    .zip(&wa[t * 16..(t + 1) * 16])
+                {
+                    assert_eq!(*g, 1.5 + w, "{isa:?}");
                 }
             }
         }

@@ -2,8 +2,8 @@
 //! and, optionally, a LoRA update applied at run time beside them ([`LowRank`]).
 
 use crate::kernels::Isa;
-use crate::matrix::{matmul, MatmulScratch, Matrix};
-use crate::quant::WeightType;
+use crate::matrix::{matmul_many, MatmulScratch, Matrix, Product};
+use crate::quant::{WeightType, QK};
 
 /// A linear layer whose output is the concatenation of one or more stored matrices (Q/K/V and
 /// gate/up are fused when their formats agree, so one parallel pass computes them), plus an
@@ -17,10 +17,8 @@ pub(crate) struct Linear {
 /// Buffers a linear layer reuses across calls.
 #[derive(Default)]
 pub(crate) struct LinearScratch {
-    part: Vec<f32>,
-    /// `A x`, then `B (A x)`.
+    /// A LoRA update's `A x`.
     mid: Vec<f32>,
-    delta: Vec<f32>,
     pub(crate) matmul: MatmulScratch,
 }
 
@@ -53,24 +51,57 @@ impl Linear {
         out: &mut [f32],
         s: &mut LinearScratch,
     ) {
-        if let [only] = self.parts.as_slice() {
-            matmul(isa, only, x, n, out, &mut s.matmul);
-        } else {
-            let mut offset = 0;
-            for part in &self.parts {
-                let rows = part.rows();
-                s.part.resize(n * rows, 0.0);
-                matmul(isa, part, x, n, &mut s.part, &mut s.matmul);
-                for t in 0..n {
-                    out[t * self.rows + offset..t * self.rows + offset + rows]
-                        .copy_from_slice(&s.part[t * rows..(t + 1) * rows]);
-                }
-                offset += rows;
-            }
+        let cols = self.parts[0].cols();
+        // The stored parts write their rows of `out`; a LoRA update's `A` joins the same pass.
+        let mut products = Vec::with_capacity(self.parts.len() + 1);
+        let mut offset = 0;
+        for w in &self.parts {
+            products.push(Product {
+                w,
+                x_offset: 0,
+                out: 0,
+                out_stride: self.rows,
+                out_offset: offset,
+                accumulate: false,
+            });
+            offset += w.rows();
         }
-        if let Some(low_rank) = &self.low_rank {
-            low_rank.add_to(isa, x, n, out, s);
-        }
+        let Some(low_rank) = &self.low_rank else {
+            return matmul_many(isa, &products, x, cols, n, &mut [out], &mut s.matmul);
+        };
+        let rank = low_rank.a.rows();
+        products.push(Product {
+            w: &low_rank.a,
+            x_offset: 0,
+            out: 1,
+            out_stride: rank,
+            out_offset: 0,
+            accumulate: false,
+        });
+        s.mid.resize(n * rank, 0.0);
+        matmul_many(
+            isa,
+            &products,
+            x,
+            cols,
+            n,
+            &mut [&mut *out, &mut s.mid],
+            &mut s.matmul,
+        );
+        // Then every part's `B` over its share of `A x`, added into its rows.
+        let products: Vec<Product> = low_rank
+            .segments
+            .iter()
+            .map(|seg| Product {
+                w: &seg.b,
+                x_offset: seg.rank_offset,
+                out: 0,
+                out_stride: self.rows,
+                out_offset: seg.out_offset,
+                accumulate: true,
+            })
+            .collect();
+        matmul_many(isa, &products, &s.mid, rank, n, &mut [out], &mut s.matmul);
     }
 
     pub(crate) fn bytes(&self) -> usize {
@@ -98,7 +129,14 @@ impl Linear {
             rows: self.rows,
             low_rank: self.low_rank.map(|l| LowRank {
                 a: f(&l.a),
-                b: f(&l.b),
+                segments: l
+                    .segments
+                    .into_iter()
+                    .map(|seg| Segment {
+                        b: f(&seg.b),
+                        ..seg
+                    })
+                    .collect(),
             }),
         }
     }
@@ -110,16 +148,26 @@ impl Linear {
 /// adapter moved the logits 20 times as far from the exact merge (BENCHMARKS.md), while an f16
 /// merge reads twice the bytes per decode step.
 ///
-/// The parts of a fused layer share one `A` (their `A`s stacked) and one `B` (theirs placed
-/// block-diagonally, zero elsewhere), so an update costs two matrix products whatever the
-/// fusion; the total rank is padded with zeros to a multiple of 32 and both factors are stored
-/// as Q8_0 (the quantised kernels, about 4x the float kernels' rate), whose rounding is that
-/// of the small update, not of the weights: F32 where a width is not a multiple of 32.
+/// The parts of a fused layer share one `A` (theirs stacked, each padded with zero rows to a
+/// multiple of 32), computed in the same pass as the stored weights; their `B`s then run in one
+/// more pass, each over its own share of `A x`, adding into its rows. Both factors are stored
+/// as Q8_0 (the quantised kernels, about 4x the float kernels' rate), whose rounding is that of
+/// the small update, not of the weights; F32 where the input width is not a multiple of 32.
 #[derive(Debug)]
 pub struct LowRank {
-    /// `rank × cols`.
+    /// `Σ padded rank × cols`.
     a: Matrix,
-    /// `rows × rank` (the whole layer's rows).
+    segments: Vec<Segment>,
+}
+
+/// One adapted part's `B`.
+#[derive(Debug)]
+struct Segment {
+    /// First output row of the part in the layer's output.
+    out_offset: usize,
+    /// First row of the part's `A` in the stacked `A` (a multiple of 32).
+    rank_offset: usize,
+    /// `rows × padded rank`.
     b: Matrix,
 }
 
@@ -173,21 +221,7 @@ impl LowRank {
                 ));
             }
         }
-        let total: usize = parts.iter().map(LowRankPart::rank).sum();
-        let padded = total.next_multiple_of(crate::quant::QK);
-        let mut a = vec![0.0f32; padded * cols];
-        let mut b = vec![0.0f32; rows * padded];
-        let mut at = 0;
-        for p in parts {
-            let rank = p.rank();
-            a[at * cols..(at + rank) * cols].copy_from_slice(&p.a);
-            for r in 0..p.rows {
-                let row = (p.out_offset + r) * padded + at;
-                b[row..row + rank].copy_from_slice(&p.b[r * rank..(r + 1) * rank]);
-            }
-            at += rank;
-        }
-        let ty = if ty == WeightType::F32 || !cols.is_multiple_of(crate::quant::QK) {
+        let ty = if ty == WeightType::F32 || !cols.is_multiple_of(QK) {
             WeightType::F32
         } else {
             WeightType::Q8_0
@@ -201,29 +235,37 @@ impl LowRank {
                 .expect("whole rows")
                 .prepared_for(Isa::detect())
         };
+        let padded = |p: &LowRankPart| p.rank().next_multiple_of(QK);
+        let total: usize = parts.iter().map(padded).sum();
+        let mut a = vec![0.0f32; total * cols];
+        let mut segments = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for p in parts {
+            let (rank, width) = (p.rank(), padded(p));
+            a[at * cols..(at + rank) * cols].copy_from_slice(&p.a);
+            let mut b = vec![0.0f32; p.rows * width];
+            for (dst, src) in b.chunks_exact_mut(width).zip(p.b.chunks_exact(rank)) {
+                dst[..rank].copy_from_slice(src);
+            }
+            segments.push(Segment {
+                out_offset: p.out_offset,
+                rank_offset: at,
+                b: stored(p.rows, width, &b),
+            });
+            at += width;
+        }
         Ok(Some(LowRank {
-            a: stored(padded, cols, &a),
-            b: stored(rows, padded, &b),
+            a: stored(total, cols, &a),
+            segments,
         }))
     }
 
     fn bytes(&self) -> usize {
-        self.a.byte_len() + self.b.byte_len()
+        self.a.byte_len() + self.segments.iter().map(|s| s.b.byte_len()).sum::<usize>()
     }
 
     fn all_f32(&self) -> bool {
-        self.a.ty() == WeightType::F32 && self.b.ty() == WeightType::F32
-    }
-
-    /// `out[t] += B (A x[t])` (`out` rows are the layer's rows).
-    fn add_to(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32], s: &mut LinearScratch) {
-        s.mid.resize(n * self.a.rows(), 0.0);
-        matmul(isa, &self.a, x, n, &mut s.mid, &mut s.matmul);
-        s.delta.resize(n * self.b.rows(), 0.0);
-        matmul(isa, &self.b, &s.mid, n, &mut s.delta, &mut s.matmul);
-        for (o, d) in out[..n * self.b.rows()].iter_mut().zip(&s.delta) {
-            *o += d;
-        }
+        self.a.ty() == WeightType::F32 && self.segments.iter().all(|s| s.b.ty() == WeightType::F32)
     }
 }
 
@@ -281,7 +323,7 @@ mod tests {
             .unwrap();
         for (ty, tolerance) in [(WeightType::F32, 1e-4), (WeightType::Q8_0, 0.02)] {
             let low_rank = LowRank::new(total, cols, &updates, ty).unwrap().unwrap();
-            assert_eq!((low_rank.a.rows(), low_rank.a.ty()), (32, ty));
+            assert_eq!((low_rank.a.rows(), low_rank.a.ty()), (64, ty));
             let adapted = Linear::fused(parts.clone()).with_low_rank(Some(low_rank));
             for n in [1usize, 3, 9] {
                 let x = values(n * cols, 40 + n);
