@@ -44,8 +44,8 @@ enum ModelCommand {
         json: bool,
     },
     /// Merge a PEFT LoRA adapter into its base model: from an HF base, an HF-layout checkpoint
-    /// and a GGUF; from a GGUF base, one GGUF as the default guard is merged (Q8_0 or f16
-    /// adapted projections).
+    /// and a GGUF; from a GGUF base, one GGUF in the default guard's form (the adapter applied
+    /// at run time) or merged (Q8_0 or f16 adapted projections, for other engines).
     Merge(crate::train::MergeArgs),
     /// Cut a LoRA adapter from a fully fine-tuned model: each adapted weight's difference to
     /// the base, truncated by SVD to --rank (PEFT layout; pack it with pack-adapter).

@@ -130,9 +130,9 @@ struct DpoArgs {
 #[derive(Args)]
 pub struct MergeArgs {
     /// The base model: an HF-layout directory (writes an HF checkpoint and a GGUF of
-    /// --gguf's type), or a GGUF file or `smollm2-base` (writes `<output>/model.gguf` as the
-    /// shipped guard is merged: adapted projections Q8_0, every other tensor as in the base,
-    /// so a candidate can be measured in the form it would ship).
+    /// --gguf's type), or a GGUF file or `smollm2-base` (writes `<output>/model.gguf` in the
+    /// form --adapted-type names, by default the one the shipped guard runs in, so a candidate
+    /// can be measured as it would ship).
     #[arg(long)]
     base: PathBuf,
     /// PEFT adapter directory (adapter_config.json, adapter_model.safetensors).
@@ -147,11 +147,11 @@ pub struct MergeArgs {
     /// to write no GGUF.
     #[arg(long, default_value = "f16")]
     gguf: String,
-    /// From a GGUF base: how the adapted projections are stored: `q8_0` (merged, portable to
-    /// llama.cpp), `f16` (merged, keeps a small fine-tuning delta Q8_0 would blur) or `lora`
-    /// (not merged: the factors beside the unchanged base tensors, applied at run time by
-    /// this engine only; exact and the fewest bytes per step).
-    #[arg(long, default_value = "q8_0")]
+    /// From a GGUF base: how the adapted projections are stored: `lora` (the shipped guard's
+    /// form: not merged, the factors beside the unchanged base tensors, applied at run time
+    /// by this engine only; no rounding of the merged weights), `q8_0` (merged, for llama.cpp
+    /// and other engines) or `f16` (merged, keeps a small fine-tuning delta Q8_0 would blur).
+    #[arg(long, default_value = "lora")]
     adapted_type: guardreasoner_hub::guard::AdaptedType,
 }
 

@@ -122,7 +122,7 @@ fn the_default_guard_gets_the_obvious_cases_right() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("merging the GuardReasoner-SmolLM2-135M adapter"),
+        stderr.contains("writing GuardReasoner-SmolLM2-135M from"),
         "{stderr}"
     );
     let verdicts: Vec<Value> = String::from_utf8(out.stdout)

@@ -1,13 +1,16 @@
 //! The default guard, GuardReasoner-SmolLM2-135M: the pip-fetched, hash-checked
-//! SmolLM2-135M-Instruct GGUF plus the LoRA adapter shipped in this crate (`guard/`), merged on
-//! first use into a cached GGUF (`<home>/models/`), keyed by both hashes.
+//! SmolLM2-135M-Instruct GGUF plus the LoRA adapter shipped in this crate (`guard/`), written on
+//! first use into a cached GGUF (`<home>/models/`), keyed by both hashes and the form.
 //!
-//! The merge works in the GGUF layout: each adapted projection is dequantised, `W + scale * B A`
-//! is added (Q/K rows of the HF-layout delta permuted to llama.cpp's rotary order) and the result
-//! stored as Q8_0 (re-quantising to Q4_1 would bury the delta in rounding noise); every other
-//! tensor is copied byte for byte. The merged file is written to a temporary name and renamed,
-//! and a stamp records the inputs and the file's size and modification time: a missing,
-//! truncated or modified file is merged again.
+//! The shipped form ([`SHIPPED_FORM`]) keeps the base tensors as they are and writes each
+//! adapted projection's LoRA factors beside it, which the engine applies at run time: no
+//! rounding of `W + ΔW`. The merged forms ([`AdaptedType::Q8_0`], [`AdaptedType::F16`], for
+//! engines that cannot apply an adapter) dequantise each adapted projection, add
+//! `scale * B A` and store the result (re-quantising to Q4_1 would bury the delta in rounding
+//! noise). In every form the HF-layout Q/K rows of the update are permuted to llama.cpp's
+//! rotary order, and every other tensor is copied byte for byte. The file is written to a
+//! temporary name and renamed, and a stamp records the inputs and the file's size and
+//! modification time: a missing, truncated or modified file is written again.
 
 use crate::default_model::{hex, stamp_matches, write_stamp};
 use crate::{io_error, HubError, Progress, Result};
@@ -117,20 +120,30 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-/// Where the merged guard of this base and adapter is cached.
+/// How the default guard is stored: the adapter applied at run time beside the unchanged
+/// base. Chosen on the development splits (MODEL_CARD.md): against the Q8_0 merge it shipped
+/// as before, 78.72 against 76.80 dev mean F1, at 0.9-1.0x the speed (BENCHMARKS.md).
+pub const SHIPPED_FORM: AdaptedType = AdaptedType::Lora;
+
+/// Where the default guard of this base and adapter is cached.
 pub fn merged_guard_path(home: &Path, base_sha256: &str, adapter_sha256: &str) -> PathBuf {
     home.join("models").join(format!(
-        "{GUARD_NAME}-{}-{}.Q8_0.gguf",
+        "{GUARD_NAME}-{}-{}.{}.gguf",
         &adapter_sha256[..12.min(adapter_sha256.len())],
-        &base_sha256[..12.min(base_sha256.len())]
+        &base_sha256[..12.min(base_sha256.len())],
+        SHIPPED_FORM.name()
     ))
 }
 
 fn stamp_key(base_sha256: &str, adapter_sha256: &str) -> String {
-    format!("merged base={base_sha256} adapter={adapter_sha256}")
+    format!(
+        "merged base={base_sha256} adapter={adapter_sha256} form={}",
+        SHIPPED_FORM.name()
+    )
 }
 
-/// The merged guard's path, merging `adapter` into `base` first when there is no intact merge.
+/// The default guard's path, writing it from `base` and `adapter` first when there is no
+/// intact file.
 pub fn ensure_default_guard(
     home: &Path,
     base: &Path,
@@ -146,12 +159,12 @@ pub fn ensure_default_guard(
     }
     if path.exists() {
         progress.message(&format!(
-            "{} does not match its merge stamp (modified or incomplete); merging again",
+            "{} does not match its merge stamp (modified or incomplete); writing it again",
             path.display()
         ));
     }
     progress.message(&format!(
-        "merging the {GUARD_NAME} adapter into {} (first use) ...",
+        "writing {GUARD_NAME} from {} and its adapter (first use) ...",
         base.display()
     ));
     let metadata = [
@@ -165,7 +178,7 @@ pub fn ensure_default_guard(
             Value::String(adapter.sha256.into()),
         ),
     ];
-    merge_adapter_into_gguf(base, adapter, &path, &metadata, AdaptedType::Q8_0)?;
+    merge_adapter_into_gguf(base, adapter, &path, &metadata, SHIPPED_FORM)?;
     write_stamp(&path, &key);
     progress.message(&format!("{GUARD_NAME} ready at {}", path.display()));
     Ok(path)
@@ -312,10 +325,9 @@ fn lora_delta(pair: &LoraPair, scale: f32) -> Vec<f32> {
 }
 
 /// How the projections an adapter changes are stored in a merged GGUF.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdaptedType {
     /// 8.5 bits per weight: `W + scale * B A` re-quantised (portable: llama.cpp runs it).
-    #[default]
     Q8_0,
     /// 16 bits per weight: keeps a small fine-tuning delta that Q8_0's rounding would blur
     /// (twice the bytes read per decode step for those projections).

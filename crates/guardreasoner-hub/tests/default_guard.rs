@@ -43,7 +43,16 @@ fn merged_on_first_use_reused_then_remade_when_corrupt() {
         gguf.get_str("guardreasoner.adapter_sha256").unwrap(),
         ADAPTER_SHA256
     );
+    // The shipped form: the base's projections as they are, the factors beside them.
+    assert_eq!(gguf.get_str("guardreasoner.adapted_type").unwrap(), "lora");
+    let q = gguf.tensor("blk.0.attn_q.weight").expect("base tensor");
+    assert_eq!(q.dtype, guardreasoner_gguf::GgmlType::Q4_1);
+    assert!(gguf.tensor("blk.0.attn_q.weight.lora_a").is_some());
+    assert!(gguf.tensor("blk.29.ffn_down.weight.lora_b").is_some());
     drop(gguf);
+    let model = guardreasoner_engine::llama::Llama::from_gguf(&path).expect("engine reads it");
+    assert!(model.has_low_rank());
+    drop(model);
     // No temporary left behind.
     let leftovers: Vec<_> = std::fs::read_dir(home.path().join("models"))
         .unwrap()
