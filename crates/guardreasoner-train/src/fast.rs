@@ -27,7 +27,7 @@ use crate::model::Config;
 use crate::optim::{decays, AdamWConfig};
 use crate::TrainError;
 use gemm::Parallelism;
-use guardreasoner_engine::layout::{hf_weight_names, LAYER_NAMES};
+use guardreasoner_engine::layout::{hf_weights, LAYER_NAMES};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -60,6 +60,9 @@ pub struct Dims {
     pub tie: bool,
     /// RoPE inverse frequencies (llama3 scaling already applied).
     pub inv_freq: Vec<f64>,
+    /// The base weights' HF names and shapes in slot order: the engine's one weight schema
+    /// ([`hf_weights`]).
+    pub schema: Vec<(String, Vec<usize>)>,
 }
 
 impl Dims {
@@ -76,39 +79,15 @@ impl Dims {
             eps: c.rms_norm_eps as f32,
             tie: c.tie_word_embeddings,
             inv_freq: c.rope_inv_freq_f64(),
+            schema: hf_weights(c),
         }
     }
 
-    /// `(out, in)` of projection `p`.
+    /// `(out, in)` of projection `p` (the same in every layer), read from the schema.
     fn proj_shape(&self, p: usize) -> (usize, usize) {
-        let (d, i) = (self.hidden, self.inter);
-        let (qd, kvd) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        match p {
-            Q => (qd, d),
-            K | V => (kvd, d),
-            O => (d, qd),
-            GATE | UP => (i, d),
-            _ => (d, i),
-        }
-    }
-
-    /// Shape of base slot `s` (see [`FastLlama::base_names`]).
-    fn slot_shape(&self, s: usize) -> Vec<usize> {
-        let per = LAYER_PARAMS;
-        let n_layer_slots = 1 + per * self.layers;
-        if s == 0 || s == n_layer_slots + 1 {
-            return vec![self.vocab, self.hidden];
-        }
-        if s == n_layer_slots {
-            return vec![self.hidden];
-        }
-        let j = (s - 1) % per;
-        match PROJ_SLOT.iter().position(|&x| x == j) {
-            Some(p) => {
-                let (o, i) = self.proj_shape(p);
-                vec![o, i]
-            }
-            None => vec![self.hidden],
+        match self.schema[slot(0, PROJ_SLOT[p])].1.as_slice() {
+            &[out, inp] => (out, inp),
+            other => unreachable!("projection {p} has shape {other:?} in the schema"),
         }
     }
 }
@@ -224,13 +203,12 @@ use ops::*;
 impl FastLlama {
     /// Base weight names in slot order (HF names).
     pub fn base_names(dims: &Dims) -> Vec<String> {
-        hf_weight_names(dims.layers, dims.tie)
+        dims.schema.iter().map(|(name, _)| name.clone()).collect()
     }
 
     /// Shapes of the base weights in slot order.
     pub fn base_shapes(dims: &Dims) -> Vec<Vec<usize>> {
-        let n = Self::base_names(dims).len();
-        (0..n).map(|s| dims.slot_shape(s)).collect()
+        dims.schema.iter().map(|(_, shape)| shape.clone()).collect()
     }
 
     /// A model from base weights in slot order (shapes checked) and optional adapters.
