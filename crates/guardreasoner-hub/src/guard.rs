@@ -122,7 +122,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// How the default guard is stored: the adapter applied at run time beside the unchanged
 /// base. Chosen on the development splits (MODEL_CARD.md): against the Q8_0 merge it shipped
-/// as before, 78.72 against 76.80 dev mean F1, at 0.9-1.0x the speed (BENCHMARKS.md).
+/// as before, 77.99 against 76.80 dev mean F1, at 0.9-1.1x the speed (BENCHMARKS.md).
 pub const SHIPPED_FORM: AdaptedType = AdaptedType::Lora;
 
 /// Where the default guard of this base and adapter is cached.
