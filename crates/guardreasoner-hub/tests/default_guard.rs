@@ -1,5 +1,6 @@
-//! The default guard is merged on first use into the cache, reused while intact, and merged
-//! again when the cached file is damaged; a damaged adapter is refused before anything is written.
+//! The default guard is written on first use into the cache (the base's tensors with the
+//! adapter's factors beside them), reused while intact, and written again when the cached file
+//! is damaged; a damaged adapter is refused before anything is written.
 
 use guardreasoner_hub::guard::{ensure_default_guard, merged_guard_path, Adapter, ADAPTER_SHA256};
 use guardreasoner_hub::{QuietProgress, DEFAULT_MODEL_SHA256};
