@@ -148,7 +148,11 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
     println!(
         "model {} ({}, {:.0} MiB of weights) | kv cache {} | threads {} | kernels {} | guard prompts {}..{} tokens, instruction {} tokens",
         a.model.display(),
-        engine.model().weight_type().name(),
+        if engine.model().has_low_rank() {
+            format!("{} + LoRA at run time", engine.model().weight_type().name())
+        } else {
+            engine.model().weight_type().name().to_string()
+        },
         engine.model().weight_bytes() as f64 / (1024.0 * 1024.0),
         engine.model().kv_type().name(),
         engine.threads(),
