@@ -10,7 +10,6 @@ use guardreasoner_engine::bench::{peak_rss_mib, run as run_bench, BenchSpec};
 use guardreasoner_engine::roofline::{self, Roofline};
 use guardreasoner_engine::{Engine, LoadOptions};
 use guardreasoner_tokenizer::Tokenizer;
-use std::path::PathBuf;
 
 #[path = "bench_train.rs"]
 mod bench_train;
@@ -46,9 +45,10 @@ struct RooflineArgs {
 
 #[derive(Args)]
 struct EngineBenchArgs {
-    /// A GGUF file or a Hugging Face model directory.
+    /// The model: `default` (the shipped guard, with its card's key/value cache), `smollm2-base`,
+    /// a .gguf file, a Hugging Face directory or a Hub id.
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     /// Worker threads (default: physical cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -124,21 +124,28 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
     if a.batch_sizes.contains(&0) {
         bail!("--batch-sizes must be positive");
     }
-    let tokenizer = if a.model.is_dir() {
-        Tokenizer::from_hf_dir(&a.model)
-    } else {
-        Tokenizer::from_gguf_path(&a.model)
+    let resolved = guardreasoner_hub::resolve_from_env(Some(&a.model))
+        .with_context(|| format!("cannot resolve the model {}", a.model))?;
+    let path = resolved.path();
+    let tokenizer = resolved
+        .tokenizer()
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    let mut kv_cache = a.kv_cache.choice();
+    if kv_cache.is_none()
+        && guardreasoner_hub::ModelSpec::parse(Some(&a.model))?
+            == guardreasoner_hub::ModelSpec::Default
+    {
+        kv_cache = guardreasoner_runtime::default_guard_kv_cache()?;
     }
-    .with_context(|| format!("loading the tokenizer of {}", a.model.display()))?;
     let engine = Engine::load_with(
-        &a.model,
+        path,
         &LoadOptions {
             threads: a.threads,
             dequantize: false,
-            kv_cache: a.kv_cache.choice(),
+            kv_cache,
         },
     )
-    .with_context(|| format!("loading {}", a.model.display()))?;
+    .with_context(|| format!("loading {}", path.display()))?;
     let max_batch = a.batch_sizes.iter().copied().max().unwrap_or(1);
     let prompts = guard_prompts(&tokenizer, max_batch.max(1), a.prompt_tokens)?;
     // The instruction is what every guard prompt shares.
@@ -147,7 +154,7 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
         .count();
     println!(
         "model {} ({}, {:.0} MiB of weights) | kv cache {} | threads {} | kernels {} | guard prompts {}..{} tokens, instruction {} tokens",
-        a.model.display(),
+        path.display(),
         if engine.model().has_low_rank() {
             format!("{} + LoRA at run time", engine.model().weight_type().name())
         } else {
