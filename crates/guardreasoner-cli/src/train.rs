@@ -150,7 +150,10 @@ pub struct MergeArgs {
     /// From a GGUF base: how the adapted projections are stored: `lora` (the shipped guard's
     /// form: not merged, the factors beside the unchanged base tensors, applied at run time
     /// by this engine only; no rounding of the merged weights), `q8_0` (merged, for llama.cpp
-    /// and other engines) or `f16` (merged, keeps a small fine-tuning delta Q8_0 would blur).
+    /// and other engines), `f16` (merged, keeps a small fine-tuning delta Q8_0 would blur) or
+    /// `lora-adapter` (`<output>/adapter.gguf`: the factors alone as llama.cpp's LoRA adapter
+    /// GGUF; `llama-server -m BASE.gguf --lora adapter.gguf` runs the guard unmerged, as this
+    /// engine does).
     #[arg(long, default_value = "lora")]
     adapted_type: guardreasoner_hub::guard::AdaptedType,
 }
@@ -283,14 +286,27 @@ fn merge_into_gguf(args: &MergeArgs, base: &Path) -> anyhow::Result<()> {
         sha256: "", // only the embedded adapter has a pinned hash to verify
     };
     std::fs::create_dir_all(&args.output)?;
-    let out = args.output.join("model.gguf");
+    let adapter_only = args.adapted_type == guardreasoner_hub::guard::AdaptedType::LoraAdapter;
+    let out = args.output.join(if adapter_only {
+        "adapter.gguf"
+    } else {
+        "model.gguf"
+    });
     guardreasoner_hub::guard::merge_adapter_into_gguf(base, &adapter, &out, &[], args.adapted_type)
         .with_context(|| format!("merging {} into {}", args.adapter.display(), base.display()))?;
-    eprintln!(
-        "wrote {} (adapted projections {}; serve it with --model {0})",
-        out.display(),
-        args.adapted_type.name()
-    );
+    if adapter_only {
+        eprintln!(
+            "wrote {} (llama.cpp's LoRA adapter format: llama-server -m {} --lora {0})",
+            out.display(),
+            base.display()
+        );
+    } else {
+        eprintln!(
+            "wrote {} (adapted projections {}; serve it with --model {0})",
+            out.display(),
+            args.adapted_type.name()
+        );
+    }
     Ok(())
 }
 

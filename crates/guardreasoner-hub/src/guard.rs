@@ -337,6 +337,11 @@ pub enum AdaptedType {
     /// in the rotary order), which this engine applies at run time. Exact (no rounding of
     /// `W + ΔW`) and the fewest bytes per step; only this engine reads the extra tensors.
     Lora,
+    /// The factors alone, as llama.cpp's LoRA adapter GGUF (`general.type` `adapter`; the
+    /// same tensors as [`AdaptedType::Lora`], `adapter.lora.alpha` equal to the rank since the
+    /// scale is in B): `llama-server -m BASE.gguf --lora FILE` runs the guard as this engine
+    /// does, unmerged.
+    LoraAdapter,
 }
 
 impl AdaptedType {
@@ -346,6 +351,7 @@ impl AdaptedType {
             AdaptedType::Q8_0 => "q8_0",
             AdaptedType::F16 => "f16",
             AdaptedType::Lora => "lora",
+            AdaptedType::LoraAdapter => "lora-adapter",
         }
     }
 
@@ -354,18 +360,30 @@ impl AdaptedType {
         match self {
             AdaptedType::Q8_0 => Some((WeightType::Q8_0, GgmlType::Q8_0)),
             AdaptedType::F16 => Some((WeightType::F16, GgmlType::F16)),
-            AdaptedType::Lora => None,
+            AdaptedType::Lora | AdaptedType::LoraAdapter => None,
         }
+    }
+
+    /// Whether the base's tensors are written too (all but the adapter-only file).
+    fn keeps_base(self) -> bool {
+        self != AdaptedType::LoraAdapter
     }
 }
 
 impl std::str::FromStr for AdaptedType {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        [AdaptedType::Q8_0, AdaptedType::F16, AdaptedType::Lora]
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown adapted type {s:?}; expected q8_0, f16 or lora"))
+        [
+            AdaptedType::Q8_0,
+            AdaptedType::F16,
+            AdaptedType::Lora,
+            AdaptedType::LoraAdapter,
+        ]
+        .into_iter()
+        .find(|t| t.name() == s)
+        .ok_or_else(|| {
+            format!("unknown adapted type {s:?}; expected q8_0, f16, lora or lora-adapter")
+        })
     }
 }
 
@@ -389,6 +407,16 @@ pub fn merge_adapter_into_gguf(
         })?;
     let mut metadata: BTreeMap<String, Value> = file.metadata.clone();
     metadata.remove("general.alignment");
+    if !adapted.keeps_base() {
+        // llama.cpp's adapter file: the architecture it must match, and what the adapter is.
+        metadata.retain(|k, _| k == "general.architecture" || k == "general.name");
+        metadata.insert("general.type".into(), Value::String("adapter".into()));
+        metadata.insert("adapter.type".into(), Value::String("lora".into()));
+        metadata.insert(
+            "adapter.lora.alpha".into(),
+            Value::F32(settings.rank as f32),
+        );
+    }
     for (k, v) in extra {
         metadata.insert(k.to_string(), v.clone());
     }
@@ -402,11 +430,13 @@ pub fn merge_adapter_into_gguf(
     for info in &file.tensors {
         let pair = hf_name(&info.name).and_then(|hf| pairs.remove(&hf));
         let Some(p) = &pair else {
-            plans.push(TensorPlan {
-                name: info.name.clone(),
-                dims: info.dims.clone(),
-                dtype: info.dtype,
-            });
+            if adapted.keeps_base() {
+                plans.push(TensorPlan {
+                    name: info.name.clone(),
+                    dims: info.dims.clone(),
+                    dtype: info.dtype,
+                });
+            }
             merged.push(None);
             continue;
         };
@@ -417,11 +447,13 @@ pub fn merge_adapter_into_gguf(
                 info.name, info.dims
             )));
         }
-        plans.push(TensorPlan {
-            name: info.name.clone(),
-            dims: info.dims.clone(),
-            dtype: adapted.merged_type().map_or(info.dtype, |(_, ggml)| ggml),
-        });
+        if adapted.keeps_base() {
+            plans.push(TensorPlan {
+                name: info.name.clone(),
+                dims: info.dims.clone(),
+                dtype: adapted.merged_type().map_or(info.dtype, |(_, ggml)| ggml),
+            });
+        }
         if adapted.merged_type().is_none() {
             plans.push(TensorPlan {
                 name: format!("{}.lora_a", info.name),
@@ -456,7 +488,9 @@ pub fn merge_adapter_into_gguf(
             writer.write_tensor(bytes).map_err(io_error(out))
         };
         let Some(pair) = pair else {
-            write(&mut writer, file.tensor_data(info)?)?;
+            if adapted.keeps_base() {
+                write(&mut writer, file.tensor_data(info)?)?;
+            }
             continue;
         };
         let cols = pair.a_shape[1];
@@ -488,7 +522,9 @@ pub fn merge_adapter_into_gguf(
                 if let Some(heads) = rotary_heads {
                     b = reorder_rotary_rows(&b, heads, rank, false);
                 }
-                write(&mut writer, file.tensor_data(info)?)?;
+                if adapted.keeps_base() {
+                    write(&mut writer, file.tensor_data(info)?)?;
+                }
                 write(&mut writer, &f16_bytes(&pair.a))?;
                 write(&mut writer, &f16_bytes(&b))?;
             }

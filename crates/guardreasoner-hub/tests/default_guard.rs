@@ -121,3 +121,56 @@ fn a_corrupted_adapter_is_refused_before_anything_is_written() {
     );
     assert!(!home.path().join("models").exists());
 }
+
+/// The adapter alone in llama.cpp's LoRA format holds exactly the factors the shipped form
+/// carries beside the base (same names, shapes and bytes), no base tensor, and the metadata
+/// llama.cpp's loader checks (`general.type`, `general.architecture`, `adapter.type`, an alpha
+/// equal to the rank because the scale is already in B).
+#[test]
+fn the_llama_cpp_adapter_holds_the_shipped_factors() {
+    use guardreasoner_gguf::GgufFile;
+    use guardreasoner_hub::guard::{merge_adapter_into_gguf, AdaptedType};
+    let Some(base) = guardreasoner_testing::test_model() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let adapter = Adapter::embedded();
+    let (shipped, alone) = (
+        dir.path().join("guard.gguf"),
+        dir.path().join("adapter.gguf"),
+    );
+    merge_adapter_into_gguf(&base, &adapter, &shipped, &[], AdaptedType::Lora).expect("shipped");
+    merge_adapter_into_gguf(&base, &adapter, &alone, &[], AdaptedType::LoraAdapter)
+        .expect("adapter alone");
+    let (shipped, alone) = (
+        GgufFile::open(&shipped).unwrap(),
+        GgufFile::open(&alone).unwrap(),
+    );
+    assert_eq!(alone.get_str("general.type").unwrap(), "adapter");
+    assert_eq!(alone.get_str("adapter.type").unwrap(), "lora");
+    assert_eq!(alone.get_str("general.architecture").unwrap(), "llama");
+    assert_eq!(alone.get_f32("adapter.lora.alpha").unwrap(), 32.0);
+    assert!(alone.metadata.keys().all(|k| !k.starts_with("tokenizer.")));
+    let factors: Vec<_> = shipped
+        .tensors
+        .iter()
+        .filter(|t| t.name.ends_with(".lora_a") || t.name.ends_with(".lora_b"))
+        .collect();
+    assert_eq!(factors.len(), 2 * 7 * 30);
+    assert_eq!(alone.tensors.len(), factors.len(), "no base tensor");
+    for t in factors {
+        let a = alone.tensor(&t.name).expect("same name");
+        assert_eq!(
+            (a.dims.clone(), a.dtype),
+            (t.dims.clone(), t.dtype),
+            "{}",
+            t.name
+        );
+        assert_eq!(
+            alone.tensor_data(a).unwrap(),
+            shipped.tensor_data(t).unwrap(),
+            "{}",
+            t.name
+        );
+    }
+}
