@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Evaluates the shipped default guard (`--model default`: the base GGUF with the adapter in
-# crates/guardreasoner-hub/guard merged in, Q8_0) as the model card reports it:
+# crates/guardreasoner-hub/guard applied at run time beside it) as the model card reports it:
 #   1. the development split (held-out prompts of the six seen benchmarks, written by
 #      scripts/train-default-guard.sh), where choices are made;
 #   2. the unseen test sets, once per shipped candidate: a seeded sample stratified by gold label
