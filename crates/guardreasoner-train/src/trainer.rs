@@ -7,7 +7,7 @@
 //! and RNG state; a checkpoint stores it with the weights and optimiser moments.
 
 use crate::fast::{FastAdamW, FastLlama, Grads};
-use crate::model::{load_safetensors, save_safetensors, Llama};
+use crate::model::{save_safetensors, Llama};
 use crate::optim::{clip_grads, AdamW, AdamWConfig, CosineSchedule};
 use crate::st;
 use crate::TrainError;
@@ -18,9 +18,16 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+mod checkpoint;
+mod log;
+
+pub use checkpoint::latest_checkpoint;
+use checkpoint::{load_checkpoint, prune_checkpoints, read_state, save_checkpoint};
+pub use log::write_loss_curve;
+use log::{progress_line, rewrite_log};
 
 /// The loss of one example and what to log about it.
 pub struct ExampleLoss {
@@ -173,10 +180,10 @@ impl Fast {
     }
 }
 
-/// Where the weights and the optimiser state live during a run (one per run, so the size of
+/// Where the trainable weights and the optimiser state live during a run (one per run, so the size of
 /// the variants does not matter).
 #[allow(clippy::large_enum_variant)]
-enum Backend<'a> {
+enum ParamStore<'a> {
     /// Models of other dtypes (f64 in tests): candle autograd and [`AdamW`] on the model's
     /// variables.
     Candle { model: &'a Llama, optimizer: AdamW },
@@ -184,24 +191,26 @@ enum Backend<'a> {
     Fast(Fast),
 }
 
-impl Backend<'_> {
+impl ParamStore<'_> {
     fn adam_t(&self) -> u64 {
         match self {
-            Backend::Candle { optimizer, .. } => optimizer.t,
-            Backend::Fast(f) => f.optimizer.t,
+            ParamStore::Candle { optimizer, .. } => optimizer.t,
+            ParamStore::Fast(f) => f.optimizer.t,
         }
     }
 
     fn load(&mut self, dir: &Path, adam_t: u64) -> Result<(), TrainError> {
         match self {
-            Backend::Candle { model, optimizer } => load_checkpoint(dir, model, optimizer, adam_t),
-            Backend::Fast(f) => f.load(dir, adam_t),
+            ParamStore::Candle { model, optimizer } => {
+                load_checkpoint(dir, model, optimizer, adam_t)
+            }
+            ParamStore::Fast(f) => f.load(dir, adam_t),
         }
     }
 
     fn save(&self, dir: &Path) -> Result<(), TrainError> {
         match self {
-            Backend::Candle { model, optimizer } => {
+            ParamStore::Candle { model, optimizer } => {
                 let params: BTreeMap<String, Tensor> = model
                     .trainable()
                     .iter()
@@ -217,7 +226,7 @@ impl Backend<'_> {
                 }
                 save_safetensors(&moments, &dir.join(MOMENTS_FILE))
             }
-            Backend::Fast(f) => f.save(dir),
+            ParamStore::Fast(f) => f.save(dir),
         }
     }
 }
@@ -442,19 +451,19 @@ pub fn train(
     }
     if model.dtype() != DType::F32 {
         let optimizer = AdamW::new(config.adamw.clone(), model.trainable())?;
-        let mut backend = Backend::Candle { model, optimizer };
-        return run(&mut backend, objective, config, out_dir, options, &plan);
+        let mut store = ParamStore::Candle { model, optimizer };
+        return run(&mut store, objective, config, out_dir, options, &plan);
     }
     let fast = FastLlama::take_from_llama(model)?;
-    let mut backend = Backend::Fast(Fast::new(fast, config.adamw.clone()));
-    let result = run(&mut backend, objective, config, out_dir, options, &plan);
-    let Backend::Fast(Fast {
+    let mut store = ParamStore::Fast(Fast::new(fast, config.adamw.clone()));
+    let result = run(&mut store, objective, config, out_dir, options, &plan);
+    let ParamStore::Fast(Fast {
         model: weights,
         grads,
         optimizer,
-    }) = backend
+    }) = store
     else {
-        unreachable!("the fast backend stays fast");
+        unreachable!("the fast store stays fast");
     };
     // Gradients and moments go first, so the weights move back without another copy beside.
     drop((grads, optimizer));
@@ -466,7 +475,7 @@ pub fn train(
 
 /// The training loop proper, from the resumed step (if any) to the end or the stop step.
 fn run(
-    backend: &mut Backend,
+    store: &mut ParamStore,
     objective: &dyn Objective,
     config: &TrainerConfig,
     out_dir: &Path,
@@ -476,7 +485,7 @@ fn run(
     let (n, bs, total_steps) = (objective.len(), config.batch_size, plan.total_steps);
     let mut start = 0;
     if let Some((dir, step, adam_t)) = &plan.resume {
-        backend.load(dir, *adam_t)?;
+        store.load(dir, *adam_t)?;
         start = *step;
     }
     let checkpoint = plan.resume.as_ref().map(|(dir, _, _)| dir.clone());
@@ -506,7 +515,7 @@ fn run(
         let last = ((step + 1) * bs).min(plan.total_examples);
         let count = last - first;
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
-        if let Backend::Fast(f) = backend {
+        if let ParamStore::Fast(f) = store {
             f.grads.zero();
         }
         let mut loss_sum = 0.0;
@@ -518,8 +527,8 @@ fn run(
                 order = Some((epoch, epoch_order(n, config.seed, epoch)));
             }
             let index = order.as_ref().map(|(_, o)| o[g % n]).unwrap_or(0);
-            let (value, example_tokens, example_metrics, loss) = match backend {
-                Backend::Fast(f) => {
+            let (value, example_tokens, example_metrics, loss) = match store {
+                ParamStore::Fast(f) => {
                     let out = objective.fast_loss(
                         &f.model,
                         index,
@@ -529,7 +538,7 @@ fn run(
                     )?;
                     (out.loss, out.tokens, out.metrics, None)
                 }
-                Backend::Candle { model, .. } => {
+                ParamStore::Candle { model, .. } => {
                     let out = objective.loss(model, index, &mut dropout)?;
                     let value = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     (value, out.tokens, out.metrics, Some(out.loss))
@@ -546,12 +555,12 @@ fn run(
             for (k, v) in example_metrics {
                 *metrics.entry(k).or_default() += v / count as f64;
             }
-            let (Some(loss), Backend::Candle { model, .. }) = (loss, &*backend) else {
+            let (Some(loss), ParamStore::Candle { model, .. }) = (loss, &*store) else {
                 continue;
             };
-            let store = (loss / count as f64)?.backward()?;
+            let grad_store = (loss / count as f64)?.backward()?;
             for (name, var) in model.trainable() {
-                if let Some(grad) = store.get(var.as_tensor()) {
+                if let Some(grad) = grad_store.get(var.as_tensor()) {
                     let sum = match grads.remove(name) {
                         Some(acc) => (acc + grad)?,
                         None => grad.clone(),
@@ -560,8 +569,8 @@ fn run(
                 }
             }
         }
-        let norm = match backend {
-            Backend::Fast(f) => {
+        let norm = match store {
+            ParamStore::Fast(f) => {
                 // PyTorch's clip_grad_norm_, folded into the update.
                 let norm = f.grads.norm();
                 let factor = if config.max_grad_norm > 0.0 && norm > config.max_grad_norm {
@@ -572,7 +581,7 @@ fn run(
                 f.optimizer.step(&mut f.model, &f.grads, lr, factor);
                 norm
             }
-            Backend::Candle { model, optimizer } => {
+            ParamStore::Candle { model, optimizer } => {
                 let norm = clip_grads(&mut grads, config.max_grad_norm)?;
                 optimizer.step(model.trainable(), &grads, lr)?;
                 norm
@@ -608,11 +617,11 @@ fn run(
             let state = TrainerState {
                 step,
                 total_steps,
-                adam_t: backend.adam_t(),
+                adam_t: store.adam_t(),
                 data_fingerprint: plan.fingerprint.clone(),
                 config: config.clone(),
             };
-            let dir = save_checkpoint(out_dir, backend, &state)?;
+            let dir = save_checkpoint(out_dir, store, &state)?;
             prune_checkpoints(out_dir, config.save_total_limit)?;
             last_checkpoint = Some(dir);
         }
@@ -630,227 +639,4 @@ fn run(
         log,
         last_checkpoint,
     })
-}
-
-fn progress_line(r: &LogRecord, total: usize, tokens: usize, secs: f64) {
-    let width = 30;
-    let done = (r.step * width) / total.max(1);
-    let bar: String = "#".repeat(done) + &".".repeat(width - done);
-    let line = format!(
-        "[{bar}] {}/{} loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s",
-        r.step,
-        total,
-        r.loss,
-        r.lr,
-        r.grad_norm,
-        tokens as f64 / secs.max(1e-9)
-    );
-    let mut err = std::io::stderr();
-    if err.is_terminal() {
-        let _ = write!(err, "\r{line}");
-    } else {
-        let _ = writeln!(err, "{line}");
-    }
-    let _ = err.flush();
-}
-
-fn rewrite_log(path: &Path, records: &[LogRecord]) -> Result<(), TrainError> {
-    let mut text = String::new();
-    for r in records {
-        text.push_str(&serde_json::to_string(r).map_err(|e| TrainError::Data(e.to_string()))?);
-        text.push('\n');
-    }
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
-}
-
-fn checkpoint_step(path: &Path) -> Option<usize> {
-    path.file_name()?
-        .to_str()?
-        .strip_prefix("checkpoint-")?
-        .parse()
-        .ok()
-}
-
-/// The newest `checkpoint-N` directory in `out_dir`, if any.
-pub fn latest_checkpoint(out_dir: &Path) -> Result<Option<PathBuf>, TrainError> {
-    if !out_dir.exists() {
-        return Ok(None);
-    }
-    let mut best: Option<(usize, PathBuf)> = None;
-    for entry in std::fs::read_dir(out_dir).map_err(|e| TrainError::io(out_dir, e))? {
-        let path = entry.map_err(|e| TrainError::io(out_dir, e))?.path();
-        if let Some(step) = checkpoint_step(&path).filter(|_| path.is_dir()) {
-            if best.as_ref().is_none_or(|(s, _)| step > *s) {
-                best = Some((step, path));
-            }
-        }
-    }
-    Ok(best.map(|(_, p)| p))
-}
-
-fn prune_checkpoints(out_dir: &Path, keep: usize) -> Result<(), TrainError> {
-    if keep == 0 {
-        return Ok(());
-    }
-    let mut all: Vec<(usize, PathBuf)> = std::fs::read_dir(out_dir)
-        .map_err(|e| TrainError::io(out_dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| checkpoint_step(&p).filter(|_| p.is_dir()).map(|s| (s, p)))
-        .collect();
-    all.sort();
-    while all.len() > keep {
-        let (_, p) = all.remove(0);
-        std::fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
-    }
-    Ok(())
-}
-
-fn save_checkpoint(
-    out_dir: &Path,
-    backend: &Backend,
-    state: &TrainerState,
-) -> Result<PathBuf, TrainError> {
-    let dir = out_dir.join(format!("checkpoint-{}", state.step));
-    let tmp = out_dir.join(format!(".checkpoint-{}.tmp", state.step));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    backend.save(&tmp)?;
-    let state_path = tmp.join("trainer_state.json");
-    let text = serde_json::to_string_pretty(state).map_err(|e| TrainError::Data(e.to_string()))?;
-    std::fs::write(&state_path, text).map_err(|e| TrainError::io(&state_path, e))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| TrainError::io(&dir, e))?;
-    Ok(dir)
-}
-
-fn read_state(dir: &Path) -> Result<TrainerState, TrainError> {
-    let state_path = dir.join("trainer_state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-        path: dir.to_path_buf(),
-        message: format!("trainer_state.json: {e}"),
-    })
-}
-
-fn load_checkpoint(
-    dir: &Path,
-    model: &Llama,
-    optimizer: &mut AdamW,
-    adam_t: u64,
-) -> Result<(), TrainError> {
-    let bad = |message: String| TrainError::Checkpoint {
-        path: dir.to_path_buf(),
-        message,
-    };
-    let params = load_safetensors(&dir.join(PARAMS_FILE))?;
-    let moments = load_safetensors(&dir.join(MOMENTS_FILE))?;
-    if params.len() != model.trainable().len() {
-        return Err(bad(format!(
-            "holds {} trainable tensors, the model has {}",
-            params.len(),
-            model.trainable().len()
-        )));
-    }
-    for (name, var) in model.trainable() {
-        let fetch = |map: &BTreeMap<String, Tensor>, key: &str| -> Result<Tensor, TrainError> {
-            let t = map
-                .get(key)
-                .ok_or_else(|| bad(format!("missing tensor {key}")))?;
-            if t.dims() != var.dims() {
-                return Err(bad(format!(
-                    "tensor {key} has shape {:?}, the model's is {:?}",
-                    t.dims(),
-                    var.dims()
-                )));
-            }
-            Ok(t.to_dtype(var.dtype())?)
-        };
-        var.set(&fetch(&params, name)?)?;
-        optimizer
-            .m
-            .insert(name.clone(), fetch(&moments, &format!("m/{name}"))?);
-        optimizer
-            .v
-            .insert(name.clone(), fetch(&moments, &format!("v/{name}"))?);
-    }
-    optimizer.t = adam_t;
-    Ok(())
-}
-
-/// Steps averaged by the loss curve's smoothed line.
-const LOSS_WINDOW: usize = 10;
-
-/// The loss per step and, over longer runs, its trailing mean over [`LOSS_WINDOW`] steps (one
-/// step's loss is noisy: eight records, some with short targets).
-fn loss_lines(points: Vec<(f64, f64)>) -> Vec<guardreasoner_plot::Line> {
-    let smoothed: Vec<(f64, f64)> = points
-        .windows(LOSS_WINDOW)
-        .map(|w| {
-            let mean = w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64;
-            (w[w.len() - 1].0, mean)
-        })
-        .collect();
-    let mut lines = vec![guardreasoner_plot::Line {
-        name: "loss".to_string(),
-        points,
-        markers: false,
-    }];
-    if smoothed.len() >= LOSS_WINDOW {
-        lines.push(guardreasoner_plot::Line {
-            name: format!("mean of the last {LOSS_WINDOW} steps"),
-            points: smoothed,
-            markers: false,
-        });
-    }
-    lines
-}
-
-/// Writes the loss per step as a line chart, `<stem>.svg` and `<stem>.png`.
-pub fn write_loss_curve(log: &[LogRecord], stem: &Path) -> Result<(), TrainError> {
-    let points: Vec<(f64, f64)> = log
-        .iter()
-        .filter(|r| r.loss.is_finite())
-        .map(|r| (r.step as f64, r.loss))
-        .collect();
-    if points.is_empty() {
-        return Ok(());
-    }
-    let chart = guardreasoner_plot::LineChart {
-        title: "training loss (mean over each step's output tokens)".to_string(),
-        x_label: "optimiser step".to_string(),
-        y_label: "loss".to_string(),
-        x_range: None,
-        y_range: None,
-        lines: loss_lines(points),
-        diagonal: false,
-    };
-    guardreasoner_plot::Chart::from(chart)
-        .write(stem)
-        .map(|_| ())
-        .map_err(|e| TrainError::Format {
-            path: stem.to_path_buf(),
-            message: e.to_string(),
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_loss_curve_adds_a_trailing_mean_over_longer_runs() {
-        let points: Vec<(f64, f64)> = (1..=30).map(|i| (i as f64, (i % 2) as f64)).collect();
-        let lines = loss_lines(points[..15].to_vec());
-        assert_eq!(lines.len(), 1, "too short to smooth");
-        let lines = loss_lines(points);
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[1].points.len(), 21);
-        assert_eq!(lines[1].points[0], (10.0, 0.5));
-    }
 }
