@@ -124,19 +124,13 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
     if a.batch_sizes.contains(&0) {
         bail!("--batch-sizes must be positive");
     }
-    let resolved = guardreasoner_hub::resolve_from_env(Some(&a.model))
-        .with_context(|| format!("cannot resolve the model {}", a.model))?;
+    let (resolved, kv_cache) =
+        guardreasoner_runtime::resolve_model(Some(&a.model), a.kv_cache.choice())
+            .with_context(|| format!("cannot resolve the model {}", a.model))?;
     let path = resolved.path();
     let tokenizer = resolved
         .tokenizer()
         .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
-    let mut kv_cache = a.kv_cache.choice();
-    if kv_cache.is_none()
-        && guardreasoner_hub::ModelSpec::parse(Some(&a.model))?
-            == guardreasoner_hub::ModelSpec::Default
-    {
-        kv_cache = guardreasoner_runtime::default_guard_kv_cache()?;
-    }
     let engine = Engine::load_with(
         path,
         &LoadOptions {

@@ -105,22 +105,18 @@ impl Matrix {
         dequantize_row(self.ty, self.row(r), out);
     }
 
+    /// Every element as f32, row-major.
+    pub fn values(&self) -> Vec<f32> {
+        let mut values = vec![0.0f32; self.rows * self.cols];
+        for (r, row) in values.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            self.dequantize_row_into(r, row);
+        }
+        values
+    }
+
     /// The same matrix stored as F32 (for reference comparisons).
     pub fn to_f32(&self) -> Matrix {
-        let mut values = vec![0.0f32; self.cols];
-        let mut data = Vec::with_capacity(self.rows * self.cols * 4);
-        for r in 0..self.rows {
-            self.dequantize_row_into(r, &mut values);
-            data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-        }
-        Matrix {
-            ty: WeightType::F32,
-            rows: self.rows,
-            cols: self.cols,
-            row_bytes: self.cols * 4,
-            data,
-            interleaved: false,
-        }
+        Matrix::from_f32(self.rows, self.cols, &self.values()).expect("rows x cols values")
     }
 
     /// Stack matrices with the same width and format into one (e.g. Q, K and V projections,
@@ -205,7 +201,8 @@ pub struct Product<'a> {
 /// Several products of the same activations `x` (`n_tokens × x_cols`) in one parallel pass:
 /// the activations are quantised once, and a layer's parts (the stored matrices of an unfused
 /// layer, a LoRA update's `A` beside the weights, its `B`s over their shares of `A x`) cost
-/// one wake-up of the pool instead of one each. Products must write disjoint elements.
+/// one wake-up of the pool instead of one each. Products writing the same output must share
+/// its stride and cover disjoint rows (checked: the tasks write concurrently).
 pub fn matmul_many(
     isa: Isa,
     products: &[Product<'_>],
@@ -229,6 +226,17 @@ pub fn matmul_many(
             "matmul: a quantised product must start at a block boundary"
         );
     }
+    for (i, p) in products.iter().enumerate() {
+        for q in &products[i + 1..] {
+            assert!(
+                p.out != q.out
+                    || (p.out_stride == q.out_stride
+                        && (p.out_offset + p.w.rows <= q.out_offset
+                            || q.out_offset + q.w.rows <= p.out_offset)),
+                "matmul: products writing one output overlap"
+            );
+        }
+    }
     if n_tokens == 0 || products.is_empty() {
         return;
     }
@@ -248,16 +256,18 @@ pub fn matmul_many(
     // Enough tasks to balance, few enough that scheduling stays cheap: a decode step's
     // matrix-vector product is only microseconds of work per thread.
     let tasks_per_thread = if n_tokens <= MAX_COLS { 2 } else { 8 };
+    // Chunks sized by the whole call's rows, so small products are not split finely.
     let total_rows: usize = products.iter().map(|p| p.w.rows).sum();
+    let base_chunk = total_rows
+        .div_ceil(threads * tasks_per_thread)
+        .clamp(4, 256);
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
     for (i, p) in products.iter().enumerate() {
-        // Chunks sized by the whole call's rows, so small products are not split finely.
-        let mut chunk = total_rows
-            .div_ceil(threads * tasks_per_thread)
-            .clamp(4, 256);
-        if p.w.interleaved {
-            chunk = chunk.next_multiple_of(interleaved::GROUP);
-        }
+        let chunk = if p.w.interleaved {
+            base_chunk.next_multiple_of(interleaved::GROUP)
+        } else {
+            base_chunk
+        };
         let mut r0 = 0;
         while r0 < p.w.rows {
             tasks.push((i, r0, (r0 + chunk).min(p.w.rows)));
@@ -575,5 +585,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Two products writing overlapping rows of one output would race: refused.
+    #[test]
+    #[should_panic(expected = "products writing one output overlap")]
+    fn overlapping_products_are_refused() {
+        let w = Matrix::from_f32(4, 32, &[0.5; 4 * 32]).unwrap();
+        let x = vec![1.0f32; 32];
+        let mut out = vec![0.0f32; 6];
+        let product = |out_offset| Product {
+            w: &w,
+            x_offset: 0,
+            out: 0,
+            out_stride: 6,
+            out_offset,
+            accumulate: false,
+        };
+        matmul_many(
+            Isa::detect(),
+            &[product(0), product(2)],
+            &x,
+            32,
+            1,
+            &mut [&mut out],
+            &mut MatmulScratch::default(),
+        );
     }
 }

@@ -477,12 +477,6 @@ pub fn merge_adapter_into_gguf(
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     }
     let mut writer = GgufWriter::create(out, &metadata, plans).map_err(io_error(out))?;
-    let f16_bytes = |values: &[f32]| -> Vec<u8> {
-        values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect()
-    };
     for (info, pair) in file.tensors.iter().zip(merged) {
         let write = |writer: &mut GgufWriter, bytes: &[u8]| {
             writer.write_tensor(bytes).map_err(io_error(out))
@@ -525,8 +519,8 @@ pub fn merge_adapter_into_gguf(
                 if adapted.keeps_base() {
                     write(&mut writer, file.tensor_data(info)?)?;
                 }
-                write(&mut writer, &f16_bytes(&pair.a))?;
-                write(&mut writer, &f16_bytes(&b))?;
+                write(&mut writer, &quantize_row(WeightType::F16, &pair.a))?;
+                write(&mut writer, &quantize_row(WeightType::F16, &b))?;
             }
         }
     }
@@ -543,11 +537,7 @@ pub fn pack_adapter(config_json: &str, weights: &[u8], out_dir: &Path) -> Result
     lora_pairs(weights, settings.rank)?;
     let mut converted: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, view) in tensors.tensors() {
-        let values = to_f32(&view, &name)?;
-        let bytes = values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect();
+        let bytes = quantize_row(WeightType::F16, &to_f32(&view, &name)?);
         converted.push((name, view.shape().to_vec(), bytes));
     }
     converted.sort_by(|a, b| a.0.cmp(&b.0));

@@ -12,5 +12,6 @@ mod scheduler;
 pub use chat::{encode_chat, ChatFormat};
 pub use metrics::Metrics;
 pub use scheduler::{
-    collect, default_guard_kv_cache, Event, LocalBackend, RuntimeError, RuntimeOptions, Submission,
+    collect, default_guard_kv_cache, resolve_model, Event, LocalBackend, RuntimeError,
+    RuntimeOptions, Submission,
 };

@@ -157,6 +157,25 @@ pub fn default_guard_kv_cache() -> Result<Option<KvType>, RuntimeError> {
         .transpose()
 }
 
+/// Resolve a model spec to files on disk, with the key/value cache it runs with: `kv_cache`
+/// when given, else the card's for the shipped guard ([`default_guard_kv_cache`]), else `None`
+/// (the engine's own choice).
+pub fn resolve_model(
+    spec: Option<&str>,
+    kv_cache: Option<KvType>,
+) -> Result<(guardreasoner_hub::ResolvedModel, Option<KvType>), RuntimeError> {
+    let resolved = guardreasoner_hub::resolve_from_env(spec)?;
+    let kv_cache = match kv_cache {
+        None if guardreasoner_hub::ModelSpec::parse(spec)?
+            == guardreasoner_hub::ModelSpec::Default =>
+        {
+            default_guard_kv_cache()?
+        }
+        given => given,
+    };
+    Ok((resolved, kv_cache))
+}
+
 impl LocalBackend {
     /// Resolve a model spec (`None`/`default` for the embedded model, fetched on first use; a
     /// `.gguf` path; a Hugging Face directory; a Hub id) and load it.
@@ -167,12 +186,8 @@ impl LocalBackend {
         spec: Option<&str>,
         mut options: RuntimeOptions,
     ) -> Result<LocalBackend, RuntimeError> {
-        let resolved = guardreasoner_hub::resolve_from_env(spec)?;
-        if options.kv_cache.is_none()
-            && guardreasoner_hub::ModelSpec::parse(spec)? == guardreasoner_hub::ModelSpec::Default
-        {
-            options.kv_cache = default_guard_kv_cache()?;
-        }
+        let (resolved, kv_cache) = resolve_model(spec, options.kv_cache)?;
+        options.kv_cache = kv_cache;
         LocalBackend::load(resolved.path(), options)
     }
 

@@ -141,14 +141,13 @@ unsafe fn rows_group<const N: usize, const Q4_1: bool>(
     blocks: usize,
     xs: &[&[BlockQ16]],
 ) -> [__m512; N] {
-    use super::interleaved::{group_block, GROUP};
+    use super::interleaved::{group_block, header, GROUP};
     let ty = if Q4_1 {
         WeightType::Q4_1
     } else {
         WeightType::Q8_0
     };
-    let gb = group_block(ty);
-    let head = if Q4_1 { 4 * GROUP } else { 2 * GROUP };
+    let (gb, head) = (group_block(ty), header(ty));
     let nibbles = _mm512_set1_epi32(0x000F_000F);
     let mut acc = [_mm512_setzero_ps(); N];
     let base = group.as_ptr();

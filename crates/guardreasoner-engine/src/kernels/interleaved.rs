@@ -32,7 +32,7 @@ pub fn group_block(ty: WeightType) -> usize {
 }
 
 /// Where the per-row header (scales, then minima for Q4_1) ends within a group block.
-fn header(ty: WeightType) -> usize {
+pub(crate) fn header(ty: WeightType) -> usize {
     match ty {
         WeightType::Q4_1 => 4 * GROUP,
         _ => 2 * GROUP,

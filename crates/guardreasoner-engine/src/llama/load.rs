@@ -20,12 +20,8 @@ impl Llama {
             config.num_key_value_heads() * config.head_dim(),
         );
         let matrix = |name: &str, rows: usize, cols: usize| gguf_matrix(&file, name, rows, cols);
-        let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
-            let m = matrix(name, 1, len)?;
-            let mut v = vec![0.0; len];
-            m.dequantize_row_into(0, &mut v);
-            Ok(v)
-        };
+        let vector =
+            |name: &str, len: usize| -> Result<Vec<f32>> { Ok(matrix(name, 1, len)?.values()) };
         // A stored matrix and its run-time LoRA update, if the file carries one.
         let linear = |parts: &[(String, usize)], cols: usize| -> Result<Linear> {
             let matrices = parts
@@ -93,12 +89,8 @@ impl Llama {
             config.num_attention_heads * config.head_dim(),
             config.num_key_value_heads() * config.head_dim(),
         );
-        let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
-            let m = st.matrix(name, 1, len)?;
-            let mut v = vec![0.0; len];
-            m.dequantize_row_into(0, &mut v);
-            Ok(v)
-        };
+        let vector =
+            |name: &str, len: usize| -> Result<Vec<f32>> { Ok(st.matrix(name, 1, len)?.values()) };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let n = |s: &str| format!("model.layers.{l}.{s}.weight");
@@ -151,13 +143,6 @@ fn gguf_low_rank(
     parts: &[(String, usize)],
     cols: usize,
 ) -> Result<Option<LowRank>> {
-    let floats = |m: &Matrix| {
-        let mut v = vec![0.0f32; m.rows() * m.cols()];
-        for (r, row) in v.chunks_exact_mut(m.cols()).enumerate() {
-            m.dequantize_row_into(r, row);
-        }
-        v
-    };
     let mut updates = Vec::new();
     let mut offset = 0;
     for (name, rows) in parts {
@@ -169,8 +154,8 @@ fn gguf_low_rank(
                 updates.push(LowRankPart {
                     out_offset: offset,
                     rows: *rows,
-                    a: floats(&gguf_matrix(file, &a_name, rank, cols)?),
-                    b: floats(&gguf_matrix(file, &b_name, *rows, rank)?),
+                    a: gguf_matrix(file, &a_name, rank, cols)?.values(),
+                    b: gguf_matrix(file, &b_name, *rows, rank)?.values(),
                 });
             }
             (a, _) => {
