@@ -2,6 +2,7 @@
 //! per-sequence random stream. The one place where logits become tokens.
 
 use crate::error::{EngineError, Result};
+use crate::kernels::{sum_exp, Isa};
 
 /// How to generate from one prompt.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,12 +139,7 @@ impl Sampler {
     /// Choose the next token from one row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let log_z = max as f64
-            + logits
-                .iter()
-                .map(|&l| ((l - max) as f64).exp())
-                .sum::<f64>()
-                .ln();
+        let log_z = max as f64 + sum_exp(Isa::detect(), logits, max, 1.0).ln();
         let logprob = |t: usize| (logits[t] as f64 - log_z) as f32;
         let token = if self.temperature == 0.0 {
             argmax(logits)
@@ -159,7 +155,7 @@ impl Sampler {
     fn draw(&mut self, logits: &[f32], max: f32) -> usize {
         let inv_t = 1.0 / self.temperature as f64;
         let weight = |l: f32| ((l - max) as f64 * inv_t).exp();
-        let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+        let total = sum_exp(Isa::detect(), logits, max, inv_t as f32);
         if self.top_p >= 1.0 {
             let mut target = self.rng.next_f64() * total;
             for (i, &l) in logits.iter().enumerate() {

@@ -587,6 +587,40 @@ pub unsafe fn exp_in_place(x: &mut [f32]) -> f32 {
     hsum(acc)
 }
 
+/// See [`super::sum_exp`].
+///
+/// # Safety
+/// The CPU must support avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn sum_exp(x: &[f32], shift: f32, scale: f32) -> f64 {
+    let n = x.len();
+    let p = x.as_ptr();
+    let (s, k) = (_mm256_set1_ps(shift), _mm256_set1_ps(scale));
+    let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let mut i = 0;
+    while i + 8 <= n {
+        let e = exp8(_mm256_mul_ps(
+            _mm256_sub_ps(_mm256_loadu_ps(p.add(i)), s),
+            k,
+        ));
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+        i += 8;
+    }
+    let mut lanes = [0.0f64; 4];
+    _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo, hi));
+    let mut sum: f64 = lanes.iter().sum();
+    if i < n {
+        let mut tail = [f32::NEG_INFINITY; 8];
+        tail[..n - i].copy_from_slice(&x[i..]);
+        let mut e = [0.0f32; 8];
+        let t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), s), k);
+        _mm256_storeu_ps(e.as_mut_ptr(), exp8(t));
+        sum += e.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    sum
+}
+
 /// See [`super::silu_mul`].
 ///
 /// # Safety

@@ -187,6 +187,13 @@ pub fn exp_in_place(x: &mut [f32]) -> f32 {
     sum
 }
 
+/// See [`super::sum_exp`].
+pub fn sum_exp(x: &[f32], shift: f32, scale: f32) -> f64 {
+    x.iter()
+        .map(|&v| ((v - shift) as f64 * scale as f64).exp())
+        .sum()
+}
+
 /// See [`super::silu_mul`].
 pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
