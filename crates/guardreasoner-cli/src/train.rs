@@ -8,11 +8,12 @@ use guardreasoner_train::data::{load_records, tokenize, DataSource, TextEncoder}
 use guardreasoner_train::dpo::{
     reference_log_probs, tokenize_pairs, DpoConfig, DpoObjective, PreferenceRecord,
 };
+use guardreasoner_train::fast::FastLlama;
 use guardreasoner_train::gguf_base::{convert_gguf_to_hf, convert_hf_to_gguf, GgufWeightType};
 use guardreasoner_train::lora::{
     load_adapter, merge_checkpoint, save_adapter, LoraConfig, ALL_TARGETS,
 };
-use guardreasoner_train::model::{Llama, TrainMode};
+use guardreasoner_train::model::{Config, TrainMode};
 use guardreasoner_train::optim::AdamWConfig;
 use guardreasoner_train::sft::SftObjective;
 use guardreasoner_train::trainer::{train, Objective, Resume, RunOptions, TrainerConfig};
@@ -402,7 +403,7 @@ fn trainer_config(c: &CommonArgs, preset: TrainerConfig) -> anyhow::Result<Train
 
 fn run_training(
     c: &CommonArgs,
-    model: &mut Llama,
+    (model, config): (&mut FastLlama, &Config),
     objective: &dyn Objective,
     cfg: &TrainerConfig,
     mode: &TrainMode,
@@ -423,7 +424,7 @@ fn run_training(
     match mode {
         TrainMode::Full => {
             let dir = c.output.join("model");
-            model.save_hf(&dir, c.save_dtype)?;
+            model.save_hf(&dir, config, c.save_dtype)?;
             copy_tokenizer(Path::new(&c.model), &dir)?;
             eprintln!("saved the model to {}", dir.display());
         }
@@ -514,8 +515,13 @@ fn base_dir(c: &CommonArgs) -> anyhow::Result<PathBuf> {
 }
 
 /// The model to train, its adapters started from --init-adapter when given.
-fn load_model(c: &CommonArgs, model_dir: &Path, mode: &TrainMode) -> anyhow::Result<Llama> {
-    let mut model = Llama::load_hf(model_dir, WeightDtype::F32, mode.clone(), c.seed)?;
+fn load_model(
+    c: &CommonArgs,
+    model_dir: &Path,
+    mode: &TrainMode,
+) -> anyhow::Result<(FastLlama, Config)> {
+    let config = guardreasoner_train::model::read_config(&model_dir.join("config.json"))?;
+    let mut model = FastLlama::load_hf(model_dir, mode, c.seed)?;
     if let (Some(dir), TrainMode::Lora(lora)) = (&c.init_adapter, mode) {
         let (init, tensors) = load_adapter(dir)
             .with_context(|| format!("reading the initial adapter {}", dir.display()))?;
@@ -538,7 +544,7 @@ fn load_model(c: &CommonArgs, model_dir: &Path, mode: &TrainMode) -> anyhow::Res
             .with_context(|| format!("starting from the adapter {}", dir.display()))?;
         eprintln!("adapters start from {}", dir.display());
     }
-    Ok(model)
+    Ok((model, config))
 }
 
 fn sft(args: SftArgs) -> anyhow::Result<()> {
@@ -562,11 +568,11 @@ fn sft(args: SftArgs) -> anyhow::Result<()> {
     }
     let mode = mode(c)?;
     let cfg = trainer_config(c, TrainerConfig::paper_sft())?;
-    let mut model = load_model(c, model_dir, &mode)?;
+    let (mut model, config) = load_model(c, model_dir, &mode)?;
     let objective = SftObjective {
         examples: tokenized.examples,
     };
-    run_training(c, &mut model, &objective, &cfg, &mode)
+    run_training(c, (&mut model, &config), &objective, &cfg, &mode)
 }
 
 fn dpo(args: DpoArgs) -> anyhow::Result<()> {
@@ -595,14 +601,14 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
     }
     let mode = mode(c)?;
     let cfg = trainer_config(c, TrainerConfig::paper_dpo())?;
-    let mut model = load_model(c, model_dir, &mode)?;
+    let (mut model, config) = load_model(c, model_dir, &mode)?;
     std::fs::create_dir_all(&c.output)?;
     eprintln!(
         "computing reference log-probs for {} pairs (cached)",
         pairs.len()
     );
     let reference = reference_log_probs(
-        &mut model,
+        &model,
         &pairs,
         &std::fs::canonicalize(model_dir)?.display().to_string(),
         Some(c.output.join("reference_logps.json").as_path()),
@@ -615,7 +621,7 @@ fn dpo(args: DpoArgs) -> anyhow::Result<()> {
             ftx: args.ftx,
         },
     };
-    run_training(c, &mut model, &objective, &cfg, &mode)
+    run_training(c, (&mut model, &config), &objective, &cfg, &mode)
 }
 
 pub fn merge(args: MergeArgs) -> anyhow::Result<()> {

@@ -13,10 +13,8 @@
 
 use crate::data::{Fnv, TextEncoder};
 use crate::fast::{FastLlama, Grads};
-use crate::model::{log_softmax_last, sequence_log_prob, Llama};
-use crate::trainer::{ExampleLoss, FastExampleLoss, Objective};
+use crate::trainer::{ExampleLoss, Objective};
 use crate::TrainError;
-use candle_core::{Tensor, D};
 use guardreasoner_core::prompt::join_instruction_input;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -103,36 +101,6 @@ pub fn tokenize_pairs(
     Ok((pairs, truncated))
 }
 
-/// `-log sigmoid(x)` = softplus(-x), stable for any `x`.
-pub fn neg_log_sigmoid(x: &Tensor) -> Result<Tensor, TrainError> {
-    let zeros = x.zeros_like()?;
-    let both = Tensor::stack(&[&zeros, &x.neg()?], D::Minus1)?;
-    let logp = log_softmax_last(&both)?;
-    // log(sigmoid(x)) = log(1 / (1 + e^-x)) = log_softmax([0, -x])[0].
-    Ok(logp.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?.neg()?)
-}
-
-/// The per-pair loss from log-probs (scalars as tensors so gradients flow to the policy terms).
-pub fn pair_loss(
-    lp_chosen: &Tensor,
-    lp_rejected: &Tensor,
-    ref_chosen: f64,
-    ref_rejected: f64,
-    chosen_len: usize,
-    weight: f64,
-    config: &DpoConfig,
-) -> Result<(Tensor, f64), TrainError> {
-    let margin = ((lp_chosen - ref_chosen)? - (lp_rejected - ref_rejected)?)?;
-    let logits = (margin * config.beta)?;
-    let pref = neg_log_sigmoid(&logits)?;
-    let nll = (lp_chosen.neg()? / chosen_len as f64)?;
-    let loss = ((pref + (nll * config.ftx)?)? * weight)?;
-    let reward_margin = logits
-        .to_dtype(candle_core::DType::F64)?
-        .to_scalar::<f64>()?;
-    Ok((loss, reward_margin))
-}
-
 /// HS-DPO over tokenized pairs with cached reference log-probs `(chosen, rejected)`.
 pub struct DpoObjective {
     pub pairs: Vec<Pair>,
@@ -157,7 +125,7 @@ pub fn pairs_fingerprint(pairs: &[Pair]) -> String {
 /// Reference log-probs of every pair under `model` (no dropout), cached in `cache` when given:
 /// a cache for other pairs or a different model is recomputed.
 pub fn reference_log_probs(
-    model: &mut Llama,
+    model: &FastLlama,
     pairs: &[Pair],
     model_id: &str,
     cache: Option<&Path>,
@@ -177,37 +145,14 @@ pub fn reference_log_probs(
             }
         }
     }
-    let longest = pairs
+    let out = pairs
         .iter()
-        .map(|p| p.prompt.len() + p.chosen.len().max(p.rejected.len()))
-        .max()
-        .unwrap_or(1);
-    model.reserve_positions(longest)?;
-    let mut out = Vec::with_capacity(pairs.len());
-    if model.dtype() == candle_core::DType::F32 {
-        // The fast path computes the same log-probs (see tests/fast.rs), several times faster.
-        // The weights move into it and back, so the reference is never held twice.
-        let fast = FastLlama::take_from_llama(model)?;
-        let scored = pairs
-            .iter()
-            .map(|p| {
-                let (c, _) = crate::fast::sequence_log_prob(&fast, &p.prompt, &p.chosen, None)?;
-                let (r, _) = crate::fast::sequence_log_prob(&fast, &p.prompt, &p.rejected, None)?;
-                Ok((c, r))
-            })
-            .collect::<Result<Vec<_>, TrainError>>();
-        fast.restore_llama(model)?;
-        out = scored?;
-    }
-    let model = &*model;
-    for p in pairs.iter().skip(out.len()) {
-        let scalar = |t: &[u32]| -> Result<f64, TrainError> {
-            Ok(sequence_log_prob(model, &p.prompt, t, None)?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?)
-        };
-        out.push((scalar(&p.chosen)?, scalar(&p.rejected)?));
-    }
+        .map(|p| {
+            let (c, _) = crate::fast::sequence_log_prob(model, &p.prompt, &p.chosen, None)?;
+            let (r, _) = crate::fast::sequence_log_prob(model, &p.prompt, &p.rejected, None)?;
+            Ok((c, r))
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
     if let Some(path) = cache {
         let c = Cache {
             fingerprint: fp,
@@ -244,40 +189,12 @@ impl Objective for DpoObjective {
 
     fn loss(
         &self,
-        model: &Llama,
-        index: usize,
-        dropout: &mut ChaCha8Rng,
-    ) -> Result<ExampleLoss, TrainError> {
-        let p = &self.pairs[index];
-        let (ref_c, ref_r) = *self.reference.get(index).ok_or_else(|| {
-            TrainError::Data(format!("no reference log-probs for pair {}", index + 1))
-        })?;
-        let lp_c = sequence_log_prob(model, &p.prompt, &p.chosen, Some(&mut *dropout))?;
-        let lp_r = sequence_log_prob(model, &p.prompt, &p.rejected, Some(dropout))?;
-        let (loss, margin) = pair_loss(
-            &lp_c,
-            &lp_r,
-            ref_c,
-            ref_r,
-            p.chosen.len(),
-            p.weight,
-            &self.config,
-        )?;
-        Ok(ExampleLoss {
-            loss,
-            tokens: 2 * p.prompt.len() + p.chosen.len() + p.rejected.len(),
-            metrics: pair_metrics(margin),
-        })
-    }
-
-    fn fast_loss(
-        &self,
         model: &FastLlama,
         index: usize,
         dropout: &mut ChaCha8Rng,
         scale: f64,
         grads: &mut Grads,
-    ) -> Result<FastExampleLoss, TrainError> {
+    ) -> Result<ExampleLoss, TrainError> {
         let p = &self.pairs[index];
         let (ref_c, ref_r) = *self.reference.get(index).ok_or_else(|| {
             TrainError::Data(format!("no reference log-probs for pair {}", index + 1))
@@ -305,7 +222,7 @@ impl Objective for DpoObjective {
             &vec![(scale * d_rejected) as f32; p.rejected.len()],
             grads,
         )?;
-        Ok(FastExampleLoss {
+        Ok(ExampleLoss {
             loss,
             tokens: 2 * p.prompt.len() + p.chosen.len() + p.rejected.len(),
             metrics: pair_metrics(margin),
@@ -314,7 +231,7 @@ impl Objective for DpoObjective {
 }
 
 /// What the log shows per pair: the reward margin and whether it is positive.
-fn pair_metrics(margin: f64) -> BTreeMap<String, f64> {
+pub(crate) fn pair_metrics(margin: f64) -> BTreeMap<String, f64> {
     BTreeMap::from([
         ("reward_margin".to_string(), margin),
         (
@@ -324,7 +241,7 @@ fn pair_metrics(margin: f64) -> BTreeMap<String, f64> {
     ])
 }
 
-/// [`pair_loss`] on plain numbers, with its derivatives: returns the loss, the reward margin
+/// The per-pair loss (see the module doc), with its derivatives: returns the loss, the reward margin
 /// `beta * ((lp(c) - lp_ref(c)) - (lp(r) - lp_ref(r)))`, d(loss)/d lp(c) and d(loss)/d lp(r).
 pub fn pair_loss_and_grad(
     lp_chosen: f64,

@@ -1,8 +1,9 @@
-//! The fast training path: a hand-written forward and backward pass of the LLaMA on contiguous
-//! f32 buffers, every matmul a `gemm` call, and a fused in-place AdamW.
+//! The trainer's model: a hand-written forward and backward pass of the LLaMA on contiguous f32
+//! buffers, every matmul a `gemm` call, and a fused in-place AdamW.
 //!
-//! The candle model in [`crate::model`] stays the reference (tests compare losses and gradients);
-//! this is what the trainer and `guardreasoner bench train` run. What makes it fast and small:
+//! It is what `train`, `bench train`, DPO's reference log-probs, checkpoints, adapters and merges
+//! run on. The candle model in `crate::oracle` (feature `oracle`, tests only) is the reference its
+//! losses and gradients are checked against. What makes it fast and small:
 //!
 //! - RMSNorm, RoPE, SwiGLU and the residual adds are fused row loops; RoPE is applied in place and
 //!   its transpose in the backward pass. Normalised activations are recomputed in the backward
@@ -18,8 +19,8 @@
 //! Here: the model's buffers, forward and backward; beside it `fast/params.rs` (shapes from the
 //! engine's weight schema, construction, the trainable tensors and their gradients),
 //! `fast/matmul.rs` (the `gemm` wrapper), `fast/ops.rs` (RMSNorm, RoPE), `fast/attention.rs`,
-//! `fast/adamw.rs` (the optimiser) and `fast/candle_bridge.rs` (weights from and to the candle
-//! model).
+//! `fast/adamw.rs` (the optimiser), `fast/io.rs` (HF checkpoints in and out, PEFT's adapter
+//! initialisation) and `fast/candle_bridge.rs` (weights from and to the candle oracle).
 //!
 //! Interface: [`FastLlama::forward`] returns the log-probability of each target token and a
 //! [`Tape`]; [`FastLlama::backward`] takes d(loss)/d(log-prob) per position and accumulates
@@ -141,7 +142,9 @@ pub struct Grads {
 
 mod adamw;
 mod attention;
+#[cfg(feature = "oracle")]
 mod candle_bridge;
+mod io;
 mod matmul;
 mod ops;
 mod params;
@@ -657,8 +660,24 @@ impl FastLlama {
     }
 }
 
+/// `w += (B A) · scale`: a LoRA update (`B: [rows, rank]`, `A: [rank, cols]`) folded into the
+/// weight `w: [rows, cols]` it adapts (merges, HF checkpoints with adapters merged). Rounded as
+/// PEFT's `merge_and_unload` and the candle reference round it: the product, then the scale,
+/// then the sum.
+pub(crate) fn add_lora_delta(w: &mut [f32], b: &[f32], a: &[f32], rank: usize, scale: f32) {
+    let rows = b.len() / rank.max(1);
+    let cols = a.len() / rank.max(1);
+    assert!(
+        rank > 0 && rows * rank == b.len() && cols * rank == a.len() && w.len() == rows * cols,
+        "LoRA delta shapes"
+    );
+    let mut delta = vec![0.0f32; w.len()];
+    mm(&mut delta, b, a, rows, cols, rank, false, false, false, 1.0);
+    w.iter_mut().zip(&delta).for_each(|(w, d)| *w += d * scale);
+}
+
 /// The inputs for teacher forcing `target` after `prompt`: `prompt + target[..-1]`, scored from
-/// position `prompt.len() - 1` (as [`crate::model::sequence_log_prob`]).
+/// position `prompt.len() - 1`.
 pub fn teacher_forcing(prompt: &[u32], target: &[u32]) -> Result<(Vec<u32>, usize), TrainError> {
     if prompt.is_empty() || target.is_empty() {
         return Err(TrainError::Model(

@@ -8,12 +8,10 @@
 //! the GGUF computes under the HF convention. Dequantisation uses the engine's own routines, so
 //! the trained model starts from exactly the weights the engine serves.
 
-use crate::model::{Config, Llama, TrainMode};
+use crate::model::Config;
 use crate::TrainError;
-use candle_core::{DType, Device, Tensor};
 use guardreasoner_engine::layout::{dequantize_tensor, gguf_name_of, hf_name, reorder_rotary_rows};
 use guardreasoner_gguf::{GgufFile, TensorInfo};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 fn dequantize(file: &GgufFile, info: &TensorInfo) -> Result<(Vec<usize>, Vec<f32>), TrainError> {
@@ -71,33 +69,6 @@ fn gguf_config(file: &GgufFile) -> Result<Config, TrainError> {
         });
     }
     Ok(config)
-}
-
-/// The configuration and f32 weights (HF names) of a LLaMA GGUF file.
-pub fn read_gguf_weights(
-    file: &GgufFile,
-) -> Result<(Config, BTreeMap<String, Tensor>), TrainError> {
-    let config = gguf_config(file)?;
-    let mut weights = BTreeMap::new();
-    for info in &file.tensors {
-        let Some(hf) = hf_name(&info.name) else {
-            continue;
-        };
-        let values = hf_values(file, info, &hf, &config)?;
-        weights.insert(hf, Tensor::from_vec(values, hf_shape(info), &Device::Cpu)?);
-    }
-    Ok((config, weights))
-}
-
-/// A trainable model from a GGUF file (weights dequantised to f32, then cast to `dtype`).
-pub fn load_gguf_base(
-    path: &Path,
-    dtype: DType,
-    mode: TrainMode,
-    seed: u64,
-) -> Result<Llama, TrainError> {
-    let (config, weights) = read_gguf_weights(&open_gguf(path)?)?;
-    Llama::from_weights(config, weights, dtype, mode, seed).map_err(|e| e.with_path(path))
 }
 
 /// Writes `gguf` as a Hugging Face layout checkpoint into `dir`: `config.json`,
@@ -318,6 +289,50 @@ pub fn convert_hf_to_gguf(
         writer.write_tensor(&bytes).map_err(io)?;
     }
     writer.finish().map_err(io)
+}
+
+#[cfg(feature = "oracle")]
+pub use reference::{load_gguf_base, read_gguf_weights};
+
+/// A GGUF base as the candle reference model (tests check the trainer's view of a GGUF with it).
+#[cfg(feature = "oracle")]
+mod reference {
+    use super::{gguf_config, hf_name, hf_shape, hf_values, open_gguf};
+    use crate::model::Config;
+    use crate::model::TrainMode;
+    use crate::oracle::Llama;
+    use crate::TrainError;
+    use candle_core::{DType, Device, Tensor};
+    use guardreasoner_gguf::GgufFile;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// The configuration and f32 weights (HF names) of a LLaMA GGUF file.
+    pub fn read_gguf_weights(
+        file: &GgufFile,
+    ) -> Result<(Config, BTreeMap<String, Tensor>), TrainError> {
+        let config = gguf_config(file)?;
+        let mut weights = BTreeMap::new();
+        for info in &file.tensors {
+            let Some(hf) = hf_name(&info.name) else {
+                continue;
+            };
+            let values = hf_values(file, info, &hf, &config)?;
+            weights.insert(hf, Tensor::from_vec(values, hf_shape(info), &Device::Cpu)?);
+        }
+        Ok((config, weights))
+    }
+
+    /// A trainable model from a GGUF file (weights dequantised to f32, then cast to `dtype`).
+    pub fn load_gguf_base(
+        path: &Path,
+        dtype: DType,
+        mode: TrainMode,
+        seed: u64,
+    ) -> Result<Llama, TrainError> {
+        let (config, weights) = read_gguf_weights(&open_gguf(path)?)?;
+        Llama::from_weights(config, weights, dtype, mode, seed).map_err(|e| e.with_path(path))
+    }
 }
 
 fn pretty(value: &serde_json::Value) -> String {

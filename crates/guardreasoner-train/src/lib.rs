@@ -4,11 +4,13 @@
 //! sampling and the pairs HS-DPO trains on) generates through a backend and lives beside
 //! synthesis in `guardreasoner-synth`; this crate needs neither an async runtime nor a backend.
 //!
-//! - [`model::Llama`]: trainable LLaMA with HF weight names; `load_hf` / `save_hf`; candle
-//!   autograd, the reference the fast path is tested against.
-//! - [`fast`]: the hand-written forward/backward pass and fused AdamW on f32 buffers that the
-//!   trainer runs for f32 models; [`bench`]: one step at SmolLM2-135M shapes
+//! - [`fast::FastLlama`]: the model trained, on f32 buffers with a hand-written forward/backward
+//!   pass and fused AdamW; HF checkpoints in and out (`load_hf` / `save_hf`); [`model`]: its
+//!   configuration and [`model::TrainMode`]; [`bench`]: one step at SmolLM2-135M shapes
 //!   (`guardreasoner bench train`).
+//! - `oracle` (feature `oracle`, on in this crate's tests only): the candle-autograd LLaMA and
+//!   a plain training loop on it, the reference the trainer's losses and gradients are checked
+//!   against. Production builds do not compile candle.
 //! - [`data`]: GuardReasonerTrain records -> prompt/target tokens (loss on the output only).
 //! - [`trainer::train`]: the loop (AdamW, cosine schedule, accumulation, clipping, exact resume,
 //!   JSONL log, SVG loss curve) over an [`trainer::Objective`]: [`sft::SftObjective`] or
@@ -23,6 +25,8 @@
 pub mod extract;
 pub mod lora;
 pub mod model;
+#[cfg(feature = "oracle")]
+pub mod oracle;
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +52,7 @@ pub enum TrainError {
     HfDir(#[from] guardreasoner_gguf::hf::HfDirError),
     #[error(transparent)]
     Core(#[from] guardreasoner_core::jsonl::DataError),
+    #[cfg(feature = "oracle")]
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),
 }
@@ -82,5 +87,5 @@ pub mod gguf_base;
 pub mod optim;
 pub mod sft;
 mod st;
-pub use st::WeightDtype;
+pub use st::{F32Tensor, WeightDtype};
 pub mod trainer;

@@ -5,11 +5,9 @@
 //! `adapter_config.json` + `adapter_model.safetensors` with PEFT names
 //! `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`.
 
-use crate::model::{save_safetensors, Llama};
+use crate::fast::FastLlama;
+use crate::st::{self, F32Tensor};
 use crate::TrainError;
-use candle_core::{DType, Device, Tensor, Var};
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -75,91 +73,38 @@ impl LoraConfig {
     }
 }
 
-/// One adapted projection.
-#[derive(Debug, Clone)]
-pub struct LoraLayer {
-    pub a: Var,
-    pub b: Var,
-    pub scale: f64,
-    pub dropout: f64,
-}
-
-impl LoraLayer {
-    /// PEFT's initialisation: A ~ U(-1/sqrt(in), 1/sqrt(in)) (Kaiming-uniform with a = sqrt(5)),
-    /// B = 0.
-    pub fn init(
-        cfg: &LoraConfig,
-        in_dim: usize,
-        out_dim: usize,
-        dtype: DType,
-        rng: &mut ChaCha8Rng,
-    ) -> Result<Self, TrainError> {
-        let bound = 1.0 / (in_dim as f64).sqrt();
-        let a: Vec<f64> = (0..cfg.rank * in_dim)
-            .map(|_| rng.random_range(-bound..bound))
-            .collect();
-        let a = Tensor::from_vec(a, (cfg.rank, in_dim), &Device::Cpu)?.to_dtype(dtype)?;
-        let b = Tensor::zeros((out_dim, cfg.rank), dtype, &Device::Cpu)?;
-        Ok(LoraLayer {
-            a: Var::from_tensor(&a)?,
-            b: Var::from_tensor(&b)?,
-            scale: cfg.scale(),
-            dropout: cfg.dropout,
-        })
-    }
-
-    /// The adapter's contribution for input `x: [seq, in]`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        dropout: &mut Option<&mut ChaCha8Rng>,
-    ) -> Result<Tensor, TrainError> {
-        let x = match dropout {
-            Some(rng) if self.dropout > 0.0 => {
-                let keep = 1.0 - self.dropout;
-                let mask: Vec<f32> = (0..x.elem_count())
-                    .map(|_| {
-                        if rng.random::<f64>() < keep {
-                            (1.0 / keep) as f32
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
-                let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
-                (x * mask)?
-            }
-            _ => x.clone(),
-        };
-        let low = x.matmul(&self.a.as_tensor().t()?)?;
-        Ok((low.matmul(&self.b.as_tensor().t()?)? * self.scale)?)
-    }
-
-    /// `scale * B A`, the dense update to add to the base weight.
-    pub fn delta(&self) -> Result<Tensor, TrainError> {
-        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
-    }
-}
-
 /// `model.layers.0.self_attn.q_proj.weight` -> `base_model.model.model.layers.0.self_attn.q_proj`.
 pub fn peft_prefix(hf_weight: &str) -> String {
     let stem = hf_weight.strip_suffix(".weight").unwrap_or(hf_weight);
     format!("base_model.model.{stem}")
 }
 
-/// Writes `adapter_config.json` and `adapter_model.safetensors` (PEFT layout).
+/// Writes `adapter_config.json` and `adapter_model.safetensors` (PEFT layout, f32) from the
+/// model's adapters.
 pub fn save_adapter(
-    model: &Llama,
+    model: &FastLlama,
     cfg: &LoraConfig,
     base_model: &str,
     dir: &Path,
 ) -> Result<(), TrainError> {
-    write_adapter_config(cfg, base_model, dir)?;
-    let mut tensors = BTreeMap::new();
-    for (name, var) in model.trainable() {
-        tensors.insert(name.clone(), var.as_tensor().to_dtype(DType::F32)?);
+    if model.lora.is_none() {
+        return Err(TrainError::Model(
+            "the model has no LoRA adapters to save".into(),
+        ));
     }
-    save_safetensors(&tensors, &dir.join("adapter_model.safetensors"))
+    write_adapter_config(cfg, base_model, dir)?;
+    let (names, shapes) = (model.trainable_names(), model.trainable_shapes());
+    let entries: Vec<st::Entry> = names
+        .into_iter()
+        .zip(shapes)
+        .zip(model.trainable())
+        .map(|((name, shape), data)| st::Entry {
+            name,
+            shape,
+            data: st::Payload::F32(data),
+        })
+        .collect();
+    st::write(&dir.join("adapter_model.safetensors"), &entries)
 }
 
 /// Creates `dir` and writes PEFT's `adapter_config.json` for `cfg` there.
@@ -190,8 +135,8 @@ pub fn write_adapter_config(
     std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
 }
 
-/// Reads a PEFT adapter directory: its config and tensors by PEFT name.
-pub fn load_adapter(dir: &Path) -> Result<(LoraConfig, BTreeMap<String, Tensor>), TrainError> {
+/// Reads a PEFT adapter directory: its config and tensors (as f32) by PEFT name.
+pub fn load_adapter(dir: &Path) -> Result<(LoraConfig, BTreeMap<String, F32Tensor>), TrainError> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Format {
@@ -228,7 +173,7 @@ pub fn load_adapter(dir: &Path) -> Result<(LoraConfig, BTreeMap<String, Tensor>)
     let names: Vec<String> = reader.tensors().keys().cloned().collect();
     let tensors = names
         .into_iter()
-        .map(|name| reader.read_tensor(&name).map(|t| (name, t)))
+        .map(|name| reader.read_all_f32(&name).map(|t| (name, t)))
         .collect::<Result<_, _>>()?;
     Ok((cfg, tensors))
 }
@@ -244,14 +189,14 @@ pub fn load_adapter(dir: &Path) -> Result<(LoraConfig, BTreeMap<String, Tensor>)
 pub fn merge_checkpoint(
     base: &Path,
     cfg: &LoraConfig,
-    adapter: &BTreeMap<String, Tensor>,
+    adapter: &BTreeMap<String, F32Tensor>,
     out: &Path,
     dtype: crate::WeightDtype,
 ) -> Result<(), TrainError> {
     // `from_file` also validates it.
     let config = crate::model::read_config(&base.join("config.json"))?;
     let checkpoint = crate::st::Checkpoint::open(base)?;
-    let expected = Llama::expected_shapes(&config);
+    let expected = guardreasoner_engine::layout::hf_weights(&config);
     let bad = |message: String| TrainError::Model(message).with_path(base);
     if let Some((extra, _)) = checkpoint.tensors().find(|(name, _)| {
         !(name.ends_with("rotary_emb.inv_freq")
@@ -281,16 +226,17 @@ pub fn merge_checkpoint(
                     .get(&key)
                     .ok_or_else(|| TrainError::Model(format!("adapter lacks {key}")))?;
                 used.insert(key);
-                Ok::<_, TrainError>(t.to_dtype(DType::F32)?)
+                Ok::<_, TrainError>(t)
             };
             let (a, b) = (get("lora_A.weight")?, get("lora_B.weight")?);
-            let (rank, cols) = a.dims2()?;
-            let (rows, rank_b) = b.dims2()?;
-            if rank != rank_b || [rows, cols] != shape[..] {
+            let fits = matches!(
+                (&a.shape[..], &b.shape[..], &shape[..]),
+                (&[rank, cols], &[rows, rank_b], &[r, c]) if rank == rank_b && rows == r && cols == c
+            );
+            if !fits {
                 return Err(TrainError::Model(format!(
                     "adapter for {name}: lora_A is {:?} and lora_B {:?}, the weight is {shape:?}",
-                    a.dims(),
-                    b.dims()
+                    a.shape, b.shape
                 )));
             }
             Some((a, b))
@@ -324,8 +270,14 @@ pub fn merge_checkpoint(
                         let mut w = vec![0.0f32; count];
                         checkpoint.borrow_mut().read_f32(name, &mut w)?;
                         if let Some((a, b)) = lora {
-                            let delta = (b.matmul(a)? * scale)?.flatten_all()?.to_vec1::<f32>()?;
-                            w.iter_mut().zip(&delta).for_each(|(w, d)| *w += d);
+                            let rank = a.shape[0];
+                            crate::fast::add_lora_delta(
+                                &mut w,
+                                &b.data,
+                                &a.data,
+                                rank,
+                                scale as f32,
+                            );
                         }
                         Ok(w)
                     }),

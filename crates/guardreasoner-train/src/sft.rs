@@ -2,8 +2,7 @@
 
 use crate::data::{fingerprint, Example};
 use crate::fast::{FastLlama, Grads};
-use crate::model::{sequence_log_prob, Llama};
-use crate::trainer::{ExampleLoss, FastExampleLoss, Objective};
+use crate::trainer::{ExampleLoss, Objective};
 use crate::TrainError;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -29,34 +28,18 @@ impl Objective for SftObjective {
 
     fn loss(
         &self,
-        model: &Llama,
-        index: usize,
-        dropout: &mut ChaCha8Rng,
-    ) -> Result<ExampleLoss, TrainError> {
-        let e = &self.examples[index];
-        let logp = sequence_log_prob(model, &e.prompt, &e.target, Some(dropout))?;
-        let loss = (logp.neg()? / e.target.len() as f64)?;
-        Ok(ExampleLoss {
-            loss,
-            tokens: e.len(),
-            metrics: BTreeMap::new(),
-        })
-    }
-
-    fn fast_loss(
-        &self,
         model: &FastLlama,
         index: usize,
         dropout: &mut ChaCha8Rng,
         scale: f64,
         grads: &mut Grads,
-    ) -> Result<FastExampleLoss, TrainError> {
+    ) -> Result<ExampleLoss, TrainError> {
         let e = &self.examples[index];
         let (logp, tape) =
             crate::fast::sequence_log_prob(model, &e.prompt, &e.target, Some(dropout))?;
         let n = e.target.len() as f64;
         model.backward(tape, &vec![(-scale / n) as f32; e.target.len()], grads)?;
-        Ok(FastExampleLoss {
+        Ok(ExampleLoss {
             loss: -logp / n,
             tokens: e.len(),
             metrics: BTreeMap::new(),

@@ -6,6 +6,7 @@
 //! padded with spaces to a multiple of 8 bytes, then the tensors' little-endian bytes.
 
 use crate::TrainError;
+#[cfg(feature = "oracle")]
 use candle_core::{DType, Tensor};
 use half::{bf16, f16};
 use std::collections::BTreeMap;
@@ -17,11 +18,11 @@ use std::path::{Path, PathBuf};
 pub enum Payload<'a> {
     /// f32 values, written as they are.
     F32(&'a [f32]),
-    /// A candle tensor, converted to the given dtype (f32, f64, bf16, f16) only when its turn
-    /// comes, so at most one converted tensor exists at a time.
-    Tensor(&'a Tensor, WeightDtype),
+    /// f32 values stored as `dtype` (f32, f64, bf16, f16; rounded to nearest even, as PyTorch
+    /// and candle convert f32), converted a chunk at a time when written.
+    Converted(&'a [f32], WeightDtype),
     /// f32 values of `count` elements, computed only when their turn comes and stored as
-    /// `dtype` (f32, f64, bf16, f16; converted as candle converts f32).
+    /// `dtype` (converted as [`Payload::Converted`]).
     Lazy {
         count: usize,
         dtype: WeightDtype,
@@ -36,17 +37,24 @@ impl Payload<'_> {
     fn dtype(&self) -> WeightDtype {
         match self {
             Payload::F32(_) => WeightDtype::F32,
-            Payload::Tensor(_, d) | Payload::Lazy { dtype: d, .. } => *d,
+            Payload::Converted(_, d) | Payload::Lazy { dtype: d, .. } => *d,
         }
     }
 
     fn elements(&self) -> usize {
         match self {
             Payload::F32(v) => v.len(),
-            Payload::Tensor(t, _) => t.elem_count(),
+            Payload::Converted(v, _) => v.len(),
             Payload::Lazy { count, .. } => *count,
         }
     }
+}
+
+/// A tensor read into memory as f32 (adapters, small checkpoints' tensors).
+#[derive(Debug, Clone, PartialEq)]
+pub struct F32Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
 }
 
 /// One tensor to write.
@@ -96,6 +104,7 @@ impl WeightDtype {
     }
 
     /// The candle dtype of the same element type (the autograd model's tensors).
+    #[cfg(feature = "oracle")]
     pub(crate) fn candle(self) -> DType {
         match self {
             WeightDtype::F32 => DType::F32,
@@ -103,21 +112,6 @@ impl WeightDtype {
             WeightDtype::Bf16 => DType::BF16,
             WeightDtype::F16 => DType::F16,
         }
-    }
-
-    /// The element type of a candle tensor, where a file can store it.
-    pub(crate) fn of_candle(d: DType) -> Result<Self, TrainError> {
-        Ok(match d {
-            DType::F32 => WeightDtype::F32,
-            DType::F64 => WeightDtype::F64,
-            DType::BF16 => WeightDtype::Bf16,
-            DType::F16 => WeightDtype::F16,
-            other => {
-                return Err(TrainError::Model(format!(
-                    "cannot write {other:?} tensors to safetensors"
-                )))
-            }
-        })
     }
 }
 
@@ -174,24 +168,18 @@ fn write_payload(out: &mut impl Write, payload: &Payload, path: &Path) -> Result
                     v.len()
                 )));
             }
-            match dtype {
-                WeightDtype::F32 => write_values(out, &v, f32::to_le_bytes),
-                WeightDtype::F64 => write_values(out, &v, |x| (x as f64).to_le_bytes()),
-                WeightDtype::Bf16 => write_values(out, &v, |x| bf16::from_f32(x).to_le_bytes()),
-                WeightDtype::F16 => write_values(out, &v, |x| f16::from_f32(x).to_le_bytes()),
-            }
-            .map_err(io)
+            write_converted(out, &v, *dtype).map_err(io)
         }
-        Payload::Tensor(t, dtype) => {
-            let flat = t.to_dtype(dtype.candle())?.flatten_all()?;
-            match dtype {
-                WeightDtype::F32 => write_values(out, &flat.to_vec1::<f32>()?, f32::to_le_bytes),
-                WeightDtype::F64 => write_values(out, &flat.to_vec1::<f64>()?, f64::to_le_bytes),
-                WeightDtype::Bf16 => write_values(out, &flat.to_vec1::<bf16>()?, bf16::to_le_bytes),
-                WeightDtype::F16 => write_values(out, &flat.to_vec1::<f16>()?, f16::to_le_bytes),
-            }
-            .map_err(io)
-        }
+        Payload::Converted(v, dtype) => write_converted(out, v, *dtype).map_err(io),
+    }
+}
+
+fn write_converted(out: &mut impl Write, v: &[f32], dtype: WeightDtype) -> std::io::Result<()> {
+    match dtype {
+        WeightDtype::F32 => write_values(out, v, f32::to_le_bytes),
+        WeightDtype::F64 => write_values(out, v, |x| (x as f64).to_le_bytes()),
+        WeightDtype::Bf16 => write_values(out, v, |x| bf16::from_f32(x).to_le_bytes()),
+        WeightDtype::F16 => write_values(out, v, |x| f16::from_f32(x).to_le_bytes()),
     }
 }
 
@@ -252,7 +240,6 @@ pub struct Info {
     pub dtype: WeightDtype,
     pub shape: Vec<usize>,
     begin: u64,
-    end: u64,
 }
 
 /// An open safetensors file whose header has been read and checked against the file's length;
@@ -324,7 +311,6 @@ impl Reader {
                     dtype,
                     shape,
                     begin,
-                    end,
                 },
             );
         }
@@ -383,14 +369,24 @@ impl Reader {
         Ok(())
     }
 
+    /// Reads tensor `name` as f32 values with its shape.
+    pub fn read_all_f32(&mut self, name: &str) -> Result<F32Tensor, TrainError> {
+        let shape = self.info(name)?.shape;
+        let mut data = vec![0.0f32; shape.iter().product()];
+        self.read_f32(name, &mut data)?;
+        Ok(F32Tensor { shape, data })
+    }
+
     /// Reads tensor `name` as a candle tensor of its stored dtype.
+    #[cfg(feature = "oracle")]
     pub fn read_tensor(&mut self, name: &str) -> Result<Tensor, TrainError> {
         let info = self.info(name)?;
         let io = |e| TrainError::io(&self.path, e);
         self.file
             .seek(SeekFrom::Start(self.data_start + info.begin))
             .map_err(io)?;
-        let mut bytes = vec![0u8; (info.end - info.begin) as usize];
+        let mut bytes =
+            vec![0u8; info.shape.iter().product::<usize>() * info.dtype.size_in_bytes()];
         self.file.read_exact(&mut bytes).map_err(io)?;
         Ok(Tensor::from_raw_buffer(
             &bytes,
@@ -454,6 +450,7 @@ impl Checkpoint {
     }
 
     /// Reads tensor `name` as a candle tensor of its stored dtype.
+    #[cfg(feature = "oracle")]
     pub fn read_tensor(&mut self, name: &str) -> Result<Tensor, TrainError> {
         self.reader(name).read_tensor(name)
     }
@@ -468,7 +465,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
         let a = [1.5f32, -2.25, 3.0, 0.1, 7.0, -0.5];
-        let b = Tensor::new(&[[0.3f64, -1.0], [2.5, 8.0]], &candle_core::Device::Cpu).unwrap();
+        let b = [0.3f32, -1.0, 2.5, 8.0];
         let entries = [
             Entry {
                 name: "a".into(),
@@ -478,7 +475,7 @@ mod tests {
             Entry {
                 name: "b".into(),
                 shape: vec![2, 2],
-                data: Payload::Tensor(&b, WeightDtype::Bf16),
+                data: Payload::Converted(&b, WeightDtype::Bf16),
             },
             Entry {
                 name: "c".into(),
@@ -500,8 +497,8 @@ mod tests {
         let mut got = vec![0.0; 4];
         r.read_f32("b", &mut got).unwrap();
         assert_eq!(got, [0.30078125, -1.0, 2.5, 8.0]); // 0.3 rounded to bf16
-        let c = r.read_tensor("c").unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(c, [4.0, 5.0, 6.0]);
+        let c = r.read_all_f32("c").unwrap();
+        assert_eq!((c.shape, c.data), (vec![3], vec![4.0, 5.0, 6.0]));
 
         // Truncated: the header promises more bytes than the file has.
         let bytes = std::fs::read(&path).unwrap();

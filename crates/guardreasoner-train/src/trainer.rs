@@ -7,11 +7,8 @@
 //! and RNG state; a checkpoint stores it with the weights and optimiser moments.
 
 use crate::fast::{FastAdamW, FastLlama, Grads};
-use crate::model::{save_safetensors, Llama};
-use crate::optim::{clip_grads, AdamW, AdamWConfig, CosineSchedule};
-use crate::st;
+use crate::optim::{AdamWConfig, CosineSchedule};
 use crate::TrainError;
-use candle_core::{DType, Tensor};
 use guardreasoner_core::jsonl::JsonlAppender;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -25,22 +22,12 @@ mod checkpoint;
 mod log;
 
 pub use checkpoint::latest_checkpoint;
-use checkpoint::{load_checkpoint, prune_checkpoints, read_state, save_checkpoint};
+use checkpoint::{prune_checkpoints, read_state, save_checkpoint};
 pub use log::write_loss_curve;
 use log::{progress_line, rewrite_log};
 
-/// The loss of one example and what to log about it.
+/// The loss of one example (its gradient already accumulated) and what to log about it.
 pub struct ExampleLoss {
-    /// Scalar loss tensor (with a graph to the trainable parameters).
-    pub loss: Tensor,
-    /// Tokens processed (for tokens/s).
-    pub tokens: usize,
-    /// Extra scalars averaged into the step's log record (e.g. DPO margins).
-    pub metrics: BTreeMap<String, f64>,
-}
-
-/// The loss of one example on the fast path (its gradient is already accumulated).
-pub struct FastExampleLoss {
     pub loss: f64,
     /// Tokens processed (for tokens/s).
     pub tokens: usize,
@@ -60,173 +47,32 @@ pub trait Objective {
     fn fingerprint(&self) -> String;
     /// Longest token sequence the objective will feed the model.
     fn max_len(&self) -> usize;
-    /// Loss of example `index`; `dropout` seeds LoRA dropout.
+    /// Loss of example `index`, adding `scale` times its gradient to `grads`; `dropout`
+    /// draws the LoRA dropout masks (the candle reference draws the same, in the same order).
     fn loss(
-        &self,
-        model: &Llama,
-        index: usize,
-        dropout: &mut ChaCha8Rng,
-    ) -> Result<ExampleLoss, TrainError>;
-    /// The same loss on the fast path: adds `scale` times its gradient to `grads`. Must draw
-    /// from `dropout` exactly as [`Objective::loss`] does, so both paths train alike.
-    fn fast_loss(
         &self,
         model: &FastLlama,
         index: usize,
         dropout: &mut ChaCha8Rng,
         scale: f64,
         grads: &mut Grads,
-    ) -> Result<FastExampleLoss, TrainError>;
+    ) -> Result<ExampleLoss, TrainError>;
 }
 
-/// The fast path's state: the f32 weights, moved out of the candle model (which holds no copy of
-/// them while training runs), gradients and AdamW moments. Checkpoints are written from and
-/// read into these buffers directly.
-struct Fast {
-    model: FastLlama,
+/// A run's state: the model's f32 weights, gradients and AdamW moments. Checkpoints are written
+/// from and read into these buffers directly.
+struct State<'a> {
+    model: &'a mut FastLlama,
     grads: Grads,
     optimizer: FastAdamW,
 }
 
-impl Fast {
-    fn new(model: FastLlama, config: AdamWConfig) -> Self {
-        Fast {
+impl<'a> State<'a> {
+    fn new(model: &'a mut FastLlama, config: AdamWConfig) -> Self {
+        State {
             grads: model.zero_grads(),
-            optimizer: FastAdamW::new(config, &model),
+            optimizer: FastAdamW::new(config, model),
             model,
-        }
-    }
-
-    /// Reads a checkpoint's weights and moments into the buffers. Every tensor's presence and
-    /// shape is checked before any is read.
-    fn load(&mut self, dir: &Path, adam_t: u64) -> Result<(), TrainError> {
-        let bad = |message: String| TrainError::Checkpoint {
-            path: dir.to_path_buf(),
-            message,
-        };
-        let mut params = st::Reader::open(&dir.join(PARAMS_FILE))?;
-        let mut moments = st::Reader::open(&dir.join(MOMENTS_FILE))?;
-        let names = self.model.trainable_names();
-        let shapes = self.model.trainable_shapes();
-        if params.tensors().len() != names.len() {
-            return Err(bad(format!(
-                "holds {} trainable tensors, the model has {}",
-                params.tensors().len(),
-                names.len()
-            )));
-        }
-        for (name, shape) in names.iter().zip(&shapes) {
-            for (file, key) in [
-                (&params, name.clone()),
-                (&moments, format!("m/{name}")),
-                (&moments, format!("v/{name}")),
-            ] {
-                let info = file
-                    .tensors()
-                    .get(&key)
-                    .ok_or_else(|| bad(format!("missing tensor {key}")))?;
-                if info.shape != *shape {
-                    return Err(bad(format!(
-                        "tensor {key} has shape {:?}, the model's is {shape:?}",
-                        info.shape
-                    )));
-                }
-            }
-        }
-        let weights = self.model.trainable_mut();
-        for (((name, w), m), v) in names
-            .iter()
-            .zip(weights)
-            .zip(&mut self.optimizer.m)
-            .zip(&mut self.optimizer.v)
-        {
-            params.read_f32(name, w)?;
-            moments.read_f32(&format!("m/{name}"), m)?;
-            moments.read_f32(&format!("v/{name}"), v)?;
-        }
-        self.optimizer.t = adam_t;
-        Ok(())
-    }
-
-    /// Writes the weights and moments into checkpoint directory `dir`, straight from the
-    /// buffers (one tensor's bytes at a time).
-    fn save(&self, dir: &Path) -> Result<(), TrainError> {
-        let names = self.model.trainable_names();
-        let shapes = self.model.trainable_shapes();
-        fn entries<'a>(
-            prefix: &str,
-            names: &[String],
-            shapes: &[Vec<usize>],
-            buffers: Vec<&'a [f32]>,
-        ) -> Vec<st::Entry<'a>> {
-            names
-                .iter()
-                .zip(shapes)
-                .zip(buffers)
-                .map(|((n, s), b)| st::Entry {
-                    name: format!("{prefix}{n}"),
-                    shape: s.clone(),
-                    data: st::Payload::F32(b),
-                })
-                .collect()
-        }
-        let params = entries("", &names, &shapes, self.model.trainable());
-        st::write(&dir.join(PARAMS_FILE), &params)?;
-        let m = self.optimizer.m.iter().map(Vec::as_slice).collect();
-        let v = self.optimizer.v.iter().map(Vec::as_slice).collect();
-        let mut moments = entries("m/", &names, &shapes, m);
-        moments.extend(entries("v/", &names, &shapes, v));
-        st::write(&dir.join(MOMENTS_FILE), &moments)
-    }
-}
-
-/// Where the trainable weights and the optimiser state live during a run (one per run, so the size of
-/// the variants does not matter).
-#[allow(clippy::large_enum_variant)]
-enum ParamStore<'a> {
-    /// Models of other dtypes (f64 in tests): candle autograd and [`AdamW`] on the model's
-    /// variables.
-    Candle { model: &'a Llama, optimizer: AdamW },
-    /// f32 models.
-    Fast(Fast),
-}
-
-impl ParamStore<'_> {
-    fn adam_t(&self) -> u64 {
-        match self {
-            ParamStore::Candle { optimizer, .. } => optimizer.t,
-            ParamStore::Fast(f) => f.optimizer.t,
-        }
-    }
-
-    fn load(&mut self, dir: &Path, adam_t: u64) -> Result<(), TrainError> {
-        match self {
-            ParamStore::Candle { model, optimizer } => {
-                load_checkpoint(dir, model, optimizer, adam_t)
-            }
-            ParamStore::Fast(f) => f.load(dir, adam_t),
-        }
-    }
-
-    fn save(&self, dir: &Path) -> Result<(), TrainError> {
-        match self {
-            ParamStore::Candle { model, optimizer } => {
-                let params: BTreeMap<String, Tensor> = model
-                    .trainable()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-                    .collect();
-                save_safetensors(&params, &dir.join(PARAMS_FILE))?;
-                let mut moments = BTreeMap::new();
-                for (k, m) in &optimizer.m {
-                    moments.insert(format!("m/{k}"), m.clone());
-                }
-                for (k, v) in &optimizer.v {
-                    moments.insert(format!("v/{k}"), v.clone());
-                }
-                save_safetensors(&moments, &dir.join(MOMENTS_FILE))
-            }
-            ParamStore::Fast(f) => f.save(dir),
         }
     }
 }
@@ -285,7 +131,7 @@ impl TrainerConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), TrainError> {
+    pub(crate) fn validate(&self) -> Result<(), TrainError> {
         if self.batch_size == 0 {
             return Err(TrainError::Config("batch size must be positive".into()));
         }
@@ -365,7 +211,8 @@ pub const LOG_FILE: &str = "train_log.jsonl";
 pub const CURVE_STEM: &str = "loss_curve";
 pub const CURVE_FILE: &str = "loss_curve.svg";
 
-fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+/// The example order of `epoch`.
+pub(crate) fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng =
         ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -373,36 +220,22 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// What a run does, fixed before it starts.
-struct Plan {
-    total_steps: usize,
-    total_examples: usize,
-    schedule: CosineSchedule,
-    fingerprint: String,
-    /// The checkpoint resumed from, its step and its AdamW step count.
-    resume: Option<(PathBuf, usize, u64)>,
+/// The RNG of step `step`'s LoRA dropout masks.
+pub(crate) fn step_dropout(seed: u64, step: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ (step as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03))
 }
 
-/// Trains `model` on `objective`, writing logs and checkpoints under `out_dir`.
-///
-/// f32 models train on the fast path: their weights move into its buffers for the run (the
-/// model holds none meanwhile, so the process keeps one copy) and move back at the end, also
-/// when training fails.
-pub fn train(
-    model: &mut Llama,
-    objective: &dyn Objective,
-    config: &TrainerConfig,
-    out_dir: &Path,
-    resume: Resume,
-    options: &RunOptions,
-) -> Result<TrainSummary, TrainError> {
-    config.validate()?;
-    if objective.is_empty() {
-        return Err(TrainError::Data("no examples to train on".into()));
+/// The factor PyTorch's `clip_grad_norm_` scales gradients of global norm `norm` by.
+pub(crate) fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
     }
-    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
-    model.reserve_positions(objective.max_len())?;
-    let n = objective.len();
+}
+
+/// Optimiser steps, examples seen and the learning-rate schedule of a run over `n` examples.
+pub(crate) fn steps_of(config: &TrainerConfig, n: usize) -> (usize, usize, CosineSchedule) {
     let bs = config.batch_size;
     let (total_steps, total_examples) = match config.max_steps {
         Some(s) => (s, s * bs),
@@ -416,6 +249,34 @@ pub fn train(
         warmup_steps: (config.warmup_ratio * total_steps as f64).ceil() as usize,
         total_steps,
     };
+    (total_steps, total_examples, schedule)
+}
+
+/// What a run does, fixed before it starts.
+struct Plan {
+    total_steps: usize,
+    total_examples: usize,
+    schedule: CosineSchedule,
+    fingerprint: String,
+    /// The checkpoint resumed from, its step and its AdamW step count.
+    resume: Option<(PathBuf, usize, u64)>,
+}
+
+/// Trains `model` on `objective`, writing logs and checkpoints under `out_dir`.
+pub fn train(
+    model: &mut FastLlama,
+    objective: &dyn Objective,
+    config: &TrainerConfig,
+    out_dir: &Path,
+    resume: Resume,
+    options: &RunOptions,
+) -> Result<TrainSummary, TrainError> {
+    config.validate()?;
+    if objective.is_empty() {
+        return Err(TrainError::Data("no examples to train on".into()));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
+    let (total_steps, total_examples, schedule) = steps_of(config, objective.len());
     let fingerprint = objective.fingerprint();
     let checkpoint = match resume {
         Resume::No => None,
@@ -449,33 +310,13 @@ pub fn train(
         }
         plan.resume = Some((dir, state.step, state.adam_t));
     }
-    if model.dtype() != DType::F32 {
-        let optimizer = AdamW::new(config.adamw.clone(), model.trainable())?;
-        let mut store = ParamStore::Candle { model, optimizer };
-        return run(&mut store, objective, config, out_dir, options, &plan);
-    }
-    let fast = FastLlama::take_from_llama(model)?;
-    let mut store = ParamStore::Fast(Fast::new(fast, config.adamw.clone()));
-    let result = run(&mut store, objective, config, out_dir, options, &plan);
-    let ParamStore::Fast(Fast {
-        model: weights,
-        grads,
-        optimizer,
-    }) = store
-    else {
-        unreachable!("the fast store stays fast");
-    };
-    // Gradients and moments go first, so the weights move back without another copy beside.
-    drop((grads, optimizer));
-    let restored = weights.restore_llama(model);
-    let summary = result?;
-    restored?;
-    Ok(summary)
+    let mut state = State::new(model, config.adamw.clone());
+    run(&mut state, objective, config, out_dir, options, &plan)
 }
 
 /// The training loop proper, from the resumed step (if any) to the end or the stop step.
 fn run(
-    store: &mut ParamStore,
+    state: &mut State,
     objective: &dyn Objective,
     config: &TrainerConfig,
     out_dir: &Path,
@@ -485,7 +326,7 @@ fn run(
     let (n, bs, total_steps) = (objective.len(), config.batch_size, plan.total_steps);
     let mut start = 0;
     if let Some((dir, step, adam_t)) = &plan.resume {
-        store.load(dir, *adam_t)?;
+        state.load(dir, *adam_t)?;
         start = *step;
     }
     let checkpoint = plan.resume.as_ref().map(|(dir, _, _)| dir.clone());
@@ -508,16 +349,11 @@ fn run(
     while step < total_steps {
         let step_started = Instant::now();
         let lr = plan.schedule.lr(step);
-        let mut dropout = ChaCha8Rng::seed_from_u64(
-            config.seed ^ (step as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
-        );
+        let mut dropout = step_dropout(config.seed, step);
         let first = step * bs;
         let last = ((step + 1) * bs).min(plan.total_examples);
         let count = last - first;
-        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
-        if let ParamStore::Fast(f) = store {
-            f.grads.zero();
-        }
+        state.grads.zero();
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         let mut metrics: BTreeMap<String, f64> = BTreeMap::new();
@@ -527,66 +363,30 @@ fn run(
                 order = Some((epoch, epoch_order(n, config.seed, epoch)));
             }
             let index = order.as_ref().map(|(_, o)| o[g % n]).unwrap_or(0);
-            let (value, example_tokens, example_metrics, loss) = match store {
-                ParamStore::Fast(f) => {
-                    let out = objective.fast_loss(
-                        &f.model,
-                        index,
-                        &mut dropout,
-                        1.0 / count as f64,
-                        &mut f.grads,
-                    )?;
-                    (out.loss, out.tokens, out.metrics, None)
-                }
-                ParamStore::Candle { model, .. } => {
-                    let out = objective.loss(model, index, &mut dropout)?;
-                    let value = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                    (value, out.tokens, out.metrics, Some(out.loss))
-                }
-            };
-            if !value.is_finite() {
+            let out = objective.loss(
+                state.model,
+                index,
+                &mut dropout,
+                1.0 / count as f64,
+                &mut state.grads,
+            )?;
+            if !out.loss.is_finite() {
                 return Err(TrainError::Model(format!(
-                    "loss is {value} at step {} (example {index})",
+                    "loss is {} at step {} (example {index})",
+                    out.loss,
                     step + 1
                 )));
             }
-            loss_sum += value;
-            tokens += example_tokens;
-            for (k, v) in example_metrics {
+            loss_sum += out.loss;
+            tokens += out.tokens;
+            for (k, v) in out.metrics {
                 *metrics.entry(k).or_default() += v / count as f64;
             }
-            let (Some(loss), ParamStore::Candle { model, .. }) = (loss, &*store) else {
-                continue;
-            };
-            let grad_store = (loss / count as f64)?.backward()?;
-            for (name, var) in model.trainable() {
-                if let Some(grad) = grad_store.get(var.as_tensor()) {
-                    let sum = match grads.remove(name) {
-                        Some(acc) => (acc + grad)?,
-                        None => grad.clone(),
-                    };
-                    grads.insert(name.clone(), sum);
-                }
-            }
         }
-        let norm = match store {
-            ParamStore::Fast(f) => {
-                // PyTorch's clip_grad_norm_, folded into the update.
-                let norm = f.grads.norm();
-                let factor = if config.max_grad_norm > 0.0 && norm > config.max_grad_norm {
-                    config.max_grad_norm / (norm + 1e-6)
-                } else {
-                    1.0
-                };
-                f.optimizer.step(&mut f.model, &f.grads, lr, factor);
-                norm
-            }
-            ParamStore::Candle { model, optimizer } => {
-                let norm = clip_grads(&mut grads, config.max_grad_norm)?;
-                optimizer.step(model.trainable(), &grads, lr)?;
-                norm
-            }
-        };
+        // PyTorch's clip_grad_norm_, folded into the update.
+        let norm = state.grads.norm();
+        let factor = clip_factor(norm, config.max_grad_norm);
+        state.optimizer.step(state.model, &state.grads, lr, factor);
         step += 1;
         tokens_since_start += tokens;
         let elapsed = step_started.elapsed().as_secs_f64().max(1e-9);
@@ -614,14 +414,14 @@ fn run(
         let periodic = config.save_steps.is_some_and(|s| s > 0 && step % s == 0);
         if periodic || stop || step == total_steps {
             appender.sync()?;
-            let state = TrainerState {
+            let trainer_state = TrainerState {
                 step,
                 total_steps,
-                adam_t: store.adam_t(),
+                adam_t: state.optimizer.t,
                 data_fingerprint: plan.fingerprint.clone(),
                 config: config.clone(),
             };
-            let dir = save_checkpoint(out_dir, store, &state)?;
+            let dir = save_checkpoint(out_dir, state, &trainer_state)?;
             prune_checkpoints(out_dir, config.save_total_limit)?;
             last_checkpoint = Some(dir);
         }

@@ -5,11 +5,10 @@
 
 mod common;
 
-use candle_core::Tensor;
 use guardreasoner_train::extract::extract_adapter;
 use guardreasoner_train::lora::{load_adapter, merge_checkpoint, peft_prefix, LoraConfig};
-use guardreasoner_train::model::Llama;
-use guardreasoner_train::WeightDtype;
+use guardreasoner_train::model::TrainMode;
+use guardreasoner_train::{F32Tensor, WeightDtype};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,11 +23,11 @@ fn config(rank: usize) -> LoraConfig {
 }
 
 /// A random rank-4 PEFT adapter for the fixture's targeted weights (scale 2: alpha 8, r 4).
-fn known_adapter(base: &Path) -> BTreeMap<String, Tensor> {
+fn known_adapter(base: &Path) -> BTreeMap<String, F32Tensor> {
     let model_config = guardreasoner_train::model::read_config(&base.join("config.json")).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut adapter = BTreeMap::new();
-    for (name, shape) in Llama::expected_shapes(&model_config) {
+    for (name, shape) in guardreasoner_engine::layout::hf_weights(&model_config) {
         if !config(4).targets_weight(&name) {
             continue;
         }
@@ -36,7 +35,10 @@ fn known_adapter(base: &Path) -> BTreeMap<String, Tensor> {
             let v: Vec<f32> = (0..rows * cols)
                 .map(|_| rng.random_range(-0.1..0.1))
                 .collect();
-            Tensor::from_vec(v, (rows, cols), &candle_core::Device::Cpu).unwrap()
+            F32Tensor {
+                shape: vec![rows, cols],
+                data: v,
+            }
         };
         let prefix = peft_prefix(&name);
         adapter.insert(format!("{prefix}.lora_A.weight"), random(4, shape[1]));
@@ -71,7 +73,7 @@ fn frobenius(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// The fixture tuned by `known_adapter` into `dir/tuned`.
-fn tuned_model(dir: &Path) -> (std::path::PathBuf, BTreeMap<String, Tensor>) {
+fn tuned_model(dir: &Path) -> (std::path::PathBuf, BTreeMap<String, F32Tensor>) {
     let base = common::shared("fixtures/tiny-llama3");
     let adapter = known_adapter(&base);
     let tuned = dir.join("tuned");
@@ -140,13 +142,20 @@ fn a_low_rank_cut_is_at_least_as_close_as_any_two_known_components() {
     let remerged = dir.path().join("remerged.safetensors");
     merge_checkpoint(&base, &cfg, &tensors, &remerged, WeightDtype::F32).unwrap();
     // The alternative: the tuning adapter's first two components only.
-    let halves: BTreeMap<String, Tensor> = adapter
+    let halves: BTreeMap<String, F32Tensor> = adapter
         .iter()
         .map(|(name, t)| {
+            let (rows, cols) = (t.shape[0], t.shape[1]);
             let half = if name.contains("lora_A") {
-                t.narrow(0, 0, 2).unwrap()
+                F32Tensor {
+                    shape: vec![2, cols],
+                    data: t.data[..2 * cols].to_vec(),
+                }
             } else {
-                t.narrow(1, 0, 2).unwrap()
+                F32Tensor {
+                    shape: vec![rows, 2],
+                    data: t.data.chunks(cols).flat_map(|r| r[..2].to_vec()).collect(),
+                }
             };
             (name.clone(), half)
         })
@@ -230,12 +239,10 @@ fn untargeted_changes_are_reported_and_mismatched_models_refused() {
     // A tuned model of another shape.
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
-    let small = common::tiny_model(
-        candle_core::DType::F32,
-        guardreasoner_train::model::TrainMode::Full,
-        1,
-    );
-    small.save_hf(&other, WeightDtype::F32).unwrap();
+    let small = common::tiny_fast(TrainMode::Full, 1);
+    small
+        .save_hf(&other, &common::tiny_config(), WeightDtype::F32)
+        .unwrap();
     let err = extract_adapter(&base, &other, &config(4), |_, _| {})
         .err()
         .expect("a different model is refused")

@@ -6,7 +6,8 @@ mod common;
 use candle_core::{DType, Tensor};
 use guardreasoner_train::fast::FastLlama;
 use guardreasoner_train::lora::LoraConfig;
-use guardreasoner_train::model::{sequence_log_prob, Config, Llama, RopeScaling, TrainMode};
+use guardreasoner_train::model::{Config, RopeScaling, TrainMode};
+use guardreasoner_train::oracle::{sequence_log_prob, Llama};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

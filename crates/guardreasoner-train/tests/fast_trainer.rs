@@ -1,16 +1,19 @@
-//! The trainer's fast path (f32 models) against its candle-autograd path (f64 models): the same
-//! run (data order, LoRA dropout, clipping, AdamW, schedule) gives the same losses.
+//! The trainer (f32, the fast model) against the candle reference trained in f64 by the oracle's
+//! plain loop: the same run (data order, LoRA dropout, clipping, AdamW, schedule) gives the same
+//! losses and gradient norms; and a run resumed from a checkpoint continues as an uninterrupted
+//! one.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use guardreasoner_train::data::tokenize;
 use guardreasoner_train::dpo::{
-    pair_loss, pair_loss_and_grad, reference_log_probs, tokenize_pairs, DpoConfig, DpoObjective,
+    pair_loss_and_grad, reference_log_probs, tokenize_pairs, DpoConfig, DpoObjective,
     PreferenceRecord,
 };
 use guardreasoner_train::lora::LoraConfig;
 use guardreasoner_train::model::TrainMode;
+use guardreasoner_train::oracle::{pair_loss, train_reference, ReferenceObjective};
 use guardreasoner_train::sft::SftObjective;
 use guardreasoner_train::trainer::{train, Objective, Resume, RunOptions, TrainerConfig};
 
@@ -33,8 +36,9 @@ fn config(steps: usize) -> TrainerConfig {
     }
 }
 
-fn losses(mode: TrainMode, dtype: DType, objective: &dyn Objective) -> Vec<(f64, f64)> {
-    let mut model = common::tiny_model(dtype, mode, 5);
+/// Loss and gradient norm per step of the trainer.
+fn losses(mode: TrainMode, objective: &dyn Objective) -> Vec<(f64, f64)> {
+    let mut model = common::tiny_fast(mode, 5);
     let dir = tempfile::tempdir().unwrap();
     let summary = train(
         &mut model,
@@ -46,6 +50,12 @@ fn losses(mode: TrainMode, dtype: DType, objective: &dyn Objective) -> Vec<(f64,
     )
     .unwrap();
     summary.log.iter().map(|r| (r.loss, r.grad_norm)).collect()
+}
+
+/// The same of the candle reference in f64.
+fn reference_losses(mode: TrainMode, objective: &dyn ReferenceObjective) -> Vec<(f64, f64)> {
+    let model = common::tiny_model(DType::F64, mode, 5);
+    train_reference(&model, objective, &config(6)).unwrap()
 }
 
 fn assert_close(fast: &[(f64, f64)], reference: &[(f64, f64)]) {
@@ -76,8 +86,8 @@ fn sft_fast_path_trains_like_candle() {
             .examples,
     };
     assert_close(
-        &losses(TrainMode::Full, DType::F32, &objective),
-        &losses(TrainMode::Full, DType::F64, &objective),
+        &losses(TrainMode::Full, &objective),
+        &reference_losses(TrainMode::Full, &objective),
     );
     let lora = TrainMode::Lora(LoraConfig {
         rank: 4,
@@ -88,22 +98,16 @@ fn sft_fast_path_trains_like_candle() {
             .to_vec(),
     });
     assert_close(
-        &losses(lora.clone(), DType::F32, &objective),
-        &losses(lora, DType::F64, &objective),
+        &losses(lora.clone(), &objective),
+        &reference_losses(lora, &objective),
     );
 }
 
-/// The losses of steps `stop + 1..=6` when a run of `first` stops after step `stop` and a fresh
-/// model of dtype `then` resumes from its checkpoint.
-fn resumed_losses(
-    mode: TrainMode,
-    first: DType,
-    then: DType,
-    stop: usize,
-    objective: &dyn Objective,
-) -> Vec<(f64, f64)> {
+/// The losses of steps `stop + 1..=6` when a run stops after step `stop` and a fresh model
+/// resumes from its checkpoint.
+fn resumed_losses(mode: TrainMode, stop: usize, objective: &dyn Objective) -> Vec<(f64, f64)> {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = common::tiny_model(first, mode.clone(), 5);
+    let mut model = common::tiny_fast(mode.clone(), 5);
     let options = RunOptions {
         stop_at_step: Some(stop),
         progress: false,
@@ -118,7 +122,7 @@ fn resumed_losses(
     )
     .unwrap();
     assert_eq!(part.step, stop);
-    let mut resumed = common::tiny_model(then, mode, 5);
+    let mut resumed = common::tiny_fast(mode, 5);
     let rest = train(
         &mut resumed,
         objective,
@@ -135,10 +139,9 @@ fn resumed_losses(
 }
 
 #[test]
-fn checkpoints_resume_across_the_fast_and_candle_paths() {
-    // The fast path writes checkpoints from its own buffers (the candle model holds no weights
-    // meanwhile) and reads them back into them: each path must resume from the other's files
-    // and continue as an uninterrupted run does.
+fn checkpoints_resume_exactly() {
+    // Checkpoints are written from the model's buffers and the optimiser's moments and read
+    // back into fresh ones: the resumed run repeats the uninterrupted one bit for bit.
     let objective = SftObjective {
         examples: tokenize(&common::records(), &common::encoder(), 128)
             .unwrap()
@@ -151,10 +154,12 @@ fn checkpoints_resume_across_the_fast_and_candle_paths() {
         targets: vec!["q_proj".into(), "down_proj".into()],
     });
     for mode in [TrainMode::Full, lora] {
-        let straight = losses(mode.clone(), DType::F64, &objective);
-        for (first, then) in [(DType::F32, DType::F64), (DType::F64, DType::F32)] {
-            let rest = resumed_losses(mode.clone(), first, then, 3, &objective);
-            assert_close(&rest, &straight[3..]);
+        let straight = losses(mode.clone(), &objective);
+        for stop in [1, 3] {
+            assert_eq!(
+                resumed_losses(mode.clone(), stop, &objective),
+                straight[stop..]
+            );
         }
     }
 }
@@ -178,8 +183,8 @@ fn dpo_fast_path_trains_like_candle() {
         },
     ];
     let (pairs, _) = tokenize_pairs(&records, &common::encoder(), 256).unwrap();
-    let mut reference_model = common::tiny_model(DType::F64, TrainMode::Full, 9);
-    let reference = reference_log_probs(&mut reference_model, &pairs, "ref", None).unwrap();
+    let reference_model = common::tiny_fast(TrainMode::Full, 9);
+    let reference = reference_log_probs(&reference_model, &pairs, "ref", None).unwrap();
     let objective = DpoObjective {
         pairs,
         reference,
@@ -189,8 +194,8 @@ fn dpo_fast_path_trains_like_candle() {
         },
     };
     assert_close(
-        &losses(TrainMode::Full, DType::F32, &objective),
-        &losses(TrainMode::Full, DType::F64, &objective),
+        &losses(TrainMode::Full, &objective),
+        &reference_losses(TrainMode::Full, &objective),
     );
 }
 

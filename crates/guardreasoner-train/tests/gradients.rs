@@ -5,7 +5,8 @@ mod common;
 use candle_core::{DType, Tensor};
 use guardreasoner_train::data::{tokenize, Example};
 use guardreasoner_train::lora::LoraConfig;
-use guardreasoner_train::model::{sequence_log_prob, Config, Llama, RopeScaling, TrainMode};
+use guardreasoner_train::model::{Config, RopeScaling, TrainMode};
+use guardreasoner_train::oracle::{sequence_log_prob, Llama};
 
 fn loss(model: &Llama, e: &Example) -> f64 {
     sequence_log_prob(model, &e.prompt, &e.target, None)

@@ -1,9 +1,11 @@
-//! The trainable model against the transformers reference on the tiny LLaMA-3 fixture, and the
-//! HF save/load round trip.
+//! The reference model against transformers on the tiny LLaMA-3 fixture, the trainer's model
+//! reading the same weights, and the HF save/load round trip.
 
 mod common;
 
-use guardreasoner_train::model::{Llama, TrainMode};
+use guardreasoner_train::fast::FastLlama;
+use guardreasoner_train::model::{read_config, TrainMode};
+use guardreasoner_train::oracle::Llama;
 use guardreasoner_train::{TrainError, WeightDtype};
 
 fn reference() -> serde_json::Value {
@@ -67,17 +69,23 @@ fn matches_transformers_logits_and_greedy() {
 #[test]
 fn save_and_reload_round_trips_in_f32_and_bf16() {
     let dir = common::shared("fixtures/tiny-llama3");
+    let config = read_config(&dir.join("config.json")).unwrap();
+    let fast = FastLlama::load_hf(&dir, &TrainMode::Full, 0).unwrap();
     let model = Llama::load_hf(&dir, WeightDtype::F32, TrainMode::Full, 0).unwrap();
+    // The trainer reads exactly the weights the reference (checked against transformers) reads.
+    assert_eq!(FastLlama::from_llama(&model).unwrap().base, fast.base);
     let ids = [5u32, 17, 300, 4000];
     let want = last_logits(&model, &ids);
     let tmp = tempfile::tempdir().unwrap();
-    model.save_hf(tmp.path(), WeightDtype::F32).unwrap();
+    fast.save_hf(tmp.path(), &config, WeightDtype::F32).unwrap();
     let again = Llama::load_hf(tmp.path(), WeightDtype::F32, TrainMode::Full, 0).unwrap();
     assert_eq!(last_logits(&again, &ids), want);
     assert_eq!(again.config.rope_scaling, model.config.rope_scaling);
+    let reread = FastLlama::load_hf(tmp.path(), &TrainMode::Full, 0).unwrap();
+    assert_eq!(reread.base, fast.base);
 
     let bf = tempfile::tempdir().unwrap();
-    model.save_hf(bf.path(), WeightDtype::Bf16).unwrap();
+    fast.save_hf(bf.path(), &config, WeightDtype::Bf16).unwrap();
     // The file is standard safetensors: an independent reader sees every weight, in bf16.
     let bytes = std::fs::read(bf.path().join("model.safetensors")).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -95,6 +103,16 @@ fn save_and_reload_round_trips_in_f32_and_bf16() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(worst < 2e-2, "bf16 round trip moved logits by {worst}");
+
+    // A configuration that does not describe the model is refused, nothing written.
+    let mut other = config.clone();
+    other.num_hidden_layers += 1;
+    let none = tempfile::tempdir().unwrap();
+    let err = fast
+        .save_hf(&none.path().join("m"), &other, WeightDtype::F32)
+        .unwrap_err();
+    assert!(err.to_string().contains("does not describe"), "{err}");
+    assert!(!none.path().join("m").exists());
 }
 
 #[test]
@@ -107,9 +125,8 @@ fn corrupt_or_mismatched_checkpoints_are_errors() {
         b"\x10\x00\x00\x00\x00\x00\x00\x00{not json",
     )
     .unwrap();
-    let err = Llama::load_hf(tmp.path(), WeightDtype::F32, TrainMode::Full, 0)
-        .err()
-        .expect("corrupt file must fail");
+    let err =
+        FastLlama::load_hf(tmp.path(), &TrainMode::Full, 0).expect_err("corrupt file must fail");
     assert!(matches!(err, TrainError::Format { .. }), "{err}");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 
@@ -123,8 +140,11 @@ fn corrupt_or_mismatched_checkpoints_are_errors() {
         tmp.path().join("model.safetensors"),
     )
     .unwrap();
-    let err = Llama::load_hf(tmp.path(), WeightDtype::F32, TrainMode::Full, 0)
-        .err()
-        .expect("shape mismatch must fail");
+    let err =
+        FastLlama::load_hf(tmp.path(), &TrainMode::Full, 0).expect_err("shape mismatch must fail");
     assert!(err.to_string().contains("shape"), "{err}");
+    assert!(
+        err.to_string().contains(&tmp.path().display().to_string()),
+        "{err}"
+    );
 }

@@ -1,14 +1,18 @@
 //! LoRA: merged == unmerged logits, PEFT files readable by the `safetensors` crate, merge from
-//! the saved adapter; the streaming merge equals the former in-memory merge bit for bit.
+//! the saved adapter; the streaming merge equals the candle reference's in-memory merge bit for
+//! bit.
 
 mod common;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use guardreasoner_train::fast::FastLlama;
 use guardreasoner_train::lora::{
     load_adapter, merge_checkpoint, peft_prefix, save_adapter, LoraConfig,
 };
-use guardreasoner_train::model::{load_safetensors, Llama, TrainMode};
-use guardreasoner_train::{TrainError, WeightDtype};
+use guardreasoner_train::model::{read_config, TrainMode};
+use guardreasoner_train::oracle::Llama;
+use guardreasoner_train::{F32Tensor, TrainError, WeightDtype};
+use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -31,17 +35,35 @@ fn lora_config() -> LoraConfig {
     }
 }
 
-fn trained_lora_model() -> Llama {
-    let dir = common::shared("fixtures/tiny-llama3");
-    let model = Llama::load_hf(&dir, WeightDtype::F32, TrainMode::Lora(lora_config()), 9).unwrap();
-    // Stand in for training: give every B a non-zero value so the adapters matter.
-    for (name, var) in model.trainable() {
+fn fixture() -> std::path::PathBuf {
+    common::shared("fixtures/tiny-llama3")
+}
+
+/// The trainer's model with adapters, every B set to seeded non-zero values (standing in for
+/// training, so the adapters matter).
+fn trained_lora_model() -> FastLlama {
+    let mut model = FastLlama::load_hf(&fixture(), &TrainMode::Lora(lora_config()), 9).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    for (name, buf) in model.trainable_names().iter().zip(model.trainable_mut()) {
         if name.ends_with("lora_B.weight") {
-            var.set(&Tensor::randn(0.0f32, 0.05, var.dims(), &candle_core::Device::Cpu).unwrap())
-                .unwrap();
+            buf.iter_mut()
+                .for_each(|v| *v = rng.random_range(-0.08f32..0.08));
         }
     }
     model
+}
+
+/// The candle reference holding the same base weights and adapters.
+fn reference_of(model: &mut FastLlama) -> Llama {
+    let reference = Llama::load_hf(
+        &fixture(),
+        WeightDtype::F32,
+        TrainMode::Lora(lora_config()),
+        9,
+    )
+    .unwrap();
+    model.write_back(&reference).unwrap();
+    reference
 }
 
 fn logits(model: &Llama, ids: &[u32]) -> Vec<f32> {
@@ -61,23 +83,50 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Every tensor of a safetensors file as (dtype, shape, f32 values), read with the reference
+/// `safetensors` crate.
+fn read_file(path: &Path) -> BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let data = t.data();
+            let values: Vec<f32> = match t.dtype() {
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                safetensors::Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                other => panic!("{name}: unexpected {other:?}"),
+            };
+            (name, (t.dtype(), t.shape().to_vec(), values))
+        })
+        .collect()
+}
+
 #[test]
 fn merged_logits_equal_unmerged_and_differ_from_base() {
-    let model = trained_lora_model();
+    let mut model = trained_lora_model();
+    let reference = reference_of(&mut model);
     let ids = [14917u32, 2914, 42, 198, 19556, 198];
-    let unmerged = logits(&model, &ids);
+    let unmerged = logits(&reference, &ids);
     let dir = tempfile::tempdir().unwrap();
-    model.save_hf(dir.path(), WeightDtype::F32).unwrap();
+    let config = read_config(&fixture().join("config.json")).unwrap();
+    model
+        .save_hf(dir.path(), &config, WeightDtype::F32)
+        .unwrap();
     let merged = Llama::load_hf(dir.path(), WeightDtype::F32, TrainMode::Full, 0).unwrap();
     let diff = max_diff(&unmerged, &logits(&merged, &ids));
     assert!(diff < 1e-4, "merged vs unmerged: {diff}");
-    let base = Llama::load_hf(
-        &common::shared("fixtures/tiny-llama3"),
-        WeightDtype::F32,
-        TrainMode::Full,
-        0,
-    )
-    .unwrap();
+    let base = Llama::load_hf(&fixture(), WeightDtype::F32, TrainMode::Full, 0).unwrap();
     assert!(
         max_diff(&unmerged, &logits(&base, &ids)) > 1e-3,
         "adapters had no effect"
@@ -91,7 +140,7 @@ fn peft_adapter_files_have_peft_names_and_merge_back() {
     let dir = tempfile::tempdir().unwrap();
     save_adapter(&model, &cfg, "tiny-llama3", dir.path()).unwrap();
 
-    // Read with the reference `safetensors` crate, independent of candle.
+    // Read with the reference `safetensors` crate.
     let bytes = std::fs::read(dir.path().join("adapter_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let a = st
@@ -113,110 +162,105 @@ fn peft_adapter_files_have_peft_names_and_merge_back() {
     assert_eq!(config["r"], 4);
     assert_eq!(config["lora_alpha"], 16.0);
 
-    // Merge from the files (the `model merge` path) == the in-memory merge.
+    // Merge from the files (the `model merge` path) == the trained model saved merged.
     let (read_cfg, adapter) = load_adapter(dir.path()).unwrap();
     assert_eq!(read_cfg, cfg);
     let out = dir.path().join("merged.safetensors");
-    let base = common::shared("fixtures/tiny-llama3");
-    merge_checkpoint(&base, &read_cfg, &adapter, &out, WeightDtype::F32).unwrap();
-    let merged = load_safetensors(&out).unwrap();
-    let in_memory = model.merged_weights().unwrap();
-    assert_eq!(merged.len(), in_memory.len());
-    for (name, w) in &merged {
-        let d = (w - &in_memory[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-6, "{name}: {d}");
-    }
+    merge_checkpoint(&fixture(), &read_cfg, &adapter, &out, WeightDtype::F32).unwrap();
+    let saved = dir.path().join("saved");
+    let hf_config = read_config(&fixture().join("config.json")).unwrap();
+    model.save_hf(&saved, &hf_config, WeightDtype::F32).unwrap();
+    assert_eq!(read_file(&out), read_file(&saved.join("model.safetensors")));
+
+    // Saving adapters of a model without any is refused.
+    let full = FastLlama::load_hf(&fixture(), &TrainMode::Full, 0).unwrap();
+    let err = save_adapter(&full, &cfg, "x", &dir.path().join("none")).unwrap_err();
+    assert!(err.to_string().contains("no LoRA"), "{err}");
 }
 
-/// The in-memory merge that `model merge` ran before it streamed (the whole base loaded as a
-/// `Llama` in f32, every weight cloned, then converted), kept as the reference.
+/// The in-memory merge on the candle reference (the whole base loaded as a `Llama` in f32,
+/// `B A` times the scale added to each adapted weight, then converted).
 fn reference_merge(
     base: &Path,
     cfg: &LoraConfig,
-    adapter: &BTreeMap<String, Tensor>,
+    adapter: &BTreeMap<String, F32Tensor>,
     dtype: DType,
-) -> BTreeMap<String, Tensor> {
+) -> BTreeMap<String, Vec<f32>> {
     let model = Llama::load_hf(base, WeightDtype::F32, TrainMode::Full, 0).unwrap();
-    let mut out: BTreeMap<String, Tensor> = model
+    let tensor = |t: &F32Tensor| Tensor::from_slice(&t.data, t.shape.as_slice(), &Device::Cpu);
+    model
         .weights()
         .iter()
-        .map(|(k, v)| (k.clone(), v.detach()))
-        .collect();
-    for (name, w) in out.iter_mut() {
-        if !cfg.targets_weight(name) {
-            continue;
-        }
-        let prefix = peft_prefix(name);
-        let a = adapter[&format!("{prefix}.lora_A.weight")]
-            .to_dtype(DType::F32)
-            .unwrap();
-        let b = adapter[&format!("{prefix}.lora_B.weight")]
-            .to_dtype(DType::F32)
-            .unwrap();
-        let delta = (b.matmul(&a).unwrap() * cfg.scale()).unwrap();
-        *w = (w.to_dtype(DType::F32).unwrap() + delta)
-            .unwrap()
-            .to_dtype(w.dtype())
-            .unwrap();
-    }
-    out.into_iter()
-        .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
+        .map(|(name, w)| {
+            let mut w = w.detach();
+            if cfg.targets_weight(name) {
+                let prefix = peft_prefix(name);
+                let a = tensor(&adapter[&format!("{prefix}.lora_A.weight")]).unwrap();
+                let b = tensor(&adapter[&format!("{prefix}.lora_B.weight")]).unwrap();
+                let delta = (b.matmul(&a).unwrap() * cfg.scale()).unwrap();
+                w = (w + delta).unwrap();
+            }
+            let values = w
+                .to_dtype(dtype)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            (name.clone(), values)
+        })
         .collect()
 }
 
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|v| v.to_bits()).collect()
 }
 
 #[test]
-fn streaming_merge_equals_the_in_memory_merge_bit_for_bit() {
+fn streaming_merge_equals_the_reference_merge_bit_for_bit() {
     let model = trained_lora_model();
     let cfg = lora_config();
     let dir = tempfile::tempdir().unwrap();
     save_adapter(&model, &cfg, "tiny-llama3", dir.path()).unwrap();
     let (cfg, adapter) = load_adapter(dir.path()).unwrap();
-    let base = common::shared("fixtures/tiny-llama3");
-    for (stored, dtype) in [
-        (WeightDtype::F32, DType::F32),
-        (WeightDtype::Bf16, DType::BF16),
-        (WeightDtype::F16, DType::F16),
+    let base = fixture();
+    let plain = read_file(&base.join("model.safetensors"));
+    for (stored, dtype, file_dtype) in [
+        (WeightDtype::F32, DType::F32, safetensors::Dtype::F32),
+        (WeightDtype::Bf16, DType::BF16, safetensors::Dtype::BF16),
+        (WeightDtype::F16, DType::F16, safetensors::Dtype::F16),
     ] {
         let out = dir.path().join(format!("{stored}.safetensors"));
         merge_checkpoint(&base, &cfg, &adapter, &out, stored).unwrap();
-        let streamed = load_safetensors(&out).unwrap();
+        let streamed = read_file(&out);
         let reference = reference_merge(&base, &cfg, &adapter, dtype);
         assert_eq!(
             streamed.keys().collect::<Vec<_>>(),
             reference.keys().collect::<Vec<_>>()
         );
         for (name, want) in &reference {
-            let got = &streamed[name];
-            assert_eq!(got.dtype(), dtype, "{name}");
-            assert_eq!(got.dims(), want.dims(), "{name}");
+            let (got_dtype, _, got) = &streamed[name];
+            assert_eq!(*got_dtype, file_dtype, "{name}");
             assert!(bits(got) == bits(want), "{name} ({dtype:?}) differs");
         }
         // The adapters changed what they target, and only that.
         let q = "model.layers.0.self_attn.q_proj.weight";
         let norm = "model.layers.0.input_layernorm.weight";
-        let plain = load_safetensors(&base.join("model.safetensors")).unwrap();
-        let base_q = plain[q].to_dtype(dtype).unwrap();
-        assert!(bits(&streamed[q]) != bits(&base_q));
-        assert!(bits(&streamed[norm]) == bits(&plain[norm].to_dtype(dtype).unwrap()));
+        assert!(streamed[q].2 != plain[q].2);
+        let round = |v: &[f32]| -> Vec<u32> {
+            let t = Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap();
+            bits(
+                &t.to_dtype(dtype)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+            )
+        };
+        assert!(bits(&streamed[norm].2) == round(&plain[norm].2));
     }
 }
 
@@ -227,9 +271,9 @@ fn merge_errors_name_the_tensor_at_fault_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     save_adapter(&model, &cfg, "tiny-llama3", dir.path()).unwrap();
     let (cfg, adapter) = load_adapter(dir.path()).unwrap();
-    let base = common::shared("fixtures/tiny-llama3");
+    let base = fixture();
     let out = dir.path().join("merged.safetensors");
-    let merge = |adapter: &BTreeMap<String, Tensor>, cfg: &LoraConfig| -> String {
+    let merge = |adapter: &BTreeMap<String, F32Tensor>, cfg: &LoraConfig| -> String {
         let err: TrainError = merge_checkpoint(&base, cfg, adapter, &out, WeightDtype::Bf16)
             .expect_err("the merge must fail");
         assert!(!out.exists() && !out.with_extension("safetensors.tmp").exists());
@@ -246,7 +290,10 @@ fn merge_errors_name_the_tensor_at_fault_and_write_nothing() {
     let rank = cfg.rank;
     misshapen.insert(
         b.into(),
-        Tensor::zeros((3, rank), DType::F32, &candle_core::Device::Cpu).unwrap(),
+        F32Tensor {
+            shape: vec![3, rank],
+            data: vec![0.0; 3 * rank],
+        },
     );
     let err = merge(&misshapen, &cfg);
     assert!(err.contains("model.layers.1.mlp.up_proj.weight"), "{err}");
@@ -265,7 +312,7 @@ fn merge_errors_name_the_tensor_at_fault_and_write_nothing() {
 fn a_saved_adapter_restarts_training_where_it_ended() {
     let trained = trained_lora_model();
     let dir = tempfile::tempdir().unwrap();
-    let base = common::shared("fixtures/tiny-llama3");
+    let base = fixture();
     save_adapter(
         &trained,
         &lora_config(),
@@ -275,17 +322,15 @@ fn a_saved_adapter_restarts_training_where_it_ended() {
     .unwrap();
     let (_, tensors) = load_adapter(dir.path()).unwrap();
     // A fresh model with another seed starts elsewhere; set from the adapter, it is the trained one.
-    let mut fresh =
-        Llama::load_hf(&base, WeightDtype::F32, TrainMode::Lora(lora_config()), 1).unwrap();
-    let ids = [14917u32, 2914, 42, 198];
-    assert!(max_diff(&logits(&fresh, &ids), &logits(&trained, &ids)) > 1e-3);
+    let mut fresh = FastLlama::load_hf(&base, &TrainMode::Lora(lora_config()), 1).unwrap();
+    assert!(fresh.trainable() != trained.trainable());
     fresh.set_trainable(&tensors).unwrap();
-    assert!(max_diff(&logits(&fresh, &ids), &logits(&trained, &ids)) < 1e-6);
+    assert!(fresh.trainable() == trained.trainable());
 
     // An adapter of another rank or with a missing tensor is refused by name.
     let mut other = lora_config();
     other.rank = 2;
-    let mut small = Llama::load_hf(&base, WeightDtype::F32, TrainMode::Lora(other), 1).unwrap();
+    let mut small = FastLlama::load_hf(&base, &TrainMode::Lora(other), 1).unwrap();
     let err = small.set_trainable(&tensors).unwrap_err().to_string();
     assert!(err.contains("shape"), "{err}");
     let mut partial = tensors.clone();
@@ -293,4 +338,21 @@ fn a_saved_adapter_restarts_training_where_it_ended() {
     partial.remove(&first);
     let err = fresh.set_trainable(&partial).unwrap_err().to_string();
     assert!(err.contains(&first), "{err}");
+}
+
+#[test]
+fn adapters_start_as_the_reference_initialises_them() {
+    // PEFT's initialisation, drawn in the same order from the same seed: a run's adapters do
+    // not depend on which model implementation created them.
+    let fast = FastLlama::load_hf(&fixture(), &TrainMode::Lora(lora_config()), 9).unwrap();
+    let reference = Llama::load_hf(
+        &fixture(),
+        WeightDtype::F32,
+        TrainMode::Lora(lora_config()),
+        9,
+    )
+    .unwrap();
+    let copied = FastLlama::from_llama(&reference).unwrap();
+    assert!(fast.trainable() == copied.trainable());
+    assert_eq!(fast.trainable_names(), copied.trainable_names());
 }

@@ -185,6 +185,41 @@ impl FastLlama {
         }
     }
 
+    /// The trainable buffers, in gradient order (see [`FastLlama::trainable_names`]).
+    pub fn trainable(&self) -> Vec<&[f32]> {
+        match &self.lora {
+            None => self.base.iter().map(Vec::as_slice).collect(),
+            Some(lo) => {
+                lo.a.iter()
+                    .zip(&lo.b)
+                    .filter(|(a, _)| !a.is_empty())
+                    .flat_map(|(a, b)| [a.as_slice(), b.as_slice()])
+                    .collect()
+            }
+        }
+    }
+
+    /// Shapes of the trainable parameters, in gradient order: HF shapes for base weights,
+    /// `[r, in]` / `[out, r]` for adapters A / B.
+    pub fn trainable_shapes(&self) -> Vec<Vec<usize>> {
+        match &self.lora {
+            None => Self::base_shapes(&self.dims),
+            Some(lo) => {
+                let mut out = Vec::new();
+                for _ in 0..self.dims.layers {
+                    for p in 0..7 {
+                        if lo.targets[p] {
+                            let (o, i) = self.dims.proj_shape(p);
+                            out.push(vec![lo.rank, i]);
+                            out.push(vec![o, lo.rank]);
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
     /// The trainable buffers, in gradient order.
     pub fn trainable_mut(&mut self) -> Vec<&mut Vec<f32>> {
         match &mut self.lora {

@@ -2,12 +2,9 @@
 //! optimiser moments and the trainer state, written whole before they count and pruned to the
 //! newest few.
 
-use super::{ParamStore, TrainerState, MOMENTS_FILE, PARAMS_FILE};
-use crate::model::{load_safetensors, Llama};
-use crate::optim::AdamW;
+use super::{State, TrainerState, MOMENTS_FILE, PARAMS_FILE};
+use crate::st;
 use crate::TrainError;
-use candle_core::Tensor;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub(super) fn checkpoint_step(path: &Path) -> Option<usize> {
@@ -54,7 +51,7 @@ pub(super) fn prune_checkpoints(out_dir: &Path, keep: usize) -> Result<(), Train
 
 pub(super) fn save_checkpoint(
     out_dir: &Path,
-    store: &ParamStore,
+    run: &State,
     state: &TrainerState,
 ) -> Result<PathBuf, TrainError> {
     let dir = out_dir.join(format!("checkpoint-{}", state.step));
@@ -63,7 +60,7 @@ pub(super) fn save_checkpoint(
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    store.save(&tmp)?;
+    run.save(&tmp)?;
     let state_path = tmp.join("trainer_state.json");
     let text = serde_json::to_string_pretty(state).map_err(|e| TrainError::Data(e.to_string()))?;
     std::fs::write(&state_path, text).map_err(|e| TrainError::io(&state_path, e))?;
@@ -83,47 +80,86 @@ pub(super) fn read_state(dir: &Path) -> Result<TrainerState, TrainError> {
     })
 }
 
-pub(super) fn load_checkpoint(
-    dir: &Path,
-    model: &Llama,
-    optimizer: &mut AdamW,
-    adam_t: u64,
-) -> Result<(), TrainError> {
-    let bad = |message: String| TrainError::Checkpoint {
-        path: dir.to_path_buf(),
-        message,
-    };
-    let params = load_safetensors(&dir.join(PARAMS_FILE))?;
-    let moments = load_safetensors(&dir.join(MOMENTS_FILE))?;
-    if params.len() != model.trainable().len() {
-        return Err(bad(format!(
-            "holds {} trainable tensors, the model has {}",
-            params.len(),
-            model.trainable().len()
-        )));
-    }
-    for (name, var) in model.trainable() {
-        let fetch = |map: &BTreeMap<String, Tensor>, key: &str| -> Result<Tensor, TrainError> {
-            let t = map
-                .get(key)
-                .ok_or_else(|| bad(format!("missing tensor {key}")))?;
-            if t.dims() != var.dims() {
-                return Err(bad(format!(
-                    "tensor {key} has shape {:?}, the model's is {:?}",
-                    t.dims(),
-                    var.dims()
-                )));
-            }
-            Ok(t.to_dtype(var.dtype())?)
+impl State<'_> {
+    /// Reads a checkpoint's weights and moments into the buffers. Every tensor's presence and
+    /// shape is checked before any is read.
+    pub(super) fn load(&mut self, dir: &Path, adam_t: u64) -> Result<(), TrainError> {
+        let bad = |message: String| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            message,
         };
-        var.set(&fetch(&params, name)?)?;
-        optimizer
-            .m
-            .insert(name.clone(), fetch(&moments, &format!("m/{name}"))?);
-        optimizer
-            .v
-            .insert(name.clone(), fetch(&moments, &format!("v/{name}"))?);
+        let mut params = st::Reader::open(&dir.join(PARAMS_FILE))?;
+        let mut moments = st::Reader::open(&dir.join(MOMENTS_FILE))?;
+        let names = self.model.trainable_names();
+        let shapes = self.model.trainable_shapes();
+        if params.tensors().len() != names.len() {
+            return Err(bad(format!(
+                "holds {} trainable tensors, the model has {}",
+                params.tensors().len(),
+                names.len()
+            )));
+        }
+        for (name, shape) in names.iter().zip(&shapes) {
+            for (file, key) in [
+                (&params, name.clone()),
+                (&moments, format!("m/{name}")),
+                (&moments, format!("v/{name}")),
+            ] {
+                let info = file
+                    .tensors()
+                    .get(&key)
+                    .ok_or_else(|| bad(format!("missing tensor {key}")))?;
+                if info.shape != *shape {
+                    return Err(bad(format!(
+                        "tensor {key} has shape {:?}, the model's is {shape:?}",
+                        info.shape
+                    )));
+                }
+            }
+        }
+        let weights = self.model.trainable_mut();
+        for (((name, w), m), v) in names
+            .iter()
+            .zip(weights)
+            .zip(&mut self.optimizer.m)
+            .zip(&mut self.optimizer.v)
+        {
+            params.read_f32(name, w)?;
+            moments.read_f32(&format!("m/{name}"), m)?;
+            moments.read_f32(&format!("v/{name}"), v)?;
+        }
+        self.optimizer.t = adam_t;
+        Ok(())
     }
-    optimizer.t = adam_t;
-    Ok(())
+
+    /// Writes the weights and moments into checkpoint directory `dir`, straight from the
+    /// buffers (one tensor's bytes at a time).
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        let names = self.model.trainable_names();
+        let shapes = self.model.trainable_shapes();
+        fn entries<'a>(
+            prefix: &str,
+            names: &[String],
+            shapes: &[Vec<usize>],
+            buffers: Vec<&'a [f32]>,
+        ) -> Vec<st::Entry<'a>> {
+            names
+                .iter()
+                .zip(shapes)
+                .zip(buffers)
+                .map(|((n, s), b)| st::Entry {
+                    name: format!("{prefix}{n}"),
+                    shape: s.clone(),
+                    data: st::Payload::F32(b),
+                })
+                .collect()
+        }
+        let params = entries("", &names, &shapes, self.model.trainable());
+        st::write(&dir.join(PARAMS_FILE), &params)?;
+        let m = self.optimizer.m.iter().map(Vec::as_slice).collect();
+        let v = self.optimizer.v.iter().map(Vec::as_slice).collect();
+        let mut moments = entries("m/", &names, &shapes, m);
+        moments.extend(entries("v/", &names, &shapes, v));
+        st::write(&dir.join(MOMENTS_FILE), &moments)
+    }
 }

@@ -3,7 +3,9 @@
 
 use candle_core::DType;
 use guardreasoner_train::data::{ByteEncoder, TrainRecord};
-use guardreasoner_train::model::{Config, Llama, TrainMode};
+use guardreasoner_train::fast::FastLlama;
+use guardreasoner_train::model::{Config, TrainMode};
+use guardreasoner_train::oracle::Llama;
 use std::path::PathBuf;
 
 /// `../shared/...` relative to the repository root.
@@ -30,8 +32,14 @@ pub fn tiny_config() -> Config {
     c
 }
 
+/// The candle reference model (f64 for exact checks, or f32).
 pub fn tiny_model(dtype: DType, mode: TrainMode, seed: u64) -> Llama {
     Llama::random(tiny_config(), 0.08, seed, dtype, mode).expect("tiny model")
+}
+
+/// The trainer's model with the same weights (and adapters) as `tiny_model(_, mode, seed)`.
+pub fn tiny_fast(mode: TrainMode, seed: u64) -> FastLlama {
+    FastLlama::from_llama(&tiny_model(DType::F32, mode, seed)).expect("fast copy")
 }
 
 pub fn records() -> Vec<TrainRecord> {
