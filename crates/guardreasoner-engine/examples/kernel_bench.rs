@@ -5,12 +5,151 @@
 //! group of tokens in prefill and batched decode:
 //! `cargo run --release -p guardreasoner-engine --example kernel_bench`.
 //! The figures are relative: compare instruction sets within one run.
+//!
+//! Then decode-time attention over the 8-bit key/value cache, as SmolLM2-135M batches it (16
+//! sequences of ~700 positions in two segments, GQA groups of three 64-element heads), per
+//! instruction set, alternating them. `-- attend` runs only this part.
 
-use guardreasoner_engine::kernels::{dot_q16_group, dot_q16_rows, interleaved, Isa};
+use guardreasoner_engine::kernels::{
+    attend, dot_q16_group, dot_q16_rows, interleaved, Isa, KvElem, KvSeg, KV_Q8_BLOCK,
+};
 use guardreasoner_engine::quant::{quantize_row, quantize_row_q16, BlockQ16, WeightType};
 use std::time::Instant;
 
 fn main() {
+    if std::env::args().nth(1).as_deref() != Some("attend") {
+        dot_products();
+    }
+    // One sequence's cache stays in L2 (compute); sixteen come from L3 or memory.
+    attention(1);
+    attention(16);
+}
+
+/// One group's attention: (segments, group, scratch, output).
+type Kernel = dyn FnMut(&[KvSeg<'_, i8>], usize, &mut Vec<f32>, &mut [f32]);
+
+fn attention(seqs: usize) {
+    const HEADS: usize = 3;
+    const D: usize = 64;
+    const GROUPS: usize = 3;
+    const STRIDE: usize = GROUPS * D;
+    const LENS: [usize; 2] = [301, 400];
+    let total: usize = LENS.iter().sum();
+    // Each sequence's own cache, as quantised values of a smooth pseudo-random signal.
+    let mut state = 1u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let caches: Vec<[(Vec<i8>, Vec<f32>); 2]> = (0..seqs)
+        .map(|_| {
+            std::array::from_fn(|_| {
+                let x: Vec<f32> = (0..total * STRIDE).map(|_| next()).collect();
+                let mut q = vec![0i8; x.len()];
+                let mut s = vec![0.0f32; x.len() / KV_Q8_BLOCK];
+                i8::store(&x, &mut q, &mut s);
+                (q, s)
+            })
+        })
+        .collect();
+    let q: Vec<f32> = (0..GROUPS * HEADS * D).map(|_| next() * 2.0).collect();
+    let segs: Vec<[KvSeg<'_, i8>; 2]> = caches
+        .iter()
+        .map(|[k, v]| {
+            let at = LENS[0] * STRIDE;
+            [
+                KvSeg {
+                    k: &k.0[..at],
+                    v: &v.0[..at],
+                    k_scale: &k.1,
+                    v_scale: &v.1,
+                    len: LENS[0],
+                },
+                KvSeg {
+                    k: &k.0[at..],
+                    v: &v.0[at..],
+                    k_scale: &k.1[at / KV_Q8_BLOCK..],
+                    v_scale: &v.1[at / KV_Q8_BLOCK..],
+                    len: LENS[1],
+                },
+            ]
+        })
+        .collect();
+    println!(
+        "attention, 8-bit cache ({seqs} sequence(s) x {total} positions in two segments, \
+         {GROUPS} groups of {HEADS} heads x {D}):"
+    );
+    let mut scores = Vec::new();
+    let mut out = vec![0.0f32; HEADS * D];
+    // One decode step's attention for every sequence and group, `reps` times: ns per
+    // (sequence, group).
+    let mut time = |run: &mut Kernel| {
+        let reps = 32 / seqs;
+        let t = thread_cpu_ns();
+        for _ in 0..reps {
+            for s in &segs {
+                for g in 0..GROUPS {
+                    run(s, g, &mut scores, &mut out);
+                }
+            }
+        }
+        (thread_cpu_ns() - t) as f64 / (reps * seqs * GROUPS) as f64
+    };
+    let mut kernels: Vec<(String, Box<Kernel>)> = Vec::new();
+    for isa in Isa::all_available() {
+        if isa == Isa::Scalar {
+            continue;
+        }
+        let qa = q.clone();
+        kernels.push((
+            isa.name().to_string(),
+            Box::new(move |s, g, scores, out| {
+                let qg = &qa[g * HEADS * D..][..HEADS * D];
+                attend(isa, qg, D, s, STRIDE, g * D, 0.125, scores, out)
+            }),
+        ));
+    }
+    // Short alternating trials in thread CPU time, keeping each kernel's best and median: other
+    // work on the machine only ever slows a trial down.
+    let mut trials: Vec<Vec<f64>> = vec![Vec::new(); kernels.len()];
+    for _ in 0..40 {
+        for ((_, run), t) in kernels.iter_mut().zip(&mut trials) {
+            t.push(time(&mut **run));
+        }
+    }
+    for ((name, _), t) in kernels.iter().zip(&mut trials) {
+        t.sort_by(f64::total_cmp);
+        let (best, median) = (t[0], t[t.len() / 2]);
+        let rate = (total * HEADS) as f64 / best;
+        println!(
+            "  {name:<18} best {best:>6.0} ns, median {median:>6.0} ns per (sequence, group) \
+             ({rate:.2} G position-heads/s)"
+        );
+    }
+}
+
+/// CPU time of this thread: unlike wall time, it stops while other work on the machine runs
+/// (caches are still shared).
+fn thread_cpu_ns() -> u64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: `ts` is a valid `struct timespec` (64-bit Linux layout) for the call to fill.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.sec as u64 * 1_000_000_000 + ts.nsec as u64
+}
+
+fn dot_products() {
     const COLS: usize = 576;
     const CHUNK: usize = 64;
     let values: Vec<f32> = (0..COLS)

@@ -11,6 +11,7 @@
 use crate::model::Config;
 use crate::TrainError;
 use guardreasoner_engine::layout::{dequantize_tensor, gguf_name_of, hf_name, reorder_rotary_rows};
+use guardreasoner_engine::quant::{quantize_row, WeightType};
 use guardreasoner_gguf::{GgufFile, TensorInfo};
 use std::path::Path;
 
@@ -277,14 +278,13 @@ pub fn convert_hf_to_gguf(
         } else if dims.len() == 2 && hf.ends_with("k_proj.weight") {
             values = reorder_rotary_rows(&values, config.num_key_value_heads(), dims[1], false);
         }
-        let bytes: Vec<u8> = if to_f16 {
-            values
-                .iter()
-                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect()
+        // The engine's one element encoder (the same bytes the engine and the hub write).
+        let ty = if to_f16 {
+            WeightType::F16
         } else {
-            values.iter().flat_map(|v| v.to_le_bytes()).collect()
+            WeightType::F32
         };
+        let bytes = quantize_row(ty, &values);
         drop(values);
         writer.write_tensor(&bytes).map_err(io)?;
     }

@@ -238,11 +238,14 @@ unsafe fn load16kv<T: KvElem>(data: *const T, scales: *const f32, i: usize) -> _
     }
 }
 
-/// The 512-bit vectors folded to 256 bits (the two halves added), for [`avx2::hsum4`].
+/// The 512-bit vectors folded to 256 bits (the two halves added), for [`avx2::hsum4`]. The
+/// upper half is taken as four f64 lanes: `_mm512_extractf32x8_ps` needs AVX-512 DQ, which
+/// `Isa::Avx512` does not check for, so it was not inlined here but called.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn fold(v: __m512) -> __m256 {
-    _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps::<1>(v))
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    _mm256_add_ps(_mm512_castps512_ps256(v), hi)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -265,42 +268,16 @@ unsafe fn group<T: KvElem, const H: usize>(
         out.fill(0.0);
         return;
     }
-    let qp = q.as_ptr();
-    let sp = scores.as_mut_ptr();
-    // Scores, four positions at a time; a lone position is reduced as a block of four with
-    // zeros, so a score does not depend on where the segment boundaries fall.
-    let mut base = 0;
-    for seg in segs {
-        let (k, ks) = (seg.k.as_ptr(), seg.k_scale.as_ptr());
-        let mut p = 0;
-        while p < seg.len {
-            let m = (seg.len - p).min(4);
-            let mut acc = [[_mm512_setzero_ps(); 4]; H];
-            let mut c = 0;
-            while c < d {
-                for j in 0..m {
-                    let kv = load16kv(k, ks, (p + j) * stride + offset + c);
-                    for (h, acc) in acc.iter_mut().enumerate() {
-                        acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(h * d + c)), kv, acc[j]);
-                    }
-                }
-                c += 16;
-            }
-            for (h, acc) in acc.iter().enumerate() {
-                let s = _mm_mul_ps(
-                    avx2::hsum4([fold(acc[0]), fold(acc[1]), fold(acc[2]), fold(acc[3])]),
-                    _mm_set1_ps(scale),
-                );
-                let mut four = [0.0f32; 4];
-                _mm_storeu_ps(four.as_mut_ptr(), s);
-                for (j, v) in four.iter().take(m).enumerate() {
-                    *sp.add(h * total + base + p + j) = *v;
-                }
-            }
-            p += m;
-        }
-        base += seg.len;
-    }
+    scores_f32::<T, H>(
+        q,
+        d,
+        segs,
+        total,
+        stride,
+        offset,
+        scale,
+        scores.as_mut_ptr(),
+    );
     avx2::softmax_rows(scores, total);
     // Weighted sums of the values, up to four registers (64 elements) of the head per pass.
     let mut c0 = 0;
@@ -312,6 +289,62 @@ unsafe fn group<T: KvElem, const H: usize>(
             _ => values::<T, H, 4>(segs, scores, total, stride, offset + c0, out, d, c0),
         }
         c0 += 16 * ((d - c0) / 16).min(4);
+    }
+}
+
+/// `sp[h * total + p] = q[h] · K[p] * scale` for the `H` heads of a group over the positions
+/// of `segs` in order, four positions at a time; a lone position is reduced as a block of four
+/// with zeros, so a score does not depend on where the segment boundaries fall.
+///
+/// # Safety
+/// As [`attend`]; `sp` must hold `H * total` floats.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn scores_f32<T: KvElem, const H: usize>(
+    q: &[f32],
+    d: usize,
+    segs: &[KvSeg<'_, T>],
+    total: usize,
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    sp: *mut f32,
+) {
+    let qp = q.as_ptr();
+    let mut base = 0;
+    for seg in segs {
+        let (k, ks) = (seg.k.as_ptr(), seg.k_scale.as_ptr());
+        let mut p = 0;
+        while p < seg.len {
+            let m = (seg.len - p).min(4);
+            // Always four rows (the last one again past the end, its sums unused), so that
+            // the accumulators are indexed by constants and stay in registers.
+            let rows: [usize; 4] = std::array::from_fn(|j| (p + j.min(m - 1)) * stride + offset);
+            let mut acc = [[_mm512_setzero_ps(); 4]; H];
+            let mut c = 0;
+            while c < d {
+                for (j, &row) in rows.iter().enumerate() {
+                    let kv = load16kv(k, ks, row + c);
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(h * d + c)), kv, acc[j]);
+                    }
+                }
+                c += 16;
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                let s = _mm_mul_ps(
+                    avx2::hsum4([fold(acc[0]), fold(acc[1]), fold(acc[2]), fold(acc[3])]),
+                    _mm_set1_ps(scale),
+                );
+                // The first `m` lanes. (A copy loop became a `memcpy` call, whose register
+                // saves and restores cost more than the scores.)
+                let lanes = _mm_cmpgt_epi32(_mm_set1_epi32(m as i32), _mm_setr_epi32(0, 1, 2, 3));
+                _mm_maskstore_ps(sp.add(h * total + base + p), lanes, s);
+            }
+            p += m;
+        }
+        base += seg.len;
     }
 }
 

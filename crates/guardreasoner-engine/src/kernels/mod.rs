@@ -552,18 +552,26 @@ mod tests {
         }
     }
 
-    /// Attention of a GQA group over two cache segments (a shared prefix and a sequence's own
-    /// positions), in each cache format, against a direct computation on the stored values.
-    fn check_attention<T: KvElem>(heads: usize, d: usize, lens: [usize; 2], seed: u64) {
+    /// Attention of a GQA group over cache segments of `lens` positions (a shared prefix and a
+    /// sequence's own positions, say), in each cache format, against a direct computation on
+    /// the stored values. The segments are cut from one run of positions, so the same seed and
+    /// total give the same positions however they are split. Returns each kernel's output.
+    fn check_attention<T: KvElem>(
+        heads: usize,
+        d: usize,
+        lens: &[usize],
+        q_mag: f32,
+        seed: u64,
+    ) -> Vec<(Isa, Vec<f32>)> {
         let mut rng = Lcg(seed);
         let (groups, g) = (3, 1);
         let stride = groups * d;
         let offset = g * d;
-        let q = rng.vec(heads * d, 1.5);
+        let total: usize = lens.iter().sum();
+        let q = rng.vec(heads * d, q_mag);
         // Stored elements and block scales (empty for the float formats).
-        type Stored<T> = (Vec<T>, Vec<f32>);
-        let mk = |rng: &mut Lcg, len: usize| -> Stored<T> {
-            let x = rng.vec(stride * len, 1.0);
+        let mk = |rng: &mut Lcg| -> (Vec<T>, Vec<f32>) {
+            let x = rng.vec(stride * total, 1.0);
             let mut out = vec![T::default(); x.len()];
             let mut scales = vec![0.0; x.len().div_ceil(KV_Q8_BLOCK)];
             T::store(&x, &mut out, &mut scales);
@@ -572,56 +580,43 @@ mod tests {
             }
             (out, scales)
         };
-        let data: Vec<(Stored<T>, Stored<T>)> = lens
-            .iter()
-            .map(|&l| (mk(&mut rng, l), mk(&mut rng, l)))
-            .collect();
-        let segs: Vec<KvSeg<'_, T>> = data
-            .iter()
-            .zip(lens)
-            .map(|(((k, ks), (v, vs)), len)| KvSeg {
-                k,
-                v,
-                k_scale: ks,
-                v_scale: vs,
+        let (k, v) = (mk(&mut rng), mk(&mut rng));
+        let mut segs = Vec::new();
+        let mut start = 0;
+        for &len in lens {
+            let (a, b) = (start * stride, (start + len) * stride);
+            // The float formats have no scales.
+            let sc = a.div_ceil(KV_Q8_BLOCK).min(k.1.len());
+            segs.push(KvSeg {
+                k: &k.0[a..b],
+                v: &v.0[a..b],
+                k_scale: &k.1[sc..],
+                v_scale: &v.1[sc..],
                 len,
-            })
-            .collect();
+            });
+            start += len;
+        }
         let scale = 1.0 / (d as f32).sqrt();
         // Direct: every position's key/value in order, as the values they stand for.
-        let rows = |values: bool| -> Vec<Vec<f32>> {
-            data.iter()
-                .zip(lens)
-                .flat_map(|(kv, len)| {
-                    let (buf, scales) = if values { &kv.1 } else { &kv.0 };
-                    (0..len)
-                        .map(move |p| {
-                            let at = p * stride + offset;
-                            (at..at + d)
-                                .map(|i| {
-                                    let s = scales.get(i / KV_Q8_BLOCK).copied().unwrap_or(1.0);
-                                    buf[i].to_f32() * s
-                                })
-                                .collect::<Vec<f32>>()
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect()
+        let at = |(buf, scales): &(Vec<T>, Vec<f32>), p: usize, c: usize| -> f32 {
+            let i = p * stride + offset + c;
+            buf[i].to_f32() * scales.get(i / KV_Q8_BLOCK).copied().unwrap_or(1.0)
         };
-        let (ks, vs) = (rows(false), rows(true));
         let mut want = vec![0.0f32; heads * d];
         for h in 0..heads {
             let qh = &q[h * d..(h + 1) * d];
-            let s: Vec<f64> = ks
-                .iter()
-                .map(|k| k.iter().zip(qh).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale as f64)
+            let s: Vec<f64> = (0..total)
+                .map(|p| {
+                    let dot: f64 = (0..d).map(|c| (at(&k, p, c) * qh[c]) as f64).sum();
+                    dot * scale as f64
+                })
                 .collect();
             let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
             let sum: f64 = e.iter().sum();
-            for (w, v) in e.iter().zip(&vs) {
+            for (p, w) in e.iter().enumerate() {
                 for c in 0..d {
-                    want[h * d + c] += (w / sum * v[c] as f64) as f32;
+                    want[h * d + c] += (w / sum * at(&v, p, c) as f64) as f32;
                 }
             }
         }
@@ -639,6 +634,7 @@ mod tests {
         for (a, b) in reference.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "scalar vs direct: {a} vs {b}");
         }
+        let mut outputs = Vec::new();
         for isa in Isa::all_available() {
             let mut got = vec![0.0; heads * d];
             attend(
@@ -652,33 +648,85 @@ mod tests {
                 &mut Vec::new(),
                 &mut got,
             );
-            for (a, b) in got.iter().zip(&reference) {
+            for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
+                let tol = 1e-5;
                 assert!(
-                    close(*a, *b, 1.0),
-                    "{isa:?} heads={heads} d={d} {lens:?}: {a} vs {b}"
+                    (a - b).abs() <= tol,
+                    "{isa:?} heads={heads} d={d} {lens:?} [{i}]: {a} vs {b} (tolerance {tol})"
                 );
             }
+            outputs.push((isa, got));
         }
+        outputs
     }
 
     #[test]
     fn attention_matches_scalar_and_direct_computation() {
         for heads in 1..=5 {
             for (d, lens) in [
-                (64, [0, 37]),
-                (64, [21, 19]),
-                (16, [8, 1]),
-                (128, [3, 0]),
-                (48, [7, 9]),
-                (32, [2, 3]),
-                (12, [5, 6]),
+                (64, &[0, 37][..]),
+                (64, &[21, 19]),
+                (16, &[8, 1]),
+                (128, &[3, 0]),
+                (48, &[7, 9]),
+                (32, &[2, 3]),
+                (12, &[5, 6]),
+                // Around the 8-bit kernel's pairs and flushes (every 256 positions).
+                (64, &[0, 0]),
+                (64, &[1]),
+                (64, &[0, 1]),
+                (64, &[129, 0]),
+                (64, &[137, 200]),
+                (64, &[3, 5, 0, 7, 301]),
+                (64, &[513, 2]),
+                (96, &[150, 151]),
+                (32, &[257, 3]),
+                (128, &[5, 260]),
             ] {
-                check_attention::<f32>(heads, d, lens, 5 + heads as u64);
-                check_attention::<half::f16>(heads, d, lens, 9 + heads as u64);
-                if d.is_multiple_of(KV_Q8_BLOCK) {
-                    check_attention::<i8>(heads, d, lens, 13 + heads as u64);
+                for q_mag in [1.5, 20.0] {
+                    let seed = heads as u64 + lens.len() as u64;
+                    check_attention::<f32>(heads, d, lens, q_mag, 5 + seed);
+                    check_attention::<half::f16>(heads, d, lens, q_mag, 9 + seed);
+                    if d.is_multiple_of(KV_Q8_BLOCK) {
+                        check_attention::<i8>(heads, d, lens, q_mag, 13 + seed);
+                    }
                 }
             }
+        }
+    }
+
+    /// The engine shares an instruction prefix's cache as a segment of its own, so where the
+    /// segments split must not change a bit of the output, on any kernel.
+    #[test]
+    fn attention_does_not_depend_on_segment_boundaries() {
+        fn check<T: KvElem>(heads: usize, d: usize, total: usize) {
+            let splits: [&[usize]; 9] = [
+                &[total],
+                &[0, total],
+                &[total, 0],
+                &[1, total - 1],
+                &[total / 2, total - total / 2],
+                &[7, 200, total - 207],
+                &[255, total - 255],
+                &[256, total - 256],
+                &[3, 0, 128, 1, total - 132],
+            ];
+            let want = check_attention::<T>(heads, d, splits[0], 3.0, 31);
+            for lens in &splits[1..] {
+                let got = check_attention::<T>(heads, d, lens, 3.0, 31);
+                for ((isa, a), (_, b)) in got.iter().zip(&want) {
+                    assert!(
+                        a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{:?} {isa:?} heads={heads} d={d} {lens:?}",
+                        T::TYPE
+                    );
+                }
+            }
+        }
+        for (heads, d, total) in [(3, 64, 301), (2, 96, 300), (4, 64, 520), (1, 32, 261)] {
+            check::<i8>(heads, d, total);
+            check::<f32>(heads, d, total);
+            check::<half::f16>(heads, d, total);
         }
     }
 
