@@ -5,6 +5,7 @@
 //! step boundaries (continuous batching), every step decodes one token of each, and a sequence
 //! whose caller went away (its event receiver dropped) is removed before the next step.
 
+mod batching;
 mod chat;
 mod metrics;
 mod scheduler;
