@@ -268,49 +268,9 @@ unsafe fn group<T: KvElem, const H: usize>(
         out.fill(0.0);
         return;
     }
-    scores_f32::<T, H>(
-        q,
-        d,
-        segs,
-        total,
-        stride,
-        offset,
-        scale,
-        scores.as_mut_ptr(),
-    );
-    avx2::softmax_rows(scores, total);
-    // Weighted sums of the values, up to four registers (64 elements) of the head per pass.
-    let mut c0 = 0;
-    while c0 < d {
-        match (d - c0) / 16 {
-            1 => values::<T, H, 1>(segs, scores, total, stride, offset + c0, out, d, c0),
-            2 => values::<T, H, 2>(segs, scores, total, stride, offset + c0, out, d, c0),
-            3 => values::<T, H, 3>(segs, scores, total, stride, offset + c0, out, d, c0),
-            _ => values::<T, H, 4>(segs, scores, total, stride, offset + c0, out, d, c0),
-        }
-        c0 += 16 * ((d - c0) / 16).min(4);
-    }
-}
-
-/// `sp[h * total + p] = q[h] · K[p] * scale` for the `H` heads of a group over the positions
-/// of `segs` in order, four positions at a time; a lone position is reduced as a block of four
-/// with zeros, so a score does not depend on where the segment boundaries fall.
-///
-/// # Safety
-/// As [`attend`]; `sp` must hold `H * total` floats.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-unsafe fn scores_f32<T: KvElem, const H: usize>(
-    q: &[f32],
-    d: usize,
-    segs: &[KvSeg<'_, T>],
-    total: usize,
-    stride: usize,
-    offset: usize,
-    scale: f32,
-    sp: *mut f32,
-) {
+    let sp = scores.as_mut_ptr();
+    // Scores, four positions at a time; a lone position is reduced as a block of four with
+    // zeros, so a score does not depend on where the segment boundaries fall.
     let qp = q.as_ptr();
     let mut base = 0;
     for seg in segs {
@@ -345,6 +305,18 @@ unsafe fn scores_f32<T: KvElem, const H: usize>(
             p += m;
         }
         base += seg.len;
+    }
+    avx2::softmax_rows(scores, total);
+    // Weighted sums of the values, up to four registers (64 elements) of the head per pass.
+    let mut c0 = 0;
+    while c0 < d {
+        match (d - c0) / 16 {
+            1 => values::<T, H, 1>(segs, scores, total, stride, offset + c0, out, d, c0),
+            2 => values::<T, H, 2>(segs, scores, total, stride, offset + c0, out, d, c0),
+            3 => values::<T, H, 3>(segs, scores, total, stride, offset + c0, out, d, c0),
+            _ => values::<T, H, 4>(segs, scores, total, stride, offset + c0, out, d, c0),
+        }
+        c0 += 16 * ((d - c0) / 16).min(4);
     }
 }
 
