@@ -165,6 +165,15 @@ pub fn reference_log_probs(
     Ok(out)
 }
 
+impl DpoObjective {
+    /// The cached reference log-probs `(chosen, rejected)` of pair `index`.
+    pub(crate) fn reference_of(&self, index: usize) -> Result<(f64, f64), TrainError> {
+        self.reference.get(index).copied().ok_or_else(|| {
+            TrainError::Data(format!("no reference log-probs for pair {}", index + 1))
+        })
+    }
+}
+
 impl Objective for DpoObjective {
     fn len(&self) -> usize {
         self.pairs.len()
@@ -196,9 +205,7 @@ impl Objective for DpoObjective {
         grads: &mut Grads,
     ) -> Result<ExampleLoss, TrainError> {
         let p = &self.pairs[index];
-        let (ref_c, ref_r) = *self.reference.get(index).ok_or_else(|| {
-            TrainError::Data(format!("no reference log-probs for pair {}", index + 1))
-        })?;
+        let (ref_c, ref_r) = self.reference_of(index)?;
         let (lp_c, tape_c) =
             crate::fast::sequence_log_prob(model, &p.prompt, &p.chosen, Some(&mut *dropout))?;
         let (lp_r, tape_r) =

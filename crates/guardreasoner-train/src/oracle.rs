@@ -13,35 +13,21 @@ pub use optim::{clip_grads, grad_norm, AdamW};
 
 use crate::dpo::{DpoConfig, DpoObjective};
 use crate::sft::SftObjective;
-use crate::trainer::{clip_factor, epoch_order, step_dropout, steps_of, TrainerConfig};
+use crate::trainer::{epoch_order, step_dropout, steps_of, Objective, TrainerConfig};
 use crate::TrainError;
 use candle_core::{DType, Tensor, D};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
-/// The loss of one example on the reference model, with a graph to its variables.
-pub struct ReferenceLoss {
-    /// Scalar loss tensor.
-    pub loss: Tensor,
-    /// Tokens processed.
-    pub tokens: usize,
-    /// Extra scalars (e.g. DPO margins).
-    pub metrics: BTreeMap<String, f64>,
-}
-
-/// An objective's loss on the reference model. Must draw from `dropout` exactly as
-/// [`crate::trainer::Objective::loss`] does, so both train alike.
-pub trait ReferenceObjective {
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+/// An objective's loss on the reference model: a scalar tensor with a graph to the model's
+/// variables. Must draw from `dropout` exactly as [`Objective::loss`] does, so both train alike.
+pub trait ReferenceObjective: Objective {
     fn reference_loss(
         &self,
         model: &Llama,
         index: usize,
         dropout: &mut ChaCha8Rng,
-    ) -> Result<ReferenceLoss, TrainError>;
+    ) -> Result<Tensor, TrainError>;
 }
 
 /// `-log sigmoid(x)` = softplus(-x), stable for any `x`.
@@ -75,45 +61,30 @@ pub fn pair_loss(
 }
 
 impl ReferenceObjective for SftObjective {
-    fn len(&self) -> usize {
-        self.examples.len()
-    }
-
     fn reference_loss(
         &self,
         model: &Llama,
         index: usize,
         dropout: &mut ChaCha8Rng,
-    ) -> Result<ReferenceLoss, TrainError> {
+    ) -> Result<Tensor, TrainError> {
         let e = &self.examples[index];
         let logp = sequence_log_prob(model, &e.prompt, &e.target, Some(dropout))?;
-        let loss = (logp.neg()? / e.target.len() as f64)?;
-        Ok(ReferenceLoss {
-            loss,
-            tokens: e.len(),
-            metrics: BTreeMap::new(),
-        })
+        Ok((logp.neg()? / e.target.len() as f64)?)
     }
 }
 
 impl ReferenceObjective for DpoObjective {
-    fn len(&self) -> usize {
-        self.pairs.len()
-    }
-
     fn reference_loss(
         &self,
         model: &Llama,
         index: usize,
         dropout: &mut ChaCha8Rng,
-    ) -> Result<ReferenceLoss, TrainError> {
+    ) -> Result<Tensor, TrainError> {
         let p = &self.pairs[index];
-        let (ref_c, ref_r) = *self.reference.get(index).ok_or_else(|| {
-            TrainError::Data(format!("no reference log-probs for pair {}", index + 1))
-        })?;
+        let (ref_c, ref_r) = self.reference_of(index)?;
         let lp_c = sequence_log_prob(model, &p.prompt, &p.chosen, Some(&mut *dropout))?;
         let lp_r = sequence_log_prob(model, &p.prompt, &p.rejected, Some(dropout))?;
-        let (loss, margin) = pair_loss(
+        let (loss, _) = pair_loss(
             &lp_c,
             &lp_r,
             ref_c,
@@ -122,11 +93,7 @@ impl ReferenceObjective for DpoObjective {
             p.weight,
             &self.config,
         )?;
-        Ok(ReferenceLoss {
-            loss,
-            tokens: 2 * p.prompt.len() + p.chosen.len() + p.rejected.len(),
-            metrics: crate::dpo::pair_metrics(margin),
-        })
+        Ok(loss)
     }
 }
 
@@ -134,7 +101,7 @@ impl ReferenceObjective for DpoObjective {
 /// order, dropout streams, schedule, clipping and AdamW; no checkpoints or logs): the loss and
 /// gradient norm of every step.
 pub fn train_reference(
-    model: &Llama,
+    model: &mut Llama,
     objective: &dyn ReferenceObjective,
     config: &TrainerConfig,
 ) -> Result<Vec<(f64, f64)>, TrainError> {
@@ -143,6 +110,8 @@ pub fn train_reference(
     if n == 0 {
         return Err(TrainError::Data("no examples to train on".into()));
     }
+    model.reserve_positions(objective.max_len())?;
+    let model = &*model;
     let (total_steps, total_examples, schedule) = steps_of(config, n);
     let mut optimizer = AdamW::new(config.adamw.clone(), model.trainable())?;
     let mut out = Vec::with_capacity(total_steps);
@@ -160,9 +129,9 @@ pub fn train_reference(
                 order = Some((epoch, epoch_order(n, config.seed, epoch)));
             }
             let index = order.as_ref().map(|(_, o)| o[g % n]).unwrap_or(0);
-            let l = objective.reference_loss(model, index, &mut dropout)?;
-            loss_sum += l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let grad_store = (l.loss / count)?.backward()?;
+            let loss = objective.reference_loss(model, index, &mut dropout)?;
+            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let grad_store = (loss / count)?.backward()?;
             for (name, var) in model.trainable() {
                 if let Some(grad) = grad_store.get(var.as_tensor()) {
                     let sum = match grads.remove(name) {
@@ -173,11 +142,7 @@ pub fn train_reference(
                 }
             }
         }
-        let norm = grad_norm(&grads)?;
-        let factor = clip_factor(norm, config.max_grad_norm);
-        for g in grads.values_mut() {
-            *g = (&*g * factor)?;
-        }
+        let norm = clip_grads(&mut grads, config.max_grad_norm)?;
         optimizer.step(model.trainable(), &grads, schedule.lr(step))?;
         out.push((loss_sum / count, norm));
     }

@@ -54,8 +54,8 @@ fn losses(mode: TrainMode, objective: &dyn Objective) -> Vec<(f64, f64)> {
 
 /// The same of the candle reference in f64.
 fn reference_losses(mode: TrainMode, objective: &dyn ReferenceObjective) -> Vec<(f64, f64)> {
-    let model = common::tiny_model(DType::F64, mode, 5);
-    train_reference(&model, objective, &config(6)).unwrap()
+    let mut model = common::tiny_model(DType::F64, mode, 5);
+    train_reference(&mut model, objective, &config(6)).unwrap()
 }
 
 fn assert_close(fast: &[(f64, f64)], reference: &[(f64, f64)]) {

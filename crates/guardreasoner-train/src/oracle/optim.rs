@@ -71,8 +71,8 @@ pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64, TrainError> {
 /// returns the norm before clipping.
 pub fn clip_grads(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64, TrainError> {
     let norm = grad_norm(grads)?;
-    if max_norm > 0.0 && norm > max_norm {
-        let factor = max_norm / (norm + 1e-6);
+    let factor = crate::trainer::clip_factor(norm, max_norm);
+    if factor != 1.0 {
         for g in grads.values_mut() {
             *g = (&*g * factor)?;
         }
