@@ -11,7 +11,7 @@
 //! instruction set, alternating them. `-- attend` runs only this part.
 
 use guardreasoner_engine::kernels::{
-    attend, dot_q16_group, dot_q16_rows, interleaved, Isa, KvElem, KvSeg, KV_Q8_BLOCK,
+    attend, dot_q16_group, dot_q16_rows, interleaved, Isa, KeyLayout, KvElem, KvSeg, KV_Q8_BLOCK,
 };
 use guardreasoner_engine::quant::{quantize_row, quantize_row_q16, BlockQ16, WeightType};
 use std::time::Instant;
@@ -66,6 +66,7 @@ fn attention(seqs: usize) {
                     k_scale: &k.1,
                     v_scale: &v.1,
                     len: LENS[0],
+                    keys: KeyLayout::Rows,
                 },
                 KvSeg {
                     k: &k.0[at..],
@@ -73,6 +74,7 @@ fn attention(seqs: usize) {
                     k_scale: &k.1[at / KV_Q8_BLOCK..],
                     v_scale: &v.1[at / KV_Q8_BLOCK..],
                     len: LENS[1],
+                    keys: KeyLayout::Rows,
                 },
             ]
         })
@@ -157,7 +159,7 @@ fn dot_products() {
         .collect();
     let mut x = vec![BlockQ16::default(); COLS / 32];
     quantize_row_q16(&values, &mut x);
-    let all = [&x[..], &x[..], &x[..], &x[..]];
+    let all = [&x[..]; 8];
     for (regime, rows, reps) in [("memory", 160_000, 3), ("cache", 256, 1_875)] {
         println!("{regime} ({rows} rows x {COLS}):");
         for ty in [WeightType::Q4_1, WeightType::Q8_0] {
@@ -186,7 +188,7 @@ fn dot_products() {
             let rb = row.len();
             let data: Vec<u8> = (0..rows).flat_map(|_| row.iter().copied()).collect();
             let packed = interleaved::interleave(ty, &data, rb).expect("whole groups");
-            for n in 1..=4 {
+            for n in [1, 2, 4, 8] {
                 let mut line = format!("  {}x16 x {n} vectors:", ty.name());
                 for isa in Isa::all_available() {
                     let mut out = vec![0.0f32; interleaved::GROUP * n];

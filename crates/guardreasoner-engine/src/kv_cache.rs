@@ -1,7 +1,7 @@
 //! The key/value cache of a sequence, in f32, f16 or 8-bit blocks, with a shared frozen prefix.
 
 use crate::config::Config;
-use crate::kernels::{KvElem, KvSeg, KV_Q8_BLOCK};
+use crate::kernels::{Isa, KeyLayout, KvElem, KvSeg, KV_Q8_BLOCK};
 use std::sync::Arc;
 
 /// How cached keys and values are stored.
@@ -48,16 +48,18 @@ enum KvData {
     Q8(Vec<i8>),
 }
 
-/// The cached keys or values of one layer: the elements and, for [`KvType::Q8`], the scale
-/// of each block of [`KV_Q8_BLOCK`] elements.
+/// The cached keys or values of one layer: the elements (`stride` per position, laid out as
+/// `layout` says) and, for [`KvType::Q8`], the scale of each block of [`KV_Q8_BLOCK`] elements.
 #[derive(Clone)]
 pub(crate) struct KvBuf {
     data: KvData,
     scales: Vec<f32>,
+    stride: usize,
+    layout: KeyLayout,
 }
 
 impl KvBuf {
-    fn new(ty: KvType) -> KvBuf {
+    fn new(ty: KvType, stride: usize, layout: KeyLayout) -> KvBuf {
         let data = match ty {
             KvType::F32 => KvData::F32(Vec::new()),
             KvType::F16 => KvData::F16(Vec::new()),
@@ -66,7 +68,14 @@ impl KvBuf {
         KvBuf {
             data,
             scales: Vec::new(),
+            stride,
+            layout,
         }
+    }
+
+    /// An empty buffer of the same type and layout.
+    fn empty_like(&self) -> KvBuf {
+        KvBuf::new(self.ty(), self.stride, self.layout)
     }
 
     fn ty(&self) -> KvType {
@@ -85,9 +94,14 @@ impl KvBuf {
         }
     }
 
-    /// Grow to `len` elements: the first growth reserves `planned` (untouched), later ones
-    /// `step` at a time.
-    fn grow(&mut self, len: usize, step: usize, planned: usize) {
+    /// Grow to hold `positions`: the first growth reserves room for `planned` positions
+    /// (untouched), later ones `step` positions at a time.
+    fn grow(&mut self, positions: usize, step: usize, planned: usize) {
+        let elements = |n: usize| self.layout.elements(n, self.stride);
+        let (len, step, planned) = (elements(positions), elements(step), elements(planned));
+        if self.len() >= len {
+            return;
+        }
         fn go<T: Copy + Default>(v: &mut Vec<T>, len: usize, step: usize, planned: usize) {
             if len > v.capacity() {
                 let target = if v.capacity() == 0 {
@@ -112,8 +126,8 @@ impl KvBuf {
         }
     }
 
-    /// Store one position's values (whole blocks) starting at element `at`.
-    fn write(&mut self, at: usize, values: &[f32]) {
+    /// Store position `pos`'s values (`stride` of them).
+    fn write(&mut self, pos: usize, values: &[f32]) {
         fn go<T: KvElem>(v: &mut [T], scales: &mut [f32], at: usize, x: &[f32]) {
             let blocks = if T::TYPE == KvType::Q8 {
                 &mut scales[at / KV_Q8_BLOCK..(at + x.len()) / KV_Q8_BLOCK]
@@ -122,15 +136,31 @@ impl KvBuf {
             };
             T::store(x, &mut v[at..at + x.len()], blocks);
         }
-        let scales = &mut self.scales;
-        match &mut self.data {
-            KvData::F32(v) => go(v, scales, at, values),
-            KvData::F16(v) => go(v, scales, at, values),
-            KvData::Q8(v) => go(v, scales, at, values),
+        debug_assert_eq!(values.len(), self.stride);
+        let (stride, layout, scales) = (self.stride, self.layout, &mut self.scales);
+        match (&mut self.data, layout) {
+            (KvData::F32(v), KeyLayout::Rows) => go(v, scales, pos * stride, values),
+            (KvData::F16(v), KeyLayout::Rows) => go(v, scales, pos * stride, values),
+            (KvData::Q8(v), KeyLayout::Rows) => go(v, scales, pos * stride, values),
+            (KvData::Q8(v), KeyLayout::Blocked) => {
+                // Quantised block by block as in rows, then each element moved to its place.
+                let mut q = [0i8; KV_Q8_BLOCK];
+                for (b, x) in values.chunks_exact(KV_Q8_BLOCK).enumerate() {
+                    let e0 = b * KV_Q8_BLOCK;
+                    scales[layout.scale_index(pos, e0, stride)] =
+                        crate::kernels::quantize_block_q8(x, &mut q);
+                    for (i, &qi) in q.iter().enumerate() {
+                        v[layout.index(pos, e0 + i, stride)] = qi;
+                    }
+                }
+            }
+            _ => unreachable!("blocked layouts are 8-bit"),
         }
     }
 
-    fn truncate(&mut self, len: usize) {
+    /// Keep the first `positions`.
+    fn truncate(&mut self, positions: usize) {
+        let len = self.layout.elements(positions, self.stride);
         match &mut self.data {
             KvData::F32(v) => v.truncate(len),
             KvData::F16(v) => v.truncate(len),
@@ -177,11 +207,14 @@ impl KvCache {
     pub fn new(config: &Config, capacity: usize, ty: KvType) -> KvCache {
         let kv_dim = config.num_key_value_heads() * config.head_dim();
         let layers = config.num_hidden_layers;
+        let keys = key_layout(ty, config.head_dim());
         KvCache {
             shared: None,
             shared_len: 0,
-            k: (0..layers).map(|_| KvBuf::new(ty)).collect(),
-            v: (0..layers).map(|_| KvBuf::new(ty)).collect(),
+            k: (0..layers).map(|_| KvBuf::new(ty, kv_dim, keys)).collect(),
+            v: (0..layers)
+                .map(|_| KvBuf::new(ty, kv_dim, KeyLayout::Rows))
+                .collect(),
             len: 0,
             capacity,
             kv_dim,
@@ -204,6 +237,10 @@ impl KvCache {
     /// The element type.
     pub fn kv_type(&self) -> KvType {
         self.ty
+    }
+    /// How the keys are laid out (8-bit keys are blocked for the AVX-512 VNNI kernel).
+    pub fn key_layout(&self) -> KeyLayout {
+        self.k.first().map_or(KeyLayout::Rows, |b| b.layout)
     }
     /// Leading positions read from a shared cache rather than stored here.
     pub fn shared_len(&self) -> usize {
@@ -236,8 +273,8 @@ impl KvCache {
             } else {
                 (prefix.shared.clone().expect("shared part"), n)
             };
-            cache.k = prefix.k.iter().map(|b| KvBuf::new(b.ty())).collect();
-            cache.v = prefix.v.iter().map(|b| KvBuf::new(b.ty())).collect();
+            cache.k = prefix.k.iter().map(KvBuf::empty_like).collect();
+            cache.v = prefix.v.iter().map(KvBuf::empty_like).collect();
             cache.shared = (shared_len > 0).then_some(shared);
             cache.shared_len = shared_len;
             cache.len = shared_len;
@@ -253,7 +290,7 @@ impl KvCache {
     pub fn copy_prefix(&self, n: usize, capacity: usize) -> KvCache {
         let n = n.min(self.len).min(capacity);
         let shared_len = self.shared_len.min(n);
-        let own = (n - shared_len) * self.kv_dim;
+        let own = n - shared_len;
         let copy = |b: &KvBuf| {
             let mut b = b.clone();
             b.truncate(own);
@@ -280,7 +317,7 @@ impl KvCache {
                 self.shared = None;
             }
         }
-        let own = (self.len - self.shared_len) * self.kv_dim;
+        let own = self.len - self.shared_len;
         for b in self.k.iter_mut().chain(self.v.iter_mut()) {
             b.truncate(own);
         }
@@ -295,21 +332,18 @@ impl KvCache {
 
     /// Make room for positions up to `len` (exclusive) in the own buffers.
     pub(crate) fn grow_to(&mut self, len: usize) {
-        let own = (len - self.shared_len) * self.kv_dim;
-        let step = KV_GROW_STEP * self.kv_dim;
-        let planned = self.capacity.saturating_sub(self.shared_len) * self.kv_dim;
+        let own = len - self.shared_len;
+        let planned = self.capacity.saturating_sub(self.shared_len);
         for b in self.k.iter_mut().chain(self.v.iter_mut()) {
-            if b.len() < own {
-                b.grow(own, step, planned);
-            }
+            b.grow(own, KV_GROW_STEP, planned);
         }
     }
 
     /// Store the keys and values of position `pos` in layer `l`.
     pub(crate) fn write(&mut self, l: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let at = (pos - self.shared_len) * self.kv_dim;
-        self.k[l].write(at, k);
-        self.v[l].write(at, v);
+        let own = pos - self.shared_len;
+        self.k[l].write(own, k);
+        self.v[l].write(own, v);
     }
 
     /// The cached positions `0..len` of layer `l` as up to two segments (shared, own).
@@ -322,6 +356,7 @@ impl KvCache {
             k_scale: &[],
             v_scale: &[],
             len: 0,
+            keys: KeyLayout::Rows,
         };
         let first = match &self.shared {
             Some(s) if shared_n > 0 => KvSeg {
@@ -330,6 +365,7 @@ impl KvCache {
                 k_scale: &s.k[l].scales,
                 v_scale: &s.v[l].scales,
                 len: shared_n,
+                keys: s.k[l].layout,
             },
             _ => empty,
         };
@@ -340,11 +376,22 @@ impl KvCache {
                 k_scale: &self.k[l].scales,
                 v_scale: &self.v[l].scales,
                 len: own_n,
+                keys: self.k[l].layout,
             }
         } else {
             empty
         };
         [first, second]
+    }
+}
+
+/// How a cache of `ty` stores its keys on this machine: 8-bit keys in blocks for the AVX-512
+/// VNNI kernel (heads of whole 32-element blocks), otherwise position after position.
+fn key_layout(ty: KvType, head_dim: usize) -> KeyLayout {
+    if ty == KvType::Q8 && Isa::detect() == Isa::Avx512 && head_dim.is_multiple_of(KV_Q8_BLOCK) {
+        KeyLayout::Blocked
+    } else {
+        KeyLayout::Rows
     }
 }
 

@@ -1,7 +1,7 @@
 //! Weight matrices in their stored format, and the batched matrix product of the forward pass.
 
-use crate::kernels::{self, interleaved, Isa, MAX_COLS};
-use crate::quant::{dequantize_row, quantize_row_q16, BlockQ16, WeightType, QK};
+use crate::kernels::{self, interleaved, Isa, GROUP_COLS, MAX_COLS};
+use crate::quant::{dequantize_row, BlockQ16, WeightType, QK};
 use rayon::prelude::*;
 
 /// A `rows × cols` weight matrix, each row stored in format `ty` (the layout of
@@ -249,7 +249,7 @@ pub fn matmul_many(
             .par_chunks_mut(x_blocks)
             .with_min_len(8)
             .zip(x.par_chunks(x_cols))
-            .for_each(|(q, xs)| quantize_row_q16(xs, q));
+            .for_each(|(q, xs)| kernels::quantize_q16(isa, xs, q));
     }
     let q16 = &scratch.q16[..];
     let threads = rayon::current_num_threads().max(1);
@@ -284,56 +284,76 @@ pub fn matmul_many(
         // into locals once: stores through the raw pointer would otherwise make the compiler
         // reload them per element.
         let (stride, offset, accumulate) = (p.out_stride, p.out_offset, p.accumulate);
-        let store = move |t0: usize, r: usize, n: usize, dots: &[f32]| {
-            // SAFETY (both loops): (t0 + c, r + i) is inside this product's output (checked
-            // above), row r + i of it belongs to this task only, and products write disjoint
-            // elements.
-            let at = |i: usize, c: usize| unsafe { outp.0.add((t0 + c) * stride + offset + r + i) };
-            if accumulate {
-                for (i, d) in dots.chunks_exact(n).enumerate() {
-                    for (c, &v) in d.iter().enumerate() {
-                        unsafe { *at(i, c) += v };
-                    }
+        // SAFETY (both stores): (t0 + c, r + i) is inside this product's output (checked
+        // above), row r + i of it belongs to this task only, and products write disjoint
+        // elements.
+        let at = move |t: usize, r: usize| unsafe { outp.0.add(t * stride + offset + r) };
+        // `dots[i * n + c]` is row `r + i` for token `t0 + c` (the row-major kernels).
+        let store_by_row = move |t0: usize, r: usize, n: usize, dots: &[f32]| {
+            for (i, d) in dots.chunks_exact(n).enumerate() {
+                for (c, &v) in d.iter().enumerate() {
+                    let o = at(t0 + c, r + i);
+                    unsafe { *o = if accumulate { *o + v } else { v } };
                 }
-            } else {
-                for (i, d) in dots.chunks_exact(n).enumerate() {
-                    for (c, &v) in d.iter().enumerate() {
-                        unsafe { *at(i, c) = v };
-                    }
+            }
+        };
+        // `dots[c * k + i]` is row `r + i` for token `t0 + c` (the interleaved kernel): each
+        // token's `k` rows are contiguous on both sides.
+        let store_by_token = move |t0: usize, r: usize, k: usize, dots: &[f32]| {
+            for (c, d) in dots.chunks_exact(k).enumerate() {
+                // SAFETY: as above; the `k` elements from `at(t0 + c, r)` are rows r..r + k of
+                // token t0 + c, and do not overlap `dots` (a local buffer).
+                let o = unsafe { std::slice::from_raw_parts_mut(at(t0 + c, r), k) };
+                if accumulate {
+                    o.iter_mut().zip(d).for_each(|(o, v)| *o += v);
+                } else {
+                    o.copy_from_slice(d);
                 }
             }
         };
         let mut dots = [0.0f32; MAX_COLS];
-        let mut block_dots = [0.0f32; MAX_COLS * ROWS_PER_CALL];
+        let mut block_dots = [0.0f32;
+            if MAX_COLS * ROWS_PER_CALL > GROUP_COLS * interleaved::GROUP {
+                MAX_COLS * ROWS_PER_CALL
+            } else {
+                GROUP_COLS * interleaved::GROUP
+            }];
+        // Tokens per kernel call: the interleaved kernel takes more vectors per unpacked block.
+        let per_call = if w.interleaved { GROUP_COLS } else { MAX_COLS };
         let mut t0 = 0;
         // While the token groups after the first compute from cache, the next chunk's rows
-        // (usually this thread's next task) are fetched into L2 a part per group, so its
-        // first group need not wait on memory.
-        let groups = n_tokens.div_ceil(MAX_COLS);
+        // (usually this thread's next task) are fetched into L2, a few lines after each kernel
+        // call: a burst of prefetches would stall the core on the memory system's queues.
+        let groups = n_tokens.div_ceil(per_call);
         let chunk = r1 - r0;
         let next = &w.data
             [(r1 * w.row_bytes).min(w.data.len())..((r1 + chunk) * w.row_bytes).min(w.data.len())];
-        let mut prefetch = next.chunks(next.len().div_ceil(groups.max(2) - 1).max(1));
+        let step = if w.interleaved {
+            interleaved::GROUP
+        } else if w.ty.uses_q16_activations() {
+            ROWS_PER_CALL
+        } else {
+            1
+        };
+        let calls = (groups.saturating_sub(1) * chunk.div_ceil(step)).max(1);
+        let mut prefetch = next.chunks(next.len().div_ceil(calls).max(1));
         while t0 < n_tokens {
-            let n = (n_tokens - t0).min(MAX_COLS);
-            if t0 > 0 {
-                if let Some(part) = prefetch.next() {
-                    prefetch_l2(part);
+            let n = (n_tokens - t0).min(per_call);
+            let mut fetch_next = || {
+                if t0 > 0 {
+                    if let Some(part) = prefetch.next() {
+                        prefetch_l2(part);
+                    }
                 }
-            }
+            };
             if w.ty.uses_q16_activations() {
                 let blocks = cols / QK;
                 let first = p.x_offset / QK;
-                let xs: [&[BlockQ16]; MAX_COLS] = std::array::from_fn(|c| {
+                let xs: [&[BlockQ16]; GROUP_COLS] = std::array::from_fn(|c| {
                     let t = t0 + c.min(n - 1);
                     &q16[t * x_blocks + first..t * x_blocks + first + blocks]
                 });
                 // A call covers one interleaved group, or up to ROWS_PER_CALL plain rows.
-                let step = if w.interleaved {
-                    interleaved::GROUP
-                } else {
-                    ROWS_PER_CALL
-                };
                 let mut r = r0;
                 while r < r1 {
                     let k = (r1 - r).min(step);
@@ -341,10 +361,12 @@ pub fn matmul_many(
                     let o = &mut block_dots[..k * n];
                     if w.interleaved {
                         kernels::dot_q16_group(isa, w.ty, data, &xs[..n], o);
+                        store_by_token(t0, r, k, o);
                     } else {
                         kernels::dot_q16_rows(isa, w.ty, data, w.row_bytes, &xs[..n], o);
+                        store_by_row(t0, r, n, o);
                     }
-                    store(t0, r, n, o);
+                    fetch_next();
                     r += k;
                 }
             } else {
@@ -354,7 +376,8 @@ pub fn matmul_many(
                 });
                 for r in r0..r1 {
                     kernels::dot_f32(isa, w.ty, w.row(r), &xs[..n], &mut dots[..n]);
-                    store(t0, r, n, &dots[..n]);
+                    store_by_row(t0, r, n, &dots[..n]);
+                    fetch_next();
                 }
             }
             t0 += n;

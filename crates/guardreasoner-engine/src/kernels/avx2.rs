@@ -640,3 +640,70 @@ pub unsafe fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     }
     super::scalar::silu_mul(&g[i..n], &u[i..n], &mut out[i..n]);
 }
+
+/// See [`super::quantize_q16`]: the same operations as [`crate::quant::quantize_row_q16`] on
+/// eight lanes (the block maximum is exact in any order, the rounding adds and subtracts the
+/// same constant unfused), so the integers and scales are identical. A block holding a NaN or
+/// an infinity is left to the scalar code, whose conversions define what those become.
+///
+/// # Safety
+/// The CPU must support avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_q16(x: &[f32], out: &mut [BlockQ16]) {
+    use crate::quant::{quantize_row_q16, Q16_MAX};
+    const ROUND: f32 = 12_582_912.0;
+    let sign = _mm256_set1_ps(-0.0);
+    for (block, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let p = xs.as_ptr();
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
+        let mut amax = _mm256_setzero_ps();
+        let mut unordered = _mm256_setzero_ps();
+        for &v in &v {
+            amax = _mm256_max_ps(_mm256_andnot_ps(sign, v), amax);
+            unordered = _mm256_or_ps(unordered, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        }
+        let m = _mm_max_ps(
+            _mm256_castps256_ps128(amax),
+            _mm256_extractf128_ps::<1>(amax),
+        );
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+        let amax = _mm_cvtss_f32(m);
+        if _mm256_movemask_ps(unordered) != 0 || !amax.is_finite() {
+            quantize_row_q16(xs, std::slice::from_mut(block));
+            continue;
+        }
+        let d = amax / Q16_MAX;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let (idv, round, lim) = (
+            _mm256_set1_ps(id),
+            _mm256_set1_ps(ROUND),
+            _mm256_set1_ps(Q16_MAX),
+        );
+        let mut sum = _mm256_setzero_si256();
+        let q: [__m256i; 4] = std::array::from_fn(|i| {
+            let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[i], idv), round), round);
+            let r = _mm256_min_ps(
+                _mm256_max_ps(r, _mm256_sub_ps(_mm256_setzero_ps(), lim)),
+                lim,
+            );
+            let q = _mm256_cvtps_epi32(r);
+            sum = _mm256_add_epi32(sum, q);
+            q
+        });
+        // packs interleaves 128-bit halves: [q0 lo, q1 lo, q0 hi, q1 hi] -> restore the order.
+        let lo = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(q[0], q[1]));
+        let hi = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(q[2], q[3]));
+        let qs = block.qs.as_mut_ptr() as *mut __m256i;
+        _mm256_storeu_si256(qs, lo);
+        _mm256_storeu_si256(qs.add(1), hi);
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256::<1>(sum),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0x4E>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0xB1>(s));
+        block.d = d;
+        block.s = d * _mm_cvtsi128_si32(s) as f32;
+    }
+}

@@ -16,7 +16,7 @@
 //! `unsafe` for that reason only: memory accesses stay inside the slices passed in.
 
 use super::avx2::{self, each_row};
-use super::{KvElem, KvSeg, KV_Q8_BLOCK};
+use super::{KeyLayout, KvElem, KvSeg, KV_KEY_BLOCK, KV_Q8_BLOCK};
 use crate::kv_cache::KvType;
 use crate::quant::{BlockQ16, WeightType, QK};
 use std::arch::x86_64::*;
@@ -77,7 +77,7 @@ unsafe fn q8_0<const N: usize>(row: &[u8], blocks: usize, xs: &[&[BlockQ16]]) ->
 const _: () = assert!(QK == 32);
 
 /// See [`super::interleaved::dot_q16_group`]: sixteen interleaved Q8_0 or Q4_1 rows against
-/// up to [`super::MAX_COLS`] activation vectors. Returns `false` (computing nothing) for a
+/// up to [`super::GROUP_COLS`] activation vectors. Returns `false` (computing nothing) for a
 /// format without an interleaved layout or buffers of the wrong size.
 ///
 /// # Safety
@@ -97,14 +97,13 @@ pub unsafe fn dot_q16_group(
     let gb = group_block(ty);
     let blocks = group.len() / gb;
     if n == 0
-        || n > super::MAX_COLS
+        || n > super::GROUP_COLS
         || !group.len().is_multiple_of(gb)
         || out.len() < GROUP * n
         || xs.iter().any(|x| x.len() < blocks)
     {
         return false;
     }
-    let mut lanes = [0.0f32; GROUP];
     macro_rules! run {
         ($n:literal) => {{
             let acc = if ty == WeightType::Q4_1 {
@@ -112,11 +111,9 @@ pub unsafe fn dot_q16_group(
             } else {
                 rows_group::<$n, false>(group, blocks, xs)
             };
+            // One register per vector: its sixteen rows, stored as they are.
             for (c, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
-                for (j, v) in lanes.iter().enumerate() {
-                    out[j * n + c] = *v;
-                }
+                _mm512_storeu_ps(out.as_mut_ptr().add(c * GROUP), *a);
             }
         }};
     }
@@ -124,7 +121,11 @@ pub unsafe fn dot_q16_group(
         1 => run!(1),
         2 => run!(2),
         3 => run!(3),
-        _ => run!(4),
+        4 => run!(4),
+        5 => run!(5),
+        6 => run!(6),
+        7 => run!(7),
+        _ => run!(8),
     }
     true
 }
@@ -195,10 +196,11 @@ unsafe fn rows_group<const N: usize, const Q4_1: bool>(
 /// head in one pass over the positions instead of four).
 ///
 /// # Safety
-/// The CPU must support avx512f, avx512bw, avx2, fma and f16c; `head_dim`, `stride` and
-/// `offset` must be multiples of 16 and every segment long enough (checked by the caller).
+/// The CPU must support avx512f, avx512bw, avx512vnni, avx2, fma and f16c; `head_dim`, `stride`
+/// and `offset` must be multiples of 16, `head_dim` at most [`MAX_BLOCKED_HEAD`] where a segment
+/// has blocked keys, and every segment long enough (checked by the caller).
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn attend<T: KvElem>(
     q: &[f32],
     head_dim: usize,
@@ -225,7 +227,7 @@ pub unsafe fn attend<T: KvElem>(
 /// Sixteen cached elements starting at `i`, as f32 (`i` a multiple of 16, so an 8-bit
 /// block's sixteen share one scale).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn load16kv<T: KvElem>(data: *const T, scales: *const f32, i: usize) -> __m512 {
     let p = data.add(i);
     match T::TYPE {
@@ -250,7 +252,7 @@ unsafe fn fold(v: __m512) -> __m256 {
 
 #[allow(clippy::too_many_arguments)]
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn group<T: KvElem, const H: usize>(
     q: &[f32],
     d: usize,
@@ -269,11 +271,35 @@ unsafe fn group<T: KvElem, const H: usize>(
         return;
     }
     let sp = scores.as_mut_ptr();
+    // Blocked keys are dotted with the queries quantised to 16 bits, as the matrix kernels
+    // dot their activations (`d <= MAX_BLOCKED_HEAD`, checked by the caller).
+    let mut q16 = [BlockQ16::default(); 4 * MAX_BLOCKED_HEAD / QK];
+    if segs.iter().any(|s| s.keys == KeyLayout::Blocked) {
+        for (h, qh) in q.chunks_exact(d).enumerate() {
+            avx2::quantize_q16(qh, &mut q16[h * d / QK..(h + 1) * d / QK]);
+        }
+    }
     // Scores, four positions at a time; a lone position is reduced as a block of four with
     // zeros, so a score does not depend on where the segment boundaries fall.
     let qp = q.as_ptr();
     let mut base = 0;
     for seg in segs {
+        if seg.keys == KeyLayout::Blocked {
+            blocked_scores::<H>(
+                &q16[..H * d / QK],
+                d,
+                seg.k.as_ptr() as *const i8,
+                seg.k_scale.as_ptr(),
+                seg.len,
+                stride,
+                offset,
+                scale,
+                sp.add(base),
+                total,
+            );
+            base += seg.len;
+            continue;
+        }
         let (k, ks) = (seg.k.as_ptr(), seg.k_scale.as_ptr());
         let mut p = 0;
         while p < seg.len {
@@ -320,10 +346,109 @@ unsafe fn group<T: KvElem, const H: usize>(
     }
 }
 
+/// Longest head the blocked-key scores take (the queries' 16-bit blocks live on the stack).
+pub const MAX_BLOCKED_HEAD: usize = 256;
+
+/// `scores[h * total + p] = scale · q[h] · K[p]` for the `len` positions of one segment of
+/// blocked 8-bit keys ([`KeyLayout::Blocked`]), sixteen positions a register: for each pair of
+/// elements, one widening load of the sixteen positions' pair and one `vpdpwssd` per head
+/// against the query's pair broadcast; each 32-element block's integer sums are scaled by the
+/// sixteen positions' scales times the query block's. Every position's score is computed the
+/// same way wherever it sits in a block, so segment boundaries do not change it.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn blocked_scores<const H: usize>(
+    q16: &[BlockQ16],
+    d: usize,
+    k: *const i8,
+    k_scale: *const f32,
+    len: usize,
+    stride: usize,
+    offset: usize,
+    scale: f32,
+    scores: *mut f32,
+    total: usize,
+) {
+    let b = KV_KEY_BLOCK;
+    let mut p0 = 0;
+    while p0 < len {
+        // Two blocks at a time where there are two: twice the independent sums in flight.
+        let (m, n) = if len - p0 > b {
+            (
+                key_blocks::<H, 2>(q16, d, k, k_scale, p0, stride, offset),
+                2 * b,
+            )
+        } else {
+            let [a] = key_blocks::<H, 1>(q16, d, k, k_scale, p0, stride, offset);
+            ([a, [_mm512_setzero_ps(); H]], b)
+        };
+        for (i, acc) in m.iter().enumerate().take(n / b) {
+            let at = p0 + i * b;
+            let valid = (len - at).min(b);
+            let mask: __mmask16 = if valid == b {
+                0xFFFF
+            } else {
+                (1u16 << valid) - 1
+            };
+            for (h, acc) in acc.iter().enumerate() {
+                let s = _mm512_mul_ps(*acc, _mm512_set1_ps(scale));
+                _mm512_mask_storeu_ps(scores.add(h * total + at), mask, s);
+            }
+        }
+        p0 += n;
+    }
+}
+
+/// The unscaled scores of `H` heads against `P` consecutive key blocks from position `p0` (a
+/// multiple of [`KV_KEY_BLOCK`]): `[block][head]`, a lane per position.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn key_blocks<const H: usize, const P: usize>(
+    q16: &[BlockQ16],
+    d: usize,
+    k: *const i8,
+    k_scale: *const f32,
+    p0: usize,
+    stride: usize,
+    offset: usize,
+) -> [[__m512; H]; P] {
+    let b = KV_KEY_BLOCK;
+    let (blocks, first) = (d / QK, offset / QK);
+    let mut acc = [[_mm512_setzero_ps(); H]; P];
+    for blk in 0..blocks {
+        // This 32-element block's sixteen pairs: 32 bytes each (sixteen positions' two values).
+        let kp: [*const i8; P] =
+            std::array::from_fn(|i| k.add((p0 + i * b) * stride + (first + blk) * QK * b));
+        let mut sums = [[_mm512_setzero_si512(); H]; P];
+        for j in 0..QK / 2 {
+            let kv: [__m512i; P] = std::array::from_fn(|i| {
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(kp[i].add(2 * b * j) as *const __m256i))
+            });
+            for h in 0..H {
+                let qs = q16[h * blocks + blk].qs.as_ptr();
+                let pair = _mm512_set1_epi32((qs.add(2 * j) as *const i32).read_unaligned());
+                for i in 0..P {
+                    sums[i][h] = _mm512_dpwssd_epi32(sums[i][h], kv[i], pair);
+                }
+            }
+        }
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let ks = _mm512_loadu_ps(k_scale.add((p0 + i * b) * (stride / QK) + (first + blk) * b));
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let s = _mm512_mul_ps(ks, _mm512_set1_ps(q16[h * blocks + blk].d));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[i][h]), s, *acc);
+            }
+        }
+    }
+    acc
+}
+
 /// `out[h][c0..c0 + 16W] = Σ_p w[h][p] · V[p][col..col + 16W]`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn values<T: KvElem, const H: usize, const W: usize>(
     segs: &[KvSeg<'_, T>],
     w: &[f32],

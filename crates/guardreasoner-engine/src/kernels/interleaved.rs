@@ -120,7 +120,7 @@ pub fn row_of(ty: WeightType, group: &[u8], j: usize, out: &mut [u8]) {
     }
 }
 
-/// `out[j * n + c] = row_j · xs[c]` for the sixteen rows of one interleaved group of `ty`
+/// `out[c * GROUP + j] = row_j · xs[c]` for the sixteen rows of one interleaved group of `ty`
 /// (portable reference; each block's integer sum is scaled by one fused multiply-add, and a
 /// Q4_1 block's minimum applied by a second, as in the AVX-512 kernel, so both give the same
 /// floats).
@@ -150,8 +150,6 @@ pub fn dot_q16_group(ty: WeightType, group: &[u8], xs: &[&[BlockQ16]], out: &mut
                 }
             }
         }
-        for (j, a) in acc.iter().enumerate() {
-            out[j * n + c] = *a;
-        }
+        out[c * GROUP..(c + 1) * GROUP].copy_from_slice(&acc);
     }
 }

@@ -23,8 +23,12 @@ pub mod avx512;
 pub mod interleaved;
 pub mod scalar;
 
-/// Most activation vectors one kernel call handles.
+/// Most activation vectors one row-major kernel call handles.
 pub const MAX_COLS: usize = 4;
+
+/// Most activation vectors one call of the interleaved kernel ([`dot_q16_group`]) handles: its
+/// sixteen rows' unpacked weights serve eight vectors before the next block is unpacked.
+pub const GROUP_COLS: usize = 8;
 
 /// The instruction set the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +128,8 @@ pub fn dot_q16_rows(
 }
 
 /// [`interleaved::dot_q16_group`] on the best kernel `isa` has (AVX-512 VNNI, else the portable
-/// one): sixteen interleaved rows of `ty` (Q8_0 or Q4_1) against `xs` (`1..=MAX_COLS` vectors).
+/// one): sixteen interleaved rows of `ty` (Q8_0 or Q4_1) against `xs` (`1..=GROUP_COLS`
+/// vectors); `out[c * GROUP + j]` is row `j` against `xs[c]`.
 pub fn dot_q16_group(isa: Isa, ty: WeightType, group: &[u8], xs: &[&[BlockQ16]], out: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -132,6 +137,18 @@ pub fn dot_q16_group(isa: Isa, ty: WeightType, group: &[u8], xs: &[&[BlockQ16]],
         // fma and f16c.
         Isa::Avx512 if unsafe { avx512::dot_q16_group(ty, group, xs, out) } => {}
         _ => interleaved::dot_q16_group(ty, group, xs, out),
+    }
+}
+
+/// [`crate::quant::quantize_row_q16`] (the activations of the quantised matrix kernels) on the
+/// best kernel `isa` has: the same integers and scales bit for bit.
+pub fn quantize_q16(isa: Isa, x: &[f32], out: &mut [BlockQ16]) {
+    debug_assert_eq!(x.len(), out.len() * crate::quant::QK);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` (and `Avx512`) are only produced after detecting avx2 and fma.
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::quantize_q16(x, out) },
+        _ => crate::quant::quantize_row_q16(x, out),
     }
 }
 
@@ -243,10 +260,64 @@ pub fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> f32 {
     d
 }
 
+/// Positions in one block of a [`KeyLayout::Blocked`] key cache.
+pub const KV_KEY_BLOCK: usize = 16;
+
+/// Where the keys of a run of cached positions are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyLayout {
+    /// Position after position: element `e` of position `p` at `p * stride + e`.
+    Rows,
+    /// 8-bit keys for the AVX-512 VNNI kernel: blocks of [`KV_KEY_BLOCK`] positions, in which
+    /// each pair of elements `2j, 2j + 1` holds the sixteen positions' two values side by side
+    /// (32 bytes: one position per 32-bit lane), and each 32-element block's scales are the
+    /// sixteen positions' in a row. One `vpdpwssd` against a broadcast pair of the query then
+    /// adds that pair's products for sixteen positions at once, with no horizontal sums.
+    /// Needs a `stride` that is a multiple of [`KV_Q8_BLOCK`].
+    Blocked,
+}
+
+impl KeyLayout {
+    /// Index of element `e` (`< stride`) of position `p`.
+    #[inline]
+    pub fn index(self, p: usize, e: usize, stride: usize) -> usize {
+        match self {
+            KeyLayout::Rows => p * stride + e,
+            KeyLayout::Blocked => {
+                let b = KV_KEY_BLOCK;
+                p / b * b * stride + e / 2 * 2 * b + p % b * 2 + e % 2
+            }
+        }
+    }
+
+    /// Index of the scale of element `e` of position `p` (8-bit caches).
+    #[inline]
+    pub fn scale_index(self, p: usize, e: usize, stride: usize) -> usize {
+        match self {
+            KeyLayout::Rows => (p * stride + e) / KV_Q8_BLOCK,
+            KeyLayout::Blocked => {
+                let b = KV_KEY_BLOCK;
+                p / b * b * (stride / KV_Q8_BLOCK) + e / KV_Q8_BLOCK * b + p % b
+            }
+        }
+    }
+
+    /// Elements (and, divided by [`KV_Q8_BLOCK`], scales) that `positions` positions of
+    /// `stride` occupy: whole blocks for [`KeyLayout::Blocked`].
+    pub fn elements(self, positions: usize, stride: usize) -> usize {
+        match self {
+            KeyLayout::Rows => positions * stride,
+            KeyLayout::Blocked => positions.next_multiple_of(KV_KEY_BLOCK) * stride,
+        }
+    }
+}
+
 /// A run of `len` consecutive cached positions: position `p`'s keys are
-/// `k[p * stride..][..stride]` (all key/value heads side by side), likewise `v`. For `i8`
-/// elements, element `i` stands for `k[i] * k_scale[i / KV_Q8_BLOCK]` (likewise `v`); the
-/// float formats leave the scales empty.
+/// `k[p * stride..][..stride]` (all key/value heads side by side; or, with
+/// [`KeyLayout::Blocked`] keys, where [`KeyLayout::index`] says), likewise `v` (always rows).
+/// For `i8` elements, element `i` stands for `k[i] * k_scale[i / KV_Q8_BLOCK]` (likewise `v`;
+/// blocked keys' scales where [`KeyLayout::scale_index`] says); the float formats leave the
+/// scales empty.
 #[derive(Clone, Copy)]
 pub struct KvSeg<'a, T> {
     pub k: &'a [T],
@@ -254,6 +325,7 @@ pub struct KvSeg<'a, T> {
     pub k_scale: &'a [f32],
     pub v_scale: &'a [f32],
     pub len: usize,
+    pub keys: KeyLayout,
 }
 
 /// Causal attention of one or more query heads that share a key/value head (a GQA group):
@@ -278,16 +350,35 @@ pub fn attend<T: KvElem>(
         head_dim > 0 && q.len().is_multiple_of(head_dim) && out.len() == q.len(),
         "attend: query/output shapes"
     );
+    let mut blocked = false;
     for seg in segs {
+        if seg.len == 0 {
+            continue;
+        }
+        let rows = (seg.len - 1) * stride + offset + head_dim;
+        let keys = match seg.keys {
+            KeyLayout::Rows => rows,
+            KeyLayout::Blocked => {
+                assert!(
+                    T::TYPE == KvType::Q8
+                        && stride.is_multiple_of(KV_Q8_BLOCK)
+                        && offset.is_multiple_of(KV_Q8_BLOCK)
+                        && head_dim.is_multiple_of(KV_Q8_BLOCK)
+                        && offset + head_dim <= stride,
+                    "attend: blocked keys need an 8-bit cache and whole 32-element blocks"
+                );
+                blocked = true;
+                KeyLayout::Blocked.elements(seg.len, stride)
+            }
+        };
         assert!(
-            seg.len == 0
-                || (seg.len - 1) * stride + offset + head_dim <= seg.k.len().min(seg.v.len()),
+            keys <= seg.k.len() && rows <= seg.v.len(),
             "attend: cache too short"
         );
-        if T::TYPE == KvType::Q8 && seg.len > 0 {
+        if T::TYPE == KvType::Q8 {
             assert!(
-                ((seg.len - 1) * stride + offset + head_dim).div_ceil(KV_Q8_BLOCK)
-                    <= seg.k_scale.len().min(seg.v_scale.len()),
+                keys.div_ceil(KV_Q8_BLOCK) <= seg.k_scale.len()
+                    && rows.div_ceil(KV_Q8_BLOCK) <= seg.v_scale.len(),
                 "attend: scales too short"
             );
         }
@@ -299,13 +390,15 @@ pub fn attend<T: KvElem>(
         Isa::Avx512
             if head_dim.is_multiple_of(16)
                 && stride.is_multiple_of(16)
-                && offset.is_multiple_of(16) =>
+                && offset.is_multiple_of(16)
+                && (!blocked || head_dim <= avx512::MAX_BLOCKED_HEAD) =>
         unsafe { avx512::attend(q, head_dim, segs, stride, offset, scale, scores, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` (and `Avx512`) are only produced after detecting avx2, fma and
         // f16c; the bounds were checked above.
         Isa::Avx2 | Isa::Avx512
-            if head_dim.is_multiple_of(8)
+            if !blocked
+                && head_dim.is_multiple_of(8)
                 && stride.is_multiple_of(8)
                 && offset.is_multiple_of(8) =>
         unsafe { avx2::attend(q, head_dim, segs, stride, offset, scale, scores, out) },
@@ -369,9 +462,9 @@ mod tests {
         fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
             (0..n).map(|_| self.next_f32() * scale).collect()
         }
-        /// `MAX_COLS` random activation vectors of `cols`, quantised to 16-bit blocks.
-        fn q16_vectors(&mut self, cols: usize) -> Vec<Vec<BlockQ16>> {
-            (0..MAX_COLS)
+        /// `count` random activation vectors of `cols`, quantised to 16-bit blocks.
+        fn q16_vectors(&mut self, cols: usize, count: usize) -> Vec<Vec<BlockQ16>> {
+            (0..count)
                 .map(|_| {
                     let mut q = vec![BlockQ16::default(); cols / QK];
                     quantize_row_q16(&self.vec(cols, 2.0), &mut q);
@@ -466,6 +559,34 @@ mod tests {
     }
 
     #[test]
+    fn simd_activation_quantisation_is_the_scalar_one_bit_for_bit() {
+        let mut rng = Lcg(29);
+        let mut x = rng.vec(QK * 64, 4.0);
+        // Exact halves (ties), zero blocks, tiny and huge magnitudes, and non-finite values.
+        x[..QK].fill(0.0);
+        for (i, v) in x[QK..2 * QK].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 0.5;
+        }
+        x[2 * QK + 3] = 1e-30;
+        x[3 * QK + 5] = 3e30;
+        x[4 * QK + 7] = f32::NAN;
+        x[5 * QK + 1] = f32::INFINITY;
+        x[6 * QK + 30] = -f32::INFINITY;
+        x[7 * QK] = -0.0;
+        let mut want = vec![BlockQ16::default(); 64];
+        quantize_row_q16(&x, &mut want);
+        for isa in Isa::all_available() {
+            let mut got = vec![BlockQ16::default(); 64];
+            quantize_q16(isa, &x, &mut got);
+            for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.qs, w.qs, "{isa:?} block {b}");
+                assert_eq!(g.d.to_bits(), w.d.to_bits(), "{isa:?} block {b}");
+                assert_eq!(g.s.to_bits(), w.s.to_bits(), "{isa:?} block {b}");
+            }
+        }
+    }
+
+    #[test]
     fn row_block_kernels_match_scalar_rows() {
         let mut rng = Lcg(13);
         let cols = 576;
@@ -480,7 +601,7 @@ mod tests {
                 .flat_map(|_| quantize_row(ty, &rng.vec(cols, 1.0)))
                 .collect();
             let row_bytes = rows.len() / 7;
-            let xs_q = rng.q16_vectors(cols);
+            let xs_q = rng.q16_vectors(cols, MAX_COLS);
             for n in 1..=MAX_COLS {
                 let xs: Vec<&[BlockQ16]> = xs_q[..n].iter().map(|v| v.as_slice()).collect();
                 let mut want = vec![0.0; 7 * n];
@@ -523,23 +644,21 @@ mod tests {
                 row_of(ty, group, r % GROUP, &mut back);
                 assert_eq!(back, want, "{ty:?} row {r} unpacks to itself");
             }
-            let xs_q = rng.q16_vectors(cols);
-            for n in 1..=MAX_COLS {
+            let xs_q = rng.q16_vectors(cols, GROUP_COLS);
+            for n in 1..=GROUP_COLS {
                 let xs: Vec<&[BlockQ16]> = xs_q[..n].iter().map(|v| v.as_slice()).collect();
                 for g in 0..2 {
                     let group = &packed[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
                     let mut reference = vec![0.0; GROUP * n];
                     interleaved::dot_q16_group(ty, group, &xs, &mut reference);
-                    let mut by_row = vec![0.0; GROUP * n];
                     let plain = &rows[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
-                    for (r, o) in plain
-                        .chunks_exact(row_bytes)
-                        .zip(by_row.chunks_exact_mut(n))
-                    {
-                        scalar::dot_q16(ty, r, &xs, o);
-                    }
-                    for (a, b) in reference.iter().zip(&by_row) {
-                        assert!(close(*a, *b, cols as f32 * 3.0), "{ty:?} n={n}: {a} vs {b}");
+                    for (j, r) in plain.chunks_exact(row_bytes).enumerate() {
+                        let mut by_row = vec![0.0; n];
+                        scalar::dot_q16(ty, r, &xs, &mut by_row);
+                        for (c, b) in by_row.iter().enumerate() {
+                            let a = reference[c * GROUP + j];
+                            assert!(close(a, *b, cols as f32 * 3.0), "{ty:?} n={n}: {a} vs {b}");
+                        }
                     }
                     for isa in Isa::all_available() {
                         let mut got = vec![0.0; GROUP * n];
@@ -562,6 +681,7 @@ mod tests {
         lens: &[usize],
         q_mag: f32,
         seed: u64,
+        keys: KeyLayout,
     ) -> Vec<(Isa, Vec<f32>)> {
         let mut rng = Lcg(seed);
         let (groups, g) = (3, 1);
@@ -581,18 +701,39 @@ mod tests {
             (out, scales)
         };
         let (k, v) = (mk(&mut rng), mk(&mut rng));
+        // Each segment's keys again in `keys`' layout (positions counted from the segment's
+        // start, as each cache buffer counts its own), taken element by element from the rows.
+        let mut start = 0;
+        let mut seg_keys = Vec::new();
+        for &len in lens {
+            let n = keys.elements(len, stride);
+            let mut data = vec![T::default(); n];
+            let mut scales = vec![0.0; if k.1.is_empty() { 0 } else { n / KV_Q8_BLOCK }];
+            for p in 0..len {
+                for e in 0..stride {
+                    let i = (start + p) * stride + e;
+                    data[keys.index(p, e, stride)] = k.0[i];
+                    if !scales.is_empty() {
+                        scales[keys.scale_index(p, e, stride)] = k.1[i / KV_Q8_BLOCK];
+                    }
+                }
+            }
+            seg_keys.push((data, scales));
+            start += len;
+        }
         let mut segs = Vec::new();
         let mut start = 0;
-        for &len in lens {
+        for (&len, (kd, ks)) in lens.iter().zip(&seg_keys) {
             let (a, b) = (start * stride, (start + len) * stride);
             // The float formats have no scales.
-            let sc = a.div_ceil(KV_Q8_BLOCK).min(k.1.len());
+            let sc = a.div_ceil(KV_Q8_BLOCK).min(v.1.len());
             segs.push(KvSeg {
-                k: &k.0[a..b],
+                k: kd,
                 v: &v.0[a..b],
-                k_scale: &k.1[sc..],
+                k_scale: ks,
                 v_scale: &v.1[sc..],
                 len,
+                keys,
             });
             start += len;
         }
@@ -649,7 +790,12 @@ mod tests {
                 &mut got,
             );
             for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
-                let tol = 1e-5;
+                // Blocked keys meet queries rounded to 16 bits (a relative step of 2^-15 of
+                // each 32-element block's largest element).
+                let tol = match (keys, isa) {
+                    (KeyLayout::Blocked, Isa::Avx512) => 1e-5 + 2e-5 * q_mag,
+                    _ => 1e-5,
+                };
                 assert!(
                     (a - b).abs() <= tol,
                     "{isa:?} heads={heads} d={d} {lens:?} [{i}]: {a} vs {b} (tolerance {tol})"
@@ -685,10 +831,13 @@ mod tests {
             ] {
                 for q_mag in [1.5, 20.0] {
                     let seed = heads as u64 + lens.len() as u64;
-                    check_attention::<f32>(heads, d, lens, q_mag, 5 + seed);
-                    check_attention::<half::f16>(heads, d, lens, q_mag, 9 + seed);
+                    let rows = KeyLayout::Rows;
+                    check_attention::<f32>(heads, d, lens, q_mag, 5 + seed, rows);
+                    check_attention::<half::f16>(heads, d, lens, q_mag, 9 + seed, rows);
                     if d.is_multiple_of(KV_Q8_BLOCK) {
-                        check_attention::<i8>(heads, d, lens, q_mag, 13 + seed);
+                        for keys in [KeyLayout::Rows, KeyLayout::Blocked] {
+                            check_attention::<i8>(heads, d, lens, q_mag, 13 + seed, keys);
+                        }
                     }
                 }
             }
@@ -699,7 +848,7 @@ mod tests {
     /// segments split must not change a bit of the output, on any kernel.
     #[test]
     fn attention_does_not_depend_on_segment_boundaries() {
-        fn check<T: KvElem>(heads: usize, d: usize, total: usize) {
+        fn check<T: KvElem>(heads: usize, d: usize, total: usize, keys: KeyLayout) {
             let splits: [&[usize]; 9] = [
                 &[total],
                 &[0, total],
@@ -711,22 +860,23 @@ mod tests {
                 &[256, total - 256],
                 &[3, 0, 128, 1, total - 132],
             ];
-            let want = check_attention::<T>(heads, d, splits[0], 3.0, 31);
+            let want = check_attention::<T>(heads, d, splits[0], 3.0, 31, keys);
             for lens in &splits[1..] {
-                let got = check_attention::<T>(heads, d, lens, 3.0, 31);
+                let got = check_attention::<T>(heads, d, lens, 3.0, 31, keys);
                 for ((isa, a), (_, b)) in got.iter().zip(&want) {
                     assert!(
                         a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                        "{:?} {isa:?} heads={heads} d={d} {lens:?}",
+                        "{:?} {keys:?} {isa:?} heads={heads} d={d} {lens:?}",
                         T::TYPE
                     );
                 }
             }
         }
         for (heads, d, total) in [(3, 64, 301), (2, 96, 300), (4, 64, 520), (1, 32, 261)] {
-            check::<i8>(heads, d, total);
-            check::<f32>(heads, d, total);
-            check::<half::f16>(heads, d, total);
+            check::<i8>(heads, d, total, KeyLayout::Rows);
+            check::<i8>(heads, d, total, KeyLayout::Blocked);
+            check::<f32>(heads, d, total, KeyLayout::Rows);
+            check::<half::f16>(heads, d, total, KeyLayout::Rows);
         }
     }
 

@@ -1,6 +1,6 @@
 //! Portable reference kernels. The SIMD kernels must agree with these.
 
-use super::{KvElem, KvSeg, KV_Q8_BLOCK};
+use super::{KeyLayout, KvElem, KvSeg};
 use crate::kv_cache::KvType;
 use crate::quant::{f16_at, q4k_scale_min, q6k_unpack, BlockQ16, WeightType, QK, QK_K};
 use half::{bf16, f16};
@@ -137,17 +137,16 @@ pub fn attend<T: KvElem>(
     // Each cached row of this group as the values it stands for.
     let rows = |values: bool| {
         segs.iter().flat_map(move |s| {
-            let (data, scales) = if values {
-                (s.v, s.v_scale)
+            let (data, scales, layout) = if values {
+                (s.v, s.v_scale, KeyLayout::Rows)
             } else {
-                (s.k, s.k_scale)
+                (s.k, s.k_scale, s.keys)
             };
             (0..s.len).map(move |p| {
-                let at = p * stride + offset;
-                (at..at + d).map(move |i| {
-                    let x = data[i].to_f32();
+                (offset..offset + d).map(move |e| {
+                    let x = data[layout.index(p, e, stride)].to_f32();
                     if q8 {
-                        x * scales[i / KV_Q8_BLOCK]
+                        x * scales[layout.scale_index(p, e, stride)]
                     } else {
                         x
                     }
