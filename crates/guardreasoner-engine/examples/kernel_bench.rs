@@ -11,7 +11,7 @@
 //! instruction set, alternating them. `-- attend` runs only this part.
 
 use guardreasoner_engine::kernels::{
-    attend, dot_q16_group, dot_q16_rows, interleaved, Isa, KeyLayout, KvElem, KvSeg, KV_Q8_BLOCK,
+    attend, dot_q16_group, dot_q16_rows, interleaved, Isa, KvElem, KvLayout, KvSeg, KV_Q8_BLOCK,
 };
 use guardreasoner_engine::quant::{quantize_row, quantize_row_q16, BlockQ16, WeightType};
 use std::time::Instant;
@@ -25,8 +25,11 @@ fn main() {
     attention(16);
 }
 
-/// One group's attention: (segments, group, scratch, output).
-type Kernel = dyn FnMut(&[KvSeg<'_, i8>], usize, &mut Vec<f32>, &mut [f32]);
+/// One buffer of 8-bit keys or values: (elements, scales).
+type Quantised = (Vec<i8>, Vec<f32>);
+
+/// One group's attention: (segments in rows, the same blocked, group, scratch, output).
+type Kernel = dyn FnMut(&[KvSeg<'_, i8>], &[KvSeg<'_, i8>], usize, &mut Vec<f32>, &mut [f32]);
 
 fn attention(seqs: usize) {
     const HEADS: usize = 3;
@@ -43,7 +46,7 @@ fn attention(seqs: usize) {
             .wrapping_add(1442695040888963407);
         ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     };
-    let caches: Vec<[(Vec<i8>, Vec<f32>); 2]> = (0..seqs)
+    let caches: Vec<[Quantised; 2]> = (0..seqs)
         .map(|_| {
             std::array::from_fn(|_| {
                 let x: Vec<f32> = (0..total * STRIDE).map(|_| next()).collect();
@@ -66,7 +69,7 @@ fn attention(seqs: usize) {
                     k_scale: &k.1,
                     v_scale: &v.1,
                     len: LENS[0],
-                    keys: KeyLayout::Rows,
+                    layout: KvLayout::Rows,
                 },
                 KvSeg {
                     k: &k.0[at..],
@@ -74,9 +77,51 @@ fn attention(seqs: usize) {
                     k_scale: &k.1[at / KV_Q8_BLOCK..],
                     v_scale: &v.1[at / KV_Q8_BLOCK..],
                     len: LENS[1],
-                    keys: KeyLayout::Rows,
+                    layout: KvLayout::Rows,
                 },
             ]
+        })
+        .collect();
+    // The same segments in the blocked layout the engine uses on AVX-512 VNNI.
+    let relaid = |(rows, scales): &Quantised, start: usize, len: usize, values: bool| {
+        let l = KvLayout::Blocked;
+        let n = l.elements(len, STRIDE);
+        let (mut data, mut sc) = (vec![0i8; n], vec![0.0f32; n / KV_Q8_BLOCK]);
+        for p in 0..len {
+            for e in 0..STRIDE {
+                let i = (start + p) * STRIDE + e;
+                let at = if values {
+                    l.value_index(p, e, STRIDE)
+                } else {
+                    l.key_index(p, e, STRIDE)
+                };
+                data[at] = rows[i];
+                sc[l.scale_index(p, e, STRIDE)] = scales[i / KV_Q8_BLOCK];
+            }
+        }
+        (data, sc)
+    };
+    let blocked: Vec<[[Quantised; 2]; 2]> = caches
+        .iter()
+        .map(|[k, v]| {
+            [(0, LENS[0]), (LENS[0], LENS[1])]
+                .map(|(start, len)| [relaid(k, start, len, false), relaid(v, start, len, true)])
+        })
+        .collect();
+    let blocked_segs: Vec<[KvSeg<'_, i8>; 2]> = blocked
+        .iter()
+        .map(|parts| {
+            std::array::from_fn(|i| {
+                let [k, v] = &parts[i];
+                KvSeg {
+                    k: &k.0,
+                    v: &v.0,
+                    k_scale: &k.1,
+                    v_scale: &v.1,
+                    len: LENS[i],
+                    layout: KvLayout::Blocked,
+                }
+            })
         })
         .collect();
     println!(
@@ -91,15 +136,25 @@ fn attention(seqs: usize) {
         let reps = 32 / seqs;
         let t = thread_cpu_ns();
         for _ in 0..reps {
-            for s in &segs {
+            for (s, b) in segs.iter().zip(&blocked_segs) {
                 for g in 0..GROUPS {
-                    run(s, g, &mut scores, &mut out);
+                    run(s, b, g, &mut scores, &mut out);
                 }
             }
         }
         (thread_cpu_ns() - t) as f64 / (reps * seqs * GROUPS) as f64
     };
     let mut kernels: Vec<(String, Box<Kernel>)> = Vec::new();
+    if Isa::all_available().contains(&Isa::Avx512) {
+        let qa = q.clone();
+        kernels.push((
+            "avx512-vnni blocked".to_string(),
+            Box::new(move |_, b, g, scores, out| {
+                let qg = &qa[g * HEADS * D..][..HEADS * D];
+                attend(Isa::Avx512, qg, D, b, STRIDE, g * D, 0.125, scores, out)
+            }),
+        ));
+    }
     for isa in Isa::all_available() {
         if isa == Isa::Scalar {
             continue;
@@ -107,7 +162,7 @@ fn attention(seqs: usize) {
         let qa = q.clone();
         kernels.push((
             isa.name().to_string(),
-            Box::new(move |s, g, scores, out| {
+            Box::new(move |s, _, g, scores, out| {
                 let qg = &qa[g * HEADS * D..][..HEADS * D];
                 attend(isa, qg, D, s, STRIDE, g * D, 0.125, scores, out)
             }),

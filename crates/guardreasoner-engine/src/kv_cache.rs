@@ -1,7 +1,7 @@
 //! The key/value cache of a sequence, in f32, f16 or 8-bit blocks, with a shared frozen prefix.
 
 use crate::config::Config;
-use crate::kernels::{Isa, KeyLayout, KvElem, KvSeg, KV_Q8_BLOCK};
+use crate::kernels::{Isa, KvElem, KvLayout, KvSeg, KV_Q8_BLOCK};
 use std::sync::Arc;
 
 /// How cached keys and values are stored.
@@ -55,11 +55,13 @@ pub(crate) struct KvBuf {
     data: KvData,
     scales: Vec<f32>,
     stride: usize,
-    layout: KeyLayout,
+    layout: KvLayout,
+    /// Values (not keys): where [`KvLayout::value_index`] puts elements.
+    values: bool,
 }
 
 impl KvBuf {
-    fn new(ty: KvType, stride: usize, layout: KeyLayout) -> KvBuf {
+    fn new(ty: KvType, stride: usize, layout: KvLayout, values: bool) -> KvBuf {
         let data = match ty {
             KvType::F32 => KvData::F32(Vec::new()),
             KvType::F16 => KvData::F16(Vec::new()),
@@ -70,12 +72,13 @@ impl KvBuf {
             scales: Vec::new(),
             stride,
             layout,
+            values,
         }
     }
 
     /// An empty buffer of the same type and layout.
     fn empty_like(&self) -> KvBuf {
-        KvBuf::new(self.ty(), self.stride, self.layout)
+        KvBuf::new(self.ty(), self.stride, self.layout, self.values)
     }
 
     fn ty(&self) -> KvType {
@@ -137,12 +140,13 @@ impl KvBuf {
             T::store(x, &mut v[at..at + x.len()], blocks);
         }
         debug_assert_eq!(values.len(), self.stride);
-        let (stride, layout, scales) = (self.stride, self.layout, &mut self.scales);
+        let (stride, layout, values_of, scales) =
+            (self.stride, self.layout, self.values, &mut self.scales);
         match (&mut self.data, layout) {
-            (KvData::F32(v), KeyLayout::Rows) => go(v, scales, pos * stride, values),
-            (KvData::F16(v), KeyLayout::Rows) => go(v, scales, pos * stride, values),
-            (KvData::Q8(v), KeyLayout::Rows) => go(v, scales, pos * stride, values),
-            (KvData::Q8(v), KeyLayout::Blocked) => {
+            (KvData::F32(v), KvLayout::Rows) => go(v, scales, pos * stride, values),
+            (KvData::F16(v), KvLayout::Rows) => go(v, scales, pos * stride, values),
+            (KvData::Q8(v), KvLayout::Rows) => go(v, scales, pos * stride, values),
+            (KvData::Q8(v), KvLayout::Blocked) => {
                 // Quantised block by block as in rows, then each element moved to its place.
                 let mut q = [0i8; KV_Q8_BLOCK];
                 for (b, x) in values.chunks_exact(KV_Q8_BLOCK).enumerate() {
@@ -150,7 +154,12 @@ impl KvBuf {
                     scales[layout.scale_index(pos, e0, stride)] =
                         crate::kernels::quantize_block_q8(x, &mut q);
                     for (i, &qi) in q.iter().enumerate() {
-                        v[layout.index(pos, e0 + i, stride)] = qi;
+                        let at = if values_of {
+                            layout.value_index(pos, e0 + i, stride)
+                        } else {
+                            layout.key_index(pos, e0 + i, stride)
+                        };
+                        v[at] = qi;
                     }
                 }
             }
@@ -207,13 +216,15 @@ impl KvCache {
     pub fn new(config: &Config, capacity: usize, ty: KvType) -> KvCache {
         let kv_dim = config.num_key_value_heads() * config.head_dim();
         let layers = config.num_hidden_layers;
-        let keys = key_layout(ty, config.head_dim());
+        let layout = kv_layout(ty, config.head_dim());
         KvCache {
             shared: None,
             shared_len: 0,
-            k: (0..layers).map(|_| KvBuf::new(ty, kv_dim, keys)).collect(),
+            k: (0..layers)
+                .map(|_| KvBuf::new(ty, kv_dim, layout, false))
+                .collect(),
             v: (0..layers)
-                .map(|_| KvBuf::new(ty, kv_dim, KeyLayout::Rows))
+                .map(|_| KvBuf::new(ty, kv_dim, layout, true))
                 .collect(),
             len: 0,
             capacity,
@@ -238,9 +249,9 @@ impl KvCache {
     pub fn kv_type(&self) -> KvType {
         self.ty
     }
-    /// How the keys are laid out (8-bit keys are blocked for the AVX-512 VNNI kernel).
-    pub fn key_layout(&self) -> KeyLayout {
-        self.k.first().map_or(KeyLayout::Rows, |b| b.layout)
+    /// How keys and values are laid out (8-bit caches are blocked for the AVX-512 VNNI kernel).
+    pub fn layout(&self) -> KvLayout {
+        self.k.first().map_or(KvLayout::Rows, |b| b.layout)
     }
     /// Leading positions read from a shared cache rather than stored here.
     pub fn shared_len(&self) -> usize {
@@ -356,7 +367,7 @@ impl KvCache {
             k_scale: &[],
             v_scale: &[],
             len: 0,
-            keys: KeyLayout::Rows,
+            layout: KvLayout::Rows,
         };
         let first = match &self.shared {
             Some(s) if shared_n > 0 => KvSeg {
@@ -365,7 +376,7 @@ impl KvCache {
                 k_scale: &s.k[l].scales,
                 v_scale: &s.v[l].scales,
                 len: shared_n,
-                keys: s.k[l].layout,
+                layout: s.k[l].layout,
             },
             _ => empty,
         };
@@ -376,7 +387,7 @@ impl KvCache {
                 k_scale: &self.k[l].scales,
                 v_scale: &self.v[l].scales,
                 len: own_n,
-                keys: self.k[l].layout,
+                layout: self.k[l].layout,
             }
         } else {
             empty
@@ -385,13 +396,13 @@ impl KvCache {
     }
 }
 
-/// How a cache of `ty` stores its keys on this machine: 8-bit keys in blocks for the AVX-512
-/// VNNI kernel (heads of whole 32-element blocks), otherwise position after position.
-fn key_layout(ty: KvType, head_dim: usize) -> KeyLayout {
+/// How a cache of `ty` stores its keys and values on this machine: 8-bit ones in blocks for
+/// the AVX-512 VNNI kernel (heads of whole 32-element blocks), otherwise position after position.
+fn kv_layout(ty: KvType, head_dim: usize) -> KvLayout {
     if ty == KvType::Q8 && Isa::detect() == Isa::Avx512 && head_dim.is_multiple_of(KV_Q8_BLOCK) {
-        KeyLayout::Blocked
+        KvLayout::Blocked
     } else {
-        KeyLayout::Rows
+        KvLayout::Rows
     }
 }
 

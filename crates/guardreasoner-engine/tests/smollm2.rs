@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use guardreasoner_engine::kernels::KeyLayout;
 use guardreasoner_engine::llama::{ForwardScratch, LogitsFor, SeqStep};
 use guardreasoner_engine::{
     Engine, FinishReason, GenerationRequest, KvType, LoadOptions, SamplingParams,
@@ -180,17 +179,16 @@ fn eight_bit_cache_keeps_logits_close_and_batching_exact() {
             .forward(&mut step, &mut ForwardScratch::default())
             .unwrap();
         assert_eq!(cache.len(), ids.len());
-        (cache.own_bytes(), cache.key_layout())
+        (cache.own_bytes(), cache.layout())
     };
-    let ((q8_bytes, keys), (f16_bytes, _)) = (own_bytes(&engine), own_bytes(&f16));
+    let ((q8_bytes, layout), (f16_bytes, _)) = (own_bytes(&engine), own_bytes(&f16));
     let ratio = q8_bytes as f64 / f16_bytes as f64;
-    // Blocked keys (AVX-512 VNNI) fill whole blocks of positions.
+    // A blocked cache (AVX-512 VNNI) fills whole blocks of positions.
     let n = cases[0].ids.len();
-    let key_positions = KeyLayout::elements(keys, n, 1);
-    let want = 1.125 * (n + key_positions) as f64 / (2.0 * 2.0 * n as f64);
+    let want = 1.125 * layout.elements(n, 1) as f64 / (2.0 * n as f64);
     assert!(
         (ratio - want).abs() < 1e-9,
-        "q8/f16 cache bytes {ratio}, {want} expected ({keys:?} keys)"
+        "q8/f16 cache bytes {ratio}, {want} expected ({layout:?})"
     );
     // A cache of the other type is refused, not misread.
     let mut wrong = f16.model().new_cache(8);

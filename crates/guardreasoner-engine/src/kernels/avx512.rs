@@ -16,7 +16,7 @@
 //! `unsafe` for that reason only: memory accesses stay inside the slices passed in.
 
 use super::avx2::{self, each_row};
-use super::{KeyLayout, KvElem, KvSeg, KV_KEY_BLOCK, KV_Q8_BLOCK};
+use super::{KvElem, KvLayout, KvSeg, KV_BLOCK, KV_Q8_BLOCK};
 use crate::kv_cache::KvType;
 use crate::quant::{BlockQ16, WeightType, QK};
 use std::arch::x86_64::*;
@@ -274,7 +274,7 @@ unsafe fn group<T: KvElem, const H: usize>(
     // Blocked keys are dotted with the queries quantised to 16 bits, as the matrix kernels
     // dot their activations (`d <= MAX_BLOCKED_HEAD`, checked by the caller).
     let mut q16 = [BlockQ16::default(); 4 * MAX_BLOCKED_HEAD / QK];
-    if segs.iter().any(|s| s.keys == KeyLayout::Blocked) {
+    if segs.iter().any(|s| s.layout == KvLayout::Blocked) {
         for (h, qh) in q.chunks_exact(d).enumerate() {
             avx2::quantize_q16(qh, &mut q16[h * d / QK..(h + 1) * d / QK]);
         }
@@ -284,7 +284,7 @@ unsafe fn group<T: KvElem, const H: usize>(
     let qp = q.as_ptr();
     let mut base = 0;
     for seg in segs {
-        if seg.keys == KeyLayout::Blocked {
+        if seg.layout == KvLayout::Blocked {
             blocked_scores::<H>(
                 &q16[..H * d / QK],
                 d,
@@ -344,13 +344,194 @@ unsafe fn group<T: KvElem, const H: usize>(
         }
         c0 += 16 * ((d - c0) / 16).min(4);
     }
+    if segs.iter().any(|s| s.layout == KvLayout::Blocked) {
+        WEIGHTS_Q16.with_borrow_mut(|wq| {
+            blocked_values::<H>(segs, scores, total, stride, offset, out, d, wq)
+        });
+    }
+}
+
+thread_local! {
+    /// The attention weights of [`blocked_values`], quantised to 16 bits.
+    static WEIGHTS_Q16: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `out[h] += Σ_p w[h][p] · V[p]` over the segments with blocked values ([`KvLayout::Blocked`]).
+///
+/// For each head and 32-element block, the weights times the positions' value scales are
+/// quantised to 16 bits with one multiplier `m` over all positions, as large as keeps every
+/// lane's sum inside 32 bits (at most 32767 per weight, and `127 Σ|wq| < 2^31`). Then each pair
+/// of positions is one `vpdpwssd` per sixteen elements and head, summed in integers over every
+/// segment and converted once, `/ m`: the result does not depend on where segments split.
+/// A non-finite weight or scale makes the head's block NaN, as the float path would.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn blocked_values<const H: usize>(
+    segs: &[KvSeg<'_, impl KvElem>],
+    w: &[f32],
+    total: usize,
+    stride: usize,
+    offset: usize,
+    out: &mut [f32],
+    d: usize,
+    wq: &mut Vec<i16>,
+) {
+    let (b, nb, first) = (KV_BLOCK, d / QK, offset / QK);
+    let scales_per_block = stride / QK;
+    // Pass 1: the largest |w s| and the sum of |w s| per head and 32-element block.
+    let mut mult = [[0.0f32; MAX_BLOCKED_HEAD / QK]; 4];
+    let mut finite = [[true; MAX_BLOCKED_HEAD / QK]; 4];
+    let mut padded = 0;
+    for (h, (mult, finite)) in mult.iter_mut().zip(&mut finite).take(H).enumerate() {
+        for (blk, (mult, finite)) in mult.iter_mut().zip(finite).take(nb).enumerate() {
+            let (mut max, mut sum) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut base = 0;
+            for seg in segs {
+                if seg.layout == KvLayout::Blocked {
+                    let vs = seg.v_scale.as_ptr();
+                    for p0 in (0..seg.len).step_by(b) {
+                        let mask = lanes(seg.len - p0);
+                        let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(h * total + base + p0));
+                        let sv = _mm512_maskz_loadu_ps(
+                            mask,
+                            vs.add(p0 * scales_per_block + (first + blk) * b),
+                        );
+                        let ws = _mm512_abs_ps(_mm512_mul_ps(wv, sv));
+                        max = _mm512_max_ps(ws, max);
+                        sum = _mm512_add_ps(sum, ws);
+                    }
+                }
+                base += seg.len;
+            }
+            let (max, sum) = (_mm512_reduce_max_ps(max), _mm512_reduce_add_ps(sum));
+            *finite = sum.is_finite();
+            *mult = if sum > 0.0 && sum.is_finite() {
+                // 2^31 / 127, less a unit of rounding per position.
+                (32767.0 / max).min((16_909_320.0 - total as f32) / sum)
+            } else {
+                0.0
+            };
+        }
+    }
+    for seg in segs {
+        if seg.layout == KvLayout::Blocked {
+            padded += seg.len.next_multiple_of(b);
+        }
+    }
+    // Pass 2: the quantised weights, per segment, head and block, zero past each segment's end.
+    wq.clear();
+    wq.resize(H * nb * padded, 0);
+    let mut base = 0;
+    let mut at = 0;
+    for seg in segs {
+        if seg.layout == KvLayout::Blocked {
+            let (vs, n) = (seg.v_scale.as_ptr(), seg.len.next_multiple_of(b));
+            for (h, mult) in mult.iter().take(H).enumerate() {
+                for (blk, &mult) in mult.iter().take(nb).enumerate() {
+                    let m = _mm512_set1_ps(mult);
+                    let dst = wq.as_mut_ptr().add(at + (h * nb + blk) * n);
+                    for p0 in (0..seg.len).step_by(b) {
+                        let mask = lanes(seg.len - p0);
+                        let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(h * total + base + p0));
+                        let sv = _mm512_maskz_loadu_ps(
+                            mask,
+                            vs.add(p0 * scales_per_block + (first + blk) * b),
+                        );
+                        let q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps(wv, sv), m));
+                        _mm256_storeu_si256(dst.add(p0) as *mut __m256i, _mm512_cvtepi32_epi16(q));
+                    }
+                }
+            }
+            at += H * nb * n;
+        }
+        base += seg.len;
+    }
+    // Pass 3: the integer sums, up to four registers (64 elements) of the head per pass.
+    let mut c0 = 0;
+    while c0 < d {
+        match (d - c0) / 16 {
+            1 => pair_sums::<H, 1>(segs, wq, stride, offset, c0, d, &mult, &finite, out),
+            2 => pair_sums::<H, 2>(segs, wq, stride, offset, c0, d, &mult, &finite, out),
+            3 => pair_sums::<H, 3>(segs, wq, stride, offset, c0, d, &mult, &finite, out),
+            _ => pair_sums::<H, 4>(segs, wq, stride, offset, c0, d, &mult, &finite, out),
+        }
+        c0 += 16 * ((d - c0) / 16).min(4);
+    }
+}
+
+/// The first `n` (at most 16) lanes.
+#[inline]
+fn lanes(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xFFFF
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+/// [`blocked_values`]' integer sums for elements `c0..c0 + 16W` of the head, added to `out`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn pair_sums<const H: usize, const W: usize>(
+    segs: &[KvSeg<'_, impl KvElem>],
+    wq: &[i16],
+    stride: usize,
+    offset: usize,
+    c0: usize,
+    d: usize,
+    mult: &[[f32; MAX_BLOCKED_HEAD / QK]; 4],
+    finite: &[[bool; MAX_BLOCKED_HEAD / QK]; 4],
+    out: &mut [f32],
+) {
+    let (b, nb) = (KV_BLOCK, d / QK);
+    let mut acc = [[_mm512_setzero_si512(); W]; H];
+    let mut at = 0;
+    for seg in segs {
+        if seg.layout != KvLayout::Blocked {
+            continue;
+        }
+        let (v, n) = (seg.v.as_ptr() as *const i8, seg.len.next_multiple_of(b));
+        for p in (0..seg.len).step_by(2) {
+            // Positions p and p + 1 (a zero weight past the end), elements side by side.
+            let row = v.add(p / b * b * stride + p % b * stride + 2 * (offset + c0));
+            let vv: [__m512i; W] = std::array::from_fn(|j| {
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(row.add(32 * j) as *const __m256i))
+            });
+            for (h, acc) in acc.iter_mut().enumerate() {
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let blk = (c0 + 16 * j) / QK;
+                    let pair = wq.as_ptr().add(at + (h * nb + blk) * n + p) as *const i32;
+                    *acc =
+                        _mm512_dpwssd_epi32(*acc, vv[j], _mm512_set1_epi32(pair.read_unaligned()));
+                }
+            }
+        }
+        at += H * nb * n;
+    }
+    let op = out.as_mut_ptr();
+    for (h, acc) in acc.iter().enumerate() {
+        for (j, a) in acc.iter().enumerate() {
+            let blk = (c0 + 16 * j) / QK;
+            let o = op.add(h * d + c0 + 16 * j);
+            let add = if !finite[h][blk] {
+                _mm512_set1_ps(f32::NAN)
+            } else if mult[h][blk] == 0.0 {
+                _mm512_setzero_ps()
+            } else {
+                _mm512_div_ps(_mm512_cvtepi32_ps(*a), _mm512_set1_ps(mult[h][blk]))
+            };
+            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), add));
+        }
+    }
 }
 
 /// Longest head the blocked-key scores take (the queries' 16-bit blocks live on the stack).
 pub const MAX_BLOCKED_HEAD: usize = 256;
 
 /// `scores[h * total + p] = scale · q[h] · K[p]` for the `len` positions of one segment of
-/// blocked 8-bit keys ([`KeyLayout::Blocked`]), sixteen positions a register: for each pair of
+/// blocked 8-bit keys ([`KvLayout::Blocked`]), sixteen positions a register: for each pair of
 /// elements, one widening load of the sixteen positions' pair and one `vpdpwssd` per head
 /// against the query's pair broadcast; each 32-element block's integer sums are scaled by the
 /// sixteen positions' scales times the query block's. Every position's score is computed the
@@ -370,7 +551,7 @@ unsafe fn blocked_scores<const H: usize>(
     scores: *mut f32,
     total: usize,
 ) {
-    let b = KV_KEY_BLOCK;
+    let b = KV_BLOCK;
     let mut p0 = 0;
     while p0 < len {
         // Two blocks at a time where there are two: twice the independent sums in flight.
@@ -401,7 +582,7 @@ unsafe fn blocked_scores<const H: usize>(
 }
 
 /// The unscaled scores of `H` heads against `P` consecutive key blocks from position `p0` (a
-/// multiple of [`KV_KEY_BLOCK`]): `[block][head]`, a lane per position.
+/// multiple of [`KV_BLOCK`]): `[block][head]`, a lane per position.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
@@ -414,7 +595,7 @@ unsafe fn key_blocks<const H: usize, const P: usize>(
     stride: usize,
     offset: usize,
 ) -> [[__m512; H]; P] {
-    let b = KV_KEY_BLOCK;
+    let b = KV_BLOCK;
     let (blocks, first) = (d / QK, offset / QK);
     let mut acc = [[_mm512_setzero_ps(); H]; P];
     for blk in 0..blocks {
@@ -463,6 +644,11 @@ unsafe fn values<T: KvElem, const H: usize, const W: usize>(
     let wp = w.as_ptr();
     let mut base = 0;
     for seg in segs {
+        if seg.layout == KvLayout::Blocked {
+            // Added by `blocked_values`.
+            base += seg.len;
+            continue;
+        }
         let (v, vs) = (seg.v.as_ptr(), seg.v_scale.as_ptr());
         for p in 0..seg.len {
             let row = p * stride + col;

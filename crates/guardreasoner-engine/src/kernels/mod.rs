@@ -260,64 +260,78 @@ pub fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> f32 {
     d
 }
 
-/// Positions in one block of a [`KeyLayout::Blocked`] key cache.
-pub const KV_KEY_BLOCK: usize = 16;
+/// Positions in one block of a [`KvLayout::Blocked`] cache.
+pub const KV_BLOCK: usize = 16;
 
-/// Where the keys of a run of cached positions are stored.
+/// Where the keys and values of a run of cached positions are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyLayout {
+pub enum KvLayout {
     /// Position after position: element `e` of position `p` at `p * stride + e`.
     Rows,
-    /// 8-bit keys for the AVX-512 VNNI kernel: blocks of [`KV_KEY_BLOCK`] positions, in which
-    /// each pair of elements `2j, 2j + 1` holds the sixteen positions' two values side by side
-    /// (32 bytes: one position per 32-bit lane), and each 32-element block's scales are the
-    /// sixteen positions' in a row. One `vpdpwssd` against a broadcast pair of the query then
-    /// adds that pair's products for sixteen positions at once, with no horizontal sums.
-    /// Needs a `stride` that is a multiple of [`KV_Q8_BLOCK`].
+    /// 8-bit keys and values for the AVX-512 VNNI kernel, in blocks of [`KV_BLOCK`] positions
+    /// (`stride` a multiple of [`KV_Q8_BLOCK`]):
+    /// - keys: each pair of elements `2j, 2j + 1` holds the sixteen positions' two values side
+    ///   by side (32 bytes, one position per 32-bit lane), so one `vpdpwssd` against a
+    ///   broadcast pair of the query adds that pair's products for sixteen positions at once;
+    /// - values: each pair of positions `2i, 2i + 1` holds, element after element, the two
+    ///   positions' values side by side, so one `vpdpwssd` against a broadcast pair of
+    ///   attention weights adds both positions' contributions to sixteen elements at once;
+    /// - scales (both): each 32-element block's scales are the sixteen positions' in a row.
     Blocked,
 }
 
-impl KeyLayout {
-    /// Index of element `e` (`< stride`) of position `p`.
+impl KvLayout {
+    /// Index of key element `e` (`< stride`) of position `p`.
     #[inline]
-    pub fn index(self, p: usize, e: usize, stride: usize) -> usize {
+    pub fn key_index(self, p: usize, e: usize, stride: usize) -> usize {
         match self {
-            KeyLayout::Rows => p * stride + e,
-            KeyLayout::Blocked => {
-                let b = KV_KEY_BLOCK;
+            KvLayout::Rows => p * stride + e,
+            KvLayout::Blocked => {
+                let b = KV_BLOCK;
                 p / b * b * stride + e / 2 * 2 * b + p % b * 2 + e % 2
             }
         }
     }
 
-    /// Index of the scale of element `e` of position `p` (8-bit caches).
+    /// Index of value element `e` (`< stride`) of position `p`.
+    #[inline]
+    pub fn value_index(self, p: usize, e: usize, stride: usize) -> usize {
+        match self {
+            KvLayout::Rows => p * stride + e,
+            KvLayout::Blocked => {
+                let b = KV_BLOCK;
+                p / b * b * stride + p % b / 2 * 2 * stride + e * 2 + p % 2
+            }
+        }
+    }
+
+    /// Index of the scale of key or value element `e` of position `p` (8-bit caches).
     #[inline]
     pub fn scale_index(self, p: usize, e: usize, stride: usize) -> usize {
         match self {
-            KeyLayout::Rows => (p * stride + e) / KV_Q8_BLOCK,
-            KeyLayout::Blocked => {
-                let b = KV_KEY_BLOCK;
+            KvLayout::Rows => (p * stride + e) / KV_Q8_BLOCK,
+            KvLayout::Blocked => {
+                let b = KV_BLOCK;
                 p / b * b * (stride / KV_Q8_BLOCK) + e / KV_Q8_BLOCK * b + p % b
             }
         }
     }
 
     /// Elements (and, divided by [`KV_Q8_BLOCK`], scales) that `positions` positions of
-    /// `stride` occupy: whole blocks for [`KeyLayout::Blocked`].
+    /// `stride` occupy: whole blocks for [`KvLayout::Blocked`].
     pub fn elements(self, positions: usize, stride: usize) -> usize {
         match self {
-            KeyLayout::Rows => positions * stride,
-            KeyLayout::Blocked => positions.next_multiple_of(KV_KEY_BLOCK) * stride,
+            KvLayout::Rows => positions * stride,
+            KvLayout::Blocked => positions.next_multiple_of(KV_BLOCK) * stride,
         }
     }
 }
 
 /// A run of `len` consecutive cached positions: position `p`'s keys are
-/// `k[p * stride..][..stride]` (all key/value heads side by side; or, with
-/// [`KeyLayout::Blocked`] keys, where [`KeyLayout::index`] says), likewise `v` (always rows).
-/// For `i8` elements, element `i` stands for `k[i] * k_scale[i / KV_Q8_BLOCK]` (likewise `v`;
-/// blocked keys' scales where [`KeyLayout::scale_index`] says); the float formats leave the
-/// scales empty.
+/// `k[p * stride..][..stride]` (all key/value heads side by side; with a [`KvLayout::Blocked`]
+/// layout, where its indices say), likewise `v`. For `i8` elements, element `i` stands for
+/// `k[i] * k_scale[i / KV_Q8_BLOCK]` (likewise `v`; blocked: [`KvLayout::scale_index`]); the
+/// float formats leave the scales empty.
 #[derive(Clone, Copy)]
 pub struct KvSeg<'a, T> {
     pub k: &'a [T],
@@ -325,7 +339,7 @@ pub struct KvSeg<'a, T> {
     pub k_scale: &'a [f32],
     pub v_scale: &'a [f32],
     pub len: usize,
-    pub keys: KeyLayout,
+    pub layout: KvLayout,
 }
 
 /// Causal attention of one or more query heads that share a key/value head (a GQA group):
@@ -355,30 +369,28 @@ pub fn attend<T: KvElem>(
         if seg.len == 0 {
             continue;
         }
-        let rows = (seg.len - 1) * stride + offset + head_dim;
-        let keys = match seg.keys {
-            KeyLayout::Rows => rows,
-            KeyLayout::Blocked => {
+        let elements = match seg.layout {
+            KvLayout::Rows => (seg.len - 1) * stride + offset + head_dim,
+            KvLayout::Blocked => {
                 assert!(
                     T::TYPE == KvType::Q8
                         && stride.is_multiple_of(KV_Q8_BLOCK)
                         && offset.is_multiple_of(KV_Q8_BLOCK)
                         && head_dim.is_multiple_of(KV_Q8_BLOCK)
                         && offset + head_dim <= stride,
-                    "attend: blocked keys need an 8-bit cache and whole 32-element blocks"
+                    "attend: a blocked cache needs 8-bit elements and whole 32-element blocks"
                 );
                 blocked = true;
-                KeyLayout::Blocked.elements(seg.len, stride)
+                KvLayout::Blocked.elements(seg.len, stride)
             }
         };
         assert!(
-            keys <= seg.k.len() && rows <= seg.v.len(),
+            elements <= seg.k.len().min(seg.v.len()),
             "attend: cache too short"
         );
         if T::TYPE == KvType::Q8 {
             assert!(
-                keys.div_ceil(KV_Q8_BLOCK) <= seg.k_scale.len()
-                    && rows.div_ceil(KV_Q8_BLOCK) <= seg.v_scale.len(),
+                elements.div_ceil(KV_Q8_BLOCK) <= seg.k_scale.len().min(seg.v_scale.len()),
                 "attend: scales too short"
             );
         }
@@ -681,7 +693,7 @@ mod tests {
         lens: &[usize],
         q_mag: f32,
         seed: u64,
-        keys: KeyLayout,
+        layout: KvLayout,
     ) -> Vec<(Isa, Vec<f32>)> {
         let mut rng = Lcg(seed);
         let (groups, g) = (3, 1);
@@ -701,42 +713,54 @@ mod tests {
             (out, scales)
         };
         let (k, v) = (mk(&mut rng), mk(&mut rng));
-        // Each segment's keys again in `keys`' layout (positions counted from the segment's
-        // start, as each cache buffer counts its own), taken element by element from the rows.
-        let mut start = 0;
-        let mut seg_keys = Vec::new();
-        for &len in lens {
-            let n = keys.elements(len, stride);
-            let mut data = vec![T::default(); n];
-            let mut scales = vec![0.0; if k.1.is_empty() { 0 } else { n / KV_Q8_BLOCK }];
-            for p in 0..len {
-                for e in 0..stride {
-                    let i = (start + p) * stride + e;
-                    data[keys.index(p, e, stride)] = k.0[i];
-                    if !scales.is_empty() {
-                        scales[keys.scale_index(p, e, stride)] = k.1[i / KV_Q8_BLOCK];
+        // Each segment's keys and values again in `layout` (positions counted from the
+        // segment's start, as each cache buffer counts its own), element by element from rows.
+        let relaid =
+            |(rows, row_scales): &(Vec<T>, Vec<f32>), start: usize, len: usize, values: bool| {
+                let n = layout.elements(len, stride);
+                let mut data = vec![T::default(); n];
+                let mut scales = vec![
+                    0.0;
+                    if row_scales.is_empty() {
+                        0
+                    } else {
+                        n / KV_Q8_BLOCK
+                    }
+                ];
+                for p in 0..len {
+                    for e in 0..stride {
+                        let i = (start + p) * stride + e;
+                        let at = if values {
+                            layout.value_index(p, e, stride)
+                        } else {
+                            layout.key_index(p, e, stride)
+                        };
+                        data[at] = rows[i];
+                        if !scales.is_empty() {
+                            scales[layout.scale_index(p, e, stride)] = row_scales[i / KV_Q8_BLOCK];
+                        }
                     }
                 }
-            }
-            seg_keys.push((data, scales));
-            start += len;
-        }
-        let mut segs = Vec::new();
+                (data, scales)
+            };
         let mut start = 0;
-        for (&len, (kd, ks)) in lens.iter().zip(&seg_keys) {
-            let (a, b) = (start * stride, (start + len) * stride);
-            // The float formats have no scales.
-            let sc = a.div_ceil(KV_Q8_BLOCK).min(v.1.len());
-            segs.push(KvSeg {
-                k: kd,
-                v: &v.0[a..b],
-                k_scale: ks,
-                v_scale: &v.1[sc..],
-                len,
-                keys,
-            });
+        let mut parts = Vec::new();
+        for &len in lens {
+            parts.push((relaid(&k, start, len, false), relaid(&v, start, len, true)));
             start += len;
         }
+        let segs: Vec<KvSeg<'_, T>> = lens
+            .iter()
+            .zip(&parts)
+            .map(|(&len, ((kd, ks), (vd, vs)))| KvSeg {
+                k: kd,
+                v: vd,
+                k_scale: ks,
+                v_scale: vs,
+                len,
+                layout,
+            })
+            .collect();
         let scale = 1.0 / (d as f32).sqrt();
         // Direct: every position's key/value in order, as the values they stand for.
         let at = |(buf, scales): &(Vec<T>, Vec<f32>), p: usize, c: usize| -> f32 {
@@ -790,10 +814,10 @@ mod tests {
                 &mut got,
             );
             for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
-                // Blocked keys meet queries rounded to 16 bits (a relative step of 2^-15 of
-                // each 32-element block's largest element).
-                let tol = match (keys, isa) {
-                    (KeyLayout::Blocked, Isa::Avx512) => 1e-5 + 2e-5 * q_mag,
+                // A blocked cache meets queries and attention weights rounded to 16 bits (a
+                // relative step of 2^-15 of each block's largest element).
+                let tol = match (layout, isa) {
+                    (KvLayout::Blocked, Isa::Avx512) => 1e-5 + 2e-5 * q_mag,
                     _ => 1e-5,
                 };
                 assert!(
@@ -831,12 +855,12 @@ mod tests {
             ] {
                 for q_mag in [1.5, 20.0] {
                     let seed = heads as u64 + lens.len() as u64;
-                    let rows = KeyLayout::Rows;
+                    let rows = KvLayout::Rows;
                     check_attention::<f32>(heads, d, lens, q_mag, 5 + seed, rows);
                     check_attention::<half::f16>(heads, d, lens, q_mag, 9 + seed, rows);
                     if d.is_multiple_of(KV_Q8_BLOCK) {
-                        for keys in [KeyLayout::Rows, KeyLayout::Blocked] {
-                            check_attention::<i8>(heads, d, lens, q_mag, 13 + seed, keys);
+                        for layout in [KvLayout::Rows, KvLayout::Blocked] {
+                            check_attention::<i8>(heads, d, lens, q_mag, 13 + seed, layout);
                         }
                     }
                 }
@@ -848,7 +872,7 @@ mod tests {
     /// segments split must not change a bit of the output, on any kernel.
     #[test]
     fn attention_does_not_depend_on_segment_boundaries() {
-        fn check<T: KvElem>(heads: usize, d: usize, total: usize, keys: KeyLayout) {
+        fn check<T: KvElem>(heads: usize, d: usize, total: usize, layout: KvLayout) {
             let splits: [&[usize]; 9] = [
                 &[total],
                 &[0, total],
@@ -860,23 +884,23 @@ mod tests {
                 &[256, total - 256],
                 &[3, 0, 128, 1, total - 132],
             ];
-            let want = check_attention::<T>(heads, d, splits[0], 3.0, 31, keys);
+            let want = check_attention::<T>(heads, d, splits[0], 3.0, 31, layout);
             for lens in &splits[1..] {
-                let got = check_attention::<T>(heads, d, lens, 3.0, 31, keys);
+                let got = check_attention::<T>(heads, d, lens, 3.0, 31, layout);
                 for ((isa, a), (_, b)) in got.iter().zip(&want) {
                     assert!(
                         a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                        "{:?} {keys:?} {isa:?} heads={heads} d={d} {lens:?}",
+                        "{:?} {layout:?} {isa:?} heads={heads} d={d} {lens:?}",
                         T::TYPE
                     );
                 }
             }
         }
         for (heads, d, total) in [(3, 64, 301), (2, 96, 300), (4, 64, 520), (1, 32, 261)] {
-            check::<i8>(heads, d, total, KeyLayout::Rows);
-            check::<i8>(heads, d, total, KeyLayout::Blocked);
-            check::<f32>(heads, d, total, KeyLayout::Rows);
-            check::<half::f16>(heads, d, total, KeyLayout::Rows);
+            check::<i8>(heads, d, total, KvLayout::Rows);
+            check::<i8>(heads, d, total, KvLayout::Blocked);
+            check::<f32>(heads, d, total, KvLayout::Rows);
+            check::<half::f16>(heads, d, total, KvLayout::Rows);
         }
     }
 

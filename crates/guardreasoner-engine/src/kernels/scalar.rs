@@ -1,6 +1,6 @@
 //! Portable reference kernels. The SIMD kernels must agree with these.
 
-use super::{KeyLayout, KvElem, KvSeg};
+use super::{KvElem, KvSeg};
 use crate::kv_cache::KvType;
 use crate::quant::{f16_at, q4k_scale_min, q6k_unpack, BlockQ16, WeightType, QK, QK_K};
 use half::{bf16, f16};
@@ -137,16 +137,21 @@ pub fn attend<T: KvElem>(
     // Each cached row of this group as the values it stands for.
     let rows = |values: bool| {
         segs.iter().flat_map(move |s| {
-            let (data, scales, layout) = if values {
-                (s.v, s.v_scale, KeyLayout::Rows)
+            let (data, scales) = if values {
+                (s.v, s.v_scale)
             } else {
-                (s.k, s.k_scale, s.keys)
+                (s.k, s.k_scale)
             };
             (0..s.len).map(move |p| {
                 (offset..offset + d).map(move |e| {
-                    let x = data[layout.index(p, e, stride)].to_f32();
+                    let at = if values {
+                        s.layout.value_index(p, e, stride)
+                    } else {
+                        s.layout.key_index(p, e, stride)
+                    };
+                    let x = data[at].to_f32();
                     if q8 {
-                        x * scales[layout.scale_index(p, e, stride)]
+                        x * scales[s.layout.scale_index(p, e, stride)]
                     } else {
                         x
                     }
