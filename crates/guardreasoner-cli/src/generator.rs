@@ -160,8 +160,9 @@ pub struct EngineArgs {
     #[arg(long, env = "GUARDREASONER_KV_CACHE", value_enum, default_value_t = KvCacheArg::Auto)]
     pub kv_cache: KvCacheArg,
     /// Speculative decoding: feed up to N tokens looked up in the conversation (what followed
-    /// the last few generated tokens where they occurred before) with each decoded token, and
-    /// keep those the model would have chosen anyway. The same output in fewer passes; 0: off.
+    /// the last few generated tokens where they occurred before), else in the earlier verdicts
+    /// of this run, with each decoded token, and keep those the model would have chosen
+    /// anyway. The same output in fewer passes; 0: off.
     #[arg(long, env = "GUARDREASONER_PROMPT_LOOKUP", default_value_t = 0)]
     pub prompt_lookup: usize,
 }

@@ -5,7 +5,7 @@ use crate::answer::{AnswerConstraint, Answering, Choice};
 use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::llama::{ForwardScratch, KvCache, KvType, Llama, LogitsFor, SeqStep};
-use crate::lookup::PromptLookup;
+use crate::lookup::{DraftHistory, PromptLookup};
 use crate::probe::{self, ContinuationProbe};
 use crate::sampling::Sampled;
 use crate::sampling::{Sampler, SamplingParams};
@@ -425,6 +425,9 @@ pub struct DecodeBatch<'e> {
     /// Speculate with drafts looked up in each sequence's own text (where no forced run is
     /// due). The choices are the same, one draw per token; only the number of passes changes.
     pub prompt_lookup: Option<PromptLookup>,
+    /// The outputs of this batch's finished sequences, drafted from where a sequence's own text
+    /// has no match (with `prompt_lookup` only).
+    draft_history: DraftHistory,
     scratch: ForwardScratch,
 }
 
@@ -438,6 +441,7 @@ impl<'e> DecodeBatch<'e> {
             prefill_chunk: 512,
             forced_runs: true,
             prompt_lookup: None,
+            draft_history: DraftHistory::default(),
             scratch: ForwardScratch::default(),
         }
     }
@@ -786,7 +790,7 @@ impl<'e> DecodeBatch<'e> {
                         s.draft = s.forced_run();
                     }
                     if let (true, Some(lookup)) = (s.draft.is_empty(), &self.prompt_lookup) {
-                        s.draft = lookup.draft(&s.prompt, &s.tokens, s.room());
+                        s.draft = lookup.draft(&s.prompt, &s.tokens, s.room(), &self.draft_history);
                         s.looked_up = !s.draft.is_empty();
                         s.drafted += s.draft.len();
                     }
@@ -833,6 +837,9 @@ impl<'e> DecodeBatch<'e> {
             }
         }
         for (o, seq, reason) in done {
+            if self.prompt_lookup.is_some() {
+                self.draft_history.record(&seq.tokens);
+            }
             out[o].finished = Some(seq.finish(reason));
         }
         Ok(out)

@@ -255,7 +255,7 @@ pub fn matmul_many(
     let threads = rayon::current_num_threads().max(1);
     // Enough tasks to balance, few enough that scheduling stays cheap: a decode step's
     // matrix-vector product is only microseconds of work per thread.
-    let tasks_per_thread = if n_tokens <= MAX_COLS { 2 } else { 8 };
+    let tasks_per_thread = if n_tokens <= GROUP_COLS { 2 } else { 8 };
     // Chunks sized by the whole call's rows, so small products are not split finely.
     let total_rows: usize = products.iter().map(|p| p.w.rows).sum();
     let base_chunk = total_rows

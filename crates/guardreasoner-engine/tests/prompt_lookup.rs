@@ -62,3 +62,46 @@ fn prompt_lookup_gives_the_same_tokens_in_fewer_passes() {
         "{spec_passes} passes with drafts, {plain_passes} without ({accepted}/{drafted} kept)"
     );
 }
+
+/// A batch remembers its finished outputs and drafts from them where a sequence's own text has
+/// no match: a later sequence writing what an earlier one wrote keeps most of those drafts,
+/// and its tokens are still those of plain decoding.
+#[test]
+fn drafts_from_earlier_outputs_keep_the_tokens() {
+    let Some(model) = test_model() else { return };
+    let engine = Engine::load(&model).unwrap();
+    let json = read_json(fixtures().join("smollm2/logits.json"));
+    let prompt = ids(&json["prompts"][0]["prompt_ids"]);
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(64)
+    };
+    let mut plain = engine.batch();
+    let id = plain.add(prompt.clone(), params.clone(), 0).unwrap();
+    let want = run_to_end(&mut plain).0.remove(&id).unwrap();
+
+    let mut batch = engine.batch();
+    batch.prompt_lookup = Some(PromptLookup::new(4));
+    let mut rounds = Vec::new();
+    for _ in 0..2 {
+        let id = batch.add(prompt.clone(), params.clone(), 0).unwrap();
+        let (mut done, passes) = run_to_end(&mut batch);
+        rounds.push((done.remove(&id).unwrap(), passes));
+    }
+    for (g, _) in &rounds {
+        assert_eq!(g.tokens, want.tokens, "the same tokens as plain decoding");
+    }
+    let (first, second) = (&rounds[0], &rounds[1]);
+    assert!(
+        second.0.accepted_draft_tokens > first.0.accepted_draft_tokens
+            && second.1 < first.1
+            && second.0.accepted_draft_tokens * 2 > want.tokens.len(),
+        "the second round drafts from the first's output: kept {} then {} of {} tokens, \
+         passes {} then {}",
+        first.0.accepted_draft_tokens,
+        second.0.accepted_draft_tokens,
+        want.tokens.len(),
+        first.1,
+        second.1
+    );
+}
