@@ -73,7 +73,7 @@ impl GeneratorArgs {
                 };
                 Ok((Arc::new(backend), name))
             }
-            (None, Some(_)) if self.engine.prompt_lookup > 0 => {
+            (None, Some(_)) if self.engine.speculation_requested() => {
                 bail!("--prompt-lookup speculates inside the local engine; an --endpoint decodes on its own")
             }
             (None, Some(endpoint)) => {
@@ -159,24 +159,33 @@ pub struct EngineArgs {
     /// Key/value cache storage.
     #[arg(long, env = "GUARDREASONER_KV_CACHE", value_enum, default_value_t = KvCacheArg::Auto)]
     pub kv_cache: KvCacheArg,
-    /// Speculative decoding: feed up to N tokens looked up in the conversation (what followed
-    /// the last few generated tokens where they occurred before), else in the earlier verdicts
-    /// of this run, with each decoded token, and keep those the model would have chosen
-    /// anyway. The same output in fewer passes; 0: off.
-    #[arg(long, env = "GUARDREASONER_PROMPT_LOOKUP", default_value_t = 0)]
-    pub prompt_lookup: usize,
+    /// Speculative decoding on the local engine: feed up to N tokens looked up in the
+    /// conversation (what followed the last few generated tokens where they occurred before),
+    /// else in the earlier verdicts of this run, with each decoded token, and keep those the
+    /// model would have chosen anyway. The same output in fewer passes (default 2; 0: off).
+    #[arg(long, env = "GUARDREASONER_PROMPT_LOOKUP")]
+    pub prompt_lookup: Option<usize>,
 }
+
+/// Draft tokens per decoded token unless `--prompt-lookup` says otherwise: measured faster at
+/// one and at sixteen conversations at a time on a 2-core machine (BENCHMARKS.md).
+pub const DEFAULT_PROMPT_LOOKUP: usize = 2;
 
 impl EngineArgs {
     /// These settings over the runtime's defaults.
     pub fn runtime_options(&self) -> RuntimeOptions {
+        let draft = self.prompt_lookup.unwrap_or(DEFAULT_PROMPT_LOOKUP);
         RuntimeOptions {
             threads: self.threads,
             kv_cache: self.kv_cache.choice(),
-            prompt_lookup: (self.prompt_lookup > 0)
-                .then(|| guardreasoner_engine::PromptLookup::new(self.prompt_lookup)),
+            prompt_lookup: (draft > 0).then(|| guardreasoner_engine::PromptLookup::new(draft)),
             ..RuntimeOptions::default()
         }
+    }
+
+    /// Whether speculation was asked for explicitly (an `--endpoint` refuses it).
+    pub fn speculation_requested(&self) -> bool {
+        matches!(self.prompt_lookup, Some(n) if n > 0)
     }
 }
 

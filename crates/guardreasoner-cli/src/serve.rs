@@ -151,7 +151,7 @@ fn check_remote(args: &ServeArgs) -> anyhow::Result<()> {
             "--max-reasoning-tokens needs a constrained answer, which an --endpoint cannot give"
         );
     }
-    if args.engine.prompt_lookup > 0 {
+    if args.engine.speculation_requested() {
         anyhow::bail!(
             "--prompt-lookup speculates inside the local engine; an --endpoint decodes on its own"
         );
