@@ -56,12 +56,18 @@ pub(crate) struct KvBuf {
     scales: Vec<f32>,
     stride: usize,
     layout: KvLayout,
-    /// Values (not keys): where [`KvLayout::value_index`] puts elements.
-    values: bool,
+    half: Half,
+}
+
+/// Which half of a layer's cache a buffer holds: their blocked layouts differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Half {
+    Keys,
+    Values,
 }
 
 impl KvBuf {
-    fn new(ty: KvType, stride: usize, layout: KvLayout, values: bool) -> KvBuf {
+    fn new(ty: KvType, stride: usize, layout: KvLayout, half: Half) -> KvBuf {
         let data = match ty {
             KvType::F32 => KvData::F32(Vec::new()),
             KvType::F16 => KvData::F16(Vec::new()),
@@ -72,13 +78,13 @@ impl KvBuf {
             scales: Vec::new(),
             stride,
             layout,
-            values,
+            half,
         }
     }
 
     /// An empty buffer of the same type and layout.
     fn empty_like(&self) -> KvBuf {
-        KvBuf::new(self.ty(), self.stride, self.layout, self.values)
+        KvBuf::new(self.ty(), self.stride, self.layout, self.half)
     }
 
     fn ty(&self) -> KvType {
@@ -140,8 +146,8 @@ impl KvBuf {
             T::store(x, &mut v[at..at + x.len()], blocks);
         }
         debug_assert_eq!(values.len(), self.stride);
-        let (stride, layout, values_of, scales) =
-            (self.stride, self.layout, self.values, &mut self.scales);
+        let (stride, layout, half, scales) =
+            (self.stride, self.layout, self.half, &mut self.scales);
         match (&mut self.data, layout) {
             (KvData::F32(v), KvLayout::Rows) => go(v, scales, pos * stride, values),
             (KvData::F16(v), KvLayout::Rows) => go(v, scales, pos * stride, values),
@@ -154,10 +160,9 @@ impl KvBuf {
                     scales[layout.scale_index(pos, e0, stride)] =
                         crate::kernels::quantize_block_q8(x, &mut q);
                     for (i, &qi) in q.iter().enumerate() {
-                        let at = if values_of {
-                            layout.value_index(pos, e0 + i, stride)
-                        } else {
-                            layout.key_index(pos, e0 + i, stride)
+                        let at = match half {
+                            Half::Keys => layout.key_index(pos, e0 + i, stride),
+                            Half::Values => layout.value_index(pos, e0 + i, stride),
                         };
                         v[at] = qi;
                     }
@@ -221,10 +226,10 @@ impl KvCache {
             shared: None,
             shared_len: 0,
             k: (0..layers)
-                .map(|_| KvBuf::new(ty, kv_dim, layout, false))
+                .map(|_| KvBuf::new(ty, kv_dim, layout, Half::Keys))
                 .collect(),
             v: (0..layers)
-                .map(|_| KvBuf::new(ty, kv_dim, layout, true))
+                .map(|_| KvBuf::new(ty, kv_dim, layout, Half::Values))
                 .collect(),
             len: 0,
             capacity,
