@@ -106,8 +106,9 @@ pub struct DraftHistory {
     tokens: Vec<u32>,
     /// Where each output ends in `tokens`, in order.
     ends_of_outputs: Vec<usize>,
-    /// Where the latest occurrence of each run (2 or 3 tokens) ends in `tokens`.
-    runs: HashMap<Vec<u32>, usize>,
+    /// Where the latest occurrence of each run ends in `tokens`: runs of 2 tokens, then of 3,
+    /// each packed into one integer (see [`DraftHistory::key`]).
+    runs: [HashMap<u64, u32>; 2],
 }
 
 impl DraftHistory {
@@ -115,6 +116,15 @@ impl DraftHistory {
     pub const CAPACITY: usize = 1 << 16;
     /// Run lengths indexed.
     const RUNS: [usize; 2] = [2, 3];
+    /// Bits per token in a packed run (three fit in 63 bits; larger token ids are not indexed).
+    const TOKEN_BITS: u32 = 21;
+
+    /// A run of 2 or 3 tokens as one integer, if every id fits in [`Self::TOKEN_BITS`].
+    fn key(run: &[u32]) -> Option<u64> {
+        run.iter().try_fold(0u64, |k, &t| {
+            (t < 1 << Self::TOKEN_BITS).then_some(k << Self::TOKEN_BITS | t as u64)
+        })
+    }
 
     /// Remember a finished output (at most half the capacity of its end).
     pub fn record(&mut self, output: &[u32]) {
@@ -142,9 +152,11 @@ impl DraftHistory {
         let start = self.tokens.len();
         self.tokens.extend_from_slice(output);
         self.ends_of_outputs.push(self.tokens.len());
-        for n in Self::RUNS {
+        for (runs, n) in self.runs.iter_mut().zip(Self::RUNS) {
             for end in start + n..=self.tokens.len() {
-                self.runs.insert(self.tokens[end - n..end].to_vec(), end);
+                if let Some(key) = Self::key(&self.tokens[end - n..end]) {
+                    runs.insert(key, end as u32);
+                }
             }
         }
     }
@@ -152,9 +164,13 @@ impl DraftHistory {
     /// Up to `limit` tokens that followed the latest occurrence of `suffix` (a run of 2 or 3),
     /// within the output it occurred in.
     pub fn continuation(&self, suffix: &[u32], limit: usize) -> Vec<u32> {
-        let Some(&end) = self.runs.get(suffix) else {
+        let Some(runs) = Self::RUNS.iter().position(|&n| n == suffix.len()) else {
             return Vec::new();
         };
+        let Some(&end) = Self::key(suffix).and_then(|k| self.runs[runs].get(&k)) else {
+            return Vec::new();
+        };
+        let end = end as usize;
         let output_end = self.ends_of_outputs[self.ends_of_outputs.partition_point(|&e| e < end)];
         self.tokens[end..(end + limit).min(output_end)].to_vec()
     }
@@ -243,6 +259,12 @@ mod tests {
         assert!(history.len() >= DraftHistory::CAPACITY / 2 - 1000);
         assert_eq!(history.continuation(&[5, 6], 3), [7, 8, 9]);
         assert!(history.continuation(&[998, 999], 3).is_empty());
+        // Runs of other lengths, and ids too large to pack, are not looked up.
+        assert!(history.continuation(&[5], 3).is_empty());
+        assert!(history.continuation(&[4, 5, 6, 7], 3).is_empty());
+        history.record(&[1 << 22, 1, 2, 3]);
+        assert!(history.continuation(&[1 << 22, 1], 2).is_empty());
+        assert_eq!(history.continuation(&[1, 2], 2), [3]);
         // Forgotten outputs leave no runs behind: output 199 used offset 3000 (199 % 7 = 3).
         assert_eq!(history.continuation(&[3005, 3006], 2), [3007, 3008]);
     }
