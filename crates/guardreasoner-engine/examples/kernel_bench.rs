@@ -11,7 +11,8 @@
 //! instruction set, alternating them. `-- attend` runs only this part.
 
 use guardreasoner_engine::kernels::{
-    attend, dot_q16_group, dot_q16_rows, interleaved, Isa, KvElem, KvLayout, KvSeg, KV_Q8_BLOCK,
+    attend, dot_q16_group, dot_q16_rows, interleaved, Isa, KvElem, KvHalf, KvLayout, KvSeg,
+    KV_Q8_BLOCK,
 };
 use guardreasoner_engine::quant::{quantize_row, quantize_row_q16, BlockQ16, WeightType};
 use std::time::Instant;
@@ -83,19 +84,14 @@ fn attention(seqs: usize) {
         })
         .collect();
     // The same segments in the blocked layout the engine uses on AVX-512 VNNI.
-    let relaid = |(rows, scales): &Quantised, start: usize, len: usize, values: bool| {
+    let relaid = |(rows, scales): &Quantised, start: usize, len: usize, half: KvHalf| {
         let l = KvLayout::Blocked;
         let n = l.elements(len, STRIDE);
         let (mut data, mut sc) = (vec![0i8; n], vec![0.0f32; n / KV_Q8_BLOCK]);
         for p in 0..len {
             for e in 0..STRIDE {
                 let i = (start + p) * STRIDE + e;
-                let at = if values {
-                    l.value_index(p, e, STRIDE)
-                } else {
-                    l.key_index(p, e, STRIDE)
-                };
-                data[at] = rows[i];
+                data[l.index(half, p, e, STRIDE)] = rows[i];
                 sc[l.scale_index(p, e, STRIDE)] = scales[i / KV_Q8_BLOCK];
             }
         }
@@ -104,8 +100,12 @@ fn attention(seqs: usize) {
     let blocked: Vec<[[Quantised; 2]; 2]> = caches
         .iter()
         .map(|[k, v]| {
-            [(0, LENS[0]), (LENS[0], LENS[1])]
-                .map(|(start, len)| [relaid(k, start, len, false), relaid(v, start, len, true)])
+            [(0, LENS[0]), (LENS[0], LENS[1])].map(|(start, len)| {
+                [
+                    relaid(k, start, len, KvHalf::Keys),
+                    relaid(v, start, len, KvHalf::Values),
+                ]
+            })
         })
         .collect();
     let blocked_segs: Vec<[KvSeg<'_, i8>; 2]> = blocked

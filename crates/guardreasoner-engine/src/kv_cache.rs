@@ -1,7 +1,7 @@
 //! The key/value cache of a sequence, in f32, f16 or 8-bit blocks, with a shared frozen prefix.
 
 use crate::config::Config;
-use crate::kernels::{Isa, KvElem, KvLayout, KvSeg, KV_Q8_BLOCK};
+use crate::kernels::{Isa, KvElem, KvHalf, KvLayout, KvSeg, KV_Q8_BLOCK};
 use std::sync::Arc;
 
 /// How cached keys and values are stored.
@@ -56,18 +56,11 @@ pub(crate) struct KvBuf {
     scales: Vec<f32>,
     stride: usize,
     layout: KvLayout,
-    half: Half,
-}
-
-/// Which half of a layer's cache a buffer holds: their blocked layouts differ.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Half {
-    Keys,
-    Values,
+    half: KvHalf,
 }
 
 impl KvBuf {
-    fn new(ty: KvType, stride: usize, layout: KvLayout, half: Half) -> KvBuf {
+    fn new(ty: KvType, stride: usize, layout: KvLayout, half: KvHalf) -> KvBuf {
         let data = match ty {
             KvType::F32 => KvData::F32(Vec::new()),
             KvType::F16 => KvData::F16(Vec::new()),
@@ -160,11 +153,7 @@ impl KvBuf {
                     scales[layout.scale_index(pos, e0, stride)] =
                         crate::kernels::quantize_block_q8(x, &mut q);
                     for (i, &qi) in q.iter().enumerate() {
-                        let at = match half {
-                            Half::Keys => layout.key_index(pos, e0 + i, stride),
-                            Half::Values => layout.value_index(pos, e0 + i, stride),
-                        };
-                        v[at] = qi;
+                        v[layout.index(half, pos, e0 + i, stride)] = qi;
                     }
                 }
             }
@@ -226,10 +215,10 @@ impl KvCache {
             shared: None,
             shared_len: 0,
             k: (0..layers)
-                .map(|_| KvBuf::new(ty, kv_dim, layout, Half::Keys))
+                .map(|_| KvBuf::new(ty, kv_dim, layout, KvHalf::Keys))
                 .collect(),
             v: (0..layers)
-                .map(|_| KvBuf::new(ty, kv_dim, layout, Half::Values))
+                .map(|_| KvBuf::new(ty, kv_dim, layout, KvHalf::Values))
                 .collect(),
             len: 0,
             capacity,

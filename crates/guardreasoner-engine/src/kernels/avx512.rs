@@ -378,26 +378,19 @@ unsafe fn blocked_values<const H: usize>(
     wq: &mut Vec<i16>,
 ) {
     let (b, nb, first) = (KV_BLOCK, d / QK, offset / QK);
-    let scales_per_block = stride / QK;
     // Pass 1: the largest |w s| and the sum of |w s| per head and 32-element block.
     let mut mult = [[0.0f32; MAX_BLOCKED_HEAD / QK]; 4];
     let mut finite = [[true; MAX_BLOCKED_HEAD / QK]; 4];
-    let mut padded = 0;
     for (h, (mult, finite)) in mult.iter_mut().zip(&mut finite).take(H).enumerate() {
         for (blk, (mult, finite)) in mult.iter_mut().zip(finite).take(nb).enumerate() {
             let (mut max, mut sum) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             let mut base = 0;
             for seg in segs {
                 if seg.layout == KvLayout::Blocked {
-                    let vs = seg.v_scale.as_ptr();
+                    let wh = w.as_ptr().add(h * total + base);
                     for p0 in (0..seg.len).step_by(b) {
-                        let mask = lanes(seg.len - p0);
-                        let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(h * total + base + p0));
-                        let sv = _mm512_maskz_loadu_ps(
-                            mask,
-                            vs.add(p0 * scales_per_block + (first + blk) * b),
-                        );
-                        let ws = _mm512_abs_ps(_mm512_mul_ps(wv, sv));
+                        let ws = weighted_scales(wh, seg, p0, stride, first + blk);
+                        let ws = _mm512_abs_ps(ws);
                         max = _mm512_max_ps(ws, max);
                         sum = _mm512_add_ps(sum, ws);
                     }
@@ -414,11 +407,11 @@ unsafe fn blocked_values<const H: usize>(
             };
         }
     }
-    for seg in segs {
-        if seg.layout == KvLayout::Blocked {
-            padded += seg.len.next_multiple_of(b);
-        }
-    }
+    let padded: usize = segs
+        .iter()
+        .filter(|s| s.layout == KvLayout::Blocked)
+        .map(|s| s.len.next_multiple_of(b))
+        .sum();
     // Pass 2: the quantised weights, per segment, head and block, zero past each segment's end.
     wq.clear();
     wq.resize(H * nb * padded, 0);
@@ -426,19 +419,15 @@ unsafe fn blocked_values<const H: usize>(
     let mut at = 0;
     for seg in segs {
         if seg.layout == KvLayout::Blocked {
-            let (vs, n) = (seg.v_scale.as_ptr(), seg.len.next_multiple_of(b));
+            let n = seg.len.next_multiple_of(b);
             for (h, mult) in mult.iter().take(H).enumerate() {
+                let wh = w.as_ptr().add(h * total + base);
                 for (blk, &mult) in mult.iter().take(nb).enumerate() {
                     let m = _mm512_set1_ps(mult);
                     let dst = wq.as_mut_ptr().add(at + (h * nb + blk) * n);
                     for p0 in (0..seg.len).step_by(b) {
-                        let mask = lanes(seg.len - p0);
-                        let wv = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(h * total + base + p0));
-                        let sv = _mm512_maskz_loadu_ps(
-                            mask,
-                            vs.add(p0 * scales_per_block + (first + blk) * b),
-                        );
-                        let q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_mul_ps(wv, sv), m));
+                        let ws = weighted_scales(wh, seg, p0, stride, first + blk);
+                        let q = _mm512_cvtps_epi32(_mm512_mul_ps(ws, m));
                         _mm256_storeu_si256(dst.add(p0) as *mut __m256i, _mm512_cvtepi32_epi16(q));
                     }
                 }
@@ -458,6 +447,29 @@ unsafe fn blocked_values<const H: usize>(
         }
         c0 += 16 * ((d - c0) / 16).min(4);
     }
+}
+
+/// `w[p] · s[p]` for the sixteen positions from `p0` (a multiple of [`KV_BLOCK`]) of a blocked
+/// segment, zero past its end: the attention weights `w` (from the segment's first position)
+/// times the value scales of the row's 32-element block `block`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn weighted_scales(
+    w: *const f32,
+    seg: &KvSeg<'_, impl KvElem>,
+    p0: usize,
+    stride: usize,
+    block: usize,
+) -> __m512 {
+    let mask = lanes(seg.len - p0);
+    let scales = seg
+        .v_scale
+        .as_ptr()
+        .add(p0 * (stride / QK) + block * KV_BLOCK);
+    _mm512_mul_ps(
+        _mm512_maskz_loadu_ps(mask, w.add(p0)),
+        _mm512_maskz_loadu_ps(mask, scales),
+    )
 }
 
 /// The first `n` (at most 16) lanes.
@@ -566,12 +578,7 @@ unsafe fn blocked_scores<const H: usize>(
         };
         for (i, acc) in m.iter().enumerate().take(n / b) {
             let at = p0 + i * b;
-            let valid = (len - at).min(b);
-            let mask: __mmask16 = if valid == b {
-                0xFFFF
-            } else {
-                (1u16 << valid) - 1
-            };
+            let mask = lanes(len - at);
             for (h, acc) in acc.iter().enumerate() {
                 let s = _mm512_mul_ps(*acc, _mm512_set1_ps(scale));
                 _mm512_mask_storeu_ps(scores.add(h * total + at), mask, s);

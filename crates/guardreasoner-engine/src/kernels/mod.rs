@@ -280,26 +280,24 @@ pub enum KvLayout {
     Blocked,
 }
 
+/// Which half of a layer's cache: their blocked layouts differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvHalf {
+    Keys,
+    Values,
+}
+
 impl KvLayout {
-    /// Index of key element `e` (`< stride`) of position `p`.
+    /// Index of element `e` (`< stride`) of position `p`'s keys or values.
     #[inline]
-    pub fn key_index(self, p: usize, e: usize, stride: usize) -> usize {
-        match self {
-            KvLayout::Rows => p * stride + e,
-            KvLayout::Blocked => {
-                let b = KV_BLOCK;
+    pub fn index(self, half: KvHalf, p: usize, e: usize, stride: usize) -> usize {
+        let b = KV_BLOCK;
+        match (self, half) {
+            (KvLayout::Rows, _) => p * stride + e,
+            (KvLayout::Blocked, KvHalf::Keys) => {
                 p / b * b * stride + e / 2 * 2 * b + p % b * 2 + e % 2
             }
-        }
-    }
-
-    /// Index of value element `e` (`< stride`) of position `p`.
-    #[inline]
-    pub fn value_index(self, p: usize, e: usize, stride: usize) -> usize {
-        match self {
-            KvLayout::Rows => p * stride + e,
-            KvLayout::Blocked => {
-                let b = KV_BLOCK;
+            (KvLayout::Blocked, KvHalf::Values) => {
                 p / b * b * stride + p % b / 2 * 2 * stride + e * 2 + p % 2
             }
         }
@@ -716,7 +714,7 @@ mod tests {
         // Each segment's keys and values again in `layout` (positions counted from the
         // segment's start, as each cache buffer counts its own), element by element from rows.
         let relaid =
-            |(rows, row_scales): &(Vec<T>, Vec<f32>), start: usize, len: usize, values: bool| {
+            |(rows, row_scales): &(Vec<T>, Vec<f32>), start: usize, len: usize, half: KvHalf| {
                 let n = layout.elements(len, stride);
                 let mut data = vec![T::default(); n];
                 let mut scales = vec![
@@ -730,12 +728,7 @@ mod tests {
                 for p in 0..len {
                     for e in 0..stride {
                         let i = (start + p) * stride + e;
-                        let at = if values {
-                            layout.value_index(p, e, stride)
-                        } else {
-                            layout.key_index(p, e, stride)
-                        };
-                        data[at] = rows[i];
+                        data[layout.index(half, p, e, stride)] = rows[i];
                         if !scales.is_empty() {
                             scales[layout.scale_index(p, e, stride)] = row_scales[i / KV_Q8_BLOCK];
                         }
@@ -746,7 +739,10 @@ mod tests {
         let mut start = 0;
         let mut parts = Vec::new();
         for &len in lens {
-            parts.push((relaid(&k, start, len, false), relaid(&v, start, len, true)));
+            parts.push((
+                relaid(&k, start, len, KvHalf::Keys),
+                relaid(&v, start, len, KvHalf::Values),
+            ));
             start += len;
         }
         let segs: Vec<KvSeg<'_, T>> = lens

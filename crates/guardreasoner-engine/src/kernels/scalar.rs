@@ -1,6 +1,6 @@
 //! Portable reference kernels. The SIMD kernels must agree with these.
 
-use super::{KvElem, KvSeg};
+use super::{KvElem, KvHalf, KvSeg};
 use crate::kv_cache::KvType;
 use crate::quant::{f16_at, q4k_scale_min, q6k_unpack, BlockQ16, WeightType, QK, QK_K};
 use half::{bf16, f16};
@@ -135,21 +135,15 @@ pub fn attend<T: KvElem>(
     let d = head_dim;
     let q8 = T::TYPE == KvType::Q8;
     // Each cached row of this group as the values it stands for.
-    let rows = |values: bool| {
+    let rows = |half: KvHalf| {
         segs.iter().flat_map(move |s| {
-            let (data, scales) = if values {
-                (s.v, s.v_scale)
-            } else {
-                (s.k, s.k_scale)
+            let (data, scales) = match half {
+                KvHalf::Keys => (s.k, s.k_scale),
+                KvHalf::Values => (s.v, s.v_scale),
             };
             (0..s.len).map(move |p| {
                 (offset..offset + d).map(move |e| {
-                    let at = if values {
-                        s.layout.value_index(p, e, stride)
-                    } else {
-                        s.layout.key_index(p, e, stride)
-                    };
-                    let x = data[at].to_f32();
+                    let x = data[s.layout.index(half, p, e, stride)].to_f32();
                     if q8 {
                         x * scales[s.layout.scale_index(p, e, stride)]
                     } else {
@@ -161,7 +155,7 @@ pub fn attend<T: KvElem>(
     };
     for (qh, oh) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         scores.clear();
-        for k in rows(false) {
+        for k in rows(KvHalf::Keys) {
             let s: f32 = qh.iter().zip(k).map(|(a, b)| a * b).sum();
             scores.push(s * scale);
         }
@@ -172,7 +166,7 @@ pub fn attend<T: KvElem>(
         let sum = exp_in_place(scores);
         let inv = 1.0 / sum;
         oh.fill(0.0);
-        for (v, &w) in rows(true).zip(scores.iter()) {
+        for (v, &w) in rows(KvHalf::Values).zip(scores.iter()) {
             let w = w * inv;
             for (o, x) in oh.iter_mut().zip(v) {
                 *o += w * x;
