@@ -45,18 +45,12 @@ impl PromptLookup {
         history: &DraftHistory,
     ) -> Vec<u32> {
         let limit = limit.min(self.max_draft);
+        if limit == 0 {
+            return Vec::new();
+        }
         let len = prompt.len() + generated.len();
-        let at = |i: usize| {
-            if i < prompt.len() {
-                prompt[i]
-            } else {
-                generated[i - prompt.len()]
-            }
-        };
+        let at = |i: usize| joined(prompt, generated, i);
         for n in (self.min_ngram..=self.max_ngram.min(len)).rev() {
-            if limit == 0 {
-                break;
-            }
             let own = self.draft_with(prompt, generated, limit, n);
             if !own.is_empty() {
                 return own;
@@ -76,13 +70,7 @@ impl PromptLookup {
         if n == 0 || n >= len {
             return Vec::new();
         }
-        let at = |i: usize| {
-            if i < prompt.len() {
-                prompt[i]
-            } else {
-                generated[i - prompt.len()]
-            }
-        };
+        let at = |i: usize| joined(prompt, generated, i);
         let suffix = len - n;
         // Latest start first: the nearer context is the likelier continuation.
         for start in (0..suffix).rev() {
@@ -95,6 +83,15 @@ impl PromptLookup {
             }
         }
         Vec::new()
+    }
+}
+
+/// Token `i` of `prompt ++ generated`.
+fn joined(prompt: &[u32], generated: &[u32], i: usize) -> u32 {
+    if i < prompt.len() {
+        prompt[i]
+    } else {
+        generated[i - prompt.len()]
     }
 }
 

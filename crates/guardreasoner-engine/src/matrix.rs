@@ -312,12 +312,7 @@ pub fn matmul_many(
             }
         };
         let mut dots = [0.0f32; MAX_COLS];
-        let mut block_dots = [0.0f32;
-            if MAX_COLS * ROWS_PER_CALL > GROUP_COLS * interleaved::GROUP {
-                MAX_COLS * ROWS_PER_CALL
-            } else {
-                GROUP_COLS * interleaved::GROUP
-            }];
+        let mut block_dots = [0.0f32; BLOCK_DOTS];
         // Tokens per kernel call: the interleaved kernel takes more vectors per unpacked block.
         let per_call = if w.interleaved { GROUP_COLS } else { MAX_COLS };
         let mut t0 = 0;
@@ -384,6 +379,13 @@ pub fn matmul_many(
         }
     });
 }
+
+/// Results of one kernel call: the larger of a row-major call's and an interleaved one's.
+const BLOCK_DOTS: usize = if MAX_COLS * ROWS_PER_CALL > GROUP_COLS * interleaved::GROUP {
+    MAX_COLS * ROWS_PER_CALL
+} else {
+    GROUP_COLS * interleaved::GROUP
+};
 
 /// Ask for `bytes` to be brought into the L2 cache (a hint: no effect where unsupported).
 #[inline]
