@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use guardreasoner_core::Conversation;
 use guardreasoner_engine::bench::{peak_rss_mib, run as run_bench, BenchSpec};
+use guardreasoner_engine::kernels::Isa;
 use guardreasoner_engine::roofline::{self, Roofline};
 use guardreasoner_engine::{Engine, LoadOptions};
 use guardreasoner_tokenizer::Tokenizer;
@@ -171,7 +172,12 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
     let config = engine.config().clone();
     let weight_bytes = engine.model().weight_bytes() as f64;
     // Each figure against the limit that binds it: one sequence decoding reads every weight per
-    // token (bandwidth); everything else is arithmetic (16-bit multiply-adds in our kernels).
+    // token (bandwidth); everything else is arithmetic: 8-bit multiply-adds where the matrices
+    // are interleaved (AVX-512 VNNI), 16-bit ones in the row-major kernels.
+    let (arith, arith_name) = match (Isa::detect(), peak.int8) {
+        (Isa::Avx512, Some(int8)) => (int8, "8-bit"),
+        _ => (peak.int16, "16-bit"),
+    };
     let of_peak = |name: &str, tokens: usize, seconds: f64| -> String {
         let per_s = tokens as f64 / seconds.max(1e-9);
         if name == "tg128" {
@@ -181,8 +187,8 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
             )
         } else {
             format!(
-                "{:.1}% of 16-bit peak",
-                100.0 * per_s * roofline::macs_per_token(&config, false) / peak.int16
+                "{:.1}% of {arith_name} peak",
+                100.0 * per_s * roofline::macs_per_token(&config, false) / arith
             )
         }
     };

@@ -11,10 +11,12 @@
 //! instruction set, alternating them. `-- attend` runs only this part.
 
 use guardreasoner_engine::kernels::{
-    attend, dot_q16_group, dot_q16_rows, interleaved, Isa, KvElem, KvHalf, KvLayout, KvSeg,
+    attend, dot_q16_rows, dot_q8_group, interleaved, Isa, KvElem, KvHalf, KvLayout, KvSeg,
     KV_Q8_BLOCK,
 };
-use guardreasoner_engine::quant::{quantize_row, quantize_row_q16, BlockQ16, WeightType};
+use guardreasoner_engine::quant::{
+    quantize_row, quantize_row_q16, quantize_row_q8, BlockQ16, BlockQ8, WeightType,
+};
 use std::time::Instant;
 
 fn main() {
@@ -215,6 +217,9 @@ fn dot_products() {
     let mut x = vec![BlockQ16::default(); COLS / 32];
     quantize_row_q16(&values, &mut x);
     let all = [&x[..]; 8];
+    let mut x8 = vec![BlockQ8::default(); COLS / 32];
+    quantize_row_q8(&values, &mut x8);
+    let all8 = [&x8[..]; 8];
     for (regime, rows, reps) in [("memory", 160_000, 3), ("cache", 256, 1_875)] {
         println!("{regime} ({rows} rows x {COLS}):");
         for ty in [WeightType::Q4_1, WeightType::Q8_0] {
@@ -237,7 +242,8 @@ fn dot_products() {
                 println!("{line}");
             }
         }
-        // Sixteen rows interleaved (what the forward pass uses on AVX-512 VNNI).
+        // Sixteen rows interleaved against 8-bit activations (what the forward pass uses on
+        // AVX-512 VNNI).
         for ty in [WeightType::Q4_1, WeightType::Q8_0] {
             let row = quantize_row(ty, &values);
             let rb = row.len();
@@ -250,7 +256,7 @@ fn dot_products() {
                     let t = Instant::now();
                     for _ in 0..reps {
                         for group in packed.chunks_exact(interleaved::GROUP * rb) {
-                            dot_q16_group(isa, ty, group, &all[..n], &mut out);
+                            dot_q8_group(isa, ty, group, &all8[..n], &mut out);
                         }
                     }
                     let rate = (reps * rows * COLS * n) as f64 / t.elapsed().as_secs_f64() / 1e9;

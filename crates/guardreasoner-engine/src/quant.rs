@@ -53,8 +53,9 @@ impl WeightType {
             .then(|| cols / self.block_elems() * self.block_bytes())
     }
 
-    /// Whether the kernels for this type read 16-bit activation blocks (else plain f32).
-    pub fn uses_q16_activations(self) -> bool {
+    /// Whether the kernels for this type read quantised activation blocks (16-bit for the
+    /// row-major kernels, 8-bit for the interleaved one; else plain f32).
+    pub fn uses_quantised_activations(self) -> bool {
         !matches!(self, WeightType::F32 | WeightType::F16 | WeightType::BF16)
     }
 
@@ -92,10 +93,11 @@ impl WeightType {
 /// One block of 32 activations quantised to 16 bits: `x[i] ≈ d * qs[i]`, with `s = d * Σ qs`
 /// kept so formats with an offset (Q4_1, Q4_0, Q4_K minima) need no second pass.
 ///
-/// 16 rather than llama.cpp's 8 bits: the rounding error of the activations then stays far
-/// below that of the 4-bit weights (with 8 bits, SmolLM2's greedy output already departs from
-/// the exact computation on the same weights within a few tokens), at about 40% more
-/// instructions per multiply-add in the kernels (`madd_epi16` instead of `maddubs_epi16`).
+/// The row-major kernels' activations (AVX2, portable, and on AVX-512 the formats and
+/// matrices that are not interleaved): 16 rather than llama.cpp's 8 bits, so their rounding
+/// stays far below the 4-bit weights' at about 40% more instructions per multiply-add
+/// (`madd_epi16` instead of `maddubs_epi16`). The interleaved AVX-512 VNNI kernel takes
+/// [`BlockQ8`] instead: there 8 bits double the multiply-adds per instruction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BlockQ16 {
@@ -126,6 +128,48 @@ pub fn quantize_row_q16(x: &[f32], out: &mut [BlockQ16]) {
             sum += *q as i32;
         }
         block.d = d;
+        block.s = d * sum as f32;
+    }
+}
+
+/// One block of 32 activations quantised to 8 bits, as the interleaved AVX-512 VNNI kernel
+/// takes them (`vpdpbusd`: four 8-bit products per lane, twice `vpdpwssd`'s): `x[i] ≈ d *
+/// qs[i]`, with `sum = Σ qs` (Q8_0 weights are stored offset by 128, so their dot carries
+/// `128 · sum`) and `s = d * sum` (Q4_1's minima).
+///
+/// The activations then round as llama.cpp's do (its `q8_0`/`q8_1` activation blocks). That
+/// moves logits by more than [`BlockQ16`] does (greedy texts part from the f32 reference's at
+/// near-ties within a few tokens), so it was decided by the shipped guard's development F1,
+/// which did not fall (BENCHMARKS.md, session 10).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockQ8 {
+    pub d: f32,
+    pub s: f32,
+    pub sum: i32,
+    pub qs: [i8; QK],
+}
+
+/// Largest 8-bit activation magnitude.
+pub const Q8_MAX: f32 = 127.0;
+
+/// Quantise `x` (a multiple of 32 long) into `out` (`x.len() / 32` blocks), rounding half to
+/// even as [`quantize_row_q16`] does.
+pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    const ROUND: f32 = 12_582_912.0;
+    for (block, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / Q8_MAX;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in block.qs.iter_mut().zip(xs) {
+            let r = ((v * id + ROUND) - ROUND).clamp(-Q8_MAX, Q8_MAX);
+            *q = r as i8;
+            sum += *q as i32;
+        }
+        block.d = d;
+        block.sum = sum;
         block.s = d * sum as f32;
     }
 }
@@ -456,6 +500,25 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
             assert!(err <= tol, "{ty:?}: max error {err} > {tol}");
+        }
+    }
+
+    #[test]
+    fn q8_activation_blocks_reconstruct_input() {
+        let x = wave(96);
+        let mut q = vec![BlockQ8::default(); 3];
+        quantize_row_q8(&x, &mut q);
+        for (b, xs) in q.iter().zip(x.chunks(QK)) {
+            let sum: i32 = b.qs.iter().map(|&v| v as i32).sum();
+            assert_eq!(b.sum, sum);
+            assert_eq!(b.s, b.d * sum as f32);
+            assert!(
+                b.qs.iter().any(|&v| v.abs() == 127),
+                "the largest maps to the end"
+            );
+            for (&qv, &v) in b.qs.iter().zip(xs) {
+                assert!((qv as f32 * b.d - v).abs() <= b.d * 0.5 + 1e-6);
+            }
         }
     }
 

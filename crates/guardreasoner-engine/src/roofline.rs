@@ -19,9 +19,10 @@ pub struct Roofline {
     /// f32 fused multiply-adds.
     pub f32_fma: f64,
     /// 16-bit integer pairs multiplied and summed into 32 bits (`vpmaddwd`, or `vpdpwssd` where
-    /// VNNI has it): what the quantised weight kernels use.
+    /// VNNI has it): what the row-major quantised weight kernels use.
     pub int16: f64,
-    /// 8-bit products summed into 32 bits (`vpdpbusd`, VNNI), where the CPU has it.
+    /// 8-bit products summed into 32 bits (`vpdpbusd`, VNNI), where the CPU has it: what the
+    /// interleaved matrix kernel uses.
     pub int8: Option<f64>,
     /// Bytes read per second from a buffer larger than every cache.
     pub read_bandwidth: f64,

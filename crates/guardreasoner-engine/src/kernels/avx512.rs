@@ -9,7 +9,7 @@
 //! fused multiply-add saves). Re-measure (`examples/kernel_bench.rs`) before widening this.
 //!
 //! Q8_0 matrices of whole sixteen-row groups are interleaved at load on these CPUs and go
-//! through [`dot_q16_group`] instead (one lane per row; 2.2x the row-major rate here), so the
+//! through [`dot_q8_group`] instead (one lane per row, 8-bit activations), so the
 //! row kernels above serve what is left: matrices not in whole groups, and tests.
 //!
 //! Callers must have checked the CPU features ([`super::Isa::detect`]); the functions are
@@ -18,7 +18,7 @@
 use super::avx2::{self, each_row};
 use super::{KvElem, KvLayout, KvSeg, KV_BLOCK, KV_Q8_BLOCK};
 use crate::kv_cache::KvType;
-use crate::quant::{BlockQ16, WeightType, QK};
+use crate::quant::{BlockQ16, BlockQ8, WeightType, QK};
 use std::arch::x86_64::*;
 
 /// See [`super::dot_q16_rows`]. Returns `false` (computing nothing) for formats without an
@@ -76,17 +76,17 @@ unsafe fn q8_0<const N: usize>(row: &[u8], blocks: usize, xs: &[&[BlockQ16]]) ->
 
 const _: () = assert!(QK == 32);
 
-/// See [`super::interleaved::dot_q16_group`]: sixteen interleaved Q8_0 or Q4_1 rows against
-/// up to [`super::GROUP_COLS`] activation vectors. Returns `false` (computing nothing) for a
+/// See [`super::interleaved::dot_q8_group`]: sixteen interleaved Q8_0 or Q4_1 rows against
+/// up to [`super::GROUP_COLS`] 8-bit activation vectors. Returns `false` (computing nothing) for a
 /// format without an interleaved layout or buffers of the wrong size.
 ///
 /// # Safety
 /// The CPU must support avx512f, avx512bw, avx512vnni, avx2, fma and f16c.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_q16_group(
+pub unsafe fn dot_q8_group(
     ty: WeightType,
     group: &[u8],
-    xs: &[&[BlockQ16]],
+    xs: &[&[BlockQ8]],
     out: &mut [f32],
 ) -> bool {
     use super::interleaved::{group_block, supports, GROUP};
@@ -130,17 +130,18 @@ pub unsafe fn dot_q16_group(
     true
 }
 
-/// One lane per row: for each block, sixteen `vpdpwssd` (one per element pair, the pair of
-/// each activation vector broadcast) give the block's integer sums of all sixteen rows, scaled
-/// by one multiply-add per vector (and, for Q4_1, the block minima times the activations' sum
-/// added by a second). Q4_1's two 4-bit weights of a pair sit in one byte per row: widened to
-/// 32 bits, `(b | b << 12) & 0x000F000F` puts them in the lane's two 16-bit halves.
+/// One lane per row: for each block, eight `vpdpbusd` per activation vector (four elements
+/// each, the vector's four 8-bit values broadcast) give the block's integer sums of all sixteen
+/// rows, scaled by one multiply-add per vector. Q4_1's nibbles are one mask (and a shift) from
+/// the unsigned bytes `vpdpbusd` takes, and its block minima times the activations' sum are
+/// added by a second multiply-add; Q8_0's weights are stored plus 128, so `128 · Σ x` comes off
+/// the integer sum.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn rows_group<const N: usize, const Q4_1: bool>(
     group: &[u8],
     blocks: usize,
-    xs: &[&[BlockQ16]],
+    xs: &[&[BlockQ8]],
 ) -> [__m512; N] {
     use super::interleaved::{group_block, header, GROUP};
     let ty = if Q4_1 {
@@ -149,29 +150,34 @@ unsafe fn rows_group<const N: usize, const Q4_1: bool>(
         WeightType::Q8_0
     };
     let (gb, head) = (group_block(ty), header(ty));
-    let nibbles = _mm512_set1_epi32(0x000F_000F);
+    let nibbles = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); N];
     let base = group.as_ptr();
-    let xp: [*const BlockQ16; N] = std::array::from_fn(|c| xs[c].as_ptr());
+    let xp: [*const BlockQ8; N] = std::array::from_fn(|c| xs[c].as_ptr());
+    // The four activations of quad `t` of vector `c` in block `b`, in every lane.
+    let quad = |c: usize, b: usize, t: usize| {
+        _mm512_set1_epi32(((*xp[c].add(b)).qs.as_ptr().add(4 * t) as *const i32).read_unaligned())
+    };
     for b in 0..blocks {
         let p = base.add(b * gb);
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         let mut sums = [_mm512_setzero_si512(); N];
-        for k in 0..QK / 2 {
-            let w = if Q4_1 {
-                let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(
-                    p.add(head + GROUP * k) as *const __m128i
-                ));
-                // 0xA8: (a | b) & c.
-                _mm512_ternarylogic_epi32::<0xA8>(bytes, _mm512_slli_epi32::<12>(bytes), nibbles)
-            } else {
-                _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-                    p.add(head + 2 * GROUP * k) as *const __m256i
-                ))
-            };
-            for c in 0..N {
-                let pair = ((*xp[c].add(b)).qs.as_ptr().add(2 * k) as *const i32).read_unaligned();
-                sums[c] = _mm512_dpwssd_epi32(sums[c], w, _mm512_set1_epi32(pair));
+        if Q4_1 {
+            for r in 0..QK / 8 {
+                let v = _mm512_loadu_si512(p.add(head + 4 * GROUP * r) as *const _);
+                let lo = _mm512_and_si512(v, nibbles);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibbles);
+                for (c, sum) in sums.iter_mut().enumerate() {
+                    *sum = _mm512_dpbusd_epi32(*sum, lo, quad(c, b, 2 * r));
+                    *sum = _mm512_dpbusd_epi32(*sum, hi, quad(c, b, 2 * r + 1));
+                }
+            }
+        } else {
+            for t in 0..QK / 4 {
+                let w = _mm512_loadu_si512(p.add(head + 4 * GROUP * t) as *const _);
+                for (c, sum) in sums.iter_mut().enumerate() {
+                    *sum = _mm512_dpbusd_epi32(*sum, w, quad(c, b, t));
+                }
             }
         }
         let m = if Q4_1 {
@@ -181,6 +187,9 @@ unsafe fn rows_group<const N: usize, const Q4_1: bool>(
         };
         for c in 0..N {
             let x = &*xp[c].add(b);
+            if !Q4_1 {
+                sums[c] = _mm512_sub_epi32(sums[c], _mm512_set1_epi32(128 * x.sum));
+            }
             let scale = _mm512_mul_ps(d, _mm512_set1_ps(x.d));
             acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[c]), scale, acc[c]);
             if Q4_1 {

@@ -9,11 +9,11 @@
 //!
 //! A weight row is dotted with up to [`MAX_COLS`] activation vectors at once, so the unpacking
 //! of each weight block is shared between the sequences of a batch (or tokens of a prompt).
-//! On AVX-512 VNNI, Q8_0 matrices are stored with sixteen rows interleaved ([`interleaved`],
-//! [`dot_q16_group`]), one row per 512-bit lane.
+//! On AVX-512 VNNI, Q8_0 and Q4_1 matrices are stored with sixteen rows interleaved
+//! ([`interleaved`], [`dot_q8_group`]), one row per 512-bit lane, against 8-bit activations.
 
 use crate::kv_cache::KvType;
-use crate::quant::{BlockQ16, WeightType};
+use crate::quant::{BlockQ16, BlockQ8, WeightType};
 use std::sync::OnceLock;
 
 #[cfg(target_arch = "x86_64")]
@@ -26,7 +26,7 @@ pub mod scalar;
 /// Most activation vectors one row-major kernel call handles.
 pub const MAX_COLS: usize = 4;
 
-/// Most activation vectors one call of the interleaved kernel ([`dot_q16_group`]) handles: its
+/// Most activation vectors one call of the interleaved kernel ([`dot_q8_group`]) handles: its
 /// sixteen rows' unpacked weights serve eight vectors before the next block is unpacked.
 pub const GROUP_COLS: usize = 8;
 
@@ -127,16 +127,16 @@ pub fn dot_q16_rows(
     }
 }
 
-/// [`interleaved::dot_q16_group`] on the best kernel `isa` has (AVX-512 VNNI, else the portable
+/// [`interleaved::dot_q8_group`] on the best kernel `isa` has (AVX-512 VNNI, else the portable
 /// one): sixteen interleaved rows of `ty` (Q8_0 or Q4_1) against `xs` (`1..=GROUP_COLS`
-/// vectors); `out[c * GROUP + j]` is row `j` against `xs[c]`.
-pub fn dot_q16_group(isa: Isa, ty: WeightType, group: &[u8], xs: &[&[BlockQ16]], out: &mut [f32]) {
+/// vectors of 8-bit activations); `out[c * GROUP + j]` is row `j` against `xs[c]`.
+pub fn dot_q8_group(isa: Isa, ty: WeightType, group: &[u8], xs: &[&[BlockQ8]], out: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced after detecting avx512f/bw/vnni besides avx2,
         // fma and f16c.
-        Isa::Avx512 if unsafe { avx512::dot_q16_group(ty, group, xs, out) } => {}
-        _ => interleaved::dot_q16_group(ty, group, xs, out),
+        Isa::Avx512 if unsafe { avx512::dot_q8_group(ty, group, xs, out) } => {}
+        _ => interleaved::dot_q8_group(ty, group, xs, out),
     }
 }
 
@@ -457,7 +457,7 @@ pub fn silu_mul(isa: Isa, g: &[f32], u: &[f32], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::{dequantize_row, quantize_row, quantize_row_q16, QK};
+    use crate::quant::{dequantize_row, quantize_row, quantize_row_q16, quantize_row_q8, QK};
 
     /// A small deterministic generator so the tests need no extra crate.
     struct Lcg(u64);
@@ -472,6 +472,17 @@ mod tests {
         fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
             (0..n).map(|_| self.next_f32() * scale).collect()
         }
+        /// `count` random activation vectors of `cols`, quantised to 8-bit blocks.
+        fn q8_vectors(&mut self, cols: usize, count: usize) -> Vec<Vec<BlockQ8>> {
+            (0..count)
+                .map(|_| {
+                    let mut q = vec![BlockQ8::default(); cols / QK];
+                    quantize_row_q8(&self.vec(cols, 2.0), &mut q);
+                    q
+                })
+                .collect()
+        }
+
         /// `count` random activation vectors of `cols`, quantised to 16-bit blocks.
         fn q16_vectors(&mut self, cols: usize, count: usize) -> Vec<Vec<BlockQ16>> {
             (0..count)
@@ -518,7 +529,7 @@ mod tests {
                 for n in 1..=MAX_COLS {
                     let mut reference = vec![0.0; n];
                     let magnitude = cols as f32 * 4.5;
-                    if ty.uses_q16_activations() {
+                    if ty.uses_quantised_activations() {
                         let xs: Vec<&[BlockQ16]> = xs_q[..n].iter().map(|v| v.as_slice()).collect();
                         scalar::dot_q16(ty, &row, &xs, &mut reference);
                         for isa in Isa::all_available() {
@@ -654,25 +665,35 @@ mod tests {
                 row_of(ty, group, r % GROUP, &mut back);
                 assert_eq!(back, want, "{ty:?} row {r} unpacks to itself");
             }
-            let xs_q = rng.q16_vectors(cols, GROUP_COLS);
+            let xs_q = rng.q8_vectors(cols, GROUP_COLS);
             for n in 1..=GROUP_COLS {
-                let xs: Vec<&[BlockQ16]> = xs_q[..n].iter().map(|v| v.as_slice()).collect();
+                let xs: Vec<&[BlockQ8]> = xs_q[..n].iter().map(|v| v.as_slice()).collect();
                 for g in 0..2 {
                     let group = &packed[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
                     let mut reference = vec![0.0; GROUP * n];
-                    interleaved::dot_q16_group(ty, group, &xs, &mut reference);
+                    interleaved::dot_q8_group(ty, group, &xs, &mut reference);
                     let plain = &rows[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
+                    let mut w = vec![0.0f32; cols];
                     for (j, r) in plain.chunks_exact(row_bytes).enumerate() {
-                        let mut by_row = vec![0.0; n];
-                        scalar::dot_q16(ty, r, &xs, &mut by_row);
-                        for (c, b) in by_row.iter().enumerate() {
+                        dequantize_row(ty, r, &mut w);
+                        for (c, x) in xs.iter().enumerate() {
+                            // The stored weights against the quantised activations, in f64.
+                            let want: f64 = x
+                                .iter()
+                                .flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64))
+                                .zip(&w)
+                                .map(|(a, &b)| a * b as f64)
+                                .sum();
                             let a = reference[c * GROUP + j];
-                            assert!(close(a, *b, cols as f32 * 3.0), "{ty:?} n={n}: {a} vs {b}");
+                            assert!(
+                                (a as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "{ty:?} n={n}: {a} vs {want}"
+                            );
                         }
                     }
                     for isa in Isa::all_available() {
                         let mut got = vec![0.0; GROUP * n];
-                        dot_q16_group(isa, ty, group, &xs, &mut got);
+                        dot_q8_group(isa, ty, group, &xs, &mut got);
                         // The same integer sums, scaled in the same order: the same floats.
                         assert_eq!(got, reference, "{ty:?} {isa:?} n={n}");
                     }
