@@ -1,7 +1,7 @@
 //! Weight matrices in their stored format, and the batched matrix product of the forward pass.
 
 use crate::kernels::{self, interleaved, Isa, GROUP_COLS, MAX_COLS};
-use crate::quant::{dequantize_row, quantize_row_q8, BlockQ16, BlockQ8, WeightType, QK};
+use crate::quant::{dequantize_row, BlockQ16, BlockQ8, WeightType, QK};
 use rayon::prelude::*;
 
 /// A `rows × cols` weight matrix, each row stored in format `ty` (the layout of
@@ -263,7 +263,7 @@ pub fn matmul_many(
             .par_chunks_mut(x_blocks)
             .with_min_len(8)
             .zip(x.par_chunks(x_cols))
-            .for_each(|(q, xs)| quantize_row_q8(xs, q));
+            .for_each(|(q, xs)| kernels::quantize_q8(isa, xs, q));
     }
     let (q16, q8) = (&scratch.q16[..], &scratch.q8[..]);
     let threads = rayon::current_num_threads().max(1);

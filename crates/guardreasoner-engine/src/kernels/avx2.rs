@@ -4,7 +4,7 @@
 
 use super::{KvElem, KvSeg, KV_Q8_BLOCK};
 use crate::kv_cache::KvType;
-use crate::quant::{BlockQ16, WeightType, QK};
+use crate::quant::{BlockQ16, BlockQ8, WeightType, QK};
 use std::arch::x86_64::*;
 
 #[inline]
@@ -641,69 +641,109 @@ pub unsafe fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
     super::scalar::silu_mul(&g[i..n], &u[i..n], &mut out[i..n]);
 }
 
-/// See [`super::quantize_q16`]: the same operations as [`crate::quant::quantize_row_q16`] on
-/// eight lanes (the block maximum is exact in any order, the rounding adds and subtracts the
-/// same constant unfused), so the integers and scales are identical. A block holding a NaN or
-/// an infinity is left to the scalar code, whose conversions define what those become.
+/// One block of 32 activations rounded as [`crate::quant::quantize_row_q16`] and
+/// [`crate::quant::quantize_row_q8`] round them, to at most `max` in magnitude: the scale `d`,
+/// the four vectors of integers (elements `8i..8i + 8` in vector `i`) and their sum. `None`
+/// for a block holding a NaN or an infinity (the scalar code decides what those become).
+/// The same operations as the scalar code on eight lanes (the block maximum is exact in any
+/// order, the rounding adds and subtracts the same constant unfused), so the same results.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_block(xs: &[f32], max: f32) -> Option<(f32, [__m256i; 4], i32)> {
+    const ROUND: f32 = 12_582_912.0;
+    let sign = _mm256_set1_ps(-0.0);
+    let p = xs.as_ptr();
+    let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
+    let mut amax = _mm256_setzero_ps();
+    let mut unordered = _mm256_setzero_ps();
+    for &v in &v {
+        amax = _mm256_max_ps(_mm256_andnot_ps(sign, v), amax);
+        unordered = _mm256_or_ps(unordered, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+    }
+    let m = _mm_max_ps(
+        _mm256_castps256_ps128(amax),
+        _mm256_extractf128_ps::<1>(amax),
+    );
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+    let amax = _mm_cvtss_f32(m);
+    if _mm256_movemask_ps(unordered) != 0 || !amax.is_finite() {
+        return None;
+    }
+    let d = amax / max;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let (idv, round, lim) = (
+        _mm256_set1_ps(id),
+        _mm256_set1_ps(ROUND),
+        _mm256_set1_ps(max),
+    );
+    let mut sum = _mm256_setzero_si256();
+    let q: [__m256i; 4] = std::array::from_fn(|i| {
+        let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[i], idv), round), round);
+        let r = _mm256_min_ps(
+            _mm256_max_ps(r, _mm256_sub_ps(_mm256_setzero_ps(), lim)),
+            lim,
+        );
+        let q = _mm256_cvtps_epi32(r);
+        sum = _mm256_add_epi32(sum, q);
+        q
+    });
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(sum),
+        _mm256_extracti128_si256::<1>(sum),
+    );
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0x4E>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0xB1>(s));
+    Some((d, q, _mm_cvtsi128_si32(s)))
+}
+
+/// See [`super::quantize_q16`]: [`crate::quant::quantize_row_q16`] on eight lanes, the same
+/// integers and scales.
 ///
 /// # Safety
 /// The CPU must support avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn quantize_q16(x: &[f32], out: &mut [BlockQ16]) {
     use crate::quant::{quantize_row_q16, Q16_MAX};
-    const ROUND: f32 = 12_582_912.0;
-    let sign = _mm256_set1_ps(-0.0);
     for (block, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
-        let p = xs.as_ptr();
-        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
-        let mut amax = _mm256_setzero_ps();
-        let mut unordered = _mm256_setzero_ps();
-        for &v in &v {
-            amax = _mm256_max_ps(_mm256_andnot_ps(sign, v), amax);
-            unordered = _mm256_or_ps(unordered, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
-        }
-        let m = _mm_max_ps(
-            _mm256_castps256_ps128(amax),
-            _mm256_extractf128_ps::<1>(amax),
-        );
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
-        let amax = _mm_cvtss_f32(m);
-        if _mm256_movemask_ps(unordered) != 0 || !amax.is_finite() {
+        let Some((d, q, sum)) = quantize_block(xs, Q16_MAX) else {
             quantize_row_q16(xs, std::slice::from_mut(block));
             continue;
-        }
-        let d = amax / Q16_MAX;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let (idv, round, lim) = (
-            _mm256_set1_ps(id),
-            _mm256_set1_ps(ROUND),
-            _mm256_set1_ps(Q16_MAX),
-        );
-        let mut sum = _mm256_setzero_si256();
-        let q: [__m256i; 4] = std::array::from_fn(|i| {
-            let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[i], idv), round), round);
-            let r = _mm256_min_ps(
-                _mm256_max_ps(r, _mm256_sub_ps(_mm256_setzero_ps(), lim)),
-                lim,
-            );
-            let q = _mm256_cvtps_epi32(r);
-            sum = _mm256_add_epi32(sum, q);
-            q
-        });
+        };
         // packs interleaves 128-bit halves: [q0 lo, q1 lo, q0 hi, q1 hi] -> restore the order.
         let lo = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(q[0], q[1]));
         let hi = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(q[2], q[3]));
         let qs = block.qs.as_mut_ptr() as *mut __m256i;
         _mm256_storeu_si256(qs, lo);
         _mm256_storeu_si256(qs.add(1), hi);
-        let s = _mm_add_epi32(
-            _mm256_castsi256_si128(sum),
-            _mm256_extracti128_si256::<1>(sum),
-        );
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0x4E>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0xB1>(s));
         block.d = d;
-        block.s = d * _mm_cvtsi128_si32(s) as f32;
+        block.s = d * sum as f32;
+    }
+}
+
+/// See [`super::quantize_q8`]: [`crate::quant::quantize_row_q8`] on eight lanes, the same
+/// integers and scales.
+///
+/// # Safety
+/// The CPU must support avx2 and fma.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+    use crate::quant::{quantize_row_q8, Q8_MAX};
+    for (block, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let Some((d, q, sum)) = quantize_block(xs, Q8_MAX) else {
+            quantize_row_q8(xs, std::slice::from_mut(block));
+            continue;
+        };
+        // Two saturating packs (exact: the values are within ±127) leave, in each 128-bit
+        // half, four elements of each vector in turn; the permutation restores the order.
+        let bytes = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(block.qs.as_mut_ptr() as *mut __m256i, bytes);
+        block.d = d;
+        block.sum = sum;
+        block.s = d * sum as f32;
     }
 }

@@ -152,6 +152,18 @@ pub fn quantize_q16(isa: Isa, x: &[f32], out: &mut [BlockQ16]) {
     }
 }
 
+/// [`crate::quant::quantize_row_q8`] (the activations of the interleaved kernel) on the best
+/// kernel `isa` has: the same integers and scales bit for bit.
+pub fn quantize_q8(isa: Isa, x: &[f32], out: &mut [BlockQ8]) {
+    debug_assert_eq!(x.len(), out.len() * crate::quant::QK);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` (and `Avx512`) are only produced after detecting avx2 and fma.
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::quantize_q8(x, out) },
+        _ => crate::quant::quantize_row_q8(x, out),
+    }
+}
+
 /// `out[c] = row · xs[c]` for a float weight row (F32, F16 or BF16) against f32 activations.
 pub fn dot_f32(isa: Isa, ty: WeightType, row: &[u8], xs: &[&[f32]], out: &mut [f32]) {
     debug_assert!(!xs.is_empty() && xs.len() <= MAX_COLS && out.len() == xs.len());
@@ -596,6 +608,8 @@ mod tests {
         x[7 * QK] = -0.0;
         let mut want = vec![BlockQ16::default(); 64];
         quantize_row_q16(&x, &mut want);
+        let mut want8 = vec![BlockQ8::default(); 64];
+        quantize_row_q8(&x, &mut want8);
         for isa in Isa::all_available() {
             let mut got = vec![BlockQ16::default(); 64];
             quantize_q16(isa, &x, &mut got);
@@ -603,6 +617,14 @@ mod tests {
                 assert_eq!(g.qs, w.qs, "{isa:?} block {b}");
                 assert_eq!(g.d.to_bits(), w.d.to_bits(), "{isa:?} block {b}");
                 assert_eq!(g.s.to_bits(), w.s.to_bits(), "{isa:?} block {b}");
+            }
+            let mut got = vec![BlockQ8::default(); 64];
+            quantize_q8(isa, &x, &mut got);
+            for (b, (g, w)) in got.iter().zip(&want8).enumerate() {
+                assert_eq!(g.qs, w.qs, "{isa:?} 8-bit block {b}");
+                assert_eq!(g.sum, w.sum, "{isa:?} 8-bit block {b}");
+                assert_eq!(g.d.to_bits(), w.d.to_bits(), "{isa:?} 8-bit block {b}");
+                assert_eq!(g.s.to_bits(), w.s.to_bits(), "{isa:?} 8-bit block {b}");
             }
         }
     }
