@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use guardreasoner_core::Conversation;
 use guardreasoner_engine::bench::{peak_rss_mib, run as run_bench, BenchSpec};
 use guardreasoner_engine::kernels::Isa;
+use guardreasoner_engine::quant::Activations;
 use guardreasoner_engine::roofline::{self, Roofline};
 use guardreasoner_engine::{Engine, LoadOptions};
 use guardreasoner_tokenizer::Tokenizer;
@@ -148,7 +149,7 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
         .take_while(|&k| prompts.iter().all(|p| p.get(k) == prompts[0].get(k)))
         .count();
     println!(
-        "model {} ({}, {:.0} MiB of weights) | kv cache {} | threads {} | kernels {} | guard prompts {}..{} tokens, instruction {} tokens",
+        "model {} ({}, {:.0} MiB of weights) | kv cache {} | threads {} | kernels {}, {} activations | guard prompts {}..{} tokens, instruction {} tokens",
         path.display(),
         if engine.model().has_low_rank() {
             format!("{} + LoRA at run time", engine.model().weight_type().name())
@@ -158,7 +159,11 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
         engine.model().weight_bytes() as f64 / (1024.0 * 1024.0),
         engine.model().kv_type().name(),
         engine.threads(),
-        guardreasoner_engine::kernels::Isa::detect().name(),
+        Isa::detect().name(),
+        match engine.model().activations() {
+            Activations::Q8 if Isa::detect() == Isa::Avx512 => "8-bit",
+            _ => "16-bit",
+        },
         prompts.iter().map(Vec::len).min().unwrap_or(0),
         prompts.iter().map(Vec::len).max().unwrap_or(0),
         instruction_tokens,
@@ -173,9 +178,9 @@ fn engine(a: EngineBenchArgs) -> Result<()> {
     let weight_bytes = engine.model().weight_bytes() as f64;
     // Each figure against the limit that binds it: one sequence decoding reads every weight per
     // token (bandwidth); everything else is arithmetic: 8-bit multiply-adds where the matrices
-    // are interleaved (AVX-512 VNNI), 16-bit ones in the row-major kernels.
-    let (arith, arith_name) = match (Isa::detect(), peak.int8) {
-        (Isa::Avx512, Some(int8)) => (int8, "8-bit"),
+    // are interleaved for 8-bit activations (AVX-512 VNNI with the 8-bit cache), else 16-bit.
+    let (arith, arith_name) = match (Isa::detect(), engine.model().activations(), peak.int8) {
+        (Isa::Avx512, Activations::Q8, Some(int8)) => (int8, "8-bit"),
         _ => (peak.int16, "16-bit"),
     };
     let of_peak = |name: &str, tokens: usize, seconds: f64| -> String {

@@ -64,11 +64,8 @@ fn gguf_merge_matches_the_reference_merge() {
     let tokenizer = Tokenizer::from_gguf_path(&base).expect("tokenizer");
     let prompt = guardreasoner_core::build_guard_prompt("How do I bake bread?", None);
     let ids = tokenizer.encode_untrusted(&prompt).expect("encode");
-    // Every form runs with its stored weights widened to f32 (the engine's reference path), so
-    // only a merge's own rounding separates it from the reference, not the quantised kernels'
-    // rounding of the activations (8 bits on AVX-512 VNNI), which all forms would share.
     let logits = |model: Llama| {
-        Engine::from_model(model.dequantized(), Some(2))
+        Engine::from_model(model, Some(2))
             .expect("engine")
             .logits(&ids)
             .expect("logits")

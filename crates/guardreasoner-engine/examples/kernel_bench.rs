@@ -11,11 +11,11 @@
 //! instruction set, alternating them. `-- attend` runs only this part.
 
 use guardreasoner_engine::kernels::{
-    attend, dot_q16_rows, dot_q8_group, interleaved, Isa, KvElem, KvHalf, KvLayout, KvSeg,
-    KV_Q8_BLOCK,
+    attend, dot_q16_group, dot_q16_rows, dot_q8_group, interleaved, Isa, KvElem, KvHalf, KvLayout,
+    KvSeg, KV_Q8_BLOCK,
 };
 use guardreasoner_engine::quant::{
-    quantize_row, quantize_row_q16, quantize_row_q8, BlockQ16, BlockQ8, WeightType,
+    quantize_row, quantize_row_q16, quantize_row_q8, Activations, BlockQ16, BlockQ8, WeightType,
 };
 use std::time::Instant;
 
@@ -242,27 +242,37 @@ fn dot_products() {
                 println!("{line}");
             }
         }
-        // Sixteen rows interleaved against 8-bit activations (what the forward pass uses on
-        // AVX-512 VNNI).
+        // Sixteen rows interleaved (what the forward pass uses on AVX-512 VNNI), against 16-bit
+        // and 8-bit activations.
         for ty in [WeightType::Q4_1, WeightType::Q8_0] {
             let row = quantize_row(ty, &values);
             let rb = row.len();
             let data: Vec<u8> = (0..rows).flat_map(|_| row.iter().copied()).collect();
-            let packed = interleaved::interleave(ty, &data, rb).expect("whole groups");
-            for n in [1, 2, 4, 8] {
-                let mut line = format!("  {}x16 x {n} vectors:", ty.name());
-                for isa in Isa::all_available() {
-                    let mut out = vec![0.0f32; interleaved::GROUP * n];
-                    let t = Instant::now();
-                    for _ in 0..reps {
-                        for group in packed.chunks_exact(interleaved::GROUP * rb) {
-                            dot_q8_group(isa, ty, group, &all8[..n], &mut out);
+            for acts in [Activations::Q16, Activations::Q8] {
+                let packed = interleaved::interleave(ty, acts, &data, rb).expect("whole groups");
+                for n in [1, 2, 4, 8] {
+                    let mut line = format!("  {}x16 x {n} vectors, {acts:?}:", ty.name());
+                    for isa in Isa::all_available() {
+                        let mut out = vec![0.0f32; interleaved::GROUP * n];
+                        let t = Instant::now();
+                        for _ in 0..reps {
+                            for group in packed.chunks_exact(interleaved::GROUP * rb) {
+                                match acts {
+                                    Activations::Q16 => {
+                                        dot_q16_group(isa, ty, group, &all[..n], &mut out)
+                                    }
+                                    Activations::Q8 => {
+                                        dot_q8_group(isa, ty, group, &all8[..n], &mut out)
+                                    }
+                                }
+                            }
                         }
+                        let rate =
+                            (reps * rows * COLS * n) as f64 / t.elapsed().as_secs_f64() / 1e9;
+                        line.push_str(&format!("  {} {rate:.1} G mul-adds/s", isa.name()));
                     }
-                    let rate = (reps * rows * COLS * n) as f64 / t.elapsed().as_secs_f64() / 1e9;
-                    line.push_str(&format!("  {} {rate:.1} G mul-adds/s", isa.name()));
+                    println!("{line}");
                 }
-                println!("{line}");
             }
         }
     }

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::kernels::{self, Isa, KV_Q8_BLOCK};
 use crate::matrix::{matmul, Matrix};
-use crate::quant::WeightType;
+use crate::quant::{Activations, WeightType};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -182,7 +182,8 @@ impl Llama {
         }
     }
 
-    /// Store the key/value cache as `ty` (`None`: choose from the weights). Caches made
+    /// Store the key/value cache as `ty` (`None`: choose from the weights), and round the
+    /// interleaved kernels' activations as goes with it ([`Llama::activations`]). Caches made
     /// before the change keep their type and are refused by [`Llama::forward`].
     pub fn set_kv_type(&mut self, ty: Option<KvType>) -> Result<()> {
         let kv_dim = self.config.num_key_value_heads() * self.config.head_dim();
@@ -194,7 +195,33 @@ impl Llama {
             )));
         }
         self.kv_choice = ty;
+        let acts = self.activations();
+        self.embed_tokens.set_activations(acts);
+        for l in &mut self.layers {
+            for linear in [
+                &mut l.qkv_proj,
+                &mut l.o_proj,
+                &mut l.gate_up_proj,
+                &mut l.down_proj,
+            ] {
+                linear.set_activations(acts);
+            }
+        }
+        if let Some(head) = &mut self.lm_head {
+            head.set_activations(acts);
+        }
         Ok(())
+    }
+
+    /// How the interleaved matrix kernels (AVX-512 VNNI) round activations: to 8 bits with
+    /// the 8-bit key/value cache, the fast mode (chosen together on the shipped guard's dev
+    /// splits: `BENCHMARKS.md`), to 16 bits otherwise, within ~0.01 of the exact computation.
+    pub fn activations(&self) -> Activations {
+        if self.kv_type() == KvType::Q8 {
+            Activations::Q8
+        } else {
+            Activations::Q16
+        }
     }
 
     /// An empty key/value cache for up to `capacity` positions.

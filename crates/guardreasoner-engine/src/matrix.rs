@@ -1,7 +1,7 @@
 //! Weight matrices in their stored format, and the batched matrix product of the forward pass.
 
 use crate::kernels::{self, interleaved, Isa, GROUP_COLS, MAX_COLS};
-use crate::quant::{dequantize_row, BlockQ16, BlockQ8, WeightType, QK};
+use crate::quant::{dequantize_row, Activations, BlockQ16, BlockQ8, WeightType, QK};
 use rayon::prelude::*;
 
 /// A `rows × cols` weight matrix, each row stored in format `ty` (the layout of
@@ -14,8 +14,9 @@ pub struct Matrix {
     cols: usize,
     row_bytes: usize,
     data: Vec<u8>,
-    /// Rows interleaved by [`interleaved::GROUP`] (Q8_0 and Q4_1 only).
-    interleaved: bool,
+    /// Rows interleaved by [`interleaved::GROUP`] (Q8_0 and Q4_1 only), in the layout for
+    /// these activations.
+    interleaved: Option<Activations>,
 }
 
 impl std::fmt::Debug for Matrix {
@@ -40,29 +41,39 @@ impl Matrix {
             cols,
             row_bytes,
             data,
-            interleaved: false,
+            interleaved: None,
         })
     }
 
     /// The layout `matmul` on `isa` runs fastest: Q8_0 and Q4_1 matrices of whole row groups
-    /// are interleaved for the AVX-512 VNNI kernel (2.2x its row-by-row rate for Q8_0,
-    /// measured in `examples/kernel_bench.rs`); everything else is kept as stored.
+    /// are interleaved for the AVX-512 VNNI kernels (2.2x the row-by-row rate for Q8_0 with
+    /// 16-bit activations, measured in `examples/kernel_bench.rs`), in the layout for 16-bit
+    /// activations ([`Matrix::set_activations`] changes it); everything else is kept as stored.
     pub fn prepared_for(self, isa: Isa) -> Matrix {
-        if isa != Isa::Avx512 || !interleaved::supports(self.ty) || self.interleaved {
+        if isa != Isa::Avx512 || !interleaved::supports(self.ty) || self.interleaved.is_some() {
             return self;
         }
-        match interleaved::interleave(self.ty, &self.data, self.row_bytes) {
+        match interleaved::interleave(self.ty, Activations::Q16, &self.data, self.row_bytes) {
             Some(data) => Matrix {
                 data,
-                interleaved: true,
+                interleaved: Some(Activations::Q16),
                 ..self
             },
             None => self,
         }
     }
 
-    /// Whether the rows are interleaved (see [`Matrix::prepared_for`]).
-    pub fn is_interleaved(&self) -> bool {
+    /// Lay an interleaved matrix out again for `acts` (others are left as they are).
+    pub fn set_activations(&mut self, acts: Activations) {
+        if let Some(from) = self.interleaved.filter(|&from| from != acts) {
+            self.data = interleaved::relaid(self.ty, from, acts, &self.data, self.row_bytes);
+            self.interleaved = Some(acts);
+        }
+    }
+
+    /// The activations an interleaved matrix is laid out for (`None`: row-major; see
+    /// [`Matrix::prepared_for`]).
+    pub fn interleaved_for(&self) -> Option<Activations> {
         self.interleaved
     }
 
@@ -89,17 +100,17 @@ impl Matrix {
     /// The stored bytes of row `r` (row-major matrices).
     #[inline]
     fn row(&self, r: usize) -> &[u8] {
-        debug_assert!(!self.interleaved);
+        debug_assert!(self.interleaved.is_none());
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
     /// Row `r` as floats (embedding lookup).
     pub fn dequantize_row_into(&self, r: usize, out: &mut [f32]) {
-        if self.interleaved {
+        if let Some(acts) = self.interleaved {
             let g = interleaved::GROUP;
             let group = &self.data[r / g * g * self.row_bytes..(r / g + 1) * g * self.row_bytes];
             let mut row = vec![0u8; self.row_bytes];
-            interleaved::row_of(self.ty, group, r % g, &mut row);
+            interleaved::row_of(self.ty, acts, group, r % g, &mut row);
             return dequantize_row(self.ty, &row, out);
         }
         dequantize_row(self.ty, self.row(r), out);
@@ -145,8 +156,8 @@ impl Matrix {
     }
 }
 
-/// Scratch reused across matrix products (quantised activations: 16-bit for the row-major
-/// kernels, 8-bit for the interleaved one).
+/// Scratch reused across matrix products (quantised activations: 16-bit, and 8-bit for
+/// matrices interleaved for them).
 #[derive(Default)]
 pub struct MatmulScratch {
     q16: Vec<BlockQ16>,
@@ -243,9 +254,13 @@ pub fn matmul_many(
         return;
     }
     let x_blocks = x_cols / QK;
-    let row_major_quantised =
-        |p: &Product<'_>| p.w.ty.uses_quantised_activations() && !p.w.interleaved;
-    if products.iter().any(row_major_quantised) {
+    let wants = |acts: Activations| {
+        products.iter().any(|p| {
+            p.w.ty.uses_quantised_activations()
+                && p.w.interleaved.unwrap_or(Activations::Q16) == acts
+        })
+    };
+    if wants(Activations::Q16) {
         assert!(x_cols.is_multiple_of(QK), "matmul: quantised input width");
         scratch.q16.resize(n_tokens * x_blocks, BlockQ16::default());
         scratch
@@ -255,7 +270,7 @@ pub fn matmul_many(
             .zip(x.par_chunks(x_cols))
             .for_each(|(q, xs)| kernels::quantize_q16(isa, xs, q));
     }
-    if products.iter().any(|p| p.w.interleaved) {
+    if wants(Activations::Q8) {
         assert!(x_cols.is_multiple_of(QK), "matmul: quantised input width");
         scratch.q8.resize(n_tokens * x_blocks, BlockQ8::default());
         scratch
@@ -277,7 +292,7 @@ pub fn matmul_many(
         .clamp(4, 256);
     let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
     for (i, p) in products.iter().enumerate() {
-        let chunk = if p.w.interleaved {
+        let chunk = if p.w.interleaved.is_some() {
             base_chunk.next_multiple_of(interleaved::GROUP)
         } else {
             base_chunk
@@ -328,7 +343,11 @@ pub fn matmul_many(
         let mut dots = [0.0f32; MAX_COLS];
         let mut block_dots = [0.0f32; BLOCK_DOTS];
         // Tokens per kernel call: the interleaved kernel takes more vectors per unpacked block.
-        let per_call = if w.interleaved { GROUP_COLS } else { MAX_COLS };
+        let per_call = if w.interleaved.is_some() {
+            GROUP_COLS
+        } else {
+            MAX_COLS
+        };
         let mut t0 = 0;
         // While the token groups after the first compute from cache, the next chunk's rows
         // (usually this thread's next task) are fetched into L2, a few lines after each kernel
@@ -337,7 +356,7 @@ pub fn matmul_many(
         let chunk = r1 - r0;
         let next = &w.data
             [(r1 * w.row_bytes).min(w.data.len())..((r1 + chunk) * w.row_bytes).min(w.data.len())];
-        let step = if w.interleaved {
+        let step = if w.interleaved.is_some() {
             interleaved::GROUP
         } else if w.ty.uses_quantised_activations() {
             ROWS_PER_CALL
@@ -355,26 +374,40 @@ pub fn matmul_many(
                     }
                 }
             };
-            if w.interleaved {
-                let (blocks, first) = (cols / QK, p.x_offset / QK);
-                let xs: [&[BlockQ8]; GROUP_COLS] = std::array::from_fn(|c| {
-                    let t = t0 + c.min(n - 1);
-                    &q8[t * x_blocks + first..t * x_blocks + first + blocks]
+            let (blocks, first) = (cols / QK, p.x_offset / QK);
+            // Token `t0 + c`'s quantised activations (the last one again past `n`).
+            let tokens = |c: usize| {
+                let t = t0 + c.min(n - 1);
+                t * x_blocks + first..t * x_blocks + first + blocks
+            };
+            if let Some(acts) = w.interleaved {
+                let xs16: [&[BlockQ16]; GROUP_COLS] = std::array::from_fn(|c| {
+                    if acts == Activations::Q16 {
+                        &q16[tokens(c)]
+                    } else {
+                        &[]
+                    }
+                });
+                let xs8: [&[BlockQ8]; GROUP_COLS] = std::array::from_fn(|c| {
+                    if acts == Activations::Q8 {
+                        &q8[tokens(c)]
+                    } else {
+                        &[]
+                    }
                 });
                 // One call per interleaved group.
                 for r in (r0..r1).step_by(step) {
                     let data = &w.data[r * w.row_bytes..(r + step) * w.row_bytes];
                     let o = &mut block_dots[..step * n];
-                    kernels::dot_q8_group(isa, w.ty, data, &xs[..n], o);
+                    match acts {
+                        Activations::Q16 => kernels::dot_q16_group(isa, w.ty, data, &xs16[..n], o),
+                        Activations::Q8 => kernels::dot_q8_group(isa, w.ty, data, &xs8[..n], o),
+                    }
                     store_by_token(t0, r, step, o);
                     fetch_next();
                 }
             } else if w.ty.uses_quantised_activations() {
-                let (blocks, first) = (cols / QK, p.x_offset / QK);
-                let xs: [&[BlockQ16]; GROUP_COLS] = std::array::from_fn(|c| {
-                    let t = t0 + c.min(n - 1);
-                    &q16[t * x_blocks + first..t * x_blocks + first + blocks]
-                });
+                let xs: [&[BlockQ16]; GROUP_COLS] = std::array::from_fn(|c| &q16[tokens(c)]);
                 // A call covers up to ROWS_PER_CALL rows.
                 let mut r = r0;
                 while r < r1 {
@@ -443,8 +476,11 @@ mod tests {
                 .collect();
             let plain = Matrix::new(ty, rows, cols, data).unwrap();
             let packed = plain.clone().prepared_for(Isa::Avx512);
-            assert!(packed.is_interleaved());
-            assert!(!plain.clone().prepared_for(Isa::Avx2).is_interleaved());
+            assert_eq!(packed.interleaved_for(), Some(Activations::Q16));
+            assert_eq!(
+                plain.clone().prepared_for(Isa::Avx2).interleaved_for(),
+                None
+            );
             let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
             for r in 0..rows {
                 plain.dequantize_row_into(r, &mut a);
@@ -452,7 +488,7 @@ mod tests {
                 assert_eq!(a, b, "row {r}");
             }
             let both = Matrix::concat_rows(&[&packed, &packed]).unwrap();
-            assert!(both.is_interleaved() && both.rows() == 2 * rows);
+            assert!(both.interleaved_for().is_some() && both.rows() == 2 * rows);
             assert!(
                 Matrix::concat_rows(&[&packed, &plain]).is_none(),
                 "layouts do not mix"
@@ -461,7 +497,18 @@ mod tests {
                 .num_threads(2)
                 .build()
                 .unwrap();
-            for n in [1usize, 4, 7] {
+            let mut packed8 = packed.clone();
+            packed8.set_activations(Activations::Q8);
+            assert_eq!(packed8.interleaved_for(), Some(Activations::Q8));
+            for r in 0..rows {
+                plain.dequantize_row_into(r, &mut a);
+                packed8.dequantize_row_into(r, &mut b);
+                assert_eq!(a, b, "row {r}, laid out for 8-bit activations");
+            }
+            for (n, packed, bits) in [1usize, 4, 7]
+                .into_iter()
+                .flat_map(|n| [(n, &packed, 16.0f32), (n, &packed8, 8.0)])
+            {
                 let x: Vec<f32> = (0..n * cols)
                     .map(|i| ((i * 13 % 31) as f32 - 15.0) / 10.0)
                     .collect();
@@ -470,10 +517,11 @@ mod tests {
                     let mut scratch = MatmulScratch::default();
                     pool.install(|| {
                         matmul(isa, &plain, &x, n, &mut want, &mut scratch);
-                        matmul(isa, &packed, &x, n, &mut got, &mut scratch);
+                        matmul(isa, packed, &x, n, &mut got, &mut scratch);
                     });
-                    // The interleaved kernel rounds the activations to 8 bits (the row-major
-                    // ones to 16): each block's error is at most half a step times its weights.
+                    // Each block's rounding error is at most half a step of its activations
+                    // (8 or 16 bits; the row-major kernels take 16) times its weights.
+                    let steps = 2.0 * (2.0f32.powf(bits - 1.0) - 1.0);
                     let mut w = vec![0.0; cols];
                     for r in 0..rows {
                         plain.dequantize_row_into(r, &mut w);
@@ -484,13 +532,14 @@ mod tests {
                                 .zip(w.chunks(QK))
                                 .map(|(xb, wb)| {
                                     let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                                    amax / 254.0 * wb.iter().map(|v| v.abs()).sum::<f32>()
+                                    amax / steps * wb.iter().map(|v| v.abs()).sum::<f32>()
                                 })
                                 .sum();
                             let (g, e) = (got[t * rows + r], want[t * rows + r]);
+                            // (1e-4 covers the 16-bit row-major reference's own rounding.)
                             assert!(
                                 (g - e).abs() <= 1.01 * bound + 1e-4,
-                                "{isa:?} n={n}: {g} vs {e} (bound {bound})"
+                                "{isa:?} n={n} {bits}-bit: {g} vs {e} (bound {bound})"
                             );
                         }
                     }

@@ -90,6 +90,16 @@ impl WeightType {
     }
 }
 
+/// How the quantised matrix kernels round their activations (the interleaved AVX-512 VNNI
+/// kernels take either; the row-major kernels always take 16 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    /// [`BlockQ16`]: logits within ~0.01 of the exact computation on the same weights.
+    Q16,
+    /// [`BlockQ8`]: twice the multiply-adds per instruction; logits move up to ~0.4.
+    Q8,
+}
+
 /// One block of 32 activations quantised to 16 bits: `x[i] ≈ d * qs[i]`, with `s = d * Σ qs`
 /// kept so formats with an offset (Q4_1, Q4_0, Q4_K minima) need no second pass.
 ///

@@ -9,7 +9,7 @@
 //! fused multiply-add saves). Re-measure (`examples/kernel_bench.rs`) before widening this.
 //!
 //! Q8_0 matrices of whole sixteen-row groups are interleaved at load on these CPUs and go
-//! through [`dot_q8_group`] instead (one lane per row, 8-bit activations), so the
+//! through [`dot_q16_group`] or [`dot_q8_group`] instead (one lane per row), so the
 //! row kernels above serve what is left: matrices not in whole groups, and tests.
 //!
 //! Callers must have checked the CPU features ([`super::Isa::detect`]); the functions are
@@ -76,6 +76,130 @@ unsafe fn q8_0<const N: usize>(row: &[u8], blocks: usize, xs: &[&[BlockQ16]]) ->
 
 const _: () = assert!(QK == 32);
 
+/// The checks and the dispatch on the vector count shared by [`dot_q16_group`] and
+/// [`dot_q8_group`] (`$kernel::<N, Q4_1>` for each const `N`).
+macro_rules! group_call {
+    ($kernel:ident, $ty:expr, $group:expr, $xs:expr, $out:expr) => {{
+        use super::interleaved::{group_block, supports, GROUP};
+        let (ty, group, xs, out) = ($ty, $group, $xs, $out);
+        let n = xs.len();
+        if !supports(ty) {
+            return false;
+        }
+        let gb = group_block(ty);
+        let blocks = group.len() / gb;
+        if n == 0
+            || n > super::GROUP_COLS
+            || !group.len().is_multiple_of(gb)
+            || out.len() < GROUP * n
+            || xs.iter().any(|x| x.len() < blocks)
+        {
+            return false;
+        }
+        macro_rules! run {
+            ($n:literal) => {{
+                let acc = if ty == WeightType::Q4_1 {
+                    $kernel::<$n, true>(group, blocks, xs)
+                } else {
+                    $kernel::<$n, false>(group, blocks, xs)
+                };
+                // One register per vector: its sixteen rows, stored as they are.
+                for (c, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(out.as_mut_ptr().add(c * GROUP), *a);
+                }
+            }};
+        }
+        match n {
+            1 => run!(1),
+            2 => run!(2),
+            3 => run!(3),
+            4 => run!(4),
+            5 => run!(5),
+            6 => run!(6),
+            7 => run!(7),
+            _ => run!(8),
+        }
+        true
+    }};
+}
+
+/// See [`super::interleaved::dot_q16_group`]: sixteen interleaved Q8_0 or Q4_1 rows against
+/// up to [`super::GROUP_COLS`] 16-bit activation vectors. Returns `false` (computing nothing) for a
+/// format without an interleaved layout or buffers of the wrong size.
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vnni, avx2, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q16_group(
+    ty: WeightType,
+    group: &[u8],
+    xs: &[&[BlockQ16]],
+    out: &mut [f32],
+) -> bool {
+    group_call!(rows_group_q16, ty, group, xs, out)
+}
+
+/// One lane per row: for each block, sixteen `vpdpwssd` (one per element pair, the pair of
+/// each activation vector broadcast) give the block's integer sums of all sixteen rows, scaled
+/// by one multiply-add per vector (and, for Q4_1, the block minima times the activations' sum
+/// added by a second). Q4_1's two 4-bit weights of a pair sit in one byte per row: widened to
+/// 32 bits, `(b | b << 12) & 0x000F000F` puts them in the lane's two 16-bit halves.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn rows_group_q16<const N: usize, const Q4_1: bool>(
+    group: &[u8],
+    blocks: usize,
+    xs: &[&[BlockQ16]],
+) -> [__m512; N] {
+    use super::interleaved::{group_block, header, GROUP};
+    let ty = if Q4_1 {
+        WeightType::Q4_1
+    } else {
+        WeightType::Q8_0
+    };
+    let (gb, head) = (group_block(ty), header(ty));
+    let nibbles = _mm512_set1_epi32(0x000F_000F);
+    let mut acc = [_mm512_setzero_ps(); N];
+    let base = group.as_ptr();
+    let xp: [*const BlockQ16; N] = std::array::from_fn(|c| xs[c].as_ptr());
+    for b in 0..blocks {
+        let p = base.add(b * gb);
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        let mut sums = [_mm512_setzero_si512(); N];
+        for k in 0..QK / 2 {
+            let w = if Q4_1 {
+                let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                    p.add(head + GROUP * k) as *const __m128i
+                ));
+                // 0xA8: (a | b) & c.
+                _mm512_ternarylogic_epi32::<0xA8>(bytes, _mm512_slli_epi32::<12>(bytes), nibbles)
+            } else {
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                    p.add(head + 2 * GROUP * k) as *const __m256i
+                ))
+            };
+            for c in 0..N {
+                let pair = ((*xp[c].add(b)).qs.as_ptr().add(2 * k) as *const i32).read_unaligned();
+                sums[c] = _mm512_dpwssd_epi32(sums[c], w, _mm512_set1_epi32(pair));
+            }
+        }
+        let m = if Q4_1 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * GROUP) as *const __m256i))
+        } else {
+            _mm512_setzero_ps()
+        };
+        for c in 0..N {
+            let x = &*xp[c].add(b);
+            let scale = _mm512_mul_ps(d, _mm512_set1_ps(x.d));
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[c]), scale, acc[c]);
+            if Q4_1 {
+                acc[c] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), acc[c]);
+            }
+        }
+    }
+    acc
+}
+
 /// See [`super::interleaved::dot_q8_group`]: sixteen interleaved Q8_0 or Q4_1 rows against
 /// up to [`super::GROUP_COLS`] 8-bit activation vectors. Returns `false` (computing nothing) for a
 /// format without an interleaved layout or buffers of the wrong size.
@@ -89,45 +213,7 @@ pub unsafe fn dot_q8_group(
     xs: &[&[BlockQ8]],
     out: &mut [f32],
 ) -> bool {
-    use super::interleaved::{group_block, supports, GROUP};
-    let n = xs.len();
-    if !supports(ty) {
-        return false;
-    }
-    let gb = group_block(ty);
-    let blocks = group.len() / gb;
-    if n == 0
-        || n > super::GROUP_COLS
-        || !group.len().is_multiple_of(gb)
-        || out.len() < GROUP * n
-        || xs.iter().any(|x| x.len() < blocks)
-    {
-        return false;
-    }
-    macro_rules! run {
-        ($n:literal) => {{
-            let acc = if ty == WeightType::Q4_1 {
-                rows_group::<$n, true>(group, blocks, xs)
-            } else {
-                rows_group::<$n, false>(group, blocks, xs)
-            };
-            // One register per vector: its sixteen rows, stored as they are.
-            for (c, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(out.as_mut_ptr().add(c * GROUP), *a);
-            }
-        }};
-    }
-    match n {
-        1 => run!(1),
-        2 => run!(2),
-        3 => run!(3),
-        4 => run!(4),
-        5 => run!(5),
-        6 => run!(6),
-        7 => run!(7),
-        _ => run!(8),
-    }
-    true
+    group_call!(rows_group_q8, ty, group, xs, out)
 }
 
 /// One lane per row: for each block, eight `vpdpbusd` per activation vector (four elements
@@ -138,7 +224,7 @@ pub unsafe fn dot_q8_group(
 /// the integer sum.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn rows_group<const N: usize, const Q4_1: bool>(
+unsafe fn rows_group_q8<const N: usize, const Q4_1: bool>(
     group: &[u8],
     blocks: usize,
     xs: &[&[BlockQ8]],

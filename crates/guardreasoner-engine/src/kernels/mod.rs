@@ -10,7 +10,7 @@
 //! A weight row is dotted with up to [`MAX_COLS`] activation vectors at once, so the unpacking
 //! of each weight block is shared between the sequences of a batch (or tokens of a prompt).
 //! On AVX-512 VNNI, Q8_0 and Q4_1 matrices are stored with sixteen rows interleaved
-//! ([`interleaved`], [`dot_q8_group`]), one row per 512-bit lane, against 8-bit activations.
+//! ([`interleaved`], [`dot_q16_group`], [`dot_q8_group`]), one row per 512-bit lane.
 
 use crate::kv_cache::KvType;
 use crate::quant::{BlockQ16, BlockQ8, WeightType};
@@ -26,8 +26,9 @@ pub mod scalar;
 /// Most activation vectors one row-major kernel call handles.
 pub const MAX_COLS: usize = 4;
 
-/// Most activation vectors one call of the interleaved kernel ([`dot_q8_group`]) handles: its
-/// sixteen rows' unpacked weights serve eight vectors before the next block is unpacked.
+/// Most activation vectors one call of an interleaved kernel ([`dot_q16_group`],
+/// [`dot_q8_group`]) handles: its sixteen rows' unpacked weights serve eight vectors before
+/// the next block is unpacked.
 pub const GROUP_COLS: usize = 8;
 
 /// The instruction set the kernels use.
@@ -127,9 +128,20 @@ pub fn dot_q16_rows(
     }
 }
 
-/// [`interleaved::dot_q8_group`] on the best kernel `isa` has (AVX-512 VNNI, else the portable
-/// one): sixteen interleaved rows of `ty` (Q8_0 or Q4_1) against `xs` (`1..=GROUP_COLS`
-/// vectors of 8-bit activations); `out[c * GROUP + j]` is row `j` against `xs[c]`.
+/// [`interleaved::dot_q16_group`] on the best kernel `isa` has (AVX-512 VNNI, else the
+/// portable one): sixteen rows of `ty` (Q8_0 or Q4_1) interleaved for 16-bit activations
+/// against `xs` (`1..=GROUP_COLS` vectors); `out[c * GROUP + j]` is row `j` against `xs[c]`.
+pub fn dot_q16_group(isa: Isa, ty: WeightType, group: &[u8], xs: &[&[BlockQ16]], out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced after detecting avx512f/bw/vnni besides avx2,
+        // fma and f16c.
+        Isa::Avx512 if unsafe { avx512::dot_q16_group(ty, group, xs, out) } => {}
+        _ => interleaved::dot_q16_group(ty, group, xs, out),
+    }
+}
+
+/// [`dot_q16_group`] for rows interleaved for 8-bit activations.
 pub fn dot_q8_group(isa: Isa, ty: WeightType, group: &[u8], xs: &[&[BlockQ8]], out: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -667,7 +679,8 @@ mod tests {
 
     #[test]
     fn interleaved_groups_match_their_rows() {
-        use interleaved::{interleave, row_of, GROUP};
+        use crate::quant::Activations;
+        use interleaved::{interleave, relaid, row_of, GROUP};
         for ty in [WeightType::Q8_0, WeightType::Q4_1] {
             let mut rng = Lcg(17);
             let cols = 576;
@@ -675,49 +688,96 @@ mod tests {
                 .flat_map(|_| quantize_row(ty, &rng.vec(cols, 1.0)))
                 .collect();
             let row_bytes = rows.len() / (2 * GROUP);
-            assert!(
-                interleave(ty, &rows[..row_bytes * 3], row_bytes).is_none(),
-                "whole groups only"
-            );
-            let packed = interleave(ty, &rows, row_bytes).unwrap();
-            assert_eq!(packed.len(), rows.len());
-            let mut back = vec![0u8; row_bytes];
-            for (r, want) in rows.chunks_exact(row_bytes).enumerate() {
-                let group = &packed[r / GROUP * GROUP * row_bytes..][..GROUP * row_bytes];
-                row_of(ty, group, r % GROUP, &mut back);
-                assert_eq!(back, want, "{ty:?} row {r} unpacks to itself");
-            }
-            let xs_q = rng.q8_vectors(cols, GROUP_COLS);
-            for n in 1..=GROUP_COLS {
-                let xs: Vec<&[BlockQ8]> = xs_q[..n].iter().map(|v| v.as_slice()).collect();
-                for g in 0..2 {
-                    let group = &packed[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
-                    let mut reference = vec![0.0; GROUP * n];
-                    interleaved::dot_q8_group(ty, group, &xs, &mut reference);
-                    let plain = &rows[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
-                    let mut w = vec![0.0f32; cols];
-                    for (j, r) in plain.chunks_exact(row_bytes).enumerate() {
-                        dequantize_row(ty, r, &mut w);
-                        for (c, x) in xs.iter().enumerate() {
-                            // The stored weights against the quantised activations, in f64.
-                            let want: f64 = x
-                                .iter()
-                                .flat_map(|b| b.qs.iter().map(move |&q| q as f64 * b.d as f64))
-                                .zip(&w)
-                                .map(|(a, &b)| a * b as f64)
-                                .sum();
-                            let a = reference[c * GROUP + j];
-                            assert!(
-                                (a as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                                "{ty:?} n={n}: {a} vs {want}"
-                            );
+            let xs16 = rng.q16_vectors(cols, GROUP_COLS);
+            let xs8 = rng.q8_vectors(cols, GROUP_COLS);
+            for acts in [Activations::Q16, Activations::Q8] {
+                assert!(
+                    interleave(ty, acts, &rows[..row_bytes * 3], row_bytes).is_none(),
+                    "whole groups only"
+                );
+                let packed = interleave(ty, acts, &rows, row_bytes).unwrap();
+                assert_eq!(packed.len(), rows.len());
+                let mut back = vec![0u8; row_bytes];
+                for (r, want) in rows.chunks_exact(row_bytes).enumerate() {
+                    let group = &packed[r / GROUP * GROUP * row_bytes..][..GROUP * row_bytes];
+                    row_of(ty, acts, group, r % GROUP, &mut back);
+                    assert_eq!(back, want, "{ty:?} {acts:?} row {r} unpacks to itself");
+                }
+                let other = match acts {
+                    Activations::Q16 => Activations::Q8,
+                    Activations::Q8 => Activations::Q16,
+                };
+                assert_eq!(
+                    relaid(
+                        ty,
+                        other,
+                        acts,
+                        &interleave(ty, other, &rows, row_bytes).unwrap(),
+                        row_bytes
+                    ),
+                    packed,
+                    "{ty:?}: relaid from {other:?}"
+                );
+                for n in 1..=GROUP_COLS {
+                    for g in 0..2 {
+                        let group = &packed[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
+                        let plain = &rows[g * GROUP * row_bytes..(g + 1) * GROUP * row_bytes];
+                        let (mut reference, mut got) = (vec![0.0; GROUP * n], vec![0.0; GROUP * n]);
+                        // The stored weights against the quantised activations, in f64.
+                        let activations: Vec<Vec<f64>> = match acts {
+                            Activations::Q16 => {
+                                let xs: Vec<&[BlockQ16]> =
+                                    xs16[..n].iter().map(|v| v.as_slice()).collect();
+                                interleaved::dot_q16_group(ty, group, &xs, &mut reference);
+                                xs.iter()
+                                    .map(|x| {
+                                        x.iter()
+                                            .flat_map(|b| b.qs.map(|q| q as f64 * b.d as f64))
+                                            .collect()
+                                    })
+                                    .collect()
+                            }
+                            Activations::Q8 => {
+                                let xs: Vec<&[BlockQ8]> =
+                                    xs8[..n].iter().map(|v| v.as_slice()).collect();
+                                interleaved::dot_q8_group(ty, group, &xs, &mut reference);
+                                xs.iter()
+                                    .map(|x| {
+                                        x.iter()
+                                            .flat_map(|b| b.qs.map(|q| q as f64 * b.d as f64))
+                                            .collect()
+                                    })
+                                    .collect()
+                            }
+                        };
+                        let mut w = vec![0.0f32; cols];
+                        for (j, r) in plain.chunks_exact(row_bytes).enumerate() {
+                            dequantize_row(ty, r, &mut w);
+                            for (c, x) in activations.iter().enumerate() {
+                                let want: f64 = x.iter().zip(&w).map(|(a, &b)| a * b as f64).sum();
+                                let a = reference[c * GROUP + j];
+                                assert!(
+                                    (a as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                    "{ty:?} {acts:?} n={n}: {a} vs {want}"
+                                );
+                            }
                         }
-                    }
-                    for isa in Isa::all_available() {
-                        let mut got = vec![0.0; GROUP * n];
-                        dot_q8_group(isa, ty, group, &xs, &mut got);
-                        // The same integer sums, scaled in the same order: the same floats.
-                        assert_eq!(got, reference, "{ty:?} {isa:?} n={n}");
+                        for isa in Isa::all_available() {
+                            match acts {
+                                Activations::Q16 => {
+                                    let xs: Vec<&[BlockQ16]> =
+                                        xs16[..n].iter().map(|v| v.as_slice()).collect();
+                                    dot_q16_group(isa, ty, group, &xs, &mut got);
+                                }
+                                Activations::Q8 => {
+                                    let xs: Vec<&[BlockQ8]> =
+                                        xs8[..n].iter().map(|v| v.as_slice()).collect();
+                                    dot_q8_group(isa, ty, group, &xs, &mut got);
+                                }
+                            }
+                            // The same integer sums, scaled in the same order: the same floats.
+                            assert_eq!(got, reference, "{ty:?} {acts:?} {isa:?} n={n}");
+                        }
                     }
                 }
             }

@@ -3,7 +3,7 @@
 
 use crate::kernels::Isa;
 use crate::matrix::{matmul_many, MatmulScratch, Matrix, Product};
-use crate::quant::{WeightType, QK};
+use crate::quant::{Activations, WeightType, QK};
 
 /// A linear layer whose output is the concatenation of one or more stored matrices (Q/K/V and
 /// gate/up are fused when their formats agree, so one parallel pass computes them), plus an
@@ -121,6 +121,19 @@ impl Linear {
 
     pub(crate) fn has_low_rank(&self) -> bool {
         self.low_rank.is_some()
+    }
+
+    /// Lay the interleaved matrices (stored ones and LoRA factors) out for `acts`.
+    pub(crate) fn set_activations(&mut self, acts: Activations) {
+        for m in &mut self.parts {
+            m.set_activations(acts);
+        }
+        if let Some(l) = &mut self.low_rank {
+            l.a.set_activations(acts);
+            for seg in &mut l.segments {
+                seg.b.set_activations(acts);
+            }
+        }
     }
 
     pub(crate) fn map(self, f: impl Fn(&Matrix) -> Matrix) -> Linear {
