@@ -128,8 +128,9 @@ impl Engine {
         Engine::from_model(model, options.threads)
     }
 
-    /// Wrap a loaded model.
-    pub fn from_model(model: Llama, threads: Option<usize>) -> Result<Engine> {
+    /// Wrap a loaded model (laying its matrices out for this CPU, see [`Llama::set_kv_type`]).
+    pub fn from_model(mut model: Llama, threads: Option<usize>) -> Result<Engine> {
+        model.prepare_matrices();
         let threads = threads.unwrap_or_else(num_cpus::get_physical).max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -195,8 +195,19 @@ impl Llama {
             )));
         }
         self.kv_choice = ty;
-        let acts = self.activations();
-        self.embed_tokens.set_activations(acts);
+        self.prepare_matrices();
+        Ok(())
+    }
+
+    /// Lay every matrix out as the kernels of this CPU run it fastest with
+    /// [`Llama::activations`] ([`Matrix::prepare`]; done once, when the engine is made or the
+    /// cache type set, since the layout depends on both). The token embeddings too: when the
+    /// output layer is tied to them (SmolLM2's Q8_0 embeddings: a fifth of a token's
+    /// multiply-adds), the interleaved kernel runs it ~3x faster than row by row
+    /// (`examples/kernel_bench.rs`), and a lookup reads a row back from either layout.
+    pub(crate) fn prepare_matrices(&mut self) {
+        let (isa, acts) = (Isa::detect(), self.activations());
+        self.embed_tokens.prepare(isa, acts);
         for l in &mut self.layers {
             for linear in [
                 &mut l.qkv_proj,
@@ -204,13 +215,12 @@ impl Llama {
                 &mut l.gate_up_proj,
                 &mut l.down_proj,
             ] {
-                linear.set_activations(acts);
+                linear.prepare(isa, acts);
             }
         }
         if let Some(head) = &mut self.lm_head {
-            head.set_activations(acts);
+            head.prepare(isa, acts);
         }
-        Ok(())
     }
 
     /// How the interleaved matrix kernels (AVX-512 VNNI) round activations: to 8 bits with

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 /// A `rows × cols` weight matrix, each row stored in format `ty` (the layout of
 /// `nn.Linear.weight`: one row per output feature), row-major or, for Q8_0 and Q4_1 on
-/// AVX-512 VNNI, with groups of rows interleaved ([`Matrix::prepared_for`], [`interleaved`]).
+/// AVX-512 VNNI, with groups of rows interleaved ([`Matrix::prepare`], [`interleaved`]).
 #[derive(Clone)]
 pub struct Matrix {
     ty: WeightType,
@@ -45,34 +45,35 @@ impl Matrix {
         })
     }
 
-    /// The layout `matmul` on `isa` runs fastest: Q8_0 and Q4_1 matrices of whole row groups
-    /// are interleaved for the AVX-512 VNNI kernels (2.2x the row-by-row rate for Q8_0 with
-    /// 16-bit activations, measured in `examples/kernel_bench.rs`), in the layout for 16-bit
-    /// activations ([`Matrix::set_activations`] changes it); everything else is kept as stored.
-    pub fn prepared_for(self, isa: Isa) -> Matrix {
-        if isa != Isa::Avx512 || !interleaved::supports(self.ty) || self.interleaved.is_some() {
-            return self;
+    /// Lay the matrix out as `matmul` on `isa` runs it fastest with `acts`: Q8_0 and Q4_1
+    /// matrices of whole row groups are interleaved for the AVX-512 VNNI kernels (2.2x the
+    /// row-by-row rate for Q8_0 with 16-bit activations, measured in
+    /// `examples/kernel_bench.rs`), in the layout for `acts` (an interleaved matrix is laid out
+    /// again if it was for the other); everything else is kept as stored.
+    pub fn prepare(&mut self, isa: Isa, acts: Activations) {
+        if isa != Isa::Avx512 || !interleaved::supports(self.ty) {
+            return;
         }
-        match interleaved::interleave(self.ty, Activations::Q16, &self.data, self.row_bytes) {
-            Some(data) => Matrix {
-                data,
-                interleaved: Some(Activations::Q16),
-                ..self
+        let data = match self.interleaved {
+            Some(from) if from == acts => return,
+            Some(from) => interleaved::relaid(self.ty, from, acts, &self.data, self.row_bytes),
+            None => match interleaved::interleave(self.ty, acts, &self.data, self.row_bytes) {
+                Some(data) => data,
+                None => return,
             },
-            None => self,
-        }
+        };
+        self.data = data;
+        self.interleaved = Some(acts);
     }
 
-    /// Lay an interleaved matrix out again for `acts` (others are left as they are).
-    pub fn set_activations(&mut self, acts: Activations) {
-        if let Some(from) = self.interleaved.filter(|&from| from != acts) {
-            self.data = interleaved::relaid(self.ty, from, acts, &self.data, self.row_bytes);
-            self.interleaved = Some(acts);
-        }
+    /// [`Matrix::prepare`], by value.
+    pub fn prepared_for(mut self, isa: Isa, acts: Activations) -> Matrix {
+        self.prepare(isa, acts);
+        self
     }
 
     /// The activations an interleaved matrix is laid out for (`None`: row-major; see
-    /// [`Matrix::prepared_for`]).
+    /// [`Matrix::prepare`]).
     pub fn interleaved_for(&self) -> Option<Activations> {
         self.interleaved
     }
@@ -475,10 +476,13 @@ mod tests {
                 .flat_map(|r| quantize_row(ty, r))
                 .collect();
             let plain = Matrix::new(ty, rows, cols, data).unwrap();
-            let packed = plain.clone().prepared_for(Isa::Avx512);
+            let packed = plain.clone().prepared_for(Isa::Avx512, Activations::Q16);
             assert_eq!(packed.interleaved_for(), Some(Activations::Q16));
             assert_eq!(
-                plain.clone().prepared_for(Isa::Avx2).interleaved_for(),
+                plain
+                    .clone()
+                    .prepared_for(Isa::Avx2, Activations::Q8)
+                    .interleaved_for(),
                 None
             );
             let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
@@ -498,7 +502,7 @@ mod tests {
                 .build()
                 .unwrap();
             let mut packed8 = packed.clone();
-            packed8.set_activations(Activations::Q8);
+            packed8.prepare(Isa::Avx512, Activations::Q8);
             assert_eq!(packed8.interleaved_for(), Some(Activations::Q8));
             for r in 0..rows {
                 plain.dequantize_row_into(r, &mut a);
@@ -608,7 +612,9 @@ mod tests {
         let x: Vec<f32> = (0..n * x_cols)
             .map(|i| ((i * 17 % 41) as f32 - 20.0) / 15.0)
             .collect();
-        let make = |ty: WeightType, rows: usize, cols: usize, seed: usize| {
+        // The two quantised matrices laid out for different activations (where they are
+        // interleaved), so one pass quantises the input both ways.
+        let make = |ty: WeightType, rows: usize, cols: usize, seed: usize, acts: Activations| {
             let values: Vec<f32> = (0..rows * cols)
                 .map(|i| (((i + seed) * 29 % 83) as f32 - 41.0) / 50.0)
                 .collect();
@@ -618,11 +624,11 @@ mod tests {
                 .collect();
             Matrix::new(ty, rows, cols, data)
                 .unwrap()
-                .prepared_for(Isa::detect())
+                .prepared_for(Isa::detect(), acts)
         };
-        let q = make(WeightType::Q4_1, 32, 96, 1); // reads x[.., 32..128]
-        let f = make(WeightType::F32, 8, 64, 2); // reads x[.., 0..64]
-        let acc = make(WeightType::Q8_0, 16, 64, 3); // reads x[.., 64..128], adds
+        let q = make(WeightType::Q4_1, 32, 96, 1, Activations::Q8); // reads x[.., 32..128]
+        let f = make(WeightType::F32, 8, 64, 2, Activations::Q8); // reads x[.., 0..64]
+        let acc = make(WeightType::Q8_0, 16, 64, 3, Activations::Q16); // reads x[.., 64..128], adds
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()

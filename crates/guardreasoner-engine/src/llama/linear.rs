@@ -29,8 +29,6 @@ impl Linear {
             Some(m) if parts.len() > 1 => vec![m],
             _ => parts,
         };
-        let isa = Isa::detect();
-        let parts: Vec<Matrix> = parts.into_iter().map(|m| m.prepared_for(isa)).collect();
         let rows = parts.iter().map(Matrix::rows).sum();
         Linear {
             parts,
@@ -123,15 +121,16 @@ impl Linear {
         self.low_rank.is_some()
     }
 
-    /// Lay the interleaved matrices (stored ones and LoRA factors) out for `acts`.
-    pub(crate) fn set_activations(&mut self, acts: Activations) {
+    /// Lay the matrices (stored ones and LoRA factors) out for `isa` and `acts`
+    /// ([`Matrix::prepare`]).
+    pub(crate) fn prepare(&mut self, isa: Isa, acts: Activations) {
         for m in &mut self.parts {
-            m.set_activations(acts);
+            m.prepare(isa, acts);
         }
         if let Some(l) = &mut self.low_rank {
-            l.a.set_activations(acts);
+            l.a.prepare(isa, acts);
             for seg in &mut l.segments {
-                seg.b.set_activations(acts);
+                seg.b.prepare(isa, acts);
             }
         }
     }
@@ -244,9 +243,7 @@ impl LowRank {
                 .chunks_exact(cols)
                 .flat_map(|row| crate::quant::quantize_row(ty, row))
                 .collect();
-            Matrix::new(ty, rows, cols, data)
-                .expect("whole rows")
-                .prepared_for(Isa::detect())
+            Matrix::new(ty, rows, cols, data).expect("whole rows")
         };
         let padded = |p: &LowRankPart| p.rank().next_multiple_of(QK);
         let total: usize = parts.iter().map(padded).sum();

@@ -69,7 +69,7 @@ impl Llama {
         Ok(Llama {
             rope_layout: RopeLayout::Adjacent,
             inv_freq,
-            embed_tokens: output_layout(matrix("token_embd.weight", config.vocab_size, h)?),
+            embed_tokens: matrix("token_embd.weight", config.vocab_size, h)?,
             layers,
             norm: vector("output_norm.weight", h)?,
             lm_head,
@@ -123,11 +123,7 @@ impl Llama {
         Ok(Llama {
             rope_layout: RopeLayout::Halves,
             inv_freq: config.rope_inv_freq(),
-            embed_tokens: output_layout(st.matrix(
-                "model.embed_tokens.weight",
-                config.vocab_size,
-                h,
-            )?),
+            embed_tokens: st.matrix("model.embed_tokens.weight", config.vocab_size, h)?,
             layers,
             norm: vector("model.norm.weight", h)?,
             lm_head,
@@ -136,14 +132,6 @@ impl Llama {
             kv_choice: None,
         })
     }
-}
-
-/// The token embeddings in the layout the output layer multiplies fastest when it is tied to
-/// them (a lookup reads a row back from either layout). For SmolLM2's Q8_0 embeddings the
-/// output layer is a fifth of a token's multiply-adds, and the interleaved kernel runs it ~3x
-/// faster than row by row (`examples/kernel_bench.rs`).
-fn output_layout(embed: Matrix) -> Matrix {
-    embed.prepared_for(crate::kernels::Isa::detect())
 }
 
 /// The run-time LoRA update of a linear layer made of `parts` (GGUF name, rows), if the file
