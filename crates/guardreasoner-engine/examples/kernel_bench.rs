@@ -7,7 +7,8 @@
 //! The figures are relative: compare instruction sets within one run.
 //!
 //! Then decode-time attention over the 8-bit key/value cache, as SmolLM2-135M batches it (16
-//! sequences of ~700 positions in two segments, GQA groups of three 64-element heads), per
+//! sequences of ~700 positions in two segments, GQA groups of three 64-element heads; and
+//! sixteen sequences times thirty layers, which only memory holds), per
 //! instruction set, alternating them. `-- attend` runs only this part.
 
 use guardreasoner_engine::kernels::{
@@ -23,9 +24,11 @@ fn main() {
     if std::env::args().nth(1).as_deref() != Some("attend") {
         dot_products();
     }
-    // One sequence's cache stays in L2 (compute); sixteen come from L3 or memory.
+    // One sequence's cache stays in L2 (compute); sixteen come from L3; sixteen sequences'
+    // thirty layers (one decode step of the guard batch, ~130 MB) from memory.
     attention(1);
     attention(16);
+    attention(16 * 30);
 }
 
 /// One buffer of 8-bit keys or values: (elements, scales).
@@ -135,7 +138,7 @@ fn attention(seqs: usize) {
     // One decode step's attention for every sequence and group, `reps` times: ns per
     // (sequence, group).
     let mut time = |run: &mut Kernel| {
-        let reps = 32 / seqs;
+        let reps = (32 / seqs).max(1);
         let t = thread_cpu_ns();
         for _ in 0..reps {
             for (s, b) in segs.iter().zip(&blocked_segs) {

@@ -168,6 +168,11 @@ pub struct MatmulScratch {
 /// Rows handed to one quantised kernel call (its output buffer lives on the stack).
 const ROWS_PER_CALL: usize = 64;
 
+/// Up to this many groups of [`GROUP_COLS`] tokens, an interleaved product loops over its rows
+/// outermost (each group of rows read once, from memory); beyond it (prefill), over the token
+/// groups outermost, the task's rows re-read from L2 while the next task's are prefetched.
+const ROWS_OUTER_GROUPS: usize = 4;
+
 /// A raw pointer that may cross threads; each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -366,6 +371,41 @@ pub fn matmul_many(
         };
         let calls = (groups.saturating_sub(1) * chunk.div_ceil(step)).max(1);
         let mut prefetch = next.chunks(next.len().div_ceil(calls).max(1));
+        // Token `t` from `t0`'s quantised activations (the last one again past `n`).
+        let tokens = |t0: usize, n: usize, c: usize| {
+            let (blocks, first) = (cols / QK, p.x_offset / QK);
+            let t = t0 + c.min(n - 1);
+            t * x_blocks + first..t * x_blocks + first + blocks
+        };
+        // One interleaved group of rows from `r` against the tokens from `t0`.
+        let group_call = |acts: Activations, t0: usize, r: usize, o: &mut [f32]| {
+            let n = (n_tokens - t0).min(per_call);
+            let data = &w.data[r * w.row_bytes..(r + step) * w.row_bytes];
+            let o = &mut o[..step * n];
+            match acts {
+                Activations::Q16 => {
+                    let xs: [&[BlockQ16]; GROUP_COLS] =
+                        std::array::from_fn(|c| &q16[tokens(t0, n, c)]);
+                    kernels::dot_q16_group(isa, w.ty, data, &xs[..n], o)
+                }
+                Activations::Q8 => {
+                    let xs: [&[BlockQ8]; GROUP_COLS] =
+                        std::array::from_fn(|c| &q8[tokens(t0, n, c)]);
+                    kernels::dot_q8_group(isa, w.ty, data, &xs[..n], o)
+                }
+            }
+            store_by_token(t0, r, step, o);
+        };
+        if let Some(acts) = w.interleaved.filter(|_| groups <= ROWS_OUTER_GROUPS) {
+            // Few token groups (a decode batch): each group of rows is read from memory once
+            // and used for every token group from L1, so the chunk needs no prefetching.
+            for r in (r0..r1).step_by(step) {
+                for t0 in (0..n_tokens).step_by(per_call) {
+                    group_call(acts, t0, r, &mut block_dots);
+                }
+            }
+            return;
+        }
         while t0 < n_tokens {
             let n = (n_tokens - t0).min(per_call);
             let mut fetch_next = || {
@@ -375,40 +415,14 @@ pub fn matmul_many(
                     }
                 }
             };
-            let (blocks, first) = (cols / QK, p.x_offset / QK);
-            // Token `t0 + c`'s quantised activations (the last one again past `n`).
-            let tokens = |c: usize| {
-                let t = t0 + c.min(n - 1);
-                t * x_blocks + first..t * x_blocks + first + blocks
-            };
             if let Some(acts) = w.interleaved {
-                let xs16: [&[BlockQ16]; GROUP_COLS] = std::array::from_fn(|c| {
-                    if acts == Activations::Q16 {
-                        &q16[tokens(c)]
-                    } else {
-                        &[]
-                    }
-                });
-                let xs8: [&[BlockQ8]; GROUP_COLS] = std::array::from_fn(|c| {
-                    if acts == Activations::Q8 {
-                        &q8[tokens(c)]
-                    } else {
-                        &[]
-                    }
-                });
                 // One call per interleaved group.
                 for r in (r0..r1).step_by(step) {
-                    let data = &w.data[r * w.row_bytes..(r + step) * w.row_bytes];
-                    let o = &mut block_dots[..step * n];
-                    match acts {
-                        Activations::Q16 => kernels::dot_q16_group(isa, w.ty, data, &xs16[..n], o),
-                        Activations::Q8 => kernels::dot_q8_group(isa, w.ty, data, &xs8[..n], o),
-                    }
-                    store_by_token(t0, r, step, o);
+                    group_call(acts, t0, r, &mut block_dots);
                     fetch_next();
                 }
             } else if w.ty.uses_quantised_activations() {
-                let xs: [&[BlockQ16]; GROUP_COLS] = std::array::from_fn(|c| &q16[tokens(c)]);
+                let xs: [&[BlockQ16]; GROUP_COLS] = std::array::from_fn(|c| &q16[tokens(t0, n, c)]);
                 // A call covers up to ROWS_PER_CALL rows.
                 let mut r = r0;
                 while r < r1 {
@@ -509,7 +523,8 @@ mod tests {
                 packed8.dequantize_row_into(r, &mut b);
                 assert_eq!(a, b, "row {r}, laid out for 8-bit activations");
             }
-            for (n, packed, bits) in [1usize, 4, 7]
+            // One token group; two (rows outermost); five (token groups outermost).
+            for (n, packed, bits) in [1usize, 4, 7, 9, 5 * GROUP_COLS - 3]
                 .into_iter()
                 .flat_map(|n| [(n, &packed, 16.0f32), (n, &packed8, 8.0)])
             {

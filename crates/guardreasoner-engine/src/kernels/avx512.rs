@@ -164,6 +164,7 @@ unsafe fn rows_group_q16<const N: usize, const Q4_1: bool>(
     let xp: [*const BlockQ16; N] = std::array::from_fn(|c| xs[c].as_ptr());
     for b in 0..blocks {
         let p = base.add(b * gb);
+        prefetch_weights(p, gb);
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         let mut sums = [_mm512_setzero_si512(); N];
         for k in 0..QK / 2 {
@@ -198,6 +199,21 @@ unsafe fn rows_group_q16<const N: usize, const Q4_1: bool>(
         }
     }
     acc
+}
+
+/// How far ahead of the block being computed the interleaved kernels ask for weights: the
+/// groups of a matrix lie one after another, so this reaches into the next group (which a
+/// decode step reads next, from memory).
+const WEIGHTS_AHEAD: usize = 4096;
+
+/// A hint to bring the `gb` bytes [`WEIGHTS_AHEAD`] past `p` into L1 (past a matrix's end, no
+/// access is made).
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn prefetch_weights(p: *const u8, gb: usize) {
+    for line in (0..gb).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(WEIGHTS_AHEAD + line) as *const i8);
+    }
 }
 
 /// See [`super::interleaved::dot_q8_group`]: sixteen interleaved Q8_0 or Q4_1 rows against
@@ -246,6 +262,7 @@ unsafe fn rows_group_q8<const N: usize, const Q4_1: bool>(
     };
     for b in 0..blocks {
         let p = base.add(b * gb);
+        prefetch_weights(p, gb);
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         let mut sums = [_mm512_setzero_si512(); N];
         if Q4_1 {
@@ -561,6 +578,7 @@ unsafe fn weighted_scales(
         .v_scale
         .as_ptr()
         .add(p0 * (stride / QK) + block * KV_BLOCK);
+    prefetch(scales.wrapping_add(AHEAD_BLOCKS * KV_BLOCK * (stride / QK)) as *const i8);
     _mm512_mul_ps(
         _mm512_maskz_loadu_ps(mask, w.add(p0)),
         _mm512_maskz_loadu_ps(mask, scales),
@@ -603,6 +621,9 @@ unsafe fn pair_sums<const H: usize, const W: usize>(
         for p in (0..seg.len).step_by(2) {
             // Positions p and p + 1 (a zero weight past the end), elements side by side.
             let row = v.add(p / b * b * stride + p % b * stride + 2 * (offset + c0));
+            for line in (0..W * 32).step_by(64) {
+                prefetch(row.wrapping_add(line + AHEAD_BLOCKS * b * stride));
+            }
             let vv: [__m512i; W] = std::array::from_fn(|j| {
                 _mm512_cvtepi8_epi16(_mm256_loadu_si256(row.add(32 * j) as *const __m256i))
             });
@@ -632,6 +653,18 @@ unsafe fn pair_sums<const H: usize, const W: usize>(
             _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), add));
         }
     }
+}
+
+/// How far ahead (in blocks of [`KV_BLOCK`] positions) the blocked kernels ask for keys and
+/// values: a decode batch's caches come from memory, and the hardware prefetcher alone left
+/// the kernels waiting on it.
+const AHEAD_BLOCKS: usize = 4;
+
+/// A hint to bring the cache line at `p` into L1; `p` may lie past the data (no access is made).
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn prefetch(p: *const i8) {
+    _mm_prefetch::<_MM_HINT_T0>(p);
 }
 
 /// Longest head the blocked-key scores take (the queries' 16-bit blocks live on the stack).
@@ -706,6 +739,11 @@ unsafe fn key_blocks<const H: usize, const P: usize>(
             std::array::from_fn(|i| k.add((p0 + i * b) * stride + (first + blk) * QK * b));
         let mut sums = [[_mm512_setzero_si512(); H]; P];
         for j in 0..QK / 2 {
+            if j % 2 == 0 {
+                for &kp in &kp {
+                    prefetch(kp.wrapping_add(2 * b * j + AHEAD_BLOCKS * b * stride));
+                }
+            }
             let kv: [__m512i; P] = std::array::from_fn(|i| {
                 _mm512_cvtepi8_epi16(_mm256_loadu_si256(kp[i].add(2 * b * j) as *const __m256i))
             });
@@ -718,7 +756,9 @@ unsafe fn key_blocks<const H: usize, const P: usize>(
             }
         }
         for (i, acc) in acc.iter_mut().enumerate() {
-            let ks = _mm512_loadu_ps(k_scale.add((p0 + i * b) * (stride / QK) + (first + blk) * b));
+            let at = (p0 + i * b) * (stride / QK) + (first + blk) * b;
+            prefetch(k_scale.wrapping_add(at + AHEAD_BLOCKS * b * (stride / QK)) as *const i8);
+            let ks = _mm512_loadu_ps(k_scale.add(at));
             for (h, acc) in acc.iter_mut().enumerate() {
                 let s = _mm512_mul_ps(ks, _mm512_set1_ps(q16[h * blocks + blk].d));
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[i][h]), s, *acc);
