@@ -12,8 +12,8 @@ pub enum KvType {
     /// 2 bytes per element (IEEE half, as llama.cpp's default cache): float models.
     F16,
     /// 1 byte per element plus one f32 scale per block of 32 (1.125 bytes in all): on request
-    /// (see [`Llama::kv_type`]), and the shipped guard's default (its card's choice, made on
-    /// its development splits).
+    /// (see [`Llama::kv_type`](crate::llama::Llama::kv_type)), and the shipped guard's default
+    /// (its card's choice, made on its development splits).
     Q8,
 }
 

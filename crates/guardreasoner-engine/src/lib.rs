@@ -27,6 +27,7 @@
 //! works on token ids; tokenisation is the tokenizer crate's job.
 
 mod answer;
+mod batch;
 pub mod bench;
 pub mod config;
 mod engine;
@@ -44,10 +45,10 @@ pub mod roofline;
 pub mod sampling;
 
 pub use answer::AnswerConstraint;
+pub use batch::{DecodeBatch, SeqId, StepOutput};
 pub use config::Config;
 pub use engine::{
-    DecodeBatch, Engine, FinishReason, Generation, GenerationRequest, LoadOptions, SeqId,
-    SequenceOptions, StepOutput, Timings,
+    Engine, FinishReason, Generation, GenerationRequest, LoadOptions, SequenceOptions, Timings,
 };
 pub use error::{EngineError, Result};
 pub use kv_cache::KvType;
