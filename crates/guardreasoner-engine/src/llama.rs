@@ -289,6 +289,15 @@ impl Llama {
             }
         }
         let n = seq_of.len();
+        // Each sequence's first row in the token-major buffers.
+        let first_token: Vec<usize> = seqs
+            .iter()
+            .scan(0, |t, seq| {
+                let first = *t;
+                *t += seq.tokens.len();
+                Some(first)
+            })
+            .collect();
         if n == 0 {
             return Ok(Vec::new());
         }
@@ -334,33 +343,53 @@ impl Llama {
             layer
                 .qkv_proj
                 .forward(isa, &s.normed, n, &mut s.qkv, &mut s.linear);
-            let qkv = &mut s.qkv;
-            qkv.par_chunks_mut(qkv_dim)
-                .with_min_len(PARALLEL_TOKENS)
-                .enumerate()
-                .for_each(|(t, row)| {
-                    let (cs, sn) = (
-                        &cos[t * half..(t + 1) * half],
-                        &sin[t * half..(t + 1) * half],
-                    );
-                    for head in row[..q_dim + kv_dim].chunks_mut(head_dim) {
-                        rotate(head, cs, sn, self.rope_layout);
-                    }
-                });
-            let mut t = 0;
-            for seq in seqs.iter_mut() {
-                let start = seq.cache.len();
-                for i in 0..seq.tokens.len() {
-                    let row = &qkv[(t + i) * qkv_dim..(t + i + 1) * qkv_dim];
-                    seq.cache.write(
-                        l,
-                        start + i,
-                        &row[q_dim..q_dim + kv_dim],
-                        &row[q_dim + kv_dim..],
-                    );
+            // Rotate the token's query and key heads; then store its keys and values.
+            let rope = |t: usize, row: &mut [f32]| {
+                let (cs, sn) = (
+                    &cos[t * half..(t + 1) * half],
+                    &sin[t * half..(t + 1) * half],
+                );
+                for head in row[..q_dim + kv_dim].chunks_mut(head_dim) {
+                    rotate(head, cs, sn, self.rope_layout);
                 }
-                t += seq.tokens.len();
+            };
+            let store = |seq: &mut SeqStep<'_>, rows: &[f32]| {
+                let start = seq.cache.len();
+                for (i, row) in rows.chunks_exact(qkv_dim).enumerate() {
+                    let (k, v) = row[q_dim..].split_at(kv_dim);
+                    seq.cache.write(l, start + i, k, v);
+                }
+            };
+            if seqs.len() > 1 {
+                // Several sequences (a decode step): one task each, rotating and storing its
+                // rows, so the cache writes (which miss the cache) do not run serially.
+                let mut rows: Vec<&mut [f32]> = Vec::with_capacity(seqs.len());
+                let mut rest = &mut s.qkv[..n * qkv_dim];
+                for seq in seqs.iter() {
+                    let (mine, tail) = rest.split_at_mut(seq.tokens.len() * qkv_dim);
+                    rows.push(mine);
+                    rest = tail;
+                }
+                seqs.par_iter_mut()
+                    .zip(rows)
+                    .zip(&first_token)
+                    .for_each(|((seq, rows), &t0)| {
+                        for (i, row) in rows.chunks_exact_mut(qkv_dim).enumerate() {
+                            rope(t0 + i, row);
+                        }
+                        store(seq, rows);
+                    });
+            } else {
+                s.qkv[..n * qkv_dim]
+                    .par_chunks_mut(qkv_dim)
+                    .with_min_len(PARALLEL_TOKENS)
+                    .enumerate()
+                    .for_each(|(t, row)| rope(t, row));
+                for seq in seqs.iter_mut() {
+                    store(seq, &s.qkv[..n * qkv_dim]);
+                }
             }
+            let qkv = &s.qkv;
             s.attn.resize(n * q_dim, 0.0);
             {
                 let caches: Vec<&KvCache> = seqs.iter().map(|q| &*q.cache).collect();
