@@ -258,6 +258,8 @@ impl Llama {
         let kv_type = self.kv_type();
         let mut seq_of = Vec::new();
         let mut pos_of = Vec::new();
+        // Each sequence's first row in the token-major buffers.
+        let mut first_token = Vec::with_capacity(seqs.len());
         for (si, seq) in seqs.iter().enumerate() {
             if seq.tokens.is_empty() {
                 return Err(EngineError::EmptyPrompt);
@@ -283,21 +285,13 @@ impl Llama {
                     context: seq.cache.capacity().min(c.max_position_embeddings),
                 });
             }
+            first_token.push(seq_of.len());
             for i in 0..seq.tokens.len() {
                 seq_of.push(si);
                 pos_of.push(seq.cache.len() + i);
             }
         }
         let n = seq_of.len();
-        // Each sequence's first row in the token-major buffers.
-        let first_token: Vec<usize> = seqs
-            .iter()
-            .scan(0, |t, seq| {
-                let first = *t;
-                *t += seq.tokens.len();
-                Some(first)
-            })
-            .collect();
         if n == 0 {
             return Ok(Vec::new());
         }
@@ -360,7 +354,16 @@ impl Llama {
                     seq.cache.write(l, start + i, k, v);
                 }
             };
-            if seqs.len() > 1 {
+            if let [seq] = seqs {
+                // One sequence (prefill, or a lone decode step): rotate by token across the
+                // threads, then store.
+                s.qkv[..n * qkv_dim]
+                    .par_chunks_mut(qkv_dim)
+                    .with_min_len(PARALLEL_TOKENS)
+                    .enumerate()
+                    .for_each(|(t, row)| rope(t, row));
+                store(seq, &s.qkv[..n * qkv_dim]);
+            } else {
                 // Several sequences (a decode step): one task each, rotating and storing its
                 // rows, so the cache writes (which miss the cache) do not run serially.
                 let mut rows: Vec<&mut [f32]> = Vec::with_capacity(seqs.len());
@@ -379,15 +382,6 @@ impl Llama {
                         }
                         store(seq, rows);
                     });
-            } else {
-                s.qkv[..n * qkv_dim]
-                    .par_chunks_mut(qkv_dim)
-                    .with_min_len(PARALLEL_TOKENS)
-                    .enumerate()
-                    .for_each(|(t, row)| rope(t, row));
-                for seq in seqs.iter_mut() {
-                    store(seq, &s.qkv[..n * qkv_dim]);
-                }
             }
             let qkv = &s.qkv;
             s.attn.resize(n * q_dim, 0.0);

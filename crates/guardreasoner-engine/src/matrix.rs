@@ -354,14 +354,7 @@ pub fn matmul_many(
         } else {
             MAX_COLS
         };
-        let mut t0 = 0;
-        // While the token groups after the first compute from cache, the next chunk's rows
-        // (usually this thread's next task) are fetched into L2, a few lines after each kernel
-        // call: a burst of prefetches would stall the core on the memory system's queues.
         let groups = n_tokens.div_ceil(per_call);
-        let chunk = r1 - r0;
-        let next = &w.data
-            [(r1 * w.row_bytes).min(w.data.len())..((r1 + chunk) * w.row_bytes).min(w.data.len())];
         let step = if w.interleaved.is_some() {
             interleaved::GROUP
         } else if w.ty.uses_quantised_activations() {
@@ -369,9 +362,8 @@ pub fn matmul_many(
         } else {
             1
         };
-        let calls = (groups.saturating_sub(1) * chunk.div_ceil(step)).max(1);
-        let mut prefetch = next.chunks(next.len().div_ceil(calls).max(1));
-        // Token `t` from `t0`'s quantised activations (the last one again past `n`).
+        // Token `t0 + c`'s quantised activations, of `n` from `t0` (the last one again past
+        // `n`).
         let tokens = |t0: usize, n: usize, c: usize| {
             let (blocks, first) = (cols / QK, p.x_offset / QK);
             let t = t0 + c.min(n - 1);
@@ -406,6 +398,15 @@ pub fn matmul_many(
             }
             return;
         }
+        // While the token groups after the first compute from cache, the next chunk's rows
+        // (usually this thread's next task) are fetched into L2, a few lines after each kernel
+        // call: a burst of prefetches would stall the core on the memory system's queues.
+        let chunk = r1 - r0;
+        let next = &w.data
+            [(r1 * w.row_bytes).min(w.data.len())..((r1 + chunk) * w.row_bytes).min(w.data.len())];
+        let calls = (groups.saturating_sub(1) * chunk.div_ceil(step)).max(1);
+        let mut prefetch = next.chunks(next.len().div_ceil(calls).max(1));
+        let mut t0 = 0;
         while t0 < n_tokens {
             let n = (n_tokens - t0).min(per_call);
             let mut fetch_next = || {

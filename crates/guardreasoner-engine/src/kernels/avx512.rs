@@ -164,7 +164,7 @@ unsafe fn rows_group_q16<const N: usize, const Q4_1: bool>(
     let xp: [*const BlockQ16; N] = std::array::from_fn(|c| xs[c].as_ptr());
     for b in 0..blocks {
         let p = base.add(b * gb);
-        prefetch_weights(p, gb);
+        prefetch_lines(p.wrapping_add(WEIGHTS_AHEAD) as *const i8, gb);
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         let mut sums = [_mm512_setzero_si512(); N];
         for k in 0..QK / 2 {
@@ -205,16 +205,6 @@ unsafe fn rows_group_q16<const N: usize, const Q4_1: bool>(
 /// groups of a matrix lie one after another, so this reaches into the next group (which a
 /// decode step reads next, from memory).
 const WEIGHTS_AHEAD: usize = 4096;
-
-/// A hint to bring the `gb` bytes [`WEIGHTS_AHEAD`] past `p` into L1 (past a matrix's end, no
-/// access is made).
-#[inline]
-#[target_feature(enable = "avx512f,avx2")]
-unsafe fn prefetch_weights(p: *const u8, gb: usize) {
-    for line in (0..gb).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(WEIGHTS_AHEAD + line) as *const i8);
-    }
-}
 
 /// See [`super::interleaved::dot_q8_group`]: sixteen interleaved Q8_0 or Q4_1 rows against
 /// up to [`super::GROUP_COLS`] 8-bit activation vectors. Returns `false` (computing nothing) for a
@@ -262,7 +252,7 @@ unsafe fn rows_group_q8<const N: usize, const Q4_1: bool>(
     };
     for b in 0..blocks {
         let p = base.add(b * gb);
-        prefetch_weights(p, gb);
+        prefetch_lines(p.wrapping_add(WEIGHTS_AHEAD) as *const i8, gb);
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         let mut sums = [_mm512_setzero_si512(); N];
         if Q4_1 {
@@ -621,9 +611,7 @@ unsafe fn pair_sums<const H: usize, const W: usize>(
         for p in (0..seg.len).step_by(2) {
             // Positions p and p + 1 (a zero weight past the end), elements side by side.
             let row = v.add(p / b * b * stride + p % b * stride + 2 * (offset + c0));
-            for line in (0..W * 32).step_by(64) {
-                prefetch(row.wrapping_add(line + AHEAD_BLOCKS * b * stride));
-            }
+            prefetch_lines(row.wrapping_add(AHEAD_BLOCKS * b * stride), W * 32);
             let vv: [__m512i; W] = std::array::from_fn(|j| {
                 _mm512_cvtepi8_epi16(_mm256_loadu_si256(row.add(32 * j) as *const __m256i))
             });
@@ -665,6 +653,15 @@ const AHEAD_BLOCKS: usize = 4;
 #[target_feature(enable = "avx512f,avx2")]
 unsafe fn prefetch(p: *const i8) {
     _mm_prefetch::<_MM_HINT_T0>(p);
+}
+
+/// [`prefetch`] for every line of the `bytes` from `p`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn prefetch_lines(p: *const i8, bytes: usize) {
+    for line in (0..bytes).step_by(64) {
+        prefetch(p.wrapping_add(line));
+    }
 }
 
 /// Longest head the blocked-key scores take (the queries' 16-bit blocks live on the stack).
