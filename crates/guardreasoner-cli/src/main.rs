@@ -73,6 +73,18 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref(), matches!(cli.command, Command::Serve(_)))?;
+    if matches!(
+        cli.command,
+        Command::Classify(_)
+            | Command::Score(_)
+            | Command::Cascade(_)
+            | Command::Model(_)
+            | Command::Data(_)
+            | Command::Export(_)
+            | Command::Bench(_)
+    ) {
+        end_quietly_when_the_reader_goes();
+    }
     match cli.command {
         Command::Classify(args) => classify::run(args),
         Command::Serve(args) => serve::run(args),
@@ -87,6 +99,19 @@ fn main() -> anyhow::Result<()> {
         Command::Mine(args) => mine::run(args),
         Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// Let a closed output pipe end the process as it ends Unix tools (`guardreasoner score .. |
+/// head`): Rust ignores SIGPIPE, so the write would otherwise fail as a "Broken pipe" error or
+/// a panic in the middle of a table. Only for the commands whose work is their output: the
+/// server, the load generator and the long jobs (synth, mine, train, eval, which write files and
+/// resume) must not die because whoever read their logs went away.
+fn end_quietly_when_the_reader_goes() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any thread is spawned; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -226,3 +226,37 @@ fn a_calibration_fitted_on_dev_rows_repairs_overconfident_scores() {
         "{err}"
     );
 }
+
+/// A reader that stops early (`guardreasoner score .. | head`) ends the command quietly, as it
+/// ends Unix tools: no "Broken pipe" error, no panic in the middle of a table.
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let dir = shared().join("data/reference-predictions/paper-v1/8B");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+        .args([
+            "score",
+            "--predictions",
+            dir.to_str().unwrap(),
+            "--parse",
+            "paper",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    // The reader goes away before the scores (read from 13 files first) are printed.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("waits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || out.status.signal() == Some(13),
+        "{:?}: {err}",
+        out.status
+    );
+    assert!(
+        !err.contains("Broken pipe") && !err.contains("panicked"),
+        "{err}"
+    );
+}
