@@ -163,12 +163,15 @@ pub struct EngineArgs {
     /// conversation (what followed the last few generated tokens where they occurred before),
     /// else in the earlier verdicts of this run, with each decoded token, and keep those the
     /// model would have chosen anyway. The same output in fewer passes (default 2; 0: off).
+    /// Drafts are made only while at most two conversations decode together: in a bigger batch
+    /// a drafted token costs about as much as another conversation's.
     #[arg(long, env = "GUARDREASONER_PROMPT_LOOKUP")]
     pub prompt_lookup: Option<usize>,
 }
 
-/// Draft tokens per decoded token unless `--prompt-lookup` says otherwise: measured faster at
-/// one and at sixteen conversations at a time on a 2-core machine (BENCHMARKS.md).
+/// Draft tokens per decoded token unless `--prompt-lookup` says otherwise: measured faster one
+/// and two conversations at a time on a 2-core machine, and not drafted in bigger batches, where
+/// drafts were slower (`PromptLookup::max_batch`, BENCHMARKS.md).
 pub const DEFAULT_PROMPT_LOOKUP: usize = 2;
 
 impl EngineArgs {

@@ -457,6 +457,8 @@ impl<'e> DecodeBatch<'e> {
         let mut out = Vec::new();
         let mut finished = Vec::new();
         let mut prompts_read = Vec::new();
+        // Sequences in the batch this step (drafts pay only in small batches).
+        let batch_size = self.seqs.len();
         for (i, (s, input)) in self.seqs.iter_mut().zip(&inputs).enumerate() {
             s.fed += input.prompt;
             if input.prompt > 0 && s.fed == s.prompt.len() {
@@ -512,7 +514,11 @@ impl<'e> DecodeBatch<'e> {
                     if self.forced_runs {
                         s.draft = s.forced_run();
                     }
-                    if let (true, Some(lookup)) = (s.draft.is_empty(), &self.prompt_lookup) {
+                    let lookup = self
+                        .prompt_lookup
+                        .as_ref()
+                        .filter(|l| batch_size <= l.max_batch);
+                    if let (true, Some(lookup)) = (s.draft.is_empty(), lookup) {
                         s.draft = lookup.draft(&s.prompt, &s.tokens, s.room(), &self.draft_history);
                         s.looked_up = !s.draft.is_empty();
                         s.drafted += s.draft.len();

@@ -21,15 +21,25 @@ pub struct PromptLookup {
     pub max_ngram: usize,
     /// Shortest suffix matched: shorter ones match by chance too often to pay.
     pub min_ngram: usize,
+    /// Draft only while at most this many sequences are in the batch. A drafted row costs
+    /// about what another sequence's token costs, which is cheap beside one sequence's pass (its
+    /// weight reads) but not beside a batch's: on a 2-core machine drafts made one sequence 1.3x
+    /// faster, two 1.1x, and four, eight and sixteen 5-13% slower (BENCHMARKS.md).
+    pub max_batch: usize,
 }
 
+/// [`PromptLookup::max_batch`] unless set otherwise.
+pub const SPECULATE_UP_TO: usize = 2;
+
 impl PromptLookup {
-    /// Drafts of up to `max_draft` tokens, matching suffixes of 3 down to 2 tokens.
+    /// Drafts of up to `max_draft` tokens, matching suffixes of 3 down to 2 tokens, while at
+    /// most [`SPECULATE_UP_TO`] sequences are in the batch.
     pub fn new(max_draft: usize) -> Self {
         PromptLookup {
             max_draft,
             max_ngram: 3,
             min_ngram: 2,
+            max_batch: SPECULATE_UP_TO,
         }
     }
 

@@ -56,7 +56,12 @@ fn check_same_tokens(engine: &Engine) {
     let prompt = ids(&json["prompts"][0]["prompt_ids"]);
 
     let (plain, plain_passes) = run(engine, &prompt, None);
-    let (spec, spec_passes) = run(engine, &prompt, Some(PromptLookup::new(8)));
+    // Drafting in a batch of three (past the default limit), to test it side by side.
+    let lookup = PromptLookup {
+        max_batch: usize::MAX,
+        ..PromptLookup::new(8)
+    };
+    let (spec, spec_passes) = run(engine, &prompt, Some(lookup));
     for (i, (a, b)) in plain.iter().zip(&spec).enumerate() {
         assert_eq!(a.tokens, b.tokens, "sequence {i}: the same tokens");
         assert_eq!(a.finish_reason, b.finish_reason);
@@ -117,4 +122,51 @@ fn drafts_from_earlier_outputs_keep_the_tokens() {
         first.1,
         second.1
     );
+}
+
+/// Drafts stop while the batch holds more sequences than `max_batch` (a drafted row costs about
+/// another sequence's token, which only pays beside a small batch's weight reads); the tokens
+/// are the same either way.
+#[test]
+fn no_drafts_while_the_batch_is_past_its_limit() {
+    let Some(model) = test_model() else { return };
+    let engine = Engine::load(&model).unwrap();
+    let json = read_json(fixtures().join("smollm2/logits.json"));
+    let prompt = ids(&json["prompts"][0]["prompt_ids"]);
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(48)
+    };
+    // Three sequences that start and finish together: the batch never shrinks below three.
+    let three = |max_batch: usize| {
+        let mut batch = engine.batch();
+        batch.prompt_lookup = Some(PromptLookup {
+            max_batch,
+            ..PromptLookup::new(4)
+        });
+        let ids: Vec<SeqId> = (0..3)
+            .map(|_| batch.add(prompt.clone(), params.clone(), 0).unwrap())
+            .collect();
+        let mut done = run_to_end(&mut batch).0;
+        ids.iter()
+            .map(|id| done.remove(id).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (limited, drafting) = (three(2), three(3));
+    for (a, b) in limited.iter().zip(&drafting) {
+        assert_eq!(a.tokens, b.tokens);
+        assert_eq!(
+            a.drafted_tokens, 0,
+            "drafted in a batch of three with a limit of two"
+        );
+    }
+    assert!(
+        drafting
+            .iter()
+            .map(|g| g.accepted_draft_tokens)
+            .sum::<usize>()
+            > 0,
+        "no draft kept at a limit of three"
+    );
+    assert_eq!(PromptLookup::new(4).max_batch, 2);
 }
