@@ -457,8 +457,11 @@ impl<'e> DecodeBatch<'e> {
         let mut out = Vec::new();
         let mut finished = Vec::new();
         let mut prompts_read = Vec::new();
-        // Sequences in the batch this step (drafts pay only in small batches).
-        let batch_size = self.seqs.len();
+        // Drafts for the next pass, where the batch is small enough for them to pay.
+        let lookup = self
+            .prompt_lookup
+            .as_ref()
+            .filter(|l| self.seqs.len() <= l.max_batch);
         for (i, (s, input)) in self.seqs.iter_mut().zip(&inputs).enumerate() {
             s.fed += input.prompt;
             if input.prompt > 0 && s.fed == s.prompt.len() {
@@ -514,10 +517,6 @@ impl<'e> DecodeBatch<'e> {
                     if self.forced_runs {
                         s.draft = s.forced_run();
                     }
-                    let lookup = self
-                        .prompt_lookup
-                        .as_ref()
-                        .filter(|l| batch_size <= l.max_batch);
                     if let (true, Some(lookup)) = (s.draft.is_empty(), lookup) {
                         s.draft = lookup.draft(&s.prompt, &s.tokens, s.room(), &self.draft_history);
                         s.looked_up = !s.draft.is_empty();

@@ -9,6 +9,12 @@ use guardreasoner_engine::{
     Engine, Generation, KvType, LoadOptions, PromptLookup, SamplingParams, SeqId,
 };
 
+/// The SmolLM2 fixture's first prompt.
+fn fixture_prompt() -> Vec<u32> {
+    let json = read_json(fixtures().join("smollm2/logits.json"));
+    ids(&json["prompts"][0]["prompt_ids"])
+}
+
 /// The fixture prompt decoded greedily and sampled, side by side; generations in that order
 /// and the number of passes.
 fn run(engine: &Engine, prompt: &[u32], lookup: Option<PromptLookup>) -> (Vec<Generation>, usize) {
@@ -52,8 +58,7 @@ fn prompt_lookup_gives_the_same_tokens_in_fewer_passes() {
 }
 
 fn check_same_tokens(engine: &Engine) {
-    let json = read_json(fixtures().join("smollm2/logits.json"));
-    let prompt = ids(&json["prompts"][0]["prompt_ids"]);
+    let prompt = fixture_prompt();
 
     let (plain, plain_passes) = run(engine, &prompt, None);
     // Drafting in a batch of three (past the default limit), to test it side by side.
@@ -88,8 +93,7 @@ fn check_same_tokens(engine: &Engine) {
 fn drafts_from_earlier_outputs_keep_the_tokens() {
     let Some(model) = test_model() else { return };
     let engine = Engine::load(&model).unwrap();
-    let json = read_json(fixtures().join("smollm2/logits.json"));
-    let prompt = ids(&json["prompts"][0]["prompt_ids"]);
+    let prompt = fixture_prompt();
     let params = SamplingParams {
         ignore_eos: true,
         ..SamplingParams::greedy(64)
@@ -131,8 +135,7 @@ fn drafts_from_earlier_outputs_keep_the_tokens() {
 fn no_drafts_while_the_batch_is_past_its_limit() {
     let Some(model) = test_model() else { return };
     let engine = Engine::load(&model).unwrap();
-    let json = read_json(fixtures().join("smollm2/logits.json"));
-    let prompt = ids(&json["prompts"][0]["prompt_ids"]);
+    let prompt = fixture_prompt();
     let params = SamplingParams {
         ignore_eos: true,
         ..SamplingParams::greedy(48)
